@@ -1,0 +1,7 @@
+"""kiln: train, evaluate, export and tune PyTorch image classifiers from one config file."""
+
+from kiln.errors import KilnError
+from kiln.registry import MODELS, create_model, register_model
+
+__version__ = "0.1.0"
+__all__ = ["MODELS", "KilnError", "__version__", "create_model", "register_model"]

@@ -1,0 +1,237 @@
+"""The one config: a frozen pydantic tree, loaded from YAML/JSON plus `key=value` overrides.
+
+Validation is strict (``extra="forbid"``) so a typo is an error, never a silently ignored key.
+Every error is turned into one line naming the dotted key, what is wrong and the closest valid name.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from kiln.errors import ConfigError
+
+DATA_SOURCES = ("digits", "cifar10", "cifar100", "mnist", "fashion_mnist", "folder", "csv", "custom")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class RunConfig(_Strict):
+    name: str = "run"
+    dir: str | None = None  # default: runs/<name>
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+    deterministic: bool = False
+
+
+class CsvConfig(_Strict):
+    train: str = "train.csv"
+    val: str | None = None
+    test: str | None = "test.csv"
+    path_column: str = "filepath"
+    label_column: str = "label"
+
+
+class AugmentConfig(_Strict):
+    crop_padding: int = Field(0, ge=0)  # pixels of reflect padding before a random crop; 0 = off
+    hflip: bool = False
+    alternating_flip: bool = False  # airbench: flip every other epoch per sample instead of at random
+    cutout: int = Field(0, ge=0)  # side of a square zeroed at a random place; 0 = off
+
+
+class DataConfig(_Strict):
+    source: Literal[DATA_SOURCES] = "digits"  # type: ignore[valid-type]
+    root: str | None = None  # default: data/<source>
+    download: bool = False
+    batch_size: int = Field(64, gt=0)
+    eval_batch_size: int | None = Field(None, gt=0)  # default: max(batch_size, 256)
+    val_split: float = Field(0.1, ge=0.0, lt=1.0)  # fraction of train carved out when there is no val/
+    test_split: float = Field(0.2, ge=0.0, lt=1.0)  # digits only: it ships without a test split
+    image_size: int | tuple[int, int] | None = None  # resize every image to this (H, W); None = keep
+    channels: Literal[1, 3] | None = None  # convert to grayscale (1) or RGB (3); None = as stored
+    mean: tuple[float, ...] | None = None  # per channel, on the 0..1 scale; None = measured on train
+    std: tuple[float, ...] | None = None
+    augment: AugmentConfig = AugmentConfig()
+    loader: Literal["auto", "memory", "stream"] = "auto"
+    memory_budget_gb: float = Field(4.0, gt=0)  # `auto` uses the memory path below this decoded size
+    cache_dir: str = "~/.cache/kiln"
+    num_workers: int | None = Field(None, ge=0)  # stream path / decoding; None = from the core count
+    csv: CsvConfig = CsvConfig()
+    dataset: str | None = None  # source=custom: "module:ClassName"
+    dataset_args: dict[str, Any] = {}
+
+    @model_validator(mode="after")
+    def _check(self) -> DataConfig:
+        if self.source == "custom" and not self.dataset:
+            raise ValueError("data.source=custom needs data.dataset: 'module:ClassName'")
+        if (self.mean is None) != (self.std is None):
+            raise ValueError("data.mean and data.std go together: give both or neither")
+        if self.std is not None and any(s <= 0 for s in self.std):
+            raise ValueError("data.std values must be > 0")
+        return self
+
+
+class ModelConfig(_Strict):
+    name: str = "lenet"
+    args: dict[str, Any] = {}
+
+
+class OptimizerConfig(_Strict):
+    name: Literal["sgd", "adam", "adamw"] = "sgd"
+    lr: float = Field(0.01, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    nesterov: bool = False
+    weight_decay: float = Field(0.0, ge=0)
+    betas: tuple[float, float] = (0.9, 0.999)
+
+
+class SchedulerConfig(_Strict):
+    name: Literal["none", "step", "cosine", "onecycle"] = "none"
+    warmup_epochs: float = Field(0.0, ge=0)
+    step_size: int = Field(30, gt=0)  # epochs, for `step`
+    gamma: float = Field(0.1, gt=0)
+    min_lr_ratio: float = Field(0.0, ge=0, le=1)  # cosine floor as a fraction of optimizer.lr
+
+
+class EarlyStoppingConfig(_Strict):
+    monitor: str = "val_loss"
+    mode: Literal["min", "max"] = "min"
+    patience: int = Field(5, ge=0)
+    min_delta: float = Field(0.0, ge=0)
+
+
+class CheckpointConfig(_Strict):
+    monitor: str = "val_acc"
+    mode: Literal["min", "max"] = "max"
+    every_n_epochs: int = Field(0, ge=0)  # also keep epoch-<n>.pt every N epochs; 0 = off
+    keep: int = Field(3, gt=0)
+
+
+class TrainerConfig(_Strict):
+    epochs: int = Field(10, gt=0)
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    grad_clip: float | None = Field(None, gt=0)
+    accumulate: int = Field(1, gt=0)  # optimizer step every N batches
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    early_stopping: EarlyStoppingConfig | None = None
+    checkpoint: CheckpointConfig = CheckpointConfig()
+    progress: Literal["auto", "on", "off"] = "auto"
+    log_every_n_steps: int = Field(50, gt=0)  # how often the device-side loss is read back (host sync)
+
+
+class Config(_Strict):
+    run: RunConfig = RunConfig()
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    optimizer: OptimizerConfig = OptimizerConfig()
+    scheduler: SchedulerConfig = SchedulerConfig()
+    trainer: TrainerConfig = TrainerConfig()
+    imports: list[str] = []  # user modules imported before anything is built (plug-ins)
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.run.dir) if self.run.dir else Path("runs") / self.run.name
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+
+# ---------------------------------------------------------------- loading
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    text = path.read_text()
+    try:
+        # safe_load: a config can never construct Python objects (no !!python tags)
+        raw = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (yaml.YAMLError, json.JSONDecodeError) as e:
+        raise ConfigError(f"{path}: not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {e}") from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections, got {type(raw).__name__}")
+    return raw
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Return a copy of ``raw`` with ``a.b.c=value`` overrides applied (value parsed as YAML)."""
+    out = copy.deepcopy(raw)
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override '{item}' is not key=value (e.g. trainer.epochs=3)")
+        node = out
+        parts = key.split(".")
+        for p in parts[:-1]:
+            child = node.get(p)
+            if not isinstance(child, dict):
+                child = {}
+                node[p] = child
+            node = child
+        node[parts[-1]] = yaml.safe_load(value) if value != "" else None
+    return out
+
+
+def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    """The pydantic model class that owns the field at ``loc`` (for 'did you mean')."""
+    model: type[BaseModel] = Config
+    for part in loc:
+        field = model.model_fields.get(str(part))
+        if field is None:
+            return None
+        ann = field.annotation
+        inner = [a for a in getattr(ann, "__args__", ()) if isinstance(a, type) and issubclass(a, BaseModel)]
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            model = ann
+        elif inner:
+            model = inner[0]
+        else:
+            return None
+    return model
+
+
+def _describe(err: dict[str, Any]) -> str:
+    loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and "[" in p) and p != "function-after")
+    key = ".".join(str(p) for p in loc) or "config"
+    if err["type"] == "extra_forbidden":
+        owner = _model_at(loc[:-1])
+        valid = sorted(owner.model_fields) if owner else []
+        close = difflib.get_close_matches(str(loc[-1]), valid, n=1)
+        hint = f" — did you mean '{'.'.join([*map(str, loc[:-1]), close[0]])}'?" if close else ""
+        return f"{key}: unknown key{hint} (valid: {', '.join(valid)})"
+    msg = err["msg"].removeprefix("Value error, ")
+    if err["type"] == "literal_error":
+        allowed = err.get("ctx", {}).get("expected", "")
+        choices = [c.strip().strip("'") for c in allowed.replace(" or ", ", ").split(",")]
+        close = difflib.get_close_matches(str(err.get("input")), choices, n=1)
+        hint = f" — did you mean '{close[0]}'?" if close else ""
+        return f"{key}: {err.get('input')!r} is not allowed{hint} (valid: {', '.join(choices)})"
+    return f"{key}: {msg} (got {err.get('input')!r})" if "input" in err and loc else f"{key}: {msg}"
+
+
+def validate(raw: dict[str, Any]) -> Config:
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as e:
+        lines = sorted({_describe(err) for err in e.errors()})
+        raise ConfigError("invalid config: " + "; ".join(lines)) from None
+
+
+def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:  # type: ignore[assignment]
+    raw = read_config_file(path) if path else {}
+    return validate(apply_overrides(raw, list(overrides)))
+
+
+def dump_config(cfg: Config, path: Path) -> None:
+    path.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))

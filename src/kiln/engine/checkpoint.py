@@ -1,0 +1,87 @@
+"""Checkpoint files: written atomically (temp file, fsync, os.replace), read only with weights_only=True.
+
+A checkpoint is a dict of tensors and plain Python values. Its keys follow PyTorch's checkpoint tutorial
+(`model_state_dict`, `optimizer_state_dict`, `epoch`, `loss`) so code written for it loads kiln's too.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import random
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from kiln.errors import CheckpointError
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The plain module under DDP / torch.compile wrappers, so state_dict keys carry no prefixes."""
+    model = getattr(model, "module", model)
+    return getattr(model, "_orig_mod", model)
+
+
+def rng_state() -> dict[str, Any]:
+    np_state = np.random.get_state()
+    state: dict[str, Any] = {
+        "python": list(random.getstate()[1]),  # the Mersenne Twister words (ints), weights_only-safe
+        "python_pos": random.getstate()[2],
+        "numpy": torch.from_numpy(np_state[1].astype(np.int64)),
+        "numpy_pos": int(np_state[2]),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate((3, tuple(int(v) for v in state["python"]), state["python_pos"]))
+    np.random.set_state(("MT19937", state["numpy"].numpy().astype(np.uint32), state["numpy_pos"], 0, 0.0))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save(obj: dict[str, Any], path: Path) -> None:
+    """Write ``obj`` so that ``path`` holds either the old file or the complete new one, never a torn one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)  # make the rename itself durable
+        finally:
+            os.close(dir_fd)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise CheckpointError(f"could not write checkpoint {path} ({e}); the previous file is unchanged") from None
+
+
+def load(path: str | Path) -> dict[str, Any]:
+    """Load a checkpoint without unpickling code: anything but tensors and plain values is refused."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        lines = [ln.strip() for ln in str(e).splitlines() if "Unsupported global" in ln or "Unsupported" in ln]
+        first = lines[0] if lines else type(e).__name__
+        raise CheckpointError(f"{path}: refused, it holds objects other than tensors and plain values "
+                              f"({first}); kiln never unpickles code from a file") from None  # fmt: skip
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
+        raise CheckpointError(f"{path}: not a readable checkpoint (damaged or truncated?): {e}") from None
+    if not isinstance(obj, dict) or "model_state_dict" not in obj:
+        raise CheckpointError(f"{path}: not a kiln checkpoint (no 'model_state_dict')")
+    return obj

@@ -1,0 +1,213 @@
+"""``fit(cfg)``: build data, model and optimizer from the config, train with checkpoints, resume, report.
+
+Reads top to bottom: set up -> (resume) -> epochs -> test on the best checkpoint -> summary.json.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+import kiln
+from kiln import data as kdata
+from kiln.config import Config, dump_config
+from kiln.engine import checkpoint as ckpt
+from kiln.engine.callbacks import Callback, EarlyStopping, MetricsLog, is_better
+from kiln.engine.loop import Engine, TrainState, evaluate, train_one_epoch
+from kiln.engine.precision import autocast_factory, make_scaler, resolve_device, resolve_precision
+from kiln.engine.progress import EpochBar, enabled, epoch_line, log
+from kiln.errors import CheckpointError, KilnError
+from kiln.optim import build_optimizer, build_scheduler
+from kiln.registry import create_model, import_user_modules
+
+
+def seed_everything(seed: int, deterministic: bool) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = False
+    elif torch.cuda.is_available():
+        torch.backends.cudnn.benchmark = True  # fixed input shapes: let cuDNN pick the fastest kernels
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+
+
+def check_writable(run_dir: Path) -> None:
+    """Fail before training, not at the first checkpoint, when the run dir cannot be written."""
+    try:
+        (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+        probe = run_dir / ".write-test"
+        probe.write_bytes(b"x" * 4096)
+        probe.unlink()
+    except OSError as e:
+        raise KilnError(f"run.dir: cannot write to {run_dir} ({e.strerror}); choose another run.dir") from None
+
+
+def build_engine(cfg: Config, bundle: kdata.DataBundle, device: torch.device, callbacks: list[Callback]) -> Engine:
+    model = create_model(cfg.model.name, num_classes=len(bundle.classes), in_channels=bundle.in_channels,
+                         image_size=bundle.image_size, **cfg.model.args).to(device)  # fmt: skip
+    channels_last = device.type == "cuda"
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    precision = resolve_precision(cfg.trainer.precision, device)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = build_optimizer(cfg.optimizer, params, fused=device.type == "cuda")
+    steps_per_epoch = math.ceil(len(bundle.train) / cfg.trainer.accumulate)
+    scheduler = build_scheduler(cfg.scheduler, optimizer, cfg.trainer.epochs, steps_per_epoch)
+    return Engine(
+        model=model, optimizer=optimizer, scheduler=scheduler, scaler=make_scaler(precision, device),
+        autocast=autocast_factory(precision, device), transform=bundle.transform, device=device,
+        label_smoothing=cfg.trainer.label_smoothing, grad_clip=cfg.trainer.grad_clip,
+        accumulate=cfg.trainer.accumulate, log_every=cfg.trainer.log_every_n_steps,
+        channels_last=channels_last, callbacks=callbacks,
+    )  # fmt: skip
+
+
+def make_checkpoint(cfg: Config, engine: Engine, state: TrainState, bundle: kdata.DataBundle,
+                    metrics: dict[str, Any]) -> dict[str, Any]:  # fmt: skip
+    return {
+        "model_state_dict": ckpt.unwrap(engine.model).state_dict(),
+        "optimizer_state_dict": engine.optimizer.state_dict(),
+        "scheduler_state_dict": engine.scheduler.state_dict(),
+        "scaler_state_dict": engine.scaler.state_dict(),
+        "epoch": state.epoch, "step": state.step, "loss": state.last_loss,
+        "best_metric": state.best_metric, "best_epoch": state.best_epoch,
+        "callbacks": {f"{i}:{type(cb).__name__}": cb.state_dict() for i, cb in enumerate(engine.callbacks)},
+        "rng": ckpt.rng_state(), "data_state": bundle.train.state_dict(),
+        "config": cfg.to_dict(), "classes": list(bundle.classes), "preprocess": bundle.preprocess(),
+        "metrics": metrics, "kiln_version": kiln.__version__, "torch_version": str(torch.__version__),
+    }  # fmt: skip
+
+
+def restore(path: str, cfg: Config, engine: Engine, state: TrainState, bundle: kdata.DataBundle) -> None:
+    saved = ckpt.load(path)
+    if saved.get("classes") != list(bundle.classes):
+        raise CheckpointError(f"{path}: trained on classes {saved.get('classes')}, but the data now has "
+                              f"{list(bundle.classes)}; resume with the same data")  # fmt: skip
+    old_model = saved.get("config", {}).get("model")
+    if old_model != cfg.to_dict()["model"]:
+        raise CheckpointError(f"{path}: the model differs (checkpoint: {old_model}, config: "
+                              f"{cfg.to_dict()['model']}); resume with the checkpoint's model settings")  # fmt: skip
+    try:
+        ckpt.unwrap(engine.model).load_state_dict(saved["model_state_dict"])
+        engine.optimizer.load_state_dict(saved["optimizer_state_dict"])
+    except (RuntimeError, ValueError, KeyError) as e:
+        raise CheckpointError(f"{path}: does not fit this model/optimizer: {str(e).splitlines()[0]}") from None
+    engine.scheduler.load_state_dict(saved["scheduler_state_dict"])
+    engine.scaler.load_state_dict(saved["scaler_state_dict"])
+    state.epoch, state.step, state.last_loss = saved["epoch"], saved["step"], saved.get("loss")
+    state.best_metric, state.best_epoch = saved.get("best_metric"), saved.get("best_epoch")
+    for (_, cb_state), cb in zip(sorted(saved.get("callbacks", {}).items()), engine.callbacks, strict=False):
+        cb.load_state_dict(cb_state)
+    bundle.train.load_state_dict(saved["data_state"])
+    ckpt.set_rng_state(saved["rng"])  # last: nothing after this may draw random numbers before training
+
+
+def save_epoch_checkpoints(cfg: Config, run_dir: Path, payload: dict[str, Any], improved: bool) -> None:
+    cdir = run_dir / "checkpoints"
+    if improved:
+        ckpt.save(payload, cdir / "best.pt")
+    ckpt.save(payload, cdir / "last.pt")
+    every, epoch = cfg.trainer.checkpoint.every_n_epochs, payload["epoch"]
+    if every and epoch % every == 0:
+        ckpt.save(payload, cdir / f"epoch-{epoch}.pt")
+        kept = sorted(cdir.glob("epoch-*.pt"), key=lambda p: int(p.stem.split("-")[1]))
+        for old in kept[: -cfg.trainer.checkpoint.keep]:
+            old.unlink(missing_ok=True)
+
+
+def fit(cfg: Config, resume: str | None = None, extra_callbacks: list[Callback] | None = None) -> dict[str, Any]:
+    import_user_modules(cfg.imports)
+    seed_everything(cfg.run.seed, cfg.run.deterministic)
+    device = resolve_device(cfg.run.device)
+    run_dir = cfg.run_dir
+    check_writable(run_dir)
+
+    bundle = kdata.build(cfg.data, cfg.run.seed, device)
+    callbacks: list[Callback] = [MetricsLog(run_dir / "metrics.jsonl")]
+    if cfg.trainer.early_stopping:
+        es = cfg.trainer.early_stopping
+        callbacks.append(EarlyStopping(es.monitor, es.mode, es.patience, es.min_delta))
+    callbacks += extra_callbacks or []
+    engine = build_engine(cfg, bundle, device, callbacks)
+    state = TrainState()
+    if resume:
+        restore(resume, cfg, engine, state, bundle)
+    dump_config(cfg, run_dir / "config.yaml")
+    mon = cfg.trainer.checkpoint
+    epochs = cfg.trainer.epochs
+    log(f"kiln: training {cfg.model.name} on {cfg.data.source} ({len(bundle.classes)} classes, "
+        f"{len(bundle.train.order.indices())} train images) on {device}, {epochs} epochs -> {run_dir}")  # fmt: skip
+    for cb in callbacks:
+        cb.on_fit_start({"start_epoch": state.epoch, "run_dir": str(run_dir), "config": cfg.to_dict()})
+
+    stop_reason = None
+    show_bar = enabled(cfg.trainer.progress)
+    for epoch in range(state.epoch, epochs):
+        bundle.train.set_epoch(epoch)
+        for cb in callbacks:
+            cb.on_epoch_start(epoch)
+        t0 = time.perf_counter()
+        bar = EpochBar(epoch + 1, epochs, len(bundle.train), bundle.train.state_dict()["position"]) if show_bar else None
+        try:
+            train_m = train_one_epoch(engine, bundle.train, state, bar)
+        finally:
+            if bar is not None:
+                bar.close()
+        val = evaluate(engine, bundle.val) if bundle.val is not None else {"loss": math.nan, "acc": math.nan}
+        state.epoch = epoch + 1
+        metrics = {"epoch": epoch + 1, "step": state.step, **train_m, "val_loss": val["loss"],
+                   "val_acc": val["acc"], "lr": engine.optimizer.param_groups[0]["lr"],
+                   "seconds": time.perf_counter() - t0}  # fmt: skip
+        for cb in callbacks:
+            cb.on_eval_end("val", {"loss": val["loss"], "acc": val["acc"]})
+        if mon.monitor not in metrics:
+            raise KilnError(f"trainer.checkpoint.monitor: '{mon.monitor}' is not a metric "
+                            f"(metrics: {', '.join(sorted(metrics))})")  # fmt: skip
+        value = metrics[mon.monitor]
+        improved = math.isnan(value) or is_better(value, state.best_metric, mon.mode)
+        if improved:
+            state.best_metric, state.best_epoch = value, epoch + 1
+        for cb in callbacks:
+            stop_reason = cb.on_epoch_end(epoch + 1, metrics) or stop_reason
+        save_epoch_checkpoints(cfg, run_dir, make_checkpoint(cfg, engine, state, bundle, metrics), improved)
+        log(epoch_line(metrics, epochs))
+        if stop_reason:
+            log(f"kiln: {stop_reason}")
+            break
+
+    summary = finish(cfg, engine, state, bundle, run_dir, stop_reason)
+    for cb in callbacks:
+        cb.on_fit_end(summary)
+    return summary
+
+
+def finish(cfg: Config, engine: Engine, state: TrainState, bundle: kdata.DataBundle, run_dir: Path,
+           stop_reason: str | None) -> dict[str, Any]:  # fmt: skip
+    """Measure the test split on the *best* checkpoint (read back from disk) and write summary.json."""
+    summary: dict[str, Any] = {
+        "best_epoch": state.best_epoch, "best_metric": state.best_metric,
+        "monitor": cfg.trainer.checkpoint.monitor, "epochs_run": state.epoch, "steps": state.step,
+        "stopped_early": stop_reason, "classes": list(bundle.classes),
+        "best_checkpoint": str(run_dir / "checkpoints" / "best.pt"),
+    }  # fmt: skip
+    best_path = run_dir / "checkpoints" / "best.pt"
+    if bundle.test is not None and best_path.exists():
+        ckpt.unwrap(engine.model).load_state_dict(ckpt.load(best_path)["model_state_dict"])
+        test = evaluate(engine, bundle.test)
+        summary["test"] = {"loss": test["loss"], "accuracy": test["acc"], "num_samples": test["n"]}
+        log(f"kiln: test accuracy {test['acc']:.4f} (loss {test['loss']:.4f}, {test['n']} images, "
+            f"best epoch {state.best_epoch})")  # fmt: skip
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary

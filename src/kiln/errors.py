@@ -1,0 +1,25 @@
+"""kiln's one exception family: anything the user can fix is a KilnError, printed as one line, no traceback."""
+
+
+class KilnError(Exception):
+    """A problem the user can fix (bad config, bad data, bad file). The CLI prints it and exits 2."""
+
+    exit_code = 2
+
+
+class ConfigError(KilnError):
+    pass
+
+
+class DataError(KilnError):
+    pass
+
+
+class CheckpointError(KilnError):
+    pass
+
+
+class TrainingStopped(KilnError):
+    """Training could not go on (e.g. a non-finite loss); the last good checkpoint is kept."""
+
+    exit_code = 3
