@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from kiln.errors import ConfigError
 
@@ -125,6 +125,11 @@ class TrainerConfig(_Strict):
     checkpoint: CheckpointConfig = CheckpointConfig()
     progress: Literal["auto", "on", "off"] = "auto"
     log_every_n_steps: int = Field(50, gt=0)  # how often the device-side loss is read back (host sync)
+
+    @field_validator("progress", mode="before")
+    @classmethod
+    def _yaml_on_off(cls, v: Any) -> Any:
+        return {True: "on", False: "off"}.get(v, v) if isinstance(v, bool) else v  # YAML 1.1 reads off as false
 
 
 class Config(_Strict):

@@ -22,9 +22,17 @@ def unknown_name_error(kind: str, name: str, valid: list[str], key: str) -> Conf
 class Registry:
     """A map of names to factories; `register` is a decorator, `get` raises a helpful error."""
 
-    def __init__(self, kind: str, key: str) -> None:
+    def __init__(self, kind: str, key: str, builtins: str | None = None) -> None:
         self.kind, self.key = kind, key  # key: the config key that names an entry, for error messages
         self._items: dict[str, Callable[..., Any]] = {}
+        self._builtins = builtins  # module whose import registers kiln's own entries (done on first use)
+
+    @property
+    def items(self) -> dict[str, Callable[..., Any]]:
+        if self._builtins:
+            module, self._builtins = self._builtins, None
+            importlib.import_module(module)
+        return self._items
 
     def register(self, name: str | None = None) -> Callable[[F], F]:
         def deco(fn: F) -> F:
@@ -34,17 +42,17 @@ class Registry:
         return deco
 
     def names(self) -> list[str]:
-        return sorted(self._items)
+        return sorted(self.items)
 
     def __contains__(self, name: str) -> bool:
-        return name in self._items
+        return name in self.items
 
     def get(self, name: str) -> Callable[..., Any]:
         if ":" in name:
             return resolve_callable(name, self.key)
-        if name not in self._items:
+        if name not in self.items:
             raise unknown_name_error(self.kind, name, self.names(), self.key)
-        return self._items[name]
+        return self.items[name]
 
 
 def resolve_callable(spec: str, key: str) -> Callable[..., Any]:
@@ -78,7 +86,7 @@ def import_user_modules(modules: list[str]) -> None:
             raise ConfigError(f"imports: cannot import '{name}' ({e}); run kiln from the project folder") from None
 
 
-MODELS = Registry("model", "model.name")
+MODELS = Registry("model", "model.name", builtins="kiln.models.builtin")
 register_model = MODELS.register
 
 

@@ -1,0 +1,40 @@
+# Two commands for a fresh machine:  make demo  |  make test
+# Both create .venv and install kiln into it first (torch 2.14.1 / torchvision 0.29.1).
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.kiln-installed
+EXTRAS ?= dev,timm
+
+.PHONY: demo test lint bench data clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
+	$(PY) -m pip install -q -e ".[$(EXTRAS)]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/kiln train -c configs/digits.yaml
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff format --check src tests benchmarks
+
+# Unpack the local copies of CIFAR-10 and MNIST (../shared/data) into data/ (git-ignored).
+data:
+	mkdir -p data
+	test -d data/cifar10 || tar -xzf ../shared/data/cifar10-jpeg.tar.gz -C data/
+	test -d data/mnist || tar -xzf ../shared/data/mnist-png.tar.gz -C data/
+
+bench: $(STAMP) data
+	$(PY) benchmarks/cpu_overhead.py
+	$(PY) benchmarks/cache_speed.py
+	$(PY) benchmarks/cpu_time_to_accuracy.py
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

@@ -1,0 +1,70 @@
+"""Shared fixtures: real data only. ``../shared/data`` (CIFAR-10 JPEGs, MNIST PNGs + CSV) is unpacked once
+into the git-ignored ``data/`` folder; tests that need it are skipped with a reason where it is absent."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "data"
+DATA = ROOT / "data"
+
+
+def _unpack(name: str, archive: str) -> Path:
+    target = DATA / name
+    if (target / ".unpacked").exists():
+        return target
+    src = SHARED / archive
+    if not src.is_file():
+        pytest.skip(f"{src} is absent (it ships beside the project in CI only); real-data test skipped")
+    DATA.mkdir(exist_ok=True)
+    with tarfile.open(src) as tf:
+        tf.extractall(DATA, filter="data")
+    (target / ".unpacked").touch()
+    return target
+
+
+@pytest.fixture(scope="session")
+def cifar10_dir() -> Path:
+    return _unpack("cifar10", "cifar10-jpeg.tar.gz")
+
+
+@pytest.fixture(scope="session")
+def mnist_dir() -> Path:
+    return _unpack("mnist", "mnist-png.tar.gz")
+
+
+def write_png_folder(root: Path, classes: list[str], per_class: int, size: int = 12, mode: str = "RGB",
+                     splits: tuple[str, ...] = ("train", "test"), seed: int = 0) -> Path:  # fmt: skip
+    """A tiny, learnable image folder: each class has its own mean colour plus noise."""
+    rng = np.random.default_rng(seed)
+    channels = 3 if mode == "RGB" else 1
+    for split in splits:
+        for k, c in enumerate(classes):
+            d = root / split / c
+            d.mkdir(parents=True, exist_ok=True)
+            for i in range(per_class):
+                base = 40 + 170 * k / max(1, len(classes) - 1)
+                arr = np.clip(rng.normal(base, 20, (size, size, channels)), 0, 255).astype(np.uint8)
+                Image.fromarray(arr.squeeze(-1) if channels == 1 else arr, mode).save(d / f"{i}.png")
+    return root
+
+
+@pytest.fixture
+def png_folder(tmp_path: Path) -> Path:
+    return write_png_folder(tmp_path / "imgs", ["cat", "dog", "frog"], per_class=12)
+
+
+def run_kiln(*args: str, cwd: Path | None = None, check: bool = True, timeout: int = 300) -> subprocess.CompletedProcess:
+    proc = subprocess.run([sys.executable, "-m", "kiln", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout)  # fmt: skip
+    if check and proc.returncode != 0:
+        raise AssertionError(f"kiln {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc

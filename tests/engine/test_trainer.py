@@ -1,0 +1,93 @@
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from kiln.config import load_config
+from kiln.engine.trainer import fit
+from tests.conftest import ROOT
+
+DIGITS = ROOT / "configs/digits.yaml"
+
+
+def _cfg(tmp_path: Path, *overrides: str):
+    return load_config(DIGITS, [f"run.dir={tmp_path}", "trainer.progress=off", *overrides])
+
+
+@pytest.mark.parametrize(("model", "extra"), [
+    ("lenet", []), ("mlp", ["model.args={hidden: [64]}"]), ("resnet_small", ["model.args={widths: [8, 16]}"]),
+    ("torchvision:mobilenet_v3_small", ["data.channels=3", "data.image_size=32"]),
+    ("timm:resnet10t", ["data.image_size=16"]),
+])  # fmt: skip
+def test_one_real_run_per_model_family(tmp_path: Path, model: str, extra: list[str]) -> None:
+    if model.startswith("timm:"):
+        pytest.importorskip("timm", reason="timm is an optional extra")
+    summary = fit(_cfg(tmp_path, f"model.name={model}", "trainer.epochs=2", *extra))
+    lines = [json.loads(s) for s in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [m["epoch"] for m in lines] == [1, 2]
+    assert {"epoch", "train_loss", "val_loss", "val_acc", "lr", "seconds"} <= set(lines[0])
+    assert lines[1]["train_loss"] < lines[0]["train_loss"] or model.startswith(("torchvision", "timm"))
+    assert (tmp_path / "checkpoints/last.pt").is_file() and (tmp_path / "checkpoints/best.pt").is_file()
+    assert summary["test"]["num_samples"] == 360 and 0 <= summary["test"]["accuracy"] <= 1
+    assert (tmp_path / "config.yaml").is_file()
+
+
+def test_digits_default_reaches_095(tmp_path: Path) -> None:
+    summary = fit(_cfg(tmp_path))
+    assert summary["test"]["accuracy"] >= 0.95
+    saved = json.loads((tmp_path / "summary.json").read_text())
+    assert saved["best_epoch"] == summary["best_epoch"] and saved["test"] == summary["test"]
+
+
+def _weights(path: Path) -> dict[str, torch.Tensor]:
+    return torch.load(path, weights_only=True)["model_state_dict"]
+
+
+@pytest.mark.parametrize("extra", [
+    [],  # the config's own scheduler (cosine with warmup)
+    ["model.name=resnet_small", "model.args={widths: [8, 16]}", "data.augment={crop_padding: 1, hflip: true, cutout: 2}",
+     "data.image_size=12", "optimizer.name=sgd", "scheduler.name=onecycle", "data.batch_size=50"],
+])  # fmt: skip
+def test_resume_from_epoch2_is_bit_identical(tmp_path: Path, extra: list[str]) -> None:
+    common = ["trainer.epochs=4", "trainer.checkpoint.every_n_epochs=1", "trainer.checkpoint.keep=4", *extra]
+    straight = tmp_path / "straight"
+    fit(_cfg(straight, *common))
+    assert sorted(p.name for p in (straight / "checkpoints").glob("epoch-*.pt")) == [f"epoch-{i}.pt" for i in (1, 2, 3, 4)]
+    resumed = tmp_path / "resumed"
+    fit(_cfg(resumed, *common), resume=str(straight / "checkpoints/epoch-2.pt"))
+    a, b = _weights(straight / "checkpoints/last.pt"), _weights(resumed / "checkpoints/last.pt")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    lines = [json.loads(s)["epoch"] for s in (resumed / "metrics.jsonl").read_text().splitlines()]
+    assert lines == [3, 4]
+
+
+def test_keep_prunes_old_epoch_checkpoints(tmp_path: Path) -> None:
+    fit(_cfg(tmp_path, "trainer.epochs=5", "trainer.checkpoint.every_n_epochs=2", "trainer.checkpoint.keep=1"))
+    assert sorted(p.name for p in (tmp_path / "checkpoints").glob("epoch-*.pt")) == ["epoch-4.pt"]
+
+
+def test_early_stopping_fires_and_survives_resume(tmp_path: Path) -> None:
+    # min_delta 10 on val_loss: no epoch can improve by that much, so patience 1 stops after epoch 3
+    es = "trainer.early_stopping={monitor: val_loss, mode: min, patience: 1, min_delta: 10.0}"
+    summary = fit(_cfg(tmp_path, "trainer.epochs=10", es))
+    assert summary["epochs_run"] == 3 and "early stopping" in summary["stopped_early"]
+    state = torch.load(tmp_path / "checkpoints/last.pt", weights_only=True)["callbacks"]
+    assert any(v.get("wait") == 2 for v in state.values())
+
+
+def test_checkpoint_follows_pytorch_tutorial_keys(tmp_path: Path) -> None:
+    fit(_cfg(tmp_path, "trainer.epochs=1"))
+    c = torch.load(tmp_path / "checkpoints/last.pt", weights_only=True)
+    for key in ("model_state_dict", "optimizer_state_dict", "epoch", "loss", "scheduler_state_dict",
+                "scaler_state_dict", "rng", "config", "classes", "best_metric", "callbacks", "data_state"):
+        assert key in c, key
+    from kiln.models.builtin import LeNet  # the tutorial's own way: build the model, load the state dict
+
+    net = LeNet(10, 1, (8, 8))
+    net.load_state_dict(c["model_state_dict"])
+    opt = torch.optim.AdamW(net.parameters())
+    opt.load_state_dict(c["optimizer_state_dict"])
+    assert c["epoch"] == 1 and isinstance(c["loss"], float)

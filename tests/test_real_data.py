@@ -1,0 +1,23 @@
+"""The example configs on the real local copies of MNIST and CIFAR-10 (../shared/data; skipped without it)."""
+
+import json
+from pathlib import Path
+
+from tests.conftest import ROOT, run_kiln
+
+
+def test_mnist_csv_one_epoch_reaches_097(mnist_dir: Path, tmp_path: Path) -> None:
+    run_kiln("train", "-c", str(ROOT / "configs/mnist_csv.yaml"), "trainer.epochs=1", f"data.root={mnist_dir}",
+             f"run.dir={tmp_path}", f"data.cache_dir={tmp_path / 'cache'}")  # fmt: skip
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["test"]["num_samples"] == 10_000
+    assert summary["test"]["accuracy"] >= 0.97
+
+
+def test_cifar10_tutorial_config_on_local_folder(cifar10_dir: Path, tmp_path: Path) -> None:
+    # The tutorial's own settings (batch 4, SGD 0.001); one epoch here to keep the suite short.
+    run_kiln("train", "-c", str(ROOT / "configs/cifar10_lenet.yaml"), "data.source=folder", f"data.root={cifar10_dir}",
+             "trainer.epochs=1", f"run.dir={tmp_path}", f"data.cache_dir={tmp_path / 'cache'}", timeout=600)  # fmt: skip
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["test"]["num_samples"] == 10_000 and summary["test"]["accuracy"] > 0.3
+    assert (tmp_path / "checkpoints/last.pt").is_file() and (tmp_path / "metrics.jsonl").read_text()
