@@ -62,9 +62,13 @@ def png_folder(tmp_path: Path) -> Path:
     return write_png_folder(tmp_path / "imgs", ["cat", "dog", "frog"], per_class=12)
 
 
-def run_kiln(*args: str, cwd: Path | None = None, check: bool = True, timeout: int = 300) -> subprocess.CompletedProcess:
+def run_kiln(
+    *args: str, cwd: Path | None = None, check: bool = True, timeout: int = 300
+) -> subprocess.CompletedProcess:
     proc = subprocess.run([sys.executable, "-m", "kiln", *args], cwd=cwd, capture_output=True, text=True,
                           timeout=timeout)  # fmt: skip
     if check and proc.returncode != 0:
-        raise AssertionError(f"kiln {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+        raise AssertionError(
+            f"kiln {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
+        )
     return proc

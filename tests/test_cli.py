@@ -9,7 +9,9 @@ from tests.conftest import ROOT, run_kiln
 
 
 def test_train_digits_end_to_end(tmp_path: Path) -> None:
-    proc = run_kiln("train", "-c", str(ROOT / "configs/digits.yaml"), f"run.dir={tmp_path}", "trainer.epochs=3")
+    proc = run_kiln(
+        "train", "-c", str(ROOT / "configs/digits.yaml"), f"run.dir={tmp_path}", "trainer.epochs=3"
+    )
     assert "test accuracy:" in proc.stdout
     resolved = yaml.safe_load((tmp_path / "config.yaml").read_text())
     assert resolved["trainer"]["epochs"] == 3 and resolved["run"]["dir"] == str(tmp_path)
@@ -22,7 +24,11 @@ def test_resume_command(tmp_path: Path) -> None:
                     "--resume", str(tmp_path / "checkpoints/last.pt"), check=False)  # fmt: skip
     # a different epoch count changes the schedule: allowed (the model is the same), trains one more epoch
     assert proc.returncode == 0, proc.stderr
-    assert [json.loads(s)["epoch"] for s in (tmp_path / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3]
+    assert [json.loads(s)["epoch"] for s in (tmp_path / "metrics.jsonl").read_text().splitlines()] == [
+        1,
+        2,
+        3,
+    ]
 
 
 def test_resume_with_other_model_is_refused(tmp_path: Path) -> None:

@@ -22,14 +22,18 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="kiln", description="Train, evaluate, export and tune image classifiers.")
+    p = argparse.ArgumentParser(
+        prog="kiln", description="Train, evaluate, export and tune image classifiers."
+    )
     sub = p.add_subparsers(dest="command", required=True)
     t = sub.add_parser("train", help="train a model from a config file",
                        description="Train from CONFIG (YAML or JSON); key=value overrides change any value, "
                                    "e.g. trainer.epochs=3 optimizer.lr=0.01 run.dir=/tmp/r1")  # fmt: skip
     t.add_argument("-c", "--config", required=True, help="config file (.yaml/.yml/.json)")
     t.add_argument("overrides", nargs="*", metavar="key=value", help="dotted config overrides")
-    t.add_argument("--resume", metavar="PATH", help="continue from this checkpoint (e.g. runs/x/checkpoints/last.pt)")
+    t.add_argument(
+        "--resume", metavar="PATH", help="continue from this checkpoint (e.g. runs/x/checkpoints/last.pt)"
+    )
     t.set_defaults(func=_train)
     return p
 

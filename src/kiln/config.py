@@ -129,7 +129,9 @@ class TrainerConfig(_Strict):
     @field_validator("progress", mode="before")
     @classmethod
     def _yaml_on_off(cls, v: Any) -> Any:
-        return {True: "on", False: "off"}.get(v, v) if isinstance(v, bool) else v  # YAML 1.1 reads off as false
+        return (
+            {True: "on", False: "off"}.get(v, v) if isinstance(v, bool) else v
+        )  # YAML 1.1 reads off as false
 
 
 class Config(_Strict):

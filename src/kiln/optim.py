@@ -48,4 +48,6 @@ def build_scheduler(
 ) -> torch.optim.lr_scheduler.LambdaLR:
     if cfg.name == "onecycle" and cfg.warmup_epochs == 0:
         cfg = cfg.model_copy(update={"warmup_epochs": 0.3 * epochs})
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(cfg, epochs * steps_per_epoch, steps_per_epoch))
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lr_factor(cfg, epochs * steps_per_epoch, steps_per_epoch)
+    )

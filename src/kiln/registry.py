@@ -83,7 +83,9 @@ def import_user_modules(modules: list[str]) -> None:
         try:
             importlib.import_module(name)
         except ImportError as e:
-            raise ConfigError(f"imports: cannot import '{name}' ({e}); run kiln from the project folder") from None
+            raise ConfigError(
+                f"imports: cannot import '{name}' ({e}); run kiln from the project folder"
+            ) from None
 
 
 MODELS = Registry("model", "model.name", builtins="kiln.models.builtin")

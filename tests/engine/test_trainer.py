@@ -53,7 +53,9 @@ def test_resume_from_epoch2_is_bit_identical(tmp_path: Path, extra: list[str]) -
     common = ["trainer.epochs=4", "trainer.checkpoint.every_n_epochs=1", "trainer.checkpoint.keep=4", *extra]
     straight = tmp_path / "straight"
     fit(_cfg(straight, *common))
-    assert sorted(p.name for p in (straight / "checkpoints").glob("epoch-*.pt")) == [f"epoch-{i}.pt" for i in (1, 2, 3, 4)]
+    assert sorted(p.name for p in (straight / "checkpoints").glob("epoch-*.pt")) == [
+        f"epoch-{i}.pt" for i in (1, 2, 3, 4)
+    ]
     resumed = tmp_path / "resumed"
     fit(_cfg(resumed, *common), resume=str(straight / "checkpoints/epoch-2.pt"))
     a, b = _weights(straight / "checkpoints/last.pt"), _weights(resumed / "checkpoints/last.pt")
@@ -65,7 +67,9 @@ def test_resume_from_epoch2_is_bit_identical(tmp_path: Path, extra: list[str]) -
 
 
 def test_keep_prunes_old_epoch_checkpoints(tmp_path: Path) -> None:
-    fit(_cfg(tmp_path, "trainer.epochs=5", "trainer.checkpoint.every_n_epochs=2", "trainer.checkpoint.keep=1"))
+    fit(
+        _cfg(tmp_path, "trainer.epochs=5", "trainer.checkpoint.every_n_epochs=2", "trainer.checkpoint.keep=1")
+    )
     assert sorted(p.name for p in (tmp_path / "checkpoints").glob("epoch-*.pt")) == ["epoch-4.pt"]
 
 
@@ -81,8 +85,20 @@ def test_early_stopping_fires_and_survives_resume(tmp_path: Path) -> None:
 def test_checkpoint_follows_pytorch_tutorial_keys(tmp_path: Path) -> None:
     fit(_cfg(tmp_path, "trainer.epochs=1"))
     c = torch.load(tmp_path / "checkpoints/last.pt", weights_only=True)
-    for key in ("model_state_dict", "optimizer_state_dict", "epoch", "loss", "scheduler_state_dict",
-                "scaler_state_dict", "rng", "config", "classes", "best_metric", "callbacks", "data_state"):
+    for key in (
+        "model_state_dict",
+        "optimizer_state_dict",
+        "epoch",
+        "loss",
+        "scheduler_state_dict",
+        "scaler_state_dict",
+        "rng",
+        "config",
+        "classes",
+        "best_metric",
+        "callbacks",
+        "data_state",
+    ):
         assert key in c, key
     from kiln.models.builtin import LeNet  # the tutorial's own way: build the model, load the state dict
 

@@ -35,13 +35,19 @@ def test_timm_prefix() -> None:
 
 
 @kiln.register_model("tiny_user_net")
-def tiny_user_net(num_classes: int, in_channels: int, image_size: tuple[int, int], width: int = 4) -> torch.nn.Module:
-    return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(in_channels * image_size[0] * image_size[1], num_classes))
+def tiny_user_net(
+    num_classes: int, in_channels: int, image_size: tuple[int, int], width: int = 4
+) -> torch.nn.Module:
+    return torch.nn.Sequential(
+        torch.nn.Flatten(), torch.nn.Linear(in_channels * image_size[0] * image_size[1], num_classes)
+    )
 
 
 def test_user_registration_and_module_callable() -> None:
     assert "tiny_user_net" in MODELS.names()
-    m = create_model("tests.models.test_registry:tiny_user_net", num_classes=2, in_channels=1, image_size=(4, 4))
+    m = create_model(
+        "tests.models.test_registry:tiny_user_net", num_classes=2, in_channels=1, image_size=(4, 4)
+    )
     assert m(torch.randn(1, 1, 4, 4)).shape == (1, 2)
     with pytest.raises(ConfigError, match="model.args"):
         create_model("mlp", num_classes=2, bogus=1)

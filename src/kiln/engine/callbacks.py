@@ -78,7 +78,9 @@ class MetricsLog(Callback):
         if start == 0 or not self.path.exists():
             self.path.write_text("")
             return
-        kept = [ln for ln in self.path.read_text().splitlines() if ln.strip() and json.loads(ln)["epoch"] <= start]
+        kept = [
+            ln for ln in self.path.read_text().splitlines() if ln.strip() and json.loads(ln)["epoch"] <= start
+        ]
         self.path.write_text("".join(ln + "\n" for ln in kept))
 
     def on_epoch_end(self, epoch: int, metrics: dict[str, float]) -> str | None:

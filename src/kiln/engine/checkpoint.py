@@ -65,7 +65,9 @@ def save(obj: dict[str, Any], path: Path) -> None:
             os.close(dir_fd)
     except OSError as e:
         tmp.unlink(missing_ok=True)
-        raise CheckpointError(f"could not write checkpoint {path} ({e}); the previous file is unchanged") from None
+        raise CheckpointError(
+            f"could not write checkpoint {path} ({e}); the previous file is unchanged"
+        ) from None
 
 
 def load(path: str | Path) -> dict[str, Any]:
@@ -76,7 +78,9 @@ def load(path: str | Path) -> dict[str, Any]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        lines = [ln.strip() for ln in str(e).splitlines() if "Unsupported global" in ln or "Unsupported" in ln]
+        lines = [
+            ln.strip() for ln in str(e).splitlines() if "Unsupported global" in ln or "Unsupported" in ln
+        ]
         first = lines[0] if lines else type(e).__name__
         raise CheckpointError(f"{path}: refused, it holds objects other than tensors and plain values "
                               f"({first}); kiln never unpickles code from a file") from None  # fmt: skip

@@ -19,7 +19,9 @@ def resolve_device(name: str) -> torch.device:
             return torch.device("mps")
         return torch.device("cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("run.device: 'cuda' was asked for but no CUDA device is visible; use run.device=auto")
+        raise ConfigError(
+            "run.device: 'cuda' was asked for but no CUDA device is visible; use run.device=auto"
+        )
     if name == "mps" and not torch.backends.mps.is_available():
         raise ConfigError("run.device: 'mps' was asked for but MPS is not available; use run.device=auto")
     return torch.device(name)

@@ -51,10 +51,14 @@ def check_writable(run_dir: Path) -> None:
         probe.write_bytes(b"x" * 4096)
         probe.unlink()
     except OSError as e:
-        raise KilnError(f"run.dir: cannot write to {run_dir} ({e.strerror}); choose another run.dir") from None
+        raise KilnError(
+            f"run.dir: cannot write to {run_dir} ({e.strerror}); choose another run.dir"
+        ) from None
 
 
-def build_engine(cfg: Config, bundle: kdata.DataBundle, device: torch.device, callbacks: list[Callback]) -> Engine:
+def build_engine(
+    cfg: Config, bundle: kdata.DataBundle, device: torch.device, callbacks: list[Callback]
+) -> Engine:
     model = create_model(cfg.model.name, num_classes=len(bundle.classes), in_channels=bundle.in_channels,
                          image_size=bundle.image_size, **cfg.model.args).to(device)  # fmt: skip
     channels_last = device.type == "cuda"
@@ -103,7 +107,9 @@ def restore(path: str, cfg: Config, engine: Engine, state: TrainState, bundle: k
         ckpt.unwrap(engine.model).load_state_dict(saved["model_state_dict"])
         engine.optimizer.load_state_dict(saved["optimizer_state_dict"])
     except (RuntimeError, ValueError, KeyError) as e:
-        raise CheckpointError(f"{path}: does not fit this model/optimizer: {str(e).splitlines()[0]}") from None
+        raise CheckpointError(
+            f"{path}: does not fit this model/optimizer: {str(e).splitlines()[0]}"
+        ) from None
     engine.scheduler.load_state_dict(saved["scheduler_state_dict"])
     engine.scaler.load_state_dict(saved["scaler_state_dict"])
     state.epoch, state.step, state.last_loss = saved["epoch"], saved["step"], saved.get("loss")
@@ -127,7 +133,9 @@ def save_epoch_checkpoints(cfg: Config, run_dir: Path, payload: dict[str, Any], 
             old.unlink(missing_ok=True)
 
 
-def fit(cfg: Config, resume: str | None = None, extra_callbacks: list[Callback] | None = None) -> dict[str, Any]:
+def fit(
+    cfg: Config, resume: str | None = None, extra_callbacks: list[Callback] | None = None
+) -> dict[str, Any]:
     import_user_modules(cfg.imports)
     seed_everything(cfg.run.seed, cfg.run.deterministic)
     device = resolve_device(cfg.run.device)
@@ -159,7 +167,11 @@ def fit(cfg: Config, resume: str | None = None, extra_callbacks: list[Callback] 
         for cb in callbacks:
             cb.on_epoch_start(epoch)
         t0 = time.perf_counter()
-        bar = EpochBar(epoch + 1, epochs, len(bundle.train), bundle.train.state_dict()["position"]) if show_bar else None
+        bar = (
+            EpochBar(epoch + 1, epochs, len(bundle.train), bundle.train.state_dict()["position"])
+            if show_bar
+            else None
+        )
         try:
             train_m = train_one_epoch(engine, bundle.train, state, bar)
         finally:

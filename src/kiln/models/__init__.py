@@ -12,7 +12,9 @@ from kiln.models.zoo import timm_model, torchvision_model
 from kiln.registry import MODELS
 
 
-def create(name: str, num_classes: int, in_channels: int = 3, image_size: Any = (32, 32), **args: Any) -> nn.Module:
+def create(
+    name: str, num_classes: int, in_channels: int = 3, image_size: Any = (32, 32), **args: Any
+) -> nn.Module:
     prefix, sep, rest = name.partition(":")
     if sep and prefix == "torchvision":
         return torchvision_model(rest, num_classes, in_channels, **args)
@@ -20,7 +22,9 @@ def create(name: str, num_classes: int, in_channels: int = 3, image_size: Any = 
         return timm_model(rest, num_classes, in_channels, **args)
     factory = MODELS.get(name)  # a registered name, or "module:callable" for a user's own
     try:
-        model = factory(num_classes=num_classes, in_channels=in_channels, image_size=tuple(image_size), **args)
+        model = factory(
+            num_classes=num_classes, in_channels=in_channels, image_size=tuple(image_size), **args
+        )
     except TypeError as e:
         raise ConfigError(f"model.args: {name} does not accept these arguments ({e})") from None
     if not isinstance(model, nn.Module):
