@@ -1,0 +1,143 @@
+"""Two loaders, one interface: iterate ``(x_uint8, y, idx)`` batches, ``len()``, ``set_epoch()``,
+``state_dict()``/``load_state_dict()`` (epoch and position in it), so resume is exact on either path.
+
+The sample order of an epoch is a permutation drawn from (seed, epoch) alone: nothing about it has to be
+saved but the epoch and how many batches were already consumed.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from kiln.data.augment import seeded_generator
+
+Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+
+
+class EpochOrder:
+    """Which sample indices make up each batch of an epoch (shuffled or not, sharded under DDP)."""
+
+    def __init__(self, n: int, batch_size: int, shuffle: bool, seed: int, rank: int = 0, world: int = 1) -> None:
+        self.n, self.batch_size, self.shuffle, self.seed = n, batch_size, shuffle, seed
+        self.rank, self.world = rank, world
+        self.epoch, self.position = 0, 0  # position: batches of this epoch already handed out
+
+    def indices(self) -> torch.Tensor:
+        if self.shuffle:
+            order = torch.randperm(self.n, generator=seeded_generator(torch.device("cpu"), self.seed, self.epoch))
+        else:
+            order = torch.arange(self.n)
+        if self.world > 1:
+            if self.shuffle:  # training: pad so every rank takes the same number of steps (as DistributedSampler)
+                per_rank = math.ceil(self.n / self.world)
+                order = torch.cat([order, order[: per_rank * self.world - self.n]])
+            order = order[self.rank :: self.world]  # evaluation: no padding, every sample counted once
+        return order
+
+    def __len__(self) -> int:
+        n = math.ceil(self.n / self.world) if self.shuffle or self.world == 1 else len(self.indices())
+        return math.ceil(n / self.batch_size)
+
+    def batches(self) -> Iterator[torch.Tensor]:
+        """The rest of this epoch's batches, from ``position`` on."""
+        order = self.indices()
+        for b in range(self.position, math.ceil(len(order) / self.batch_size)):
+            yield order[b * self.batch_size : (b + 1) * self.batch_size]
+
+    def set_epoch(self, epoch: int) -> None:
+        if epoch != self.epoch:
+            self.epoch, self.position = epoch, 0
+
+
+class _Resumable:
+    """``state_dict`` counts the batches the *consumer* has taken, not those prefetched by workers."""
+
+    order: EpochOrder
+
+    def _track(self, batches: Iterator[Batch]) -> Iterator[Batch]:
+        for batch in batches:
+            self.order.position += 1
+            yield batch
+        self.order.position = 0  # epoch finished; the next starts at its beginning
+        self.order.epoch += 1
+
+    def __len__(self) -> int:
+        return len(self.order)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.order.set_epoch(epoch)
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.order.epoch, "position": self.order.position}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.order.epoch, self.order.position = int(state["epoch"]), int(state["position"])
+
+
+class MemoryLoader(_Resumable):
+    """Batches gathered from one in-memory uint8 tensor (on the GPU when it is there)."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, order: EpochOrder, device: torch.device) -> None:
+        self.images, self.labels, self.order, self.device = images, labels.to(images.device), order, device
+
+    def __iter__(self) -> Iterator[Batch]:
+        return self._track(self._batches())
+
+    def _batches(self) -> Iterator[Batch]:
+        non_blocking = self.device.type == "cuda"
+        for idx in self.order.batches():
+            i = idx.to(self.images.device)
+            x, y = self.images[i], self.labels[i]
+            yield x.to(self.device, non_blocking=non_blocking), y.to(self.device, non_blocking=non_blocking), idx
+
+
+class _Indexed(Dataset):
+    """Adds the sample index to each item so augmentation and reports can use it."""
+
+    def __init__(self, ds: Any) -> None:
+        self.ds = ds
+
+    def __len__(self) -> int:
+        return len(self.ds)
+
+    def __getitem__(self, i: int) -> tuple[Any, Any, int]:
+        x, y = self.ds[i][:2]
+        return x, torch.as_tensor(y, dtype=torch.int64), i
+
+
+class _OrderSampler:
+    def __init__(self, order: EpochOrder) -> None:
+        self.order = order
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for idx in self.order.batches():
+            yield idx.tolist()
+
+    def __len__(self) -> int:
+        return len(self.order)
+
+
+class StreamLoader(_Resumable):
+    """A DataLoader with worker processes over a Dataset that decodes per sample, for data that does not
+    fit in memory. Same batches, in the same order, as MemoryLoader for the same seed."""
+
+    def __init__(self, ds: Any, order: EpochOrder, device: torch.device, workers: int) -> None:
+        self.order, self.device = order, device
+        self.loader = DataLoader(
+            _Indexed(ds), batch_sampler=_OrderSampler(order), num_workers=workers,
+            pin_memory=device.type == "cuda", persistent_workers=workers > 0,
+            prefetch_factor=4 if workers > 0 else None,
+        )  # fmt: skip
+
+    def __iter__(self) -> Iterator[Batch]:
+        return self._track(self._batches())
+
+    def _batches(self) -> Iterator[Batch]:
+        non_blocking = self.device.type == "cuda"
+        for x, y, idx in self.loader:
+            yield x.to(self.device, non_blocking=non_blocking), y.to(self.device, non_blocking=non_blocking), idx
