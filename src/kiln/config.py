@@ -45,6 +45,7 @@ class AugmentConfig(_Strict):
     hflip: bool = False
     alternating_flip: bool = False  # airbench: flip every other epoch per sample instead of at random
     cutout: int = Field(0, ge=0)  # side of a square zeroed at a random place; 0 = off
+    mixup: float = Field(0.0, ge=0)  # Beta(alpha, alpha) mixing of image pairs and their targets; 0 = off
 
 
 class DataConfig(_Strict):
@@ -67,6 +68,7 @@ class DataConfig(_Strict):
     csv: CsvConfig = CsvConfig()
     dataset: str | None = None  # source=custom: "module:ClassName"
     dataset_args: dict[str, Any] = {}
+    train_limit: int | None = Field(None, gt=0)  # train on a fixed random subset of N images (quick runs)
 
     @model_validator(mode="after")
     def _check(self) -> DataConfig:
@@ -84,6 +86,16 @@ class ModelConfig(_Strict):
     args: dict[str, Any] = {}
 
 
+class LookaheadConfig(_Strict):
+    k: int = Field(5, gt=0)  # every k optimizer steps ...
+    alpha: float = Field(0.5, gt=0, le=1)  # ... move the slow weights this far towards the fast ones
+
+
+class EmaConfig(_Strict):
+    decay: float = Field(0.999, gt=0, lt=1)  # per optimizer step
+    warmup: bool = True  # decay ramps up as min(decay, (1+t)/(10+t)) so early EMA is not stuck at init
+
+
 class OptimizerConfig(_Strict):
     name: Literal["sgd", "adam", "adamw"] = "sgd"
     lr: float = Field(0.01, gt=0)
@@ -91,6 +103,9 @@ class OptimizerConfig(_Strict):
     nesterov: bool = False
     weight_decay: float = Field(0.0, ge=0)
     betas: tuple[float, float] = (0.9, 0.999)
+    no_decay_norm_bias: bool = False  # weight_decay 0 for biases and norm weights (1-D params)
+    per_images: int | None = Field(None, gt=0)  # lr and weight_decay are given per N images: x batch_size/N
+    lookahead: LookaheadConfig | None = None
 
 
 class SchedulerConfig(_Strict):
@@ -125,6 +140,9 @@ class TrainerConfig(_Strict):
     checkpoint: CheckpointConfig = CheckpointConfig()
     progress: Literal["auto", "on", "off"] = "auto"
     log_every_n_steps: int = Field(50, gt=0)  # how often the device-side loss is read back (host sync)
+    compile: bool = False  # torch.compile the model (checkpoints stay free of the _orig_mod. prefix)
+    ema: EmaConfig | None = None  # evaluate and checkpoint an exponential moving average of the weights
+    tta: Literal["none", "flip", "flip_translate"] = "none"  # test-time augmentation views at evaluation
 
     @field_validator("progress", mode="before")
     @classmethod

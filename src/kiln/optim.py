@@ -4,20 +4,38 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
 
 from kiln.config import OptimizerConfig, SchedulerConfig
+from kiln.engine.callbacks import Callback
 
 
-def build_optimizer(cfg: OptimizerConfig, params: list[nn.Parameter], fused: bool) -> torch.optim.Optimizer:
+def param_groups(cfg: OptimizerConfig, model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """Trainable parameters, split so biases and norm weights (1-D) get no decay when asked."""
+    params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    if not cfg.no_decay_norm_bias:
+        return [{"params": [p for _, p in params], "weight_decay": weight_decay}]
+    decay = [p for _, p in params if p.ndim > 1]
+    no_decay = [p for _, p in params if p.ndim <= 1]
+    return [g for g in ({"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0})
+            if g["params"]]  # fmt: skip
+
+
+def build_optimizer(
+    cfg: OptimizerConfig, model: nn.Module, batch_size: int, fused: bool
+) -> torch.optim.Optimizer:
+    # per_images: the config's lr/weight_decay are per N images; scale linearly with the batch size
+    scale = batch_size / cfg.per_images if cfg.per_images else 1.0
+    lr, wd = cfg.lr * scale, cfg.weight_decay * scale
+    groups = param_groups(cfg, model, wd)
     extra = {"fused": True} if fused else {}  # one kernel for all params on CUDA
     if cfg.name == "sgd":
-        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
-                               weight_decay=cfg.weight_decay, **extra)  # fmt: skip
+        return torch.optim.SGD(groups, lr=lr, momentum=cfg.momentum, nesterov=cfg.nesterov, **extra)
     cls = torch.optim.Adam if cfg.name == "adam" else torch.optim.AdamW
-    return cls(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay, **extra)
+    return cls(groups, lr=lr, betas=cfg.betas, **extra)
 
 
 def lr_factor(cfg: SchedulerConfig, total_steps: int, steps_per_epoch: int) -> Callable[[int], float]:
@@ -51,3 +69,29 @@ def build_scheduler(
     return torch.optim.lr_scheduler.LambdaLR(
         optimizer, lr_factor(cfg, epochs * steps_per_epoch, steps_per_epoch)
     )
+
+
+class Lookahead(Callback):
+    """Lookahead (Zhang et al. 2019): every k optimizer steps the slow weights move ``alpha`` of the way to
+    the fast ones, and the fast weights restart from there. A callback, so its slow weights are checkpointed."""
+
+    def __init__(self, model: nn.Module, k: int, alpha: float) -> None:
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.slow = [p.detach().clone() for p in self.params]
+        self.k, self.alpha, self.last = k, alpha, 0
+
+    @torch.no_grad()
+    def on_batch_end(self, step: int, loss: torch.Tensor, lr: float) -> None:
+        if step == self.last or step % self.k:
+            return
+        self.last = step
+        torch._foreach_lerp_(self.slow, self.params, self.alpha)
+        torch._foreach_copy_(self.params, self.slow)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"slow": self.slow, "last": self.last}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for s, v in zip(self.slow, state["slow"], strict=True):
+            s.copy_(v)
+        self.last = state["last"]

@@ -113,7 +113,9 @@ def test_torchvision_cifar10_format(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     hand-written batches cannot match, so only that check is bypassed; the reading code runs for real."""
     import torchvision
 
-    monkeypatch.setattr(torchvision.datasets.cifar, "check_integrity", lambda path, md5=None: Path(path).is_file())
+    monkeypatch.setattr(
+        torchvision.datasets.cifar, "check_integrity", lambda path, md5=None: Path(path).is_file()
+    )
     d = tmp_path / "cifar-10-batches-py"
     d.mkdir()
     rng = np.random.default_rng(0)

@@ -48,6 +48,8 @@ def _weights(path: Path) -> dict[str, torch.Tensor]:
     [],  # the config's own scheduler (cosine with warmup)
     ["model.name=resnet_small", "model.args={widths: [8, 16]}", "data.augment={crop_padding: 1, hflip: true, cutout: 2}",
      "data.image_size=12", "optimizer.name=sgd", "scheduler.name=onecycle", "data.batch_size=50"],
+    ["trainer.ema={decay: 0.9}", "optimizer.lookahead={k: 3}", "data.augment.mixup=0.4", "trainer.tta=flip",
+     "optimizer.no_decay_norm_bias=true", "trainer.accumulate=2"],
 ])  # fmt: skip
 def test_resume_from_epoch2_is_bit_identical(tmp_path: Path, extra: list[str]) -> None:
     common = ["trainer.epochs=4", "trainer.checkpoint.every_n_epochs=1", "trainer.checkpoint.keep=4", *extra]
@@ -107,3 +109,30 @@ def test_checkpoint_follows_pytorch_tutorial_keys(tmp_path: Path) -> None:
     opt = torch.optim.AdamW(net.parameters())
     opt.load_state_dict(c["optimizer_state_dict"])
     assert c["epoch"] == 1 and isinstance(c["loss"], float)
+
+
+def test_compiled_checkpoint_loads_into_plain_model(tmp_path: Path) -> None:
+    summary = fit(
+        _cfg(
+            tmp_path,
+            "trainer.epochs=1",
+            "trainer.compile=true",
+            "model.name=mlp",
+            "model.args={hidden: [32]}",
+        )
+    )
+    state = _weights(tmp_path / "checkpoints/best.pt")
+    assert not any(k.startswith("_orig_mod.") for k in state)
+    from kiln.registry import create_model
+
+    plain = create_model("mlp", num_classes=10, in_channels=1, image_size=(8, 8), hidden=[32])
+    plain.load_state_dict(state)
+    assert summary["test"]["accuracy"] > 0.5
+
+
+def test_ema_weights_are_what_is_evaluated_and_saved(tmp_path: Path) -> None:
+    fit(_cfg(tmp_path, "trainer.epochs=2", "trainer.ema={decay: 0.95}"))
+    c = torch.load(tmp_path / "checkpoints/last.pt", weights_only=True)
+    ema, raw = c["model_state_dict"], c["train_state_dict"]
+    assert c["ema_state_dict"]["updates"] == c["step"]
+    assert any(not torch.equal(ema[k], raw[k]) for k in ema)

@@ -9,6 +9,10 @@ from kiln.registry import MODELS, create_model
 @pytest.mark.parametrize("name", MODELS.names())
 @pytest.mark.parametrize(("channels", "size"), [(1, (8, 8)), (1, (28, 28)), (3, (32, 32))])
 def test_every_registered_model_builds_and_runs(name: str, channels: int, size: tuple[int, int]) -> None:
+    if name == "airbench" and min(size) < 16:
+        with pytest.raises(ConfigError, match="data.image_size"):
+            create_model(name, num_classes=7, in_channels=channels, image_size=size)
+        return
     model = create_model(name, num_classes=7, in_channels=channels, image_size=size)
     out = model(torch.randn(2, channels, *size))
     assert out.shape == (2, 7)
@@ -53,3 +57,12 @@ def test_user_registration_and_module_callable() -> None:
         create_model("mlp", num_classes=2, bogus=1)
     with pytest.raises(ConfigError, match="cannot import module 'no_such_module'"):
         create_model("no_such_module:net", num_classes=2)
+
+
+def test_airbench_whitening_init_whitens() -> None:
+    m = create_model("airbench", num_classes=10, in_channels=3, image_size=(32, 32))
+    x = torch.randn(64, 3, 32, 32) * torch.tensor([1.0, 3.0, 0.5]).view(1, 3, 1, 1)
+    m.init_from_data(x)
+    out = m.whiten(x)[:, :12].permute(1, 0, 2, 3).reshape(12, -1)  # the + half of the whitening channels
+    cov = out @ out.T / out.shape[1]
+    assert torch.allclose(cov, torch.eye(12), atol=0.1)

@@ -133,6 +133,8 @@ def build(cfg: DataConfig, seed: int, device: torch.device, rank: int = 0, world
     train, val = raw.train, raw.val
     if val is None:
         train, val = _carve_val(train, cfg.val_split, seed=0)  # fixed: the same val set in every run
+    if cfg.train_limit is not None and cfg.train_limit < len(train):
+        train = _carve_val(train, 1 - cfg.train_limit / len(train), seed=1)[0]
     if len(train) == 0:
         raise DataError("data: the training split is empty")
     shape = _shape(cfg, raw)
@@ -150,7 +152,9 @@ def build(cfg: DataConfig, seed: int, device: torch.device, rank: int = 0, world
         raise DataError(f"data.mean/data.std: need {channels} values (one per channel), got {len(mean)}")
 
     # Keep the whole dataset on the GPU when it fits: no host->device copy per batch.
-    on_gpu = device.type == "cuda" and sum(m.images.numel() for m in mem.values() if m) < 0.5 * _gpu_free(device)
+    on_gpu = device.type == "cuda" and sum(m.images.numel() for m in mem.values() if m) < 0.5 * _gpu_free(
+        device
+    )
 
     def loader(name: str, split: Split | None, bs: int, shuffle: bool) -> MemoryLoader | StreamLoader | None:
         if split is None or len(split) == 0:

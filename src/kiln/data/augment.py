@@ -65,7 +65,9 @@ class BatchTransform:
             self.scale, self.shift = self.scale.to(x.device), self.shift.to(x.device)
         return torch.addcmul(self.shift, x.float(), self.scale)
 
-    def __call__(self, x: torch.Tensor, idx: torch.Tensor, epoch: int, step: int, train: bool) -> torch.Tensor:
+    def __call__(
+        self, x: torch.Tensor, idx: torch.Tensor, epoch: int, step: int, train: bool
+    ) -> torch.Tensor:
         x = self.normalize(x)
         a = self.augment
         if not train or not (a.crop_padding or a.hflip or a.alternating_flip or a.cutout):

@@ -32,8 +32,16 @@ def open_image(path: Path, channels: int, size: tuple[int, int] | None) -> np.nd
                 if size is not None and im.size != (size[1], size[0]):
                     im = im.resize((size[1], size[0]), Image.BILINEAR)
                 arr = np.asarray(im, dtype=np.uint8)
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombWarning, Image.DecompressionBombError) as e:
-        raise DataError(f"{path}: cannot read image ({type(e).__name__}: {e}); fix or remove the file") from None
+    except (
+        OSError,
+        ValueError,
+        SyntaxError,
+        Image.DecompressionBombWarning,
+        Image.DecompressionBombError,
+    ) as e:
+        raise DataError(
+            f"{path}: cannot read image ({type(e).__name__}: {e}); fix or remove the file"
+        ) from None
     return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
 
 
@@ -71,7 +79,9 @@ def decode_files(
     paths: list[Path], channels: int, size: tuple[int, int], resize: bool, workers: int
 ) -> np.ndarray:
     chunk = max(64, len(paths) // (workers * 8) + 1)
-    jobs = [([str(p) for p in paths[i : i + chunk]], channels, size, resize) for i in range(0, len(paths), chunk)]
+    jobs = [
+        ([str(p) for p in paths[i : i + chunk]], channels, size, resize) for i in range(0, len(paths), chunk)
+    ]
     if workers <= 1 or len(jobs) == 1:
         parts = [_decode_chunk(j) for j in jobs]
     else:
@@ -81,7 +91,12 @@ def decode_files(
 
 
 def load_images(
-    paths: list[Path], channels: int, size: tuple[int, int], resize: bool, cache_dir: Path | None, workers: int
+    paths: list[Path],
+    channels: int,
+    size: tuple[int, int],
+    resize: bool,
+    cache_dir: Path | None,
+    workers: int,
 ) -> torch.Tensor:
     """Decoded images as a uint8 tensor, from the on-disk cache when the fingerprint matches."""
     cache_file = None

@@ -22,18 +22,24 @@ Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 class EpochOrder:
     """Which sample indices make up each batch of an epoch (shuffled or not, sharded under DDP)."""
 
-    def __init__(self, n: int, batch_size: int, shuffle: bool, seed: int, rank: int = 0, world: int = 1) -> None:
+    def __init__(
+        self, n: int, batch_size: int, shuffle: bool, seed: int, rank: int = 0, world: int = 1
+    ) -> None:
         self.n, self.batch_size, self.shuffle, self.seed = n, batch_size, shuffle, seed
         self.rank, self.world = rank, world
         self.epoch, self.position = 0, 0  # position: batches of this epoch already handed out
 
     def indices(self) -> torch.Tensor:
         if self.shuffle:
-            order = torch.randperm(self.n, generator=seeded_generator(torch.device("cpu"), self.seed, self.epoch))
+            order = torch.randperm(
+                self.n, generator=seeded_generator(torch.device("cpu"), self.seed, self.epoch)
+            )
         else:
             order = torch.arange(self.n)
         if self.world > 1:
-            if self.shuffle:  # training: pad so every rank takes the same number of steps (as DistributedSampler)
+            if (
+                self.shuffle
+            ):  # training: pad so every rank takes the same number of steps (as DistributedSampler)
                 per_rank = math.ceil(self.n / self.world)
                 order = torch.cat([order, order[: per_rank * self.world - self.n]])
             order = order[self.rank :: self.world]  # evaluation: no padding, every sample counted once
@@ -82,7 +88,9 @@ class _Resumable:
 class MemoryLoader(_Resumable):
     """Batches gathered from one in-memory uint8 tensor (on the GPU when it is there)."""
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, order: EpochOrder, device: torch.device) -> None:
+    def __init__(
+        self, images: torch.Tensor, labels: torch.Tensor, order: EpochOrder, device: torch.device
+    ) -> None:
         self.images, self.labels, self.order, self.device = images, labels.to(images.device), order, device
 
     def __iter__(self) -> Iterator[Batch]:
@@ -93,7 +101,11 @@ class MemoryLoader(_Resumable):
         for idx in self.order.batches():
             i = idx.to(self.images.device)
             x, y = self.images[i], self.labels[i]
-            yield x.to(self.device, non_blocking=non_blocking), y.to(self.device, non_blocking=non_blocking), idx
+            yield (
+                x.to(self.device, non_blocking=non_blocking),
+                y.to(self.device, non_blocking=non_blocking),
+                idx,
+            )
 
 
 class _Indexed(Dataset):
@@ -140,4 +152,8 @@ class StreamLoader(_Resumable):
     def _batches(self) -> Iterator[Batch]:
         non_blocking = self.device.type == "cuda"
         for x, y, idx in self.loader:
-            yield x.to(self.device, non_blocking=non_blocking), y.to(self.device, non_blocking=non_blocking), idx
+            yield (
+                x.to(self.device, non_blocking=non_blocking),
+                y.to(self.device, non_blocking=non_blocking),
+                idx,
+            )

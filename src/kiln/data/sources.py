@@ -43,7 +43,12 @@ def digits(cfg: DataConfig) -> RawSplits:
                      [str(c) for c in d.target_names])  # fmt: skip
 
 
-_TORCHVISION = {"cifar10": "CIFAR10", "cifar100": "CIFAR100", "mnist": "MNIST", "fashion_mnist": "FashionMNIST"}
+_TORCHVISION = {
+    "cifar10": "CIFAR10",
+    "cifar100": "CIFAR100",
+    "mnist": "MNIST",
+    "fashion_mnist": "FashionMNIST",
+}
 
 
 def torchvision_dataset(cfg: DataConfig) -> RawSplits:
@@ -83,7 +88,9 @@ def _list_folder(split_dir: Path, classes: list[str] | None) -> tuple[FileSet, l
     for c in found:
         files = sorted(p for p in (split_dir / c).iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
         if not files:
-            raise DataError(f"{split_dir / c}: class folder has no images ({', '.join(sorted(IMAGE_EXTENSIONS))})")
+            raise DataError(
+                f"{split_dir / c}: class folder has no images ({', '.join(sorted(IMAGE_EXTENSIONS))})"
+            )
         paths += files
         labels += [index[c]] * len(files)
     return FileSet(paths, labels, [str(p) for p in paths]), classes
@@ -117,7 +124,9 @@ def _read_csv(path: Path, cfg: DataConfig, root: Path) -> tuple[list[Path], list
             # normpath, not resolve(): string work only, ~10x faster over 60k rows; ".." is still caught
             file = os.path.normpath(os.path.join(base, rel))
             if not rel or not file.startswith(base + os.sep):
-                raise DataError(f"{path}:{row_no}: path '{rel}' is empty or outside the data root {root}; refused")
+                raise DataError(
+                    f"{path}:{row_no}: path '{rel}' is empty or outside the data root {root}; refused"
+                )
             if not os.path.isfile(file):
                 raise DataError(f"{path}:{row_no}: image file not found: {root / rel}")
             paths.append(Path(file))
@@ -155,7 +164,9 @@ def csv_source(cfg: DataConfig) -> RawSplits:
         for lab, w in zip(labels, where, strict=True):
             key = str(int(lab)) if numeric and lab.lstrip("-").isdigit() else lab
             if key not in index:
-                raise DataError(f"{w}: label '{lab}' is not one of the {len(classes)} train classes {classes[:20]}")
+                raise DataError(
+                    f"{w}: label '{lab}' is not one of the {len(classes)} train classes {classes[:20]}"
+                )
             ids.append(index[key])
         out[split] = FileSet(paths, ids, where)
     return RawSplits(out["train"], out.get("val"), out.get("test"), classes)
@@ -170,7 +181,13 @@ def custom(cfg: DataConfig) -> RawSplits:
         kwargs["root"] = str(data_root(cfg))
 
     def make(split: str) -> Any:
-        extra = {"split": split} if "split" in params else {"train": split == "train"} if "train" in params else {}
+        extra = (
+            {"split": split}
+            if "split" in params
+            else {"train": split == "train"}
+            if "train" in params
+            else {}
+        )
         try:
             return cls(**kwargs, **extra)
         except Exception as e:

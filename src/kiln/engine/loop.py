@@ -6,6 +6,7 @@ No host synchronisation per step: loss and accuracy accumulate on the device and
 
 from __future__ import annotations
 
+import random
 import time
 from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager
@@ -16,8 +17,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kiln.data.augment import BatchTransform
+from kiln.data.augment import BatchTransform, seeded_generator
 from kiln.engine.callbacks import Callback
+from kiln.engine.ema import EMA
 from kiln.errors import TrainingStopped
 
 
@@ -50,6 +52,13 @@ class Engine:
     log_every: int = 50
     channels_last: bool = False
     callbacks: list[Callback] = field(default_factory=list)
+    ema: EMA | None = None
+    tta: str = "none"
+    mixup: float = 0.0
+
+    @property
+    def eval_model(self) -> nn.Module:
+        return self.ema.module if self.ema is not None else self.model
 
 
 def _to_input(engine: Engine, x: torch.Tensor) -> torch.Tensor:
@@ -68,10 +77,16 @@ def train_one_epoch(engine: Engine, loader: Any, state: TrainState, progress: An
     check_every = 1 if engine.device.type == "cpu" else engine.log_every
     for i, (xb, y, idx) in enumerate(loader, start=start):
         x = _to_input(engine, engine.transform(xb, idx, state.epoch, i, train=True))
+        lam, perm = _mixup(engine, x, state.epoch, i)
+        if perm is not None:
+            x = torch.lerp(x[perm], x, lam)  # lam * x + (1 - lam) * x[perm]
         with engine.autocast():
             logits = model(x)
             loss = F.cross_entropy(logits.float(), y, label_smoothing=engine.label_smoothing)
-        engine.scaler.scale(loss / engine.accumulate).backward()
+            if perm is not None:
+                loss = lam * loss + (1 - lam) * F.cross_entropy(logits.float(), y[perm],
+                                                                label_smoothing=engine.label_smoothing)  # fmt: skip
+        engine.scaler.scale(loss / engine.accumulate if engine.accumulate > 1 else loss).backward()
         loss_sum += loss.detach() * y.shape[0]
         correct += (logits.detach().argmax(1) == y).sum()
         seen += y.shape[0]
@@ -85,6 +100,8 @@ def train_one_epoch(engine: Engine, loader: Any, state: TrainState, progress: An
             opt.zero_grad(set_to_none=True)
             engine.scheduler.step()
             state.step += 1
+            if engine.ema is not None:
+                engine.ema.update(model)
         for cb in batch_cbs:
             cb.on_batch_end(state.step, loss.detach(), opt.param_groups[0]["lr"])
         if (i + 1) % check_every == 0 or last:
@@ -103,15 +120,38 @@ def train_one_epoch(engine: Engine, loader: Any, state: TrainState, progress: An
             "images_per_s": seen / max(seconds, 1e-9)}  # fmt: skip
 
 
+def _mixup(engine: Engine, x: torch.Tensor, epoch: int, step: int) -> tuple[float, torch.Tensor | None]:
+    if engine.mixup <= 0:
+        return 1.0, None
+    # seeded by (seed, epoch, step) like the augmentations, so resume draws the same pairs
+    rng = random.Random(hash((engine.transform.seed, epoch, step)))
+    g = seeded_generator(torch.device("cpu"), engine.transform.seed, epoch, step, 1)
+    return rng.betavariate(engine.mixup, engine.mixup), torch.randperm(x.shape[0], generator=g).to(x.device)
+
+
+def tta_views(x: torch.Tensor, mode: str) -> list[torch.Tensor]:
+    """The input plus its test-time views: horizontal flip, and 2-px translations of both."""
+    if mode == "none":
+        return [x]
+    views = [x, x.flip(3)]
+    if mode == "flip_translate":
+        pad = F.pad(x, (2, 2, 2, 2), mode="reflect")
+        h, w = x.shape[2:]
+        for v in (pad[..., 0:h, 0:w], pad[..., 4 : h + 4, 4 : w + 4]):  # shifted up-left and down-right
+            views += [v, v.flip(3)]
+    return views
+
+
 @torch.no_grad()
 def predict(engine: Engine, loader: Iterable[Any]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Logits (float32, on the CPU), labels and sample indices over a whole loader."""
-    engine.model.eval()
+    """Logits (float32, on the CPU), labels and sample indices over a whole loader; TTA views averaged."""
+    model = engine.eval_model
+    model.eval()
     outs, ys, ids = [], [], []
     for xb, y, idx in loader:
         x = _to_input(engine, engine.transform(xb, idx, 0, 0, train=False))
         with engine.autocast():
-            outs.append(engine.model(x).float())
+            outs.append(torch.stack([model(v).float() for v in tta_views(x, engine.tta)]).mean(0))
         ys.append(y)
         ids.append(idx)
     if not outs:

@@ -21,11 +21,12 @@ from kiln import data as kdata
 from kiln.config import Config, dump_config
 from kiln.engine import checkpoint as ckpt
 from kiln.engine.callbacks import Callback, EarlyStopping, MetricsLog, is_better
+from kiln.engine.ema import EMA
 from kiln.engine.loop import Engine, TrainState, evaluate, train_one_epoch
 from kiln.engine.precision import autocast_factory, make_scaler, resolve_device, resolve_precision
 from kiln.engine.progress import EpochBar, enabled, epoch_line, log
 from kiln.errors import CheckpointError, KilnError
-from kiln.optim import build_optimizer, build_scheduler
+from kiln.optim import Lookahead, build_optimizer, build_scheduler
 from kiln.registry import create_model, import_user_modules
 
 
@@ -61,27 +62,50 @@ def build_engine(
 ) -> Engine:
     model = create_model(cfg.model.name, num_classes=len(bundle.classes), in_channels=bundle.in_channels,
                          image_size=bundle.image_size, **cfg.model.args).to(device)  # fmt: skip
+    init = getattr(model, "init_from_data", None)
+    if callable(init):  # data-dependent init (e.g. airbench's whitening conv) from up to 5,000 train images
+        init(sample_images(bundle, 5000))
     channels_last = device.type == "cuda"
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     precision = resolve_precision(cfg.trainer.precision, device)
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = build_optimizer(cfg.optimizer, params, fused=device.type == "cuda")
+    optimizer = build_optimizer(cfg.optimizer, model, cfg.data.batch_size, fused=device.type == "cuda")
     steps_per_epoch = math.ceil(len(bundle.train) / cfg.trainer.accumulate)
     scheduler = build_scheduler(cfg.scheduler, optimizer, cfg.trainer.epochs, steps_per_epoch)
+    if cfg.optimizer.lookahead:
+        callbacks = [*callbacks, Lookahead(model, cfg.optimizer.lookahead.k, cfg.optimizer.lookahead.alpha)]
+    ema = EMA(model, cfg.trainer.ema.decay, cfg.trainer.ema.warmup) if cfg.trainer.ema else None
+    # compile last: EMA and Lookahead hold the plain module's parameters, which the compiled one shares
+    train_model = torch.compile(model) if cfg.trainer.compile else model
     return Engine(
-        model=model, optimizer=optimizer, scheduler=scheduler, scaler=make_scaler(precision, device),
+        model=train_model, optimizer=optimizer, scheduler=scheduler, scaler=make_scaler(precision, device),
         autocast=autocast_factory(precision, device), transform=bundle.transform, device=device,
         label_smoothing=cfg.trainer.label_smoothing, grad_clip=cfg.trainer.grad_clip,
         accumulate=cfg.trainer.accumulate, log_every=cfg.trainer.log_every_n_steps,
-        channels_last=channels_last, callbacks=callbacks,
+        channels_last=channels_last, callbacks=callbacks, ema=ema, tta=cfg.trainer.tta,
+        mixup=cfg.data.augment.mixup,
     )  # fmt: skip
+
+
+def sample_images(bundle: kdata.DataBundle, n: int) -> torch.Tensor:
+    """Up to ``n`` normalised train images, read without touching the loader's position."""
+    from kiln.data.loaders import MemoryLoader
+
+    t = bundle.train
+    if isinstance(t, MemoryLoader):
+        xb = t.images[:n].to(t.device)
+    else:
+        ds = t.loader.dataset
+        xb = torch.stack([torch.as_tensor(ds[i][0]) for i in range(min(n, len(ds)))]).to(t.device)
+    return bundle.transform(xb, torch.arange(len(xb)), 0, 0, train=False)
 
 
 def make_checkpoint(cfg: Config, engine: Engine, state: TrainState, bundle: kdata.DataBundle,
                     metrics: dict[str, Any]) -> dict[str, Any]:  # fmt: skip
     return {
-        "model_state_dict": ckpt.unwrap(engine.model).state_dict(),
+        "model_state_dict": ckpt.unwrap(engine.eval_model).state_dict(),  # EMA weights when EMA is on
+        "train_state_dict": ckpt.unwrap(engine.model).state_dict() if engine.ema is not None else None,
+        "ema_state_dict": engine.ema.state_dict() if engine.ema is not None else None,
         "optimizer_state_dict": engine.optimizer.state_dict(),
         "scheduler_state_dict": engine.scheduler.state_dict(),
         "scaler_state_dict": engine.scaler.state_dict(),
@@ -104,8 +128,10 @@ def restore(path: str, cfg: Config, engine: Engine, state: TrainState, bundle: k
         raise CheckpointError(f"{path}: the model differs (checkpoint: {old_model}, config: "
                               f"{cfg.to_dict()['model']}); resume with the checkpoint's model settings")  # fmt: skip
     try:
-        ckpt.unwrap(engine.model).load_state_dict(saved["model_state_dict"])
+        ckpt.unwrap(engine.model).load_state_dict(saved.get("train_state_dict") or saved["model_state_dict"])
         engine.optimizer.load_state_dict(saved["optimizer_state_dict"])
+        if engine.ema is not None and saved.get("ema_state_dict"):
+            engine.ema.load_state_dict(saved["ema_state_dict"])
     except (RuntimeError, ValueError, KeyError) as e:
         raise CheckpointError(
             f"{path}: does not fit this model/optimizer: {str(e).splitlines()[0]}"
@@ -216,7 +242,7 @@ def finish(cfg: Config, engine: Engine, state: TrainState, bundle: kdata.DataBun
     }  # fmt: skip
     best_path = run_dir / "checkpoints" / "best.pt"
     if bundle.test is not None and best_path.exists():
-        ckpt.unwrap(engine.model).load_state_dict(ckpt.load(best_path)["model_state_dict"])
+        ckpt.unwrap(engine.eval_model).load_state_dict(ckpt.load(best_path)["model_state_dict"])
         test = evaluate(engine, bundle.test)
         summary["test"] = {"loss": test["loss"], "accuracy": test["acc"], "num_samples": test["n"]}
         log(f"kiln: test accuracy {test['acc']:.4f} (loss {test['loss']:.4f}, {test['n']} images, "

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from kiln.errors import ConfigError
 from kiln.registry import register_model
 
 
@@ -113,3 +114,67 @@ def resnet_small(
 ) -> nn.Module:
     """ResNet-8 by default (blocks=1); blocks=3 gives ResNet-20."""
     return ResNetSmall(num_classes, in_channels, widths, blocks)
+
+
+class _ConvGroup(nn.Module):
+    def __init__(self, cin: int, cout: int, bn_momentum: float) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, padding="same", bias=False)
+        self.pool = nn.MaxPool2d(2)
+        self.norm1 = nn.BatchNorm2d(cout, momentum=bn_momentum, eps=1e-12)
+        self.conv2 = nn.Conv2d(cout, cout, 3, padding="same", bias=False)
+        self.norm2 = nn.BatchNorm2d(cout, momentum=bn_momentum, eps=1e-12)
+        self.act = nn.GELU()
+        for norm in (self.norm1, self.norm2):
+            norm.weight.requires_grad_(False)  # airbench: BN scale fixed at 1, only the bias learns
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.act(self.norm1(self.pool(self.conv1(x))))
+        return self.act(self.norm2(self.conv2(x)))
+
+
+class AirbenchNet(nn.Module):
+    """The airbench94 network (Keller Jordan, 2024) for 32x32 images: a 2x2 patch-whitening conv whose
+    weights come from the data (``init_from_data``), three conv groups, max-pool, a scaled linear head."""
+
+    def __init__(self, num_classes: int, in_channels: int, widths: Sequence[int], bn_momentum: float) -> None:
+        super().__init__()
+        ww = 2 * in_channels * 2 * 2  # whitening width: +/- each eigenvector of 2x2 patches
+        self.whiten = nn.Conv2d(in_channels, ww, 2, padding=0, bias=True)
+        self.whiten.weight.requires_grad_(False)
+        self.act = nn.GELU()
+        self.groups = nn.Sequential(
+            _ConvGroup(ww, widths[0], bn_momentum), _ConvGroup(widths[0], widths[1], bn_momentum),
+            _ConvGroup(widths[1], widths[2], bn_momentum),
+        )  # fmt: skip
+        self.pool = nn.Sequential(nn.AdaptiveMaxPool2d(1), nn.Flatten())
+        self.head = nn.Linear(widths[2], num_classes, bias=False)
+        self.scale = 1 / 9  # keeps the logits small at init, as airbench does
+
+    @torch.no_grad()
+    def init_from_data(self, images: torch.Tensor, eps: float = 5e-4) -> None:
+        """Set the whitening conv from the eigenvectors of the 2x2 patch covariance of normalised images."""
+        c, (h, w) = images.shape[1], self.whiten.weight.shape[2:]
+        patches = images.float().unfold(2, h, 1).unfold(3, w, 1).transpose(1, 3).reshape(-1, c, h, w)
+        flat = patches.view(len(patches), -1)
+        eigval, eigvec = torch.linalg.eigh(flat.T @ flat / len(flat), UPLO="U")
+        eigval, eigvec = eigval.flip(0).view(-1, 1, 1, 1), eigvec.T.reshape(c * h * w, c, h, w).flip(0)
+        scaled = eigvec / torch.sqrt(eigval + eps)
+        self.whiten.weight.copy_(torch.cat((scaled, -scaled)).to(self.whiten.weight))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.pool(self.groups(self.act(self.whiten(x))))) * self.scale
+
+
+@register_model("airbench")
+def airbench(
+    num_classes: int = 10,
+    in_channels: int = 3,
+    image_size: Sequence[int] = (32, 32),
+    widths: Sequence[int] = (64, 256, 256),
+    bn_momentum: float = 0.6,
+) -> nn.Module:
+    if min(image_size) < 16:  # whitening conv + three 2x poolings need at least 16 px
+        raise ConfigError(f"model.name: airbench needs images of at least 16x16, got {tuple(image_size)}; "
+                          "set data.image_size=32")  # fmt: skip
+    return AirbenchNet(num_classes, in_channels, widths, bn_momentum)
