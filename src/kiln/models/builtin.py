@@ -6,40 +6,40 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from kiln.errors import ConfigError
 from kiln.registry import register_model
 
 
-def _feature_size(features: nn.Module, in_channels: int, image_size: tuple[int, int]) -> int:
-    with torch.no_grad():
-        return int(features(torch.zeros(1, in_channels, *image_size)).numel())
-
-
 class LeNet(nn.Module):
-    """The CNN of PyTorch's CIFAR-10 tutorial (2 conv + 3 linear), adapting to channels and size.
+    """The CNN of PyTorch's CIFAR-10 tutorial (2 conv + 3 linear), with the tutorial's layer names, so its
+    state_dicts load both ways; it adapts to the channel count, image size and class count.
 
     Images under 16 px (e.g. 8x8 digits) get padding 2 on the 5x5 convs so two poolings still fit.
     """
 
-    def __init__(
-        self, num_classes: int = 10, in_channels: int = 3, image_size: Sequence[int] = (32, 32)
-    ) -> None:
+    def __init__(self, num_classes: int = 10, in_channels: int = 3, image_size: Sequence[int] = (32, 32)) -> None:
         super().__init__()
         pad = 2 if min(image_size) < 16 else 0
-        self.features = nn.Sequential(
-            nn.Conv2d(in_channels, 6, 5, padding=pad), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(6, 16, 5, padding=pad), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Flatten(),
-        )  # fmt: skip
-        flat = _feature_size(self.features, in_channels, tuple(image_size))  # 16*5*5 at 32x32
-        self.classifier = nn.Sequential(
-            nn.Linear(flat, 120), nn.ReLU(), nn.Linear(120, 84), nn.ReLU(), nn.Linear(84, num_classes)
-        )
+        self.conv1 = nn.Conv2d(in_channels, 6, 5, padding=pad)
+        self.pool = nn.MaxPool2d(2, 2)
+        self.conv2 = nn.Conv2d(6, 16, 5, padding=pad)
+        h, w = image_size
+        for _ in range(2):  # conv (5x5, padding pad) then 2x2 pooling, twice
+            h, w = (h + 2 * pad - 4) // 2, (w + 2 * pad - 4) // 2
+        self.fc1 = nn.Linear(16 * h * w, 120)  # 16 * 5 * 5 at 32x32, as in the tutorial
+        self.fc2 = nn.Linear(120, 84)
+        self.fc3 = nn.Linear(84, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.features(x))
+        x = self.pool(F.relu(self.conv1(x)))
+        x = self.pool(F.relu(self.conv2(x)))
+        x = torch.flatten(x, 1)
+        x = F.relu(self.fc1(x))
+        x = F.relu(self.fc2(x))
+        return self.fc3(x)
 
 
 @register_model("lenet")
