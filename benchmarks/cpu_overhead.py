@@ -23,14 +23,18 @@ def main() -> None:
         "--root", help="CIFAR-10 image folder (default data/cifar10, unpacked from ../shared/data)"
     )
     p.add_argument("--images", type=int, default=12_000, help="images per measurement (per batch size)")
-    p.add_argument("--classic-images", type=int, default=50_000, help="images for the classic loop (a full epoch)")
+    p.add_argument(
+        "--classic-images", type=int, default=50_000, help="images for the classic loop (a full epoch)"
+    )
     p.add_argument("--repeats", type=int, default=2, help="raw and kiln runs, interleaved; the best counts")
     args = p.parse_args()
     root = cifar10_dir(args.root)
     torch.set_num_threads(torch.get_num_threads())
     x, y = preloaded_cifar(root)  # also warms kiln's decode cache, so no run below pays for decoding
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; raw and kiln: best of {args.repeats} runs of "
-          f"{args.images} images; classic: {args.classic_images} images\n")
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads; raw and kiln: best of {args.repeats} runs of "
+        f"{args.images} images; classic: {args.classic_images} images\n"
+    )
     print(
         f"{'batch':>5}  {'classic img/s':>13}  {'raw img/s':>10}  {'kiln img/s':>10}  {'kiln/raw':>8}  {'kiln/classic':>12}"
     )

@@ -40,7 +40,10 @@ def main() -> None:
         view.mkdir()
         for name, target in (("train", "train"), ("val", "test"), ("test", "test")):
             (view / name).symlink_to(root / target)
-        metrics = kiln_run([f"data.root={view}", f"run.dir={d}/run"], config="configs/cifar10_fast.yaml")
+        metrics = kiln_run(
+            ["data.source=folder", f"data.root={view}", f"run.dir={d}/run"],
+            config="configs/cifar10_fast.yaml",
+        )
     elapsed = 0.0
     for m in metrics:
         elapsed += m["seconds"]

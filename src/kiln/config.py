@@ -131,7 +131,7 @@ class CheckpointConfig(_Strict):
 
 
 class TrainerConfig(_Strict):
-    epochs: int = Field(10, gt=0)
+    epochs: int | float = Field(10, gt=0)  # a fraction (e.g. 1.5, as airbench's 9.9) ends mid-epoch
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     grad_clip: float | None = Field(None, gt=0)
     accumulate: int = Field(1, gt=0)  # optimizer step every N batches
@@ -140,11 +140,12 @@ class TrainerConfig(_Strict):
     checkpoint: CheckpointConfig = CheckpointConfig()
     progress: Literal["auto", "on", "off"] = "auto"
     log_every_n_steps: int = Field(50, gt=0)  # how often the device-side loss is read back (host sync)
+    channels_last: Literal["auto", "on", "off"] = "auto"  # auto: on for conv nets on CUDA and CPU (faster)
     compile: bool = False  # torch.compile the model (checkpoints stay free of the _orig_mod. prefix)
     ema: EmaConfig | None = None  # evaluate and checkpoint an exponential moving average of the weights
     tta: Literal["none", "flip", "flip_translate"] = "none"  # test-time augmentation views at evaluation
 
-    @field_validator("progress", mode="before")
+    @field_validator("progress", "channels_last", mode="before")
     @classmethod
     def _yaml_on_off(cls, v: Any) -> Any:
         return (

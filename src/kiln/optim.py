@@ -70,12 +70,12 @@ def lr_factor(cfg: SchedulerConfig, total_steps: int, steps_per_epoch: int) -> C
 
 
 def build_scheduler(
-    cfg: SchedulerConfig, optimizer: torch.optim.Optimizer, epochs: int, steps_per_epoch: int
+    cfg: SchedulerConfig, optimizer: torch.optim.Optimizer, epochs: float, steps_per_epoch: int
 ) -> torch.optim.lr_scheduler.LambdaLR:
     if cfg.name == "onecycle" and cfg.warmup_epochs == 0:
         cfg = cfg.model_copy(update={"warmup_epochs": 0.3 * epochs})
     return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lr_factor(cfg, epochs * steps_per_epoch, steps_per_epoch)
+        optimizer, lr_factor(cfg, math.ceil(epochs * steps_per_epoch), steps_per_epoch)
     )
 
 

@@ -104,13 +104,16 @@ class _Tally:
         self.losses, self.logits, self.labels = [], [], []
 
 
-def train_one_epoch(engine: Engine, loader: Any, state: TrainState, progress: Any = None) -> dict[str, float]:
+def train_one_epoch(
+    engine: Engine, loader: Any, state: TrainState, progress: Any = None, limit: int | None = None
+) -> dict[str, float]:
+    """One epoch (or its first ``limit`` batches, for a fractional last epoch) of training."""
     model, opt, scaler = engine.model, engine.optimizer, engine.scaler
     model.train()
     batch_cbs = [cb for cb in engine.callbacks if cb.wants_batches]
     tally = _Tally(state)
     use_scaler = scaler.is_enabled()
-    n_batches, log_every, t0 = len(loader), engine.log_every, time.perf_counter()
+    n_batches, log_every, t0 = min(len(loader), limit or len(loader)), engine.log_every, time.perf_counter()
     start = loader.state_dict()["position"]  # > 0 when resuming mid-epoch
     for i, (xb, y, idx) in enumerate(loader, start=start):
         x = _to_input(engine, engine.transform(xb, idx, state.epoch, i, train=True))
@@ -153,6 +156,8 @@ def train_one_epoch(engine: Engine, loader: Any, state: TrainState, progress: An
                 progress.update(
                     i + 1, loss=tally.loss_sum / max(tally.seen, 1), acc=tally.correct / max(tally.seen, 1)
                 )
+        if last:
+            break  # a fractional last epoch stops here, before the loader's end
     seconds = time.perf_counter() - t0
     seen = max(tally.seen, 1)
     return {"train_loss": tally.loss_sum / seen, "train_acc": tally.correct / seen,

@@ -20,7 +20,9 @@ class LeNet(nn.Module):
     Images under 16 px (e.g. 8x8 digits) get padding 2 on the 5x5 convs so two poolings still fit.
     """
 
-    def __init__(self, num_classes: int = 10, in_channels: int = 3, image_size: Sequence[int] = (32, 32)) -> None:
+    def __init__(
+        self, num_classes: int = 10, in_channels: int = 3, image_size: Sequence[int] = (32, 32)
+    ) -> None:
         super().__init__()
         pad = 2 if min(image_size) < 16 else 0
         self.conv1 = nn.Conv2d(in_channels, 6, 5, padding=pad)
