@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.kiln-installed
-EXTRAS ?= dev,timm
+EXTRAS ?= dev,timm,tensorboard,export,wandb
 
 .PHONY: demo test lint bench data clean
 

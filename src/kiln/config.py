@@ -153,6 +153,20 @@ class TrainerConfig(_Strict):
         )  # YAML 1.1 reads off as false
 
 
+class WandbConfig(_Strict):
+    project: str = "kiln"
+    entity: str | None = None
+    mode: Literal["online", "offline", "disabled"] = "offline"  # offline: no network; `wandb sync` later
+    tags: list[str] = []
+
+
+class LoggingConfig(_Strict):
+    tensorboard: bool = True  # event files in <run dir>/tensorboard
+    every_n_steps: int = Field(10, gt=0)  # per-step train loss / lr scalars (one host read each time)
+    images: bool = True  # a grid of augmented training images at the start
+    wandb: WandbConfig | None = None  # Weights & Biases (optional extra: pip install 'torchkiln[wandb]')
+
+
 class Config(_Strict):
     run: RunConfig = RunConfig()
     data: DataConfig = DataConfig()
@@ -160,6 +174,7 @@ class Config(_Strict):
     optimizer: OptimizerConfig = OptimizerConfig()
     scheduler: SchedulerConfig = SchedulerConfig()
     trainer: TrainerConfig = TrainerConfig()
+    logging: LoggingConfig = LoggingConfig()
     imports: list[str] = []  # user modules imported before anything is built (plug-ins)
 
     @property

@@ -161,11 +161,16 @@ def build(cfg: DataConfig, seed: int, device: torch.device, rank: int = 0, world
             return None
         order = EpochOrder(len(split), bs, shuffle, seed, rank, world)
         m = mem[name]
+        out: MemoryLoader | StreamLoader
         if m is not None:
-            images = m.images.to(device) if on_gpu else m.images
-            return MemoryLoader(images, m.labels, order, device)
-        ds = FileDataset(split, channels, size, resize) if isinstance(split, FileSet) else split
-        return StreamLoader(ds, order, device, default_workers(cfg))
+            out = MemoryLoader(m.images.to(device) if on_gpu else m.images, m.labels, order, device)
+        else:
+            ds = FileDataset(split, channels, size, resize) if isinstance(split, FileSet) else split
+            out = StreamLoader(ds, order, device, default_workers(cfg))
+        out.ids = getattr(split, "ids", None) or (
+            [str(p) for p in split.paths] if isinstance(split, FileSet) else None
+        )
+        return out
 
     ebs = cfg.eval_batch_size or max(cfg.batch_size, 256)
     return DataBundle(

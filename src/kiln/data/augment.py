@@ -29,7 +29,8 @@ def random_crop(x: torch.Tensor, pad: int, g: torch.Generator) -> torch.Tensor:
     rows = (dy + torch.arange(h, device=x.device))[:, :, None]  # [B, H, 1]
     cols = (dx + torch.arange(w, device=x.device))[:, None, :]  # [B, 1, W]
     batch = torch.arange(b, device=x.device)[:, None, None]
-    return xp.permute(0, 2, 3, 1)[batch, rows, cols].permute(0, 3, 1, 2)  # gather, back to [B, C, H, W]
+    # gather, then back to a plain contiguous [B, C, H, W] (odd strides crash some CPU conv kernels)
+    return xp.permute(0, 2, 3, 1)[batch, rows, cols].permute(0, 3, 1, 2).contiguous()
 
 
 def flip(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

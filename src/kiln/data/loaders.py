@@ -64,6 +64,11 @@ class _Resumable:
     """``state_dict`` counts the batches the *consumer* has taken, not those prefetched by workers."""
 
     order: EpochOrder
+    ids: list[str] | None = None  # per sample: file path or "source[i]", for reports
+
+    def images_at(self, idx: torch.Tensor) -> torch.Tensor:
+        """The stored uint8 images at these sample positions (for galleries)."""
+        raise NotImplementedError
 
     def _track(self, batches: Iterator[Batch]) -> Iterator[Batch]:
         for batch in batches:
@@ -96,16 +101,20 @@ class MemoryLoader(_Resumable):
     def __iter__(self) -> Iterator[Batch]:
         return self._track(self._batches())
 
+    def images_at(self, idx: torch.Tensor) -> torch.Tensor:
+        return self.images.index_select(0, idx.to(self.images.device)).cpu()
+
     def _batches(self) -> Iterator[Batch]:
-        non_blocking = self.device.type == "cuda"
-        for idx in self.order.batches():
-            i = idx.to(self.images.device)
-            x, y = self.images[i], self.labels[i]
-            yield (
-                x.to(self.device, non_blocking=non_blocking),
-                y.to(self.device, non_blocking=non_blocking),
-                idx,
-            )
+        images, labels, device = self.images, self.labels, self.device
+        # index_select, not images[i]: ~15x faster for uint8 on the CPU (38 us vs 540 us at batch 256)
+        if images.device == device:  # the common case (CPU, or the whole set on the GPU): no copies
+            for idx in self.order.batches():
+                i = idx if idx.device == images.device else idx.to(images.device)
+                yield images.index_select(0, i), labels.index_select(0, i), idx
+            return
+        for idx in self.order.batches():  # on the host, trained on a GPU: copy each batch asynchronously
+            x, y = images.index_select(0, idx), labels.index_select(0, idx)
+            yield x.to(device, non_blocking=True), y.to(device, non_blocking=True), idx
 
 
 class _Indexed(Dataset):
@@ -148,6 +157,10 @@ class StreamLoader(_Resumable):
 
     def __iter__(self) -> Iterator[Batch]:
         return self._track(self._batches())
+
+    def images_at(self, idx: torch.Tensor) -> torch.Tensor:
+        ds = self.loader.dataset
+        return torch.stack([torch.as_tensor(ds[int(i)][0]) for i in idx])
 
     def _batches(self) -> Iterator[Batch]:
         non_blocking = self.device.type == "cuda"

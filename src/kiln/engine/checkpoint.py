@@ -89,3 +89,19 @@ def load(path: str | Path) -> dict[str, Any]:
     if not isinstance(obj, dict) or "model_state_dict" not in obj:
         raise CheckpointError(f"{path}: not a kiln checkpoint (no 'model_state_dict')")
     return obj
+
+
+def load_weights(model: nn.Module, state: dict[str, torch.Tensor], source: str | Path) -> None:
+    """``model.load_state_dict(state)`` with an error that says which keys or shapes disagree."""
+    missing = sorted(set(model.state_dict()) - set(state))
+    unexpected = sorted(set(state) - set(model.state_dict()))
+    if missing or unexpected:
+        raise CheckpointError(f"{source}: weights do not fit {type(model).__name__}: missing keys {missing[:5]}"
+                              f"{' ...' if len(missing) > 5 else ''}, unexpected keys {unexpected[:5]}"
+                              f"{' ...' if len(unexpected) > 5 else ''}")  # fmt: skip
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        detail = [ln.strip() for ln in str(e).splitlines()[1:] if ln.strip()]
+        raise CheckpointError(f"{source}: weights do not fit {type(model).__name__}: "
+                              f"{detail[0] if detail else e}") from None  # fmt: skip

@@ -6,6 +6,7 @@ No host synchronisation per step: loss and accuracy accumulate on the device and
 
 from __future__ import annotations
 
+import contextlib
 import random
 import time
 from collections.abc import Callable, Iterable
@@ -187,20 +188,34 @@ def tta_views(x: torch.Tensor, mode: str) -> list[torch.Tensor]:
 
 
 @torch.no_grad()
-def predict(engine: Engine, loader: Iterable[Any]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def infer(
+    model: nn.Module,
+    loader: Iterable[Any],
+    transform: BatchTransform,
+    tta: str = "none",
+    autocast: Callable[[], AbstractContextManager[object]] = contextlib.nullcontext,
+    channels_last: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Logits (float32, on the CPU), labels and sample indices over a whole loader; TTA views averaged."""
-    model = engine.eval_model
     model.eval()
     outs, ys, ids = [], [], []
     for xb, y, idx in loader:
-        x = _to_input(engine, engine.transform(xb, idx, 0, 0, train=False))
-        with engine.autocast():
-            outs.append(torch.stack([model(v).float() for v in tta_views(x, engine.tta)]).mean(0))
+        x = transform(xb, idx, 0, 0, train=False)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with autocast():
+            outs.append(torch.stack([model(v).float() for v in tta_views(x, tta)]).mean(0))
         ys.append(y)
         ids.append(idx)
     if not outs:
         return torch.empty(0, 0), torch.empty(0, dtype=torch.int64), torch.empty(0, dtype=torch.int64)
     return torch.cat(outs).cpu(), torch.cat(ys).cpu(), torch.cat(ids).cpu()
+
+
+def predict(engine: Engine, loader: Iterable[Any]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return infer(
+        engine.eval_model, loader, engine.transform, engine.tta, engine.autocast, engine.channels_last
+    )
 
 
 def evaluate(engine: Engine, loader: Iterable[Any]) -> dict[str, float]:

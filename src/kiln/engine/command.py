@@ -1,0 +1,31 @@
+"""`kiln train`."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from kiln.config import load_config
+    from kiln.engine.trainer import fit
+
+    cfg = load_config(args.config, args.overrides)
+    summary = fit(cfg, resume=args.resume)
+    if "test" in summary:
+        print(f"test accuracy: {summary['test']['accuracy']:.4f}")
+    return 0
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    t = sub.add_parser(
+        "train",
+        help="train a model from a config file",
+        description="Train from CONFIG (YAML or JSON); key=value overrides change any value, "
+        "e.g. trainer.epochs=3 optimizer.lr=0.01 run.dir=/tmp/r1",
+    )
+    t.add_argument("-c", "--config", required=True, help="config file (.yaml/.yml/.json)")
+    t.add_argument("overrides", nargs="*", metavar="key=value", help="dotted config overrides")
+    t.add_argument(
+        "--resume", metavar="PATH", help="continue from this checkpoint (e.g. runs/x/checkpoints/last.pt)"
+    )
+    t.set_defaults(func=run_train)

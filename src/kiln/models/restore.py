@@ -1,0 +1,42 @@
+"""Rebuild a trained model from a kiln checkpoint (for eval, export and predict)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from kiln.config import Config, apply_overrides, read_config_file, validate
+from kiln.engine import checkpoint as ckpt
+from kiln.errors import CheckpointError
+from kiln.registry import create_model, import_user_modules
+
+
+@dataclass
+class Restored:
+    model: nn.Module  # in eval mode, on the CPU, with the checkpoint's (EMA, when used) weights
+    config: Config  # the checkpoint's resolved config (or the one given), overrides applied
+    classes: list[str]
+    preprocess: dict[str, Any]  # in_channels, image_size, mean, std
+    checkpoint: dict[str, Any]
+
+
+def restore(
+    path: str | Path, overrides: list[str] | None = None, config_path: str | Path | None = None
+) -> Restored:
+    saved = ckpt.load(path)
+    raw = read_config_file(config_path) if config_path else saved.get("config")
+    if not isinstance(raw, dict):
+        raise CheckpointError(f"{path}: holds no config; pass one with -c CONFIG")
+    cfg = validate(apply_overrides(raw, list(overrides or [])))
+    import_user_modules(cfg.imports)
+    classes = list(saved.get("classes") or [])
+    pre = dict(saved.get("preprocess") or {})
+    if not classes or not pre:
+        raise CheckpointError(f"{path}: has no class list or preprocessing record; was it written by kiln?")
+    model = create_model(cfg.model.name, num_classes=len(classes), in_channels=pre["in_channels"],
+                         image_size=tuple(pre["image_size"]), **cfg.model.args)  # fmt: skip
+    ckpt.load_weights(model, saved["model_state_dict"], path)
+    return Restored(model.eval(), cfg, classes, pre, saved)
