@@ -15,7 +15,9 @@ from collections.abc import Sequence
 from kiln.errors import KilnError
 
 # module -> the commands it adds (each module has add_parser(subparsers))
-COMMAND_MODULES = ["kiln.engine.command", "kiln.evaluation.command", "kiln.export.command"]
+COMMAND_MODULES = [
+    "kiln.engine.command", "kiln.evaluation.command", "kiln.export.command", "kiln.scaffold.command",
+]  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -136,6 +136,11 @@ class TrainerConfig(_Strict):
     grad_clip: float | None = Field(None, gt=0)
     accumulate: int = Field(1, gt=0)  # optimizer step every N batches
     label_smoothing: float = Field(0.0, ge=0, lt=1)
+    loss: str = "cross_entropy"  # a registered loss, or "module:function" / "module:Class" of your own
+    loss_args: dict[str, Any] = {}
+    metrics: list[
+        str
+    ] = []  # extra val metrics: "module:fn" with fn(logits, labels) -> float, logged as val_<fn>
     early_stopping: EarlyStoppingConfig | None = None
     checkpoint: CheckpointConfig = CheckpointConfig()
     progress: Literal["auto", "on", "off"] = "auto"
@@ -167,6 +172,11 @@ class LoggingConfig(_Strict):
     wandb: WandbConfig | None = None  # Weights & Biases (optional extra: pip install 'torchkiln[wandb]')
 
 
+class CallbackSpec(_Strict):
+    name: str  # a registered callback or "module:Class" (a kiln.engine.callbacks.Callback subclass)
+    args: dict[str, Any] = {}
+
+
 class Config(_Strict):
     run: RunConfig = RunConfig()
     data: DataConfig = DataConfig()
@@ -175,6 +185,7 @@ class Config(_Strict):
     scheduler: SchedulerConfig = SchedulerConfig()
     trainer: TrainerConfig = TrainerConfig()
     logging: LoggingConfig = LoggingConfig()
+    callbacks: list[CallbackSpec] = []  # your own callbacks, in order, after kiln's
     imports: list[str] = []  # user modules imported before anything is built (plug-ins)
 
     @property

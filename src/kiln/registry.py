@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import sys
 from collections.abc import Callable
+from importlib.metadata import EntryPoint, entry_points
+from pathlib import Path
 from typing import Any, TypeVar
 
 from kiln.errors import ConfigError
@@ -22,16 +25,22 @@ def unknown_name_error(kind: str, name: str, valid: list[str], key: str) -> Conf
 class Registry:
     """A map of names to factories; `register` is a decorator, `get` raises a helpful error."""
 
-    def __init__(self, kind: str, key: str, builtins: str | None = None) -> None:
+    def __init__(self, kind: str, key: str, builtins: str | None = None, group: str | None = None) -> None:
         self.kind, self.key = kind, key  # key: the config key that names an entry, for error messages
         self._items: dict[str, Callable[..., Any]] = {}
         self._builtins = builtins  # module whose import registers kiln's own entries (done on first use)
+        self._group = group  # entry-point group of installed plug-in packages, e.g. "kiln.models"
 
     @property
     def items(self) -> dict[str, Callable[..., Any]]:
         if self._builtins:
             module, self._builtins = self._builtins, None
             importlib.import_module(module)
+        if self._group:
+            group, self._group = self._group, None
+            for ep in entry_points(group=group):
+                # an installed package's `[project.entry-points."kiln.models"] name = "pkg.mod:factory"`
+                self._items.setdefault(ep.name, _LazyEntryPoint(ep, self.key))
         return self._items
 
     def register(self, name: str | None = None) -> Callable[[F], F]:
@@ -53,6 +62,22 @@ class Registry:
         if name not in self.items:
             raise unknown_name_error(self.kind, name, self.names(), self.key)
         return self.items[name]
+
+
+class _LazyEntryPoint:
+    """Imports a plug-in's module only when its entry is used, not when kiln lists the names."""
+
+    def __init__(self, ep: EntryPoint, key: str) -> None:
+        self.ep, self.key = ep, key
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            fn = self.ep.load()
+        except Exception as e:
+            raise ConfigError(
+                f"{self.key}: plug-in '{self.ep.name}' ({self.ep.value}) failed to import: {e}"
+            ) from None
+        return fn(*args, **kwargs)
 
 
 def resolve_callable(spec: str, key: str) -> Callable[..., Any]:
@@ -77,8 +102,11 @@ def resolve_callable(spec: str, key: str) -> Callable[..., Any]:
     return obj
 
 
-def import_user_modules(modules: list[str]) -> None:
-    """Import the modules listed under `imports:` so their @register_* decorators run."""
+def import_user_modules(modules: list[str], base: str | Path | None = None) -> None:
+    """Import the modules listed under `imports:` so their @register_* decorators run; ``base`` (the
+    config file's folder) goes on sys.path first, so a project's own modules are found from anywhere."""
+    if base is not None and str(base) not in sys.path:
+        sys.path.insert(0, str(base))
     for name in modules:
         try:
             importlib.import_module(name)
@@ -88,8 +116,16 @@ def import_user_modules(modules: list[str]) -> None:
             ) from None
 
 
-MODELS = Registry("model", "model.name", builtins="kiln.models.builtin")
+MODELS = Registry("model", "model.name", builtins="kiln.models.builtin", group="kiln.models")
 register_model = MODELS.register
+DATASETS = Registry("dataset", "data.dataset", group="kiln.datasets")
+register_dataset = DATASETS.register
+LOSSES = Registry("loss", "trainer.loss", builtins="kiln.losses", group="kiln.losses")
+register_loss = LOSSES.register
+METRICS = Registry("metric", "trainer.metrics", group="kiln.metrics")
+register_metric = METRICS.register
+CALLBACKS = Registry("callback", "callbacks", group="kiln.callbacks")
+register_callback = CALLBACKS.register
 
 
 def create_model(name: str, **kwargs: Any) -> Any:

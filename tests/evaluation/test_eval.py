@@ -23,7 +23,11 @@ from tests.conftest import ROOT, run_kiln
 def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
     run = tmp_path_factory.mktemp("run")
     # 2 epochs: a model that is good but still makes mistakes, so every metric is non-trivial
-    fit(load_config(ROOT / "configs/digits.yaml", [f"run.dir={run}", "trainer.epochs=2", "trainer.progress=off"]))
+    fit(
+        load_config(
+            ROOT / "configs/digits.yaml", [f"run.dir={run}", "trainer.epochs=2", "trainer.progress=off"]
+        )
+    )
     return run / "checkpoints" / "best.pt"
 
 
@@ -37,7 +41,11 @@ def evaluated(trained: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 def _predictions(out: Path) -> tuple[list[str], list[str], np.ndarray]:
     with (out / "predictions.csv").open() as f:
         rows = list(csv.DictReader(f))
-    return [r["true"] for r in rows], [r["predicted"] for r in rows], np.array([float(r["confidence"]) for r in rows])
+    return (
+        [r["true"] for r in rows],
+        [r["predicted"] for r in rows],
+        np.array([float(r["confidence"]) for r in rows]),
+    )
 
 
 def test_report_matches_sklearn_recomputed_from_predictions(evaluated: Path) -> None:
@@ -49,10 +57,16 @@ def test_report_matches_sklearn_recomputed_from_predictions(evaluated: Path) -> 
     p, r, f, s = skm.precision_recall_fscore_support(y_true, y_pred, labels=classes, zero_division=0)
     for i, c in enumerate(classes):
         pc = rep["per_class"][c]
-        assert (pc["precision"], pc["recall"], pc["f1"], pc["support"]) == pytest.approx((p[i], r[i], f[i], s[i]), abs=1e-6)
+        assert (pc["precision"], pc["recall"], pc["f1"], pc["support"]) == pytest.approx(
+            (p[i], r[i], f[i], s[i]), abs=1e-6
+        )
     for avg in ("macro", "weighted"):
-        p, r, f, _ = skm.precision_recall_fscore_support(y_true, y_pred, labels=classes, average=avg, zero_division=0)
-        assert (rep[avg]["precision"], rep[avg]["recall"], rep[avg]["f1"]) == pytest.approx((p, r, f), abs=1e-6)
+        p, r, f, _ = skm.precision_recall_fscore_support(
+            y_true, y_pred, labels=classes, average=avg, zero_division=0
+        )
+        assert (rep[avg]["precision"], rep[avg]["recall"], rep[avg]["f1"]) == pytest.approx(
+            (p, r, f), abs=1e-6
+        )
     assert rep["confusion_matrix"] == skm.confusion_matrix(y_true, y_pred, labels=classes).tolist()
     assert rep["accuracy"] < 1.0  # the checks above are only meaningful with mistakes in them
 
@@ -69,10 +83,14 @@ def test_topk_loss_ece_and_ap_match_sklearn(trained: Path) -> None:
     logits, labels, idx = infer(r.model, bundle.test, t)
     rep = compute(Outputs(logits, labels, idx, r.classes))
     probs, y = logits.softmax(1).double().numpy(), labels.numpy()
-    assert rep["top5_accuracy"] == pytest.approx(skm.top_k_accuracy_score(y, probs, k=5, labels=range(10)), abs=1e-6)
+    assert rep["top5_accuracy"] == pytest.approx(
+        skm.top_k_accuracy_score(y, probs, k=5, labels=range(10)), abs=1e-6
+    )
     assert rep["loss"] == pytest.approx(skm.log_loss(y, probs, labels=range(10)), abs=1e-4)
     for i, c in enumerate(r.classes):
-        assert rep["average_precision"][c] == pytest.approx(skm.average_precision_score(y == i, probs[:, i]), abs=1e-5)
+        assert rep["average_precision"][c] == pytest.approx(
+            skm.average_precision_score(y == i, probs[:, i]), abs=1e-5
+        )
     # ECE, 15 equal-width bins over the top-1 confidence (Guo et al. 2017)
     conf, pred = probs.max(1), probs.argmax(1)
     bins = np.minimum((conf * 15).astype(int), 14)
@@ -128,7 +146,8 @@ def test_html_renders_offline_in_headless_chromium(evaluated: Path, tmp_path: Pa
     try:
         d.get((evaluated / "report.html").as_uri())
         images = d.execute_script(
-            "return Array.from(document.images).map(i => [i.alt, i.complete && i.naturalWidth > 0])")
+            "return Array.from(document.images).map(i => [i.alt, i.complete && i.naturalWidth > 0])"
+        )
         assert len(images) == 5 and all(ok for _, ok in images), images
         assert "accuracy" in d.find_element("tag name", "body").text
         d.save_screenshot(str(tmp_path / "report.png"))

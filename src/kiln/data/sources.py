@@ -17,7 +17,7 @@ import torch
 from kiln.config import DataConfig
 from kiln.data.splits import FileSet, ImageSet, RawSplits
 from kiln.errors import DataError
-from kiln.registry import resolve_callable
+from kiln.registry import DATASETS
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
 
@@ -174,7 +174,7 @@ def csv_source(cfg: DataConfig) -> RawSplits:
 
 def custom(cfg: DataConfig) -> RawSplits:
     """A user's Dataset class, `module:ClassName`; called with split=/train= when it takes them."""
-    cls = resolve_callable(cfg.dataset or "", "data.dataset")
+    cls = DATASETS.get(cfg.dataset or "")  # a name from @kiln.register_dataset, or "module:ClassName"
     params = inspect.signature(cls).parameters
     kwargs: dict[str, Any] = dict(cfg.dataset_args)
     if "root" in params and "root" not in kwargs:

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import sys
+from pathlib import Path
 
 
 def run_train(args: argparse.Namespace) -> int:
     from kiln.config import load_config
     from kiln.engine.trainer import fit
 
+    # the config's folder first on sys.path: a project's own modules (imports:, "module:name") are found
+    # from wherever kiln is run
+    sys.path.insert(0, str(Path(args.config).resolve().parent))
     cfg = load_config(args.config, args.overrides)
     summary = fit(cfg, resume=args.resume)
     if "test" in summary:

@@ -56,6 +56,8 @@ class Engine:
     ema: EMA | None = None
     tta: str = "none"
     mixup: float = 0.0
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None  # None: cross-entropy
+    metric_fns: dict[str, Callable[[torch.Tensor, torch.Tensor], float]] = field(default_factory=dict)
     step_scheduler: bool = True  # False for a constant LR: skips a Python-heavy call per step
 
     @property
@@ -123,11 +125,9 @@ def train_one_epoch(
             x = torch.lerp(x[perm], x, lam)  # lam * x + (1 - lam) * x[perm]
         with engine.autocast():
             logits = model(x).float()
-            loss = F.cross_entropy(logits, y, label_smoothing=engine.label_smoothing)
+            loss = _loss(engine, logits, y)
             if perm is not None:
-                loss = lam * loss + (1 - lam) * F.cross_entropy(
-                    logits, y[perm], label_smoothing=engine.label_smoothing
-                )
+                loss = lam * loss + (1 - lam) * _loss(engine, logits, y[perm])
         scaled = scaler.scale(loss) if use_scaler else loss
         (scaled / engine.accumulate if engine.accumulate > 1 else scaled).backward()
         loss = loss.detach()
@@ -163,6 +163,12 @@ def train_one_epoch(
     seen = max(tally.seen, 1)
     return {"train_loss": tally.loss_sum / seen, "train_acc": tally.correct / seen,
             "images_per_s": tally.seen / max(seconds, 1e-9)}  # fmt: skip
+
+
+def _loss(engine: Engine, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    if engine.loss_fn is None:  # the default, inlined: no extra Python call per step
+        return F.cross_entropy(logits, y, label_smoothing=engine.label_smoothing)
+    return engine.loss_fn(logits, y)
 
 
 def _mixup(engine: Engine, x: torch.Tensor, epoch: int, step: int) -> tuple[float, torch.Tensor | None]:
@@ -219,9 +225,13 @@ def predict(engine: Engine, loader: Iterable[Any]) -> tuple[torch.Tensor, torch.
 
 
 def evaluate(engine: Engine, loader: Iterable[Any]) -> dict[str, float]:
-    """Loss (plain cross-entropy, no smoothing, so it compares across configs) and accuracy."""
+    """Loss (plain cross-entropy, no smoothing, so it compares across configs), accuracy, and the
+    config's extra metrics (``trainer.metrics``) as ``metric_<name>``."""
     logits, y, _ = predict(engine, loader)
     if y.numel() == 0:
         return {"loss": float("nan"), "acc": float("nan"), "n": 0}
-    loss = F.cross_entropy(logits, y).item()
-    return {"loss": loss, "acc": (logits.argmax(1) == y).float().mean().item(), "n": int(y.numel())}
+    out = {"loss": F.cross_entropy(logits, y).item(), "acc": (logits.argmax(1) == y).float().mean().item(),
+           "n": int(y.numel())}  # fmt: skip
+    for name, fn in engine.metric_fns.items():
+        out[f"metric_{name}"] = float(fn(logits, y))
+    return out

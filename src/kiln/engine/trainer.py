@@ -29,8 +29,9 @@ from kiln.engine.precision import autocast_factory, make_scaler, resolve_device,
 from kiln.engine.progress import EpochBar, enabled, epoch_line, log
 from kiln.errors import CheckpointError, KilnError
 from kiln.evaluation.metrics import Outputs
+from kiln.losses import build_loss
 from kiln.optim import Lookahead, build_optimizer, build_scheduler
-from kiln.registry import create_model, import_user_modules
+from kiln.registry import CALLBACKS, METRICS, create_model, import_user_modules
 
 
 def seed_everything(seed: int, deterministic: bool) -> None:
@@ -97,6 +98,9 @@ def build_engine(
         channels_last=channels_last, callbacks=callbacks, ema=ema, tta=cfg.trainer.tta,
         mixup=cfg.data.augment.mixup,
         step_scheduler=cfg.scheduler.name != "none" or cfg.scheduler.warmup_epochs > 0,
+        loss_fn=None if cfg.trainer.loss == "cross_entropy" and not cfg.trainer.loss_args
+        else build_loss(cfg.trainer.loss, cfg.trainer.label_smoothing, cfg.trainer.loss_args),
+        metric_fns={name.rpartition(":")[2]: METRICS.get(name) for name in cfg.trainer.metrics},
     )  # fmt: skip
 
 
@@ -165,8 +169,10 @@ def restore(path: str, cfg: Config, engine: Engine, state: TrainState, bundle: k
     engine.scaler.load_state_dict(saved["scaler_state_dict"])
     state.epoch, state.step, state.last_loss = saved["epoch"], saved["step"], saved.get("loss")
     state.best_metric, state.best_epoch = saved.get("best_metric"), saved.get("best_epoch")
-    for (_, cb_state), cb in zip(sorted(saved.get("callbacks", {}).items()), engine.callbacks, strict=False):
-        cb.load_state_dict(cb_state)
+    states = saved.get("callbacks", {})
+    for i, cb in enumerate(engine.callbacks):
+        if f"{i}:{type(cb).__name__}" in states:  # same position, same class: its own saved state
+            cb.load_state_dict(states[f"{i}:{type(cb).__name__}"])
     bundle.train.load_state_dict(saved["data_state"])
     ckpt.set_rng_state(saved["rng"])  # last: nothing after this may draw random numbers before training
 
@@ -184,6 +190,21 @@ def save_epoch_checkpoints(cfg: Config, run_dir: Path, payload: dict[str, Any], 
             old.unlink(missing_ok=True)
 
 
+def user_callbacks(cfg: Config) -> list[Callback]:
+    out = []
+    for spec in cfg.callbacks:
+        try:
+            cb = CALLBACKS.get(spec.name)(**spec.args)
+        except TypeError as e:
+            raise KilnError(f"callbacks: {spec.name} does not accept args {spec.args} ({e})") from None
+        if not isinstance(cb, Callback):
+            raise KilnError(
+                f"callbacks: {spec.name} made a {type(cb).__name__}, not a kiln.Callback subclass"
+            )
+        out.append(cb)
+    return out
+
+
 def fit(
     cfg: Config, resume: str | None = None, extra_callbacks: list[Callback] | None = None
 ) -> dict[str, Any]:
@@ -199,6 +220,7 @@ def fit(
         es = cfg.trainer.early_stopping
         callbacks.append(EarlyStopping(es.monitor, es.mode, es.patience, es.min_delta))
     callbacks += build_loggers(cfg, run_dir)
+    callbacks += user_callbacks(cfg)
     callbacks += extra_callbacks or []
     engine = build_engine(cfg, bundle, device, callbacks)
     state = TrainState()
@@ -238,8 +260,8 @@ def fit(
         val = evaluate(engine, bundle.val) if bundle.val is not None else {"loss": math.nan, "acc": math.nan}
         state.epoch = epoch + 1
         metrics = {"epoch": epoch + 1, "step": state.step, **train_m, "val_loss": val["loss"],
-                   "val_acc": val["acc"], "lr": engine.optimizer.param_groups[0]["lr"],
-                   "seconds": time.perf_counter() - t0}  # fmt: skip
+                   "val_acc": val["acc"], **{f"val_{k[7:]}": v for k, v in val.items() if k.startswith("metric_")},
+                   "lr": engine.optimizer.param_groups[0]["lr"], "seconds": time.perf_counter() - t0}  # fmt: skip
         for cb in callbacks:
             cb.on_eval_end("val", {"loss": val["loss"], "acc": val["acc"]})
         if mon.monitor not in metrics:

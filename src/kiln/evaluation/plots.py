@@ -65,7 +65,9 @@ def per_class_bars(per_class: dict[str, dict[str, float]]) -> bytes:
         ax = plt.gca()
         for i, m in enumerate(("precision", "recall", "f1")):
             ax.bar(x + (i - 1) * 0.27, [per_class[n][m] for n in names], 0.27, label=m)
-        ax.set(ylim=(0, 1.18), title="Per-class precision, recall and F1", xticks=x, yticks=np.linspace(0, 1, 6))
+        ax.set(
+            ylim=(0, 1.18), title="Per-class precision, recall and F1", xticks=x, yticks=np.linspace(0, 1, 6)
+        )
         ax.set_xticklabels(names, rotation=60, ha="right", fontsize=8)
         ax.legend(loc="upper center", ncol=3, fontsize=8)  # above the bars, never over them
         ax.grid(axis="y", alpha=0.3)
