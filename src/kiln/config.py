@@ -84,6 +84,12 @@ class DataConfig(_Strict):
 class ModelConfig(_Strict):
     name: str = "lenet"
     args: dict[str, Any] = {}
+    # true: the library's default weights (torchvision weights="DEFAULT", timm pretrained=True; downloads);
+    # a path: a .pt/.pth state_dict, a .safetensors file or a kiln checkpoint. The head is resized.
+    pretrained: bool | str = False
+    strict: bool = True  # with a weights file: every key but the head's must match
+    freeze: list[str] | Literal["backbone"] | None = None  # parameter-name globs, or all but the head
+    freeze_bn: bool = True  # frozen BatchNorm layers stay in eval mode (running stats do not move)
 
 
 class LookaheadConfig(_Strict):
@@ -96,6 +102,17 @@ class EmaConfig(_Strict):
     warmup: bool = True  # decay ramps up as min(decay, (1+t)/(10+t)) so early EMA is not stuck at init
 
 
+class ParamGroupConfig(_Strict):
+    params: str  # a glob over parameter names, e.g. "layer4.*"
+    lr_mult: float = Field(1.0, gt=0)
+    weight_decay: float | None = Field(None, ge=0)  # default: optimizer.weight_decay
+
+
+class UnfreezeConfig(_Strict):
+    at_epoch: int = Field(2, ge=1)  # 1-based: this epoch is the first to train the frozen parameters
+    lr_mult: float = Field(0.1, gt=0)  # their learning rate relative to optimizer.lr
+
+
 class OptimizerConfig(_Strict):
     name: Literal["sgd", "adam", "adamw"] = "sgd"
     lr: float = Field(0.01, gt=0)
@@ -106,6 +123,8 @@ class OptimizerConfig(_Strict):
     no_decay_norm_bias: bool = False  # weight_decay 0 for biases and norm weights (1-D params)
     per_images: int | None = Field(None, gt=0)  # lr and weight_decay are given per N images: x batch_size/N
     lookahead: LookaheadConfig | None = None
+    param_groups: list[ParamGroupConfig] = []  # discriminative learning rates; first matching glob wins
+    layer_decay: float | None = Field(None, gt=0, le=1)  # timm-style layer-wise LR decay (timm models)
 
 
 class SchedulerConfig(_Strict):
@@ -142,6 +161,7 @@ class TrainerConfig(_Strict):
         str
     ] = []  # extra val metrics: "module:fn" with fn(logits, labels) -> float, logged as val_<fn>
     early_stopping: EarlyStoppingConfig | None = None
+    unfreeze: UnfreezeConfig | None = None  # gradual unfreezing of model.freeze'd parameters
     checkpoint: CheckpointConfig = CheckpointConfig()
     progress: Literal["auto", "on", "off"] = "auto"
     log_every_n_steps: int = Field(50, gt=0)  # how often the device-side loss is read back (host sync)

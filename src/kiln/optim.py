@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fnmatch
 import math
 from collections.abc import Callable
 from typing import Any
@@ -11,17 +12,52 @@ from torch import nn
 
 from kiln.config import OptimizerConfig, SchedulerConfig
 from kiln.engine.callbacks import Callback
+from kiln.errors import ConfigError
 
 
-def param_groups(cfg: OptimizerConfig, model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """Trainable parameters, split so biases and norm weights (1-D) get no decay when asked."""
-    params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    if not cfg.no_decay_norm_bias:
-        return [{"params": [p for _, p in params], "weight_decay": weight_decay}]
-    decay = [p for _, p in params if p.ndim > 1]
-    no_decay = [p for _, p in params if p.ndim <= 1]
-    return [g for g in ({"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0})
-            if g["params"]]  # fmt: skip
+def layer_scales(model: nn.Module, decay: float) -> dict[int, float]:
+    """timm-style layer-wise LR decay: id(param) -> lr scale (1 for the head, decay^depth below)."""
+    try:
+        from timm.optim import param_groups_layer_decay
+    except ImportError:
+        raise ConfigError("optimizer.layer_decay needs timm: pip install 'torchkiln[timm]'") from None
+    if not hasattr(model, "group_matcher"):
+        raise ConfigError("optimizer.layer_decay: the model exposes no layers (timm's group_matcher); use a timm: "
+                          "model or optimizer.param_groups with lr_mult instead")  # fmt: skip
+    groups = param_groups_layer_decay(model, weight_decay=0.0, layer_decay=decay)
+    return {id(p): g["lr_scale"] for g in groups for p in g["params"]}
+
+
+def param_groups(
+    cfg: OptimizerConfig, model: nn.Module, lr: float, weight_decay: float
+) -> list[dict[str, Any]]:
+    """Trainable parameters grouped by (lr multiplier, weight decay): ``optimizer.param_groups`` globs
+    (first match wins), layer-wise decay, and no decay for biases/norm weights (1-D) when asked."""
+    scales = layer_scales(model, cfg.layer_decay) if cfg.layer_decay else {}
+    used: set[int] = set()
+    groups: dict[tuple[float, float], dict[str, Any]] = {}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue  # frozen: not in the optimizer at all
+        mult, wd = 1.0, weight_decay
+        for i, spec in enumerate(cfg.param_groups):
+            if fnmatch.fnmatchcase(name, spec.params):
+                mult, wd = spec.lr_mult, wd if spec.weight_decay is None else spec.weight_decay
+                used.add(i)
+                break
+        mult *= scales.get(id(p), 1.0)
+        if cfg.no_decay_norm_bias and p.ndim <= 1:
+            wd = 0.0
+        g = groups.setdefault(
+            (mult, wd), {"params": [], "lr": lr * mult, "weight_decay": wd, "lr_mult": mult}
+        )
+        g["params"].append(p)
+    unused = [s.params for i, s in enumerate(cfg.param_groups) if i not in used]
+    if unused:
+        raise ConfigError(f"optimizer.param_groups: {unused} match no trainable parameter")
+    if not groups:
+        raise ConfigError("model.freeze: every parameter is frozen; nothing to train")
+    return list(groups.values())
 
 
 def build_optimizer(
@@ -30,7 +66,7 @@ def build_optimizer(
     # per_images: the config's lr/weight_decay are per N images; scale linearly with the batch size
     scale = batch_size / cfg.per_images if cfg.per_images else 1.0
     lr, wd = cfg.lr * scale, cfg.weight_decay * scale
-    groups = param_groups(cfg, model, wd)
+    groups = param_groups(cfg, model, lr, wd)
     if cfg.name == "sgd":
         cls, kwargs = torch.optim.SGD, {"lr": lr, "momentum": cfg.momentum, "nesterov": cfg.nesterov}
     else:
@@ -103,3 +139,21 @@ class Lookahead(Callback):
         for s, v in zip(self.slow, state["slow"], strict=True):
             s.copy_(v)
         self.last = state["last"]
+
+
+def add_param_group(
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LambdaLR,
+    params: list[nn.Parameter],
+    lr_mult: float,
+    weight_decay: float,
+) -> None:
+    """Add a group mid-run (gradual unfreezing) so the scheduler drives it like the others: same curve,
+    its own base LR, and its current LR set from the schedule's present position."""
+    base = scheduler.base_lrs[0] / optimizer.param_groups[0].get("lr_mult", 1.0) * lr_mult
+    optimizer.add_param_group({"params": params, "lr": base, "initial_lr": base, "weight_decay": weight_decay,
+                               "lr_mult": lr_mult})  # fmt: skip
+    scheduler.base_lrs.append(base)
+    scheduler.lr_lambdas.append(scheduler.lr_lambdas[0])
+    optimizer.param_groups[-1]["lr"] = base * scheduler.lr_lambdas[0](scheduler.last_epoch)
+    scheduler._last_lr = [g["lr"] for g in optimizer.param_groups]  # noqa: SLF001

@@ -58,6 +58,8 @@ class Engine:
     mixup: float = 0.0
     loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None  # None: cross-entropy
     metric_fns: dict[str, Callable[[torch.Tensor, torch.Tensor], float]] = field(default_factory=dict)
+    frozen: list[str] = field(default_factory=list)  # parameter names frozen by model.freeze
+    frozen_bn: list[nn.Module] = field(default_factory=list)  # BatchNorm layers kept in eval mode
     step_scheduler: bool = True  # False for a constant LR: skips a Python-heavy call per step
 
     @property
@@ -113,6 +115,8 @@ def train_one_epoch(
     """One epoch (or its first ``limit`` batches, for a fractional last epoch) of training."""
     model, opt, scaler = engine.model, engine.optimizer, engine.scaler
     model.train()
+    for bn in engine.frozen_bn:
+        bn.eval()  # frozen BatchNorm: running statistics must not move either
     batch_cbs = [cb for cb in engine.callbacks if cb.wants_batches]
     tally = _Tally(state)
     use_scaler = scaler.is_enabled()

@@ -30,7 +30,8 @@ from kiln.engine.progress import EpochBar, enabled, epoch_line, log
 from kiln.errors import CheckpointError, KilnError
 from kiln.evaluation.metrics import Outputs
 from kiln.losses import build_loss
-from kiln.optim import Lookahead, build_optimizer, build_scheduler
+from kiln.models import transfer
+from kiln.optim import Lookahead, add_param_group, build_optimizer, build_scheduler
 from kiln.registry import CALLBACKS, METRICS, create_model, import_user_modules
 
 
@@ -65,10 +66,12 @@ def build_engine(
     cfg: Config, bundle: kdata.DataBundle, device: torch.device, callbacks: list[Callback]
 ) -> Engine:
     model = create_model(cfg.model.name, num_classes=len(bundle.classes), in_channels=bundle.in_channels,
-                         image_size=bundle.image_size, **cfg.model.args).to(device)  # fmt: skip
+                         image_size=bundle.image_size, pretrained=cfg.model.pretrained is True,
+                         **cfg.model.args).to(device)  # fmt: skip
     init = getattr(model, "init_from_data", None)
-    if callable(init):  # data-dependent init (e.g. airbench's whitening conv) from up to 5,000 train images
+    if callable(init) and not cfg.model.pretrained:  # data-dependent init (airbench's whitening conv)
         init(sample_images(bundle, 5000))
+    frozen = transfer.prepare(model, cfg.model.pretrained, cfg.model.strict, cfg.model.freeze)
     channels_last = cfg.trainer.channels_last == "on" or (
         cfg.trainer.channels_last == "auto" and any(isinstance(m, torch.nn.Conv2d) for m in model.modules())
         and (device.type == "cuda" or (device.type == "cpu" and not any(
@@ -101,6 +104,7 @@ def build_engine(
         loss_fn=None if cfg.trainer.loss == "cross_entropy" and not cfg.trainer.loss_args
         else build_loss(cfg.trainer.loss, cfg.trainer.label_smoothing, cfg.trainer.loss_args),
         metric_fns={name.rpartition(":")[2]: METRICS.get(name) for name in cfg.trainer.metrics},
+        frozen=frozen, frozen_bn=transfer.frozen_batchnorms(model) if cfg.model.freeze_bn else [],
     )  # fmt: skip
 
 
@@ -115,6 +119,23 @@ def sample_images(bundle: kdata.DataBundle, n: int) -> torch.Tensor:
         ds = t.loader.dataset
         xb = torch.stack([torch.as_tensor(ds[i][0]) for i in range(min(n, len(ds)))]).to(t.device)
     return bundle.transform(xb, torch.arange(len(xb)), 0, 0, train=False)
+
+
+def unfreeze(cfg: Config, engine: Engine) -> None:
+    """Gradual unfreezing: the frozen parameters join the optimizer as a new group (lr x lr_mult)."""
+    names = set(engine.frozen)
+    params = [
+        p for n, p in ckpt.unwrap(engine.model).named_parameters() if n in names and not p.requires_grad
+    ]
+    if not params or cfg.trainer.unfreeze is None:
+        return
+    for p in params:
+        p.requires_grad_(True)
+    engine.frozen_bn = []
+    add_param_group(engine.optimizer, engine.scheduler, params, cfg.trainer.unfreeze.lr_mult,
+                    cfg.optimizer.weight_decay)  # fmt: skip
+    log(f"kiln: unfroze {len(params)} parameter tensors at epoch {cfg.trainer.unfreeze.at_epoch} "
+        f"(lr x {cfg.trainer.unfreeze.lr_mult})")  # fmt: skip
 
 
 def make_checkpoint(cfg: Config, engine: Engine, state: TrainState, bundle: kdata.DataBundle,
@@ -146,6 +167,8 @@ def match_param_layout(optimizer: torch.optim.Optimizer) -> None:
 
 def restore(path: str, cfg: Config, engine: Engine, state: TrainState, bundle: kdata.DataBundle) -> None:
     saved = ckpt.load(path)
+    if cfg.trainer.unfreeze and saved.get("epoch", 0) >= cfg.trainer.unfreeze.at_epoch:
+        unfreeze(cfg, engine)  # the checkpoint's optimizer already has the unfrozen group
     if saved.get("classes") != list(bundle.classes):
         raise CheckpointError(f"{path}: trained on classes {saved.get('classes')}, but the data now has "
                               f"{list(bundle.classes)}; resume with the same data")  # fmt: skip
@@ -243,6 +266,8 @@ def fit(
     show_bar = enabled(cfg.trainer.progress)
     for epoch in range(state.epoch, epochs):
         bundle.train.set_epoch(epoch)
+        if cfg.trainer.unfreeze and epoch + 1 == cfg.trainer.unfreeze.at_epoch:
+            unfreeze(cfg, engine)
         for cb in callbacks:
             cb.on_epoch_start(epoch)
         t0 = time.perf_counter()

@@ -13,13 +13,22 @@ from kiln.registry import MODELS
 
 
 def create(
-    name: str, num_classes: int, in_channels: int = 3, image_size: Any = (32, 32), **args: Any
+    name: str,
+    num_classes: int,
+    in_channels: int = 3,
+    image_size: Any = (32, 32),
+    pretrained: bool = False,
+    **args: Any,
 ) -> nn.Module:
+    """``pretrained=True`` asks torchvision/timm for their default weights (a download)."""
     prefix, sep, rest = name.partition(":")
     if sep and prefix == "torchvision":
-        return torchvision_model(rest, num_classes, in_channels, **args)
+        return torchvision_model(rest, num_classes, in_channels, pretrained, **args)
     if sep and prefix == "timm":
-        return timm_model(rest, num_classes, in_channels, **args)
+        return timm_model(rest, num_classes, in_channels, pretrained, **args)
+    if pretrained:
+        raise ConfigError(f"model.pretrained: '{name}' has no downloadable default weights; give a weights "
+                          "file instead (model.pretrained: /path/to/weights.pt)")  # fmt: skip
     factory = MODELS.get(name)  # a registered name, or "module:callable" for a user's own
     try:
         model = factory(

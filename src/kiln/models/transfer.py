@@ -1,0 +1,140 @@
+"""Transfer learning: pretrained weights (library defaults or a file), the classifier head, freezing with
+BatchNorm kept in eval mode, and a trainable/frozen summary."""
+
+from __future__ import annotations
+
+import fnmatch
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from kiln.errors import ConfigError
+
+
+def head_name(model: nn.Module) -> str:
+    """The classifier's module name: timm's get_classifier(), else the last nn.Linear registered."""
+    modules = dict(model.named_modules())
+    if hasattr(model, "get_classifier"):
+        clf = model.get_classifier()
+        for name, m in modules.items():
+            if m is clf and name:
+                return name
+    linears = [name for name, m in modules.items() if isinstance(m, nn.Linear)]
+    if not linears:
+        raise ConfigError(f"model: cannot find a classifier head (no nn.Linear) in {type(model).__name__}")
+    return linears[-1]
+
+
+def replace_head(model: nn.Module, num_classes: int) -> str:
+    """Swap the head for a fresh Linear with ``num_classes`` outputs (if it has another count)."""
+    name = head_name(model)
+    old = model.get_submodule(name)
+    if isinstance(old, nn.Linear) and old.out_features != num_classes:
+        parent, _, attr = name.rpartition(".")
+        new = nn.Linear(old.in_features, num_classes, bias=old.bias is not None)
+        setattr(model.get_submodule(parent) if parent else model, attr, new)
+    return name
+
+
+def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
+    """A state_dict from .safetensors, a plain .pt/.pth state_dict, or a kiln/tutorial checkpoint."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise ConfigError(f"model.pretrained: weights file not found: {path}")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    from kiln.engine.checkpoint import CheckpointError
+
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)  # never unpickles code
+    except Exception as e:
+        raise CheckpointError(f"model.pretrained: {path} is not a loadable weights file "
+                              f"(only tensors and plain values are accepted): {str(e).splitlines()[0]}") from None  # fmt: skip
+    for key in ("model_state_dict", "state_dict", "model"):
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]
+            break
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise ConfigError(f"model.pretrained: {path} holds no state_dict of tensors")
+    # weights saved from DDP or torch.compile wrappers carry these prefixes
+    return OrderedDict((k.removeprefix("module.").removeprefix("_orig_mod."), v) for k, v in obj.items())
+
+
+def load_pretrained(model: nn.Module, path: str | Path, strict: bool, head: str) -> dict[str, list[str]]:
+    """Load a weights file; the head's tensors are skipped when their shapes differ (a new class count)."""
+    state, own = read_weights(path), model.state_dict()
+    skipped = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
+    bad = [k for k in skipped if not k.startswith(head + ".")]
+    if bad:
+        raise ConfigError(f"model.pretrained: shapes differ outside the head for {bad[:5]}; is this the same "
+                          f"architecture as model.name?")  # fmt: skip
+    result = model.load_state_dict({k: v for k, v in state.items() if k not in skipped}, strict=False)
+    missing = [k for k in result.missing_keys if not k.startswith(head + ".")]
+    if strict and (missing or result.unexpected_keys):
+        raise ConfigError(f"model.pretrained: {path} does not match the model: missing {missing[:5]}, "
+                          f"unexpected {result.unexpected_keys[:5]} (set model.strict=false to load anyway)")  # fmt: skip
+    return {"missing": missing, "unexpected": list(result.unexpected_keys), "head_reset": skipped}
+
+
+def select(model: nn.Module, freeze: list[str] | str, head: str) -> list[str]:
+    """Names of the parameters to freeze: glob patterns, or 'backbone' = everything outside the head."""
+    names = [n for n, _ in model.named_parameters()]
+    if freeze == "backbone":
+        return [n for n in names if not n.startswith(head + ".")]
+    chosen = [n for n in names if any(fnmatch.fnmatchcase(n, pat) for pat in freeze)]
+    unused = [pat for pat in freeze if not any(fnmatch.fnmatchcase(n, pat) for n in names)]
+    if unused:
+        raise ConfigError(f"model.freeze: {unused} match no parameter (names look like {names[:3]})")
+    return chosen
+
+
+def frozen_batchnorms(model: nn.Module) -> list[nn.Module]:
+    """BatchNorm layers whose parameters are all frozen: kept in eval mode while training."""
+    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
+            and all(not p.requires_grad for p in m.parameters())]  # fmt: skip
+
+
+def param_table(model: nn.Module) -> str:
+    rows: dict[str, list[int]] = {}
+    for name, p in model.named_parameters():
+        row = rows.setdefault(name.split(".")[0], [0, 0])
+        row[0 if p.requires_grad else 1] += p.numel()
+    total = [sum(r[0] for r in rows.values()), sum(r[1] for r in rows.values())]
+    width = max(len(k) for k in [*rows, "module"])
+    lines = [f"{'module':<{width}}  {'trainable':>12}  {'frozen':>12}"]
+    lines += [f"{k:<{width}}  {t:>12,}  {f:>12,}" for k, (t, f) in rows.items()]
+    lines.append(f"{'total':<{width}}  {total[0]:>12,}  {total[1]:>12,}")
+    return "\n".join(lines)
+
+
+def summary_line(info: dict[str, Any]) -> str:
+    return ", ".join(f"{k}: {len(v)}{' ' + str(v[:3]) if v else ''}" for k, v in info.items())
+
+
+def prepare(
+    model: nn.Module, pretrained: bool | str, strict: bool, freeze: list[str] | str | None
+) -> list[str]:
+    """Load a weights file and freeze parameters as the config says; print what was done.
+    Returns the names of the frozen parameters (for gradual unfreezing)."""
+    from kiln.engine.progress import log
+
+    if not pretrained and not freeze:
+        return []
+    head = head_name(model)
+    if isinstance(pretrained, str):
+        info = load_pretrained(model, pretrained, strict, head)
+        log(f"kiln: loaded {pretrained} (new head '{head}'; {summary_line(info)})")
+    elif pretrained:
+        log(f"kiln: pretrained weights from the model library; new head '{head}'")
+    frozen = select(model, freeze, head) if freeze else []
+    names = set(frozen)
+    for n, p in model.named_parameters():
+        if n in names:
+            p.requires_grad_(False)
+    log(param_table(model))
+    return frozen
