@@ -174,9 +174,10 @@ def build(cfg: DataConfig, seed: int, device: torch.device, rank: int = 0, world
 
     ebs = cfg.eval_batch_size or max(cfg.batch_size, 256)
     return DataBundle(
-        train=loader("train", train, cfg.batch_size, True),  # type: ignore[arg-type]
+        # data.batch_size is the global batch: each of `world` processes takes its share
+        train=loader("train", train, cfg.batch_size // world, True),  # type: ignore[arg-type]
         val=loader("val", val, ebs, False), test=loader("test", raw.test, ebs, False),
-        classes=raw.classes, transform=BatchTransform(mean, std, cfg.augment, seed),
+        classes=raw.classes, transform=BatchTransform(mean, std, cfg.augment, seed, rank),
         in_channels=channels, image_size=tuple(size),  # type: ignore[arg-type]
     )  # fmt: skip
 

@@ -51,12 +51,15 @@ def cutout(x: torch.Tensor, size: int, g: torch.Generator) -> torch.Tensor:
 class BatchTransform:
     """uint8 ``[B, C, H, W]`` batch -> normalised float batch, augmented when training."""
 
-    def __init__(self, mean: list[float], std: list[float], augment: AugmentConfig, seed: int) -> None:
+    def __init__(
+        self, mean: list[float], std: list[float], augment: AugmentConfig, seed: int, rank: int = 0
+    ) -> None:
         std_t = torch.tensor(std, dtype=torch.float32)
         # (x/255 - mean)/std folded into one multiply-add: scale = 1/(255 std), shift = -mean/std
         self.scale = (1.0 / (255.0 * std_t)).view(1, -1, 1, 1)
         self.shift = (-torch.tensor(mean, dtype=torch.float32) / std_t).view(1, -1, 1, 1)
         self.augment, self.seed = augment, seed
+        self.rank_key = (rank,) if rank else ()  # under DDP each rank draws its own augmentations
         self.mean, self.std = list(mean), list(std)
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
@@ -73,7 +76,7 @@ class BatchTransform:
         a = self.augment
         if not train or not (a.crop_padding or a.hflip or a.alternating_flip or a.cutout):
             return x
-        g = seeded_generator(x.device, self.seed, epoch, step)
+        g = seeded_generator(x.device, self.seed, epoch, step, *self.rank_key)
         if a.crop_padding:
             x = random_crop(x, a.crop_padding, g)
         if a.alternating_flip:

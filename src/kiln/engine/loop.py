@@ -20,6 +20,7 @@ from torch import nn
 
 from kiln.data.augment import BatchTransform, seeded_generator
 from kiln.engine.callbacks import Callback
+from kiln.engine.distributed import Dist, all_sum
 from kiln.engine.ema import EMA
 from kiln.errors import TrainingStopped
 
@@ -60,6 +61,7 @@ class Engine:
     metric_fns: dict[str, Callable[[torch.Tensor, torch.Tensor], float]] = field(default_factory=dict)
     frozen: list[str] = field(default_factory=list)  # parameter names frozen by model.freeze
     frozen_bn: list[nn.Module] = field(default_factory=list)  # BatchNorm layers kept in eval mode
+    dist: Dist = Dist()
     step_scheduler: bool = True  # False for a constant LR: skips a Python-heavy call per step
 
     @property
@@ -75,8 +77,8 @@ class _Tally:
     """Per-step losses, logits and labels kept on the device and reduced every ``log_every`` steps: one
     host sync per flush instead of several tensor ops (and, on GPUs, a sync) per step."""
 
-    def __init__(self, state: TrainState) -> None:
-        self.state, self.losses, self.logits, self.labels = state, [], [], []  # type: ignore[var-annotated]
+    def __init__(self, state: TrainState, dist: Dist) -> None:
+        self.state, self.dist, self.losses, self.logits, self.labels = state, dist, [], [], []  # type: ignore[var-annotated]
         self.loss_sum, self.correct, self.seen = 0.0, 0, 0
 
     def add(self, loss: torch.Tensor, logits: torch.Tensor, y: torch.Tensor) -> None:
@@ -90,11 +92,13 @@ class _Tally:
         losses = torch.stack(self.losses).float()
         sizes = torch.tensor([len(y) for y in self.labels], device=losses.device, dtype=torch.float32)
         y = torch.cat(self.labels)
-        stats = torch.stack(
-            [(losses * sizes).sum().double(), (torch.cat(self.logits).argmax(1) == y).sum().double()]
+        correct = (torch.cat(self.logits).argmax(1) == y).sum()
+        # summed over ranks under DDP: every rank sees a NaN on any rank, so all stop at the same step
+        stats = all_sum(
+            self.dist, torch.stack([(losses * sizes).sum().double(), correct.double(), sizes.sum().double()])
         )
         finite = torch.isfinite(losses)
-        loss_sum, correct = stats.tolist()  # the one host sync
+        loss_sum, correct_n, seen = stats.tolist()  # the one host sync
         if loss_sum != loss_sum or abs(loss_sum) == float("inf"):
             bad = int((~finite).nonzero()[0]) if not bool(finite.all()) else len(losses) - 1
             raise TrainingStopped(
@@ -104,8 +108,8 @@ class _Tally:
             )
         self.state.last_loss = float(losses[-1])
         self.loss_sum += loss_sum
-        self.correct += int(correct)
-        self.seen += int(y.numel())
+        self.correct += int(correct_n)
+        self.seen += int(seen)
         self.losses, self.logits, self.labels = [], [], []
 
 
@@ -118,7 +122,7 @@ def train_one_epoch(
     for bn in engine.frozen_bn:
         bn.eval()  # frozen BatchNorm: running statistics must not move either
     batch_cbs = [cb for cb in engine.callbacks if cb.wants_batches]
-    tally = _Tally(state)
+    tally = _Tally(state, engine.dist)
     use_scaler = scaler.is_enabled()
     n_batches, log_every, t0 = min(len(loader), limit or len(loader)), engine.log_every, time.perf_counter()
     start = loader.state_dict()["position"]  # > 0 when resuming mid-epoch

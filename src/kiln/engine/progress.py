@@ -27,8 +27,12 @@ class EpochBar:
         self.bar.close()
 
 
+QUIET = False  # set on DDP ranks other than 0: one process speaks
+
+
 def log(msg: str) -> None:
-    print(msg, flush=True)
+    if not QUIET:
+        print(msg, flush=True)
 
 
 def epoch_line(m: dict[str, Any], epochs: int) -> str:
