@@ -52,7 +52,7 @@ def test_new_project_uses_its_own_plugins(tmp_path: Path) -> None:
     m = [json.loads(s) for s in (project / "runs/demo/metrics.jsonl").read_text().splitlines()]
     assert "val_balanced_accuracy" in m[0]  # metrics.py
     state = torch.load(project / "runs/demo/checkpoints/last.pt", weights_only=True)
-    assert any(k.endswith(":StopAtAccuracy") for k in state["callbacks"])  # callbacks.py, with its state
+    assert "StopAtAccuracy#0" in state["callbacks"]  # callbacks.py, with its state
     # replace the model in models.py by another one, as a user would, and train again
     models = project / "models.py"
     models.write_text(models.read_text() + textwrap.dedent('''

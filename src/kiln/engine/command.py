@@ -1,13 +1,37 @@
-"""`kiln train`."""
+"""`kiln train` (and, with --nproc, the torchrun launch of it)."""
 
 from __future__ import annotations
 
 import argparse
+import os
+import subprocess
 import sys
 from pathlib import Path
 
 
+def torchrun_argv(args: argparse.Namespace) -> list[str]:
+    """The torchrun command line for `kiln train --nproc N ...` (PyTorch's own elastic launcher)."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(args.nproc)]
+    if args.nnodes == 1 and not args.master_addr:
+        cmd.append("--standalone")
+    else:
+        cmd += ["--nnodes", str(args.nnodes), "--node-rank", str(args.node_rank),
+                "--master-addr", args.master_addr or "127.0.0.1", "--master-port", str(args.master_port)]  # fmt: skip
+    if args.max_restarts:
+        cmd += ["--max-restarts", str(args.max_restarts)]
+    cmd += ["-m", "kiln", "train", "-c", args.config, *args.overrides]
+    # with restarts, every worker resumes from the newest checkpoint that exists (not from a restart count)
+    resume = args.resume or ("auto" if args.max_restarts else None)
+    return cmd + (["--resume", resume] if resume else [])
+
+
 def run_train(args: argparse.Namespace) -> int:
+    if args.nproc and "RANK" not in os.environ:
+        env = dict(os.environ)
+        # torch 2.14 + gloo: a restarted rendezvous cannot reuse the shared TCP store
+        env.setdefault("TORCH_DISABLE_SHARE_RDZV_TCP_STORE", "1")
+        return subprocess.call(torchrun_argv(args), env=env)
+
     from kiln.config import load_config
     from kiln.engine.trainer import fit
 
@@ -16,7 +40,7 @@ def run_train(args: argparse.Namespace) -> int:
     sys.path.insert(0, str(Path(args.config).resolve().parent))
     cfg = load_config(args.config, args.overrides)
     summary = fit(cfg, resume=args.resume)
-    if "test" in summary:
+    if "test" in summary and int(os.environ.get("RANK", 0)) == 0:
         print(f"test accuracy: {summary['test']['accuracy']:.4f}")
     return 0
 
@@ -26,11 +50,19 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "train",
         help="train a model from a config file",
         description="Train from CONFIG (YAML or JSON); key=value overrides change any value, "
-        "e.g. trainer.epochs=3 optimizer.lr=0.01 run.dir=/tmp/r1",
+        "e.g. trainer.epochs=3 optimizer.lr=0.01 run.dir=/tmp/r1. With --nproc N, kiln launches itself "
+        "under torchrun (DistributedDataParallel; data.batch_size is the global batch, split over processes).",
     )
     t.add_argument("-c", "--config", required=True, help="config file (.yaml/.yml/.json)")
     t.add_argument("overrides", nargs="*", metavar="key=value", help="dotted config overrides")
-    t.add_argument(
-        "--resume", metavar="PATH", help="continue from this checkpoint (e.g. runs/x/checkpoints/last.pt)"
-    )
+    t.add_argument("--resume", metavar="PATH|auto",
+                   help="continue from this checkpoint; 'auto': the run dir's newest valid checkpoint, if any")  # fmt: skip
+    d = t.add_argument_group("distributed (torchrun)")
+    d.add_argument("--nproc", type=int, help="processes per node (GPUs per node; CPU: gloo processes)")
+    d.add_argument("--nnodes", type=int, default=1, help="number of nodes")
+    d.add_argument("--node-rank", type=int, default=0, help="this node's rank (0 .. nnodes-1)")
+    d.add_argument("--master-addr", help="address of the rank-0 node (multi-node)")
+    d.add_argument("--master-port", type=int, default=29500)
+    d.add_argument("--max-restarts", type=int, default=0,
+                   help="restart all workers up to K times after a failure, resuming from the last checkpoint")  # fmt: skip
     t.set_defaults(func=run_train)

@@ -20,7 +20,7 @@ from torch import nn
 
 from kiln.data.augment import BatchTransform, seeded_generator
 from kiln.engine.callbacks import Callback
-from kiln.engine.distributed import Dist, all_sum
+from kiln.engine.distributed import Dist, all_sum, gather_cat
 from kiln.engine.ema import EMA
 from kiln.errors import TrainingStopped
 
@@ -227,9 +227,16 @@ def infer(
 
 
 def predict(engine: Engine, loader: Iterable[Any]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    return infer(
-        engine.eval_model, loader, engine.transform, engine.tta, engine.autocast, engine.channels_last
-    )
+    """``infer`` with the engine's settings; under DDP each rank infers its shard and all gather the rest,
+    so every sample is counted exactly once (no padding duplicates) and results are in sample order."""
+    logits, y, idx = infer(engine.eval_model, loader, engine.transform, engine.tta, engine.autocast,
+                           engine.channels_last)  # fmt: skip
+    if not engine.dist.enabled:
+        return logits, y, idx
+    dev = engine.device  # nccl gathers CUDA tensors, gloo CPU ones
+    logits, y, idx = (gather_cat(engine.dist, t.to(dev)).cpu() for t in (logits, y, idx))
+    order = idx.argsort()
+    return logits[order], y[order], idx[order]
 
 
 def evaluate(engine: Engine, loader: Iterable[Any]) -> dict[str, float]:
@@ -238,7 +245,7 @@ def evaluate(engine: Engine, loader: Iterable[Any]) -> dict[str, float]:
     logits, y, _ = predict(engine, loader)
     if y.numel() == 0:
         return {"loss": float("nan"), "acc": float("nan"), "n": 0}
-    out = {"loss": F.cross_entropy(logits, y).item(), "acc": (logits.argmax(1) == y).float().mean().item(),
+    out = {"loss": F.cross_entropy(logits, y).item(), "acc": (logits.argmax(1) == y).double().mean().item(),
            "n": int(y.numel())}  # fmt: skip
     for name, fn in engine.metric_fns.items():
         out[f"metric_{name}"] = float(fn(logits, y))

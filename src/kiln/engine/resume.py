@@ -36,6 +36,18 @@ def unfreeze(cfg: Config, engine: Engine) -> None:
         f"(lr x {cfg.trainer.unfreeze.lr_mult})")  # fmt: skip
 
 
+def callback_keys(callbacks: list[Any]) -> list[tuple[str, Any]]:
+    """Stable keys for callback states: class name and occurrence ("EarlyStopping#0"), so adding or removing
+    another callback between runs never hands a state to the wrong one."""
+    seen: dict[str, int] = {}
+    out = []
+    for cb in callbacks:
+        name = type(cb).__name__
+        out.append((f"{name}#{seen.get(name, 0)}", cb))
+        seen[name] = seen.get(name, 0) + 1
+    return out
+
+
 def make_checkpoint(cfg: Config, engine: Engine, state: TrainState, bundle: kdata.DataBundle,
                     metrics: dict[str, Any]) -> dict[str, Any]:  # fmt: skip
     """The checkpoint payload. Under DDP every rank must call this (it gathers each rank's RNG state)."""
@@ -49,7 +61,7 @@ def make_checkpoint(cfg: Config, engine: Engine, state: TrainState, bundle: kdat
         "scaler_state_dict": engine.scaler.state_dict(),
         "epoch": state.epoch, "step": state.step, "loss": state.last_loss,
         "best_metric": state.best_metric, "best_epoch": state.best_epoch,
-        "callbacks": {f"{i}:{type(cb).__name__}": cb.state_dict() for i, cb in enumerate(engine.callbacks)},
+        "callbacks": {key: cb.state_dict() for key, cb in callback_keys(engine.callbacks)},
         "rng": rngs[0], "rng_per_rank": rngs if len(rngs) > 1 else None, "data_state": bundle.train.state_dict(),
         "config": cfg.to_dict(), "classes": list(bundle.classes), "preprocess": bundle.preprocess(),
         "metrics": metrics, "kiln_version": kiln.__version__, "torch_version": str(torch.__version__),
@@ -93,9 +105,9 @@ def restore(path: str, cfg: Config, engine: Engine, state: TrainState, bundle: k
     state.epoch, state.step, state.last_loss = saved["epoch"], saved["step"], saved.get("loss")
     state.best_metric, state.best_epoch = saved.get("best_metric"), saved.get("best_epoch")
     states = saved.get("callbacks", {})
-    for i, cb in enumerate(engine.callbacks):
-        if f"{i}:{type(cb).__name__}" in states:  # same position, same class: its own saved state
-            cb.load_state_dict(states[f"{i}:{type(cb).__name__}"])
+    for key, cb in callback_keys(engine.callbacks):
+        if key in states:  # the same class, the same occurrence: its own saved state
+            cb.load_state_dict(states[key])
     bundle.train.load_state_dict(saved["data_state"])
     per_rank = saved.get("rng_per_rank") or []
     rank = engine.dist.rank

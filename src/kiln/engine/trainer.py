@@ -38,7 +38,9 @@ def fit(
     d = distributed.init(resolve_device(cfg.run.device).type)
     progress.QUIET = not d.is_main
     try:
-        return _fit(cfg, d, resume, extra_callbacks)
+        summary = _fit(cfg, d, resume, extra_callbacks)
+        distributed.barrier(d)  # no rank tears its process group down while another still talks to it
+        return summary
     finally:
         progress.QUIET = False
         distributed.shutdown(d)
@@ -76,7 +78,7 @@ def _fit(
     info = {"start_epoch": state.epoch, "run_dir": str(run_dir), "config": cfg.to_dict(), "classes": bundle.classes,
             "model": ckpt.unwrap(engine.model), "sample_images": sample_images(bundle, 16),  # normalised
             "augment": lambda x, idx: bundle.transform(x, idx, 0, 0, train=True), "bundle": bundle,
-            "rank": d.rank, "world_size": d.world}  # fmt: skip
+            "rank": d.rank, "world_size": d.world, "start_step": state.step}  # fmt: skip
     for cb in callbacks:
         cb.on_fit_start(info)
 
@@ -156,7 +158,7 @@ def finish(cfg: Config, engine: Engine, state: TrainState, bundle: kdata.DataBun
         ckpt.unwrap(engine.eval_model).load_state_dict(ckpt.load(best_path)["model_state_dict"])
         logits, labels, idx = predict(engine, bundle.test)  # every test image once, over all ranks
         outputs = Outputs(logits, labels, idx, list(bundle.classes))
-        test = {"loss": F.cross_entropy(logits, labels).item(), "accuracy": (logits.argmax(1) == labels).float().mean().item(),
+        test = {"loss": F.cross_entropy(logits, labels).item(), "accuracy": (logits.argmax(1) == labels).double().mean().item(),
                 "num_samples": int(labels.numel())}  # fmt: skip
         summary["test"] = test
         log(f"kiln: test accuracy {test['accuracy']:.4f} (loss {test['loss']:.4f}, {test['num_samples']} images, "
