@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.kiln-installed
-EXTRAS ?= dev,timm,tensorboard,export,wandb
+EXTRAS ?= dev,timm,export,wandb,tune
 
 .PHONY: demo test lint bench data clean
 

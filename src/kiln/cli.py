@@ -17,6 +17,7 @@ from kiln.errors import KilnError
 # module -> the commands it adds (each module has add_parser(subparsers))
 COMMAND_MODULES = [
     "kiln.engine.command", "kiln.evaluation.command", "kiln.export.command", "kiln.scaffold.command",
+    "kiln.tuning.command",
 ]  # fmt: skip
 
 

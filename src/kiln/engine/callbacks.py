@@ -22,6 +22,7 @@ class Callback:
     def on_eval_end(self, split: str, metrics: dict[str, float], outputs: Any = None) -> None: ...  # outputs:
     # kiln.evaluation.metrics.Outputs (logits, labels, indices, classes), given for the final test evaluation
     def on_epoch_end(self, epoch: int, metrics: dict[str, float]) -> str | None: ...  # a reason = stop
+    def on_checkpoint(self, epoch: int, path: Path) -> None: ...  # after last.pt of this epoch is written
     def on_fit_end(self, summary: dict[str, Any]) -> None: ...
 
     def state_dict(self) -> dict[str, Any]:

@@ -93,6 +93,8 @@ def _fit(
         payload = make_checkpoint(cfg, engine, state, bundle, metrics)  # every rank: gathers RNG states
         if d.is_main:
             save_epoch_checkpoints(cfg, run_dir, payload, improved)
+        for cb in callbacks:
+            cb.on_checkpoint(epoch + 1, run_dir / "checkpoints" / "last.pt")
         log(epoch_line(metrics, epochs))
         if stop_reason:
             log(f"kiln: {stop_reason}")

@@ -1,0 +1,57 @@
+"""`kiln tune`."""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from pathlib import Path
+
+
+def run_tune(args: argparse.Namespace) -> int:
+    from kiln.tuning.space import load_space, resolved
+
+    config = str(Path(args.config).resolve())
+    sys.path.insert(0, str(Path(config).parent))
+    space = load_space(args.space, config, args.overrides)  # bad keys/values fail here, before any trial
+    cfg = resolved(config, args.overrides)
+    monitor = (
+        cfg.trainer.early_stopping.monitor if cfg.trainer.early_stopping else cfg.trainer.checkpoint.monitor
+    )
+    mode = cfg.trainer.early_stopping.mode if cfg.trainer.early_stopping else cfg.trainer.checkpoint.mode
+
+    from kiln.tuning.ray_tune import Search, tune_search
+    from kiln.tuning.report import summarize, table
+
+    search = Search(config, list(args.overrides), monitor, mode, math.ceil(cfg.trainer.epochs), args.cpus_per_trial,
+                    args.gpus_per_trial)  # fmt: skip
+    out = Path(args.out)
+    results = tune_search(search, space, args.samples, args.scheduler, args.max_concurrent, args.address, out,
+                          args.resume)  # fmt: skip
+    summary = summarize(results, search, space, out)
+    print(table(summary))
+    print(f"best: {summary['best_trial']} {monitor}={summary['best_metric']:.4f}")
+    print(f"best config:     {summary['best_config']}   (kiln train -c {summary['best_config']})")
+    print(f"best checkpoint: {summary['best_checkpoint']}   (kiln eval --checkpoint ...)")
+    print(f"plot: {out / 'trials.png'}")
+    return 0
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    t = sub.add_parser("tune", help="hyperparameter search with Ray Tune (ASHA)",
+                       description="Search the space in SPACE.yaml (config keys -> distributions); every trial is "
+                       "`kiln train -c CONFIG` with the sampled overrides. Needs: pip install 'torchkiln[tune]'.")  # fmt: skip
+    t.add_argument("-c", "--config", required=True)
+    t.add_argument(
+        "--space", required=True, help="YAML: key: {loguniform|uniform|randint|choice|grid: [...]}"
+    )
+    t.add_argument("--samples", type=int, default=8, help="trials to sample (times each grid combination)")
+    t.add_argument("--scheduler", choices=["asha", "fifo"], default="asha")
+    t.add_argument("--max-concurrent", type=int, default=0, help="trials at once (0: as resources allow)")
+    t.add_argument("--cpus-per-trial", type=float, default=1.0)
+    t.add_argument("--gpus-per-trial", type=float, default=0.0)
+    t.add_argument("--address", help="join a Ray cluster: auto, or ray://HEAD:10001 (default: a local Ray)")
+    t.add_argument("--out", default="runs/tune", help="results folder (an absolute storage path for Ray)")
+    t.add_argument("--resume", action="store_true", help="continue the interrupted search in --out")
+    t.add_argument("overrides", nargs="*", metavar="key=value", help="overrides for every trial")
+    t.set_defaults(func=run_tune)

@@ -1,0 +1,77 @@
+"""The search space file: dotted config keys mapped to distributions, checked before any trial runs.
+
+optimizer.lr: {loguniform: [1.0e-4, 1.0e-1]}
+data.batch_size: {choice: [32, 64, 128]}
+model.args.hidden: {choice: [[128], [256, 128]]}
+optimizer.momentum: {uniform: [0.8, 0.99]}
+trainer.epochs: {randint: [3, 8]}          # both ends included
+optimizer.name: {grid: [sgd, adamw]}       # every value, times --samples
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from kiln.config import Config, apply_overrides, read_config_file, validate
+from kiln.errors import ConfigError
+
+KINDS = ("loguniform", "uniform", "randint", "choice", "grid")
+
+
+def override(key: str, value: Any) -> str:
+    """A `key=value` override whose value YAML parses back to exactly ``value``."""
+    return f"{key}={yaml.safe_dump(value, default_flow_style=True).strip().removesuffix('...').strip()}"
+
+
+def _check_one(key: str, spec: Any) -> tuple[str, list[Any]]:
+    if not isinstance(spec, dict) or len(spec) != 1:
+        raise ConfigError(f"search space: {key}: expected one distribution like {{loguniform: [1e-4, 1e-1]}}, "
+                          f"got {spec!r} (kinds: {', '.join(KINDS)})")  # fmt: skip
+    kind, args = next(iter(spec.items()))
+    if kind not in KINDS:
+        import difflib
+
+        close = difflib.get_close_matches(str(kind), KINDS, n=1)
+        hint = f" — did you mean '{close[0]}'?" if close else ""
+        raise ConfigError(
+            f"search space: {key}: unknown distribution '{kind}'{hint} (valid: {', '.join(KINDS)})"
+        )
+    if not isinstance(args, list) or not args:
+        raise ConfigError(f"search space: {key}: {kind} needs a list, e.g. {kind}: [a, b]")
+    if kind in ("loguniform", "uniform", "randint"):
+        if len(args) != 2 or not all(isinstance(a, (int, float)) for a in args) or not args[0] < args[1]:
+            raise ConfigError(
+                f"search space: {key}: {kind} needs [low, high] numbers with low < high, got {args}"
+            )
+        if kind == "loguniform" and args[0] <= 0:
+            raise ConfigError(f"search space: {key}: loguniform needs low > 0, got {args[0]}")
+        if kind == "randint" and not all(isinstance(a, int) for a in args):
+            raise ConfigError(f"search space: {key}: randint needs integers, got {args}")
+        return kind, [args[0], args[1]]  # both ends are valid values
+    return kind, list(args)
+
+
+def load_space(
+    path: str | Path, config_path: str | Path, base_overrides: list[str]
+) -> dict[str, tuple[str, list[Any]]]:
+    """Read and check a space file against the config: every key must exist and every value it can take
+    must validate, with the same one-line errors as `kiln train`."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"--space: file not found: {path}")
+    raw = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(raw, dict) or not raw:
+        raise ConfigError(f"{path}: expected a mapping of config keys to distributions")
+    space = {str(k): _check_one(str(k), v) for k, v in raw.items()}
+    base = apply_overrides(read_config_file(config_path), base_overrides)
+    for key, (_, values) in space.items():
+        for value in values:  # each end / choice on its own, the rest of the config as given
+            validate(apply_overrides(base, [override(key, value)]))
+    return space
+
+
+def resolved(config_path: str | Path, overrides: list[str]) -> Config:
+    return validate(apply_overrides(read_config_file(config_path), overrides))
