@@ -18,6 +18,7 @@ from kiln.errors import KilnError
 COMMAND_MODULES = [
     "kiln.engine.command", "kiln.evaluation.command", "kiln.export.command", "kiln.scaffold.command",
     "kiln.tuning.command",
+    "kiln.data.check",
 ]  # fmt: skip
 
 

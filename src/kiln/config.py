@@ -68,6 +68,7 @@ class DataConfig(_Strict):
     csv: CsvConfig = CsvConfig()
     dataset: str | None = None  # source=custom: "module:ClassName"
     dataset_args: dict[str, Any] = {}
+    on_bad_sample: Literal["error", "skip"] = "error"  # unreadable image / bad CSV row: stop, or skip + count
     train_limit: int | None = Field(None, gt=0)  # train on a fixed random subset of N images (quick runs)
 
     @model_validator(mode="after")
@@ -146,6 +147,7 @@ class CheckpointConfig(_Strict):
     monitor: str = "val_acc"
     mode: Literal["min", "max"] = "max"
     every_n_epochs: int = Field(0, ge=0)  # also keep epoch-<n>.pt every N epochs; 0 = off
+    every_n_steps: int = Field(0, ge=0)  # also write last.pt every N optimizer steps (mid-epoch); 0 = off
     keep: int = Field(3, gt=0)
 
 
@@ -161,6 +163,7 @@ class TrainerConfig(_Strict):
         str
     ] = []  # extra val metrics: "module:fn" with fn(logits, labels) -> float, logged as val_<fn>
     early_stopping: EarlyStoppingConfig | None = None
+    on_nan: Literal["stop", "skip"] = "stop"  # a non-finite loss: stop (checkpoints kept) or skip that step
     unfreeze: UnfreezeConfig | None = None  # gradual unfreezing of model.freeze'd parameters
     checkpoint: CheckpointConfig = CheckpointConfig()
     progress: Literal["auto", "on", "off"] = "auto"

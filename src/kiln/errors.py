@@ -19,6 +19,14 @@ class CheckpointError(KilnError):
     pass
 
 
+class Interrupted(KilnError):
+    """Stopped by Ctrl-C or SIGTERM after a checkpoint was written."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
 class TrainingStopped(KilnError):
     """Training could not go on (e.g. a non-finite loss); the last good checkpoint is kept."""
 

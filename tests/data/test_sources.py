@@ -27,7 +27,8 @@ def test_digits_fixed_split() -> None:
 
 
 def test_folder_source(png_folder: Path, tmp_path: Path) -> None:
-    cfg = DataConfig(source="folder", root=str(png_folder), cache_dir=str(tmp_path / "cache"), val_split=0.25)
+    cfg = DataConfig(source="folder", root=str(png_folder), cache_dir=str(tmp_path / "cache"), val_split=0.25,
+                     batch_size=8)  # fmt: skip
     b = build(cfg, seed=0, device=CPU)
     assert b.classes == ["cat", "dog", "frog"] and b.in_channels == 3 and b.image_size == (12, 12)
     x, y, idx = next(iter(b.train))
@@ -148,7 +149,7 @@ class TinyDataset(torch.utils.data.Dataset):
 
 
 def test_custom_dataset_streams() -> None:
-    cfg = DataConfig(source="custom", dataset="tests.data.test_sources:TinyDataset", dataset_args={"n": 20},
+    cfg = DataConfig(source="custom", dataset="tests.data.test_sources:TinyDataset", dataset_args={"n": 20}, batch_size=4,
                      val_split=0.2, num_workers=0)  # fmt: skip
     b = build(cfg, seed=0, device=CPU)
     assert b.classes == ["a", "b"] and b.in_channels == 1
@@ -163,7 +164,11 @@ def test_custom_dataset_bad_name() -> None:
 
 def test_grayscale_folder_and_channel_conversion(tmp_path: Path) -> None:
     root = write_png_folder(tmp_path / "g", ["a", "b"], per_class=4, mode="L")
-    b = build(DataConfig(source="folder", root=str(root), channels=3, cache_dir=""), seed=0, device=CPU)
+    b = build(
+        DataConfig(source="folder", root=str(root), channels=3, cache_dir="", batch_size=4),
+        seed=0,
+        device=CPU,
+    )
     assert b.in_channels == 3 and next(iter(b.train))[0].shape[1] == 3
     d = build(DataConfig(channels=3, image_size=16), seed=0, device=CPU)
     assert next(iter(d.train))[0].shape[1:] == (3, 16, 16)

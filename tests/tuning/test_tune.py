@@ -20,7 +20,7 @@ from tests.conftest import ROOT
 pytest.importorskip("ray.tune", reason="ray[tune] is an optional extra (pip install 'torchkiln[tune]')")
 
 DIGITS = str(ROOT / "configs/digits.yaml")
-SPACE = str(ROOT / "configs/digits_space.yaml")
+SPACE = str(ROOT / "configs/spaces/digits.yaml")
 ENV = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "RAY_AUTH_MODE": "disabled"}
 
 

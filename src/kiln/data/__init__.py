@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +13,7 @@ from torch.utils.data import Dataset, Subset
 
 from kiln.config import DataConfig
 from kiln.data.augment import BatchTransform
-from kiln.data.decode import load_images, open_image, probe
+from kiln.data.decode import load_images, open_image, probe, scan_files
 from kiln.data.loaders import EpochOrder, MemoryLoader, StreamLoader
 from kiln.data.sources import list_source
 from kiln.data.splits import FileSet, ImageSet, RawSplits, Split
@@ -30,6 +31,8 @@ class DataBundle:
     transform: BatchTransform
     in_channels: int
     image_size: tuple[int, int]
+    skipped: list[str] = field(default_factory=list)  # samples left out as unreadable (on_bad_sample=skip)
+    fingerprint: str = ""  # hash of the sample list, labels and classes (recorded in run_info.json)
 
     def preprocess(self) -> dict[str, Any]:
         """What a deployed model needs to see the input it saw in training."""
@@ -139,6 +142,14 @@ def build(cfg: DataConfig, seed: int, device: torch.device, rank: int = 0, world
         raise DataError("data: the training split is empty")
     shape = _shape(cfg, raw)
     channels, size, resize = shape
+    skipped = list(raw.skipped)
+    if cfg.on_bad_sample == "skip":  # find unreadable images up front and leave them out, counted
+        train, val, test = (_drop_bad(s, cfg, shape, skipped) for s in (train, val, raw.test))
+        raw = RawSplits(train, val, test, raw.classes, skipped)
+    bs = cfg.batch_size // world
+    if len(train) < bs:
+        raise DataError(f"data: the train split has {len(train)} images, fewer than one batch of {bs}; "
+                        "lower data.batch_size")  # fmt: skip
     mem = {name: _to_memory(s, cfg, shape) if s is not None else None
            for name, s in (("train", train), ("val", val), ("test", raw.test))}  # fmt: skip
 
@@ -179,7 +190,33 @@ def build(cfg: DataConfig, seed: int, device: torch.device, rank: int = 0, world
         val=loader("val", val, ebs, False), test=loader("test", raw.test, ebs, False),
         classes=raw.classes, transform=BatchTransform(mean, std, cfg.augment, seed, rank),
         in_channels=channels, image_size=tuple(size),  # type: ignore[arg-type]
+        skipped=skipped, fingerprint=_fingerprint(train, val, raw.test, raw.classes),
     )  # fmt: skip
+
+
+def _drop_bad(split: Split | None, cfg: DataConfig, shape: tuple[int, tuple[int, int], bool],
+              skipped: list[str]) -> Split | None:  # fmt: skip
+    if not isinstance(split, FileSet):
+        return split
+    bad = scan_files(split.paths, *shape, default_workers(cfg))
+    skipped += [msg for _, msg in bad]
+    drop = {i for i, _ in bad}
+    return split.subset([i for i in range(len(split)) if i not in drop]) if drop else split
+
+
+def _fingerprint(*parts: Split | list[str] | None) -> str:
+    h = hashlib.sha256()
+    for s in parts:
+        if isinstance(s, list):
+            h.update(repr(s).encode())
+        elif isinstance(s, FileSet):
+            h.update("\n".join(f"{p}|{y}" for p, y in zip(s.paths, s.labels, strict=True)).encode())
+        elif isinstance(s, ImageSet):
+            h.update(s.images.numpy().tobytes() if s.images.device.type == "cpu" else b"")
+            h.update(s.labels.numpy().tobytes())
+        elif s is not None:
+            h.update(f"{type(s).__name__}:{len(s)}".encode())
+    return h.hexdigest()[:16]
 
 
 def _gpu_free(device: torch.device) -> int:

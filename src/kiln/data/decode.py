@@ -67,6 +67,32 @@ def _decode_chunk(args: tuple[list[str], int, tuple[int, int], bool]) -> np.ndar
     return out
 
 
+def _check_chunk(args: tuple[list[str], int, tuple[int, int], bool, int]) -> list[tuple[int, str]]:
+    paths, channels, size, resize, offset = args
+    bad = []
+    for i, p in enumerate(paths):
+        try:
+            _decode_chunk(([p], channels, size, resize))
+        except DataError as e:
+            bad.append((offset + i, str(e)))
+    return bad
+
+
+def scan_files(
+    paths: list[Path], channels: int, size: tuple[int, int], resize: bool, workers: int
+) -> list[tuple[int, str]]:
+    """Every unreadable or misshapen image as (index, message), in parallel, without stopping at the first."""
+    chunk = max(64, len(paths) // (workers * 8) + 1)
+    jobs = [
+        ([str(p) for p in paths[i : i + chunk]], channels, size, resize, i)
+        for i in range(0, len(paths), chunk)
+    ]
+    if workers <= 1 or len(jobs) <= 1:
+        return [b for j in jobs for b in _check_chunk(j)]
+    with ProcessPoolExecutor(workers) as pool:
+        return [b for part in pool.map(_check_chunk, jobs) for b in part]
+
+
 def fingerprint(paths: list[Path], channels: int, size: tuple[int, int], resize: bool) -> str:
     h = hashlib.sha256(f"v{CACHE_VERSION}|{channels}|{size}|{resize}".encode())
     for p in paths:

@@ -109,9 +109,20 @@ def folder(cfg: DataConfig) -> RawSplits:
     return RawSplits(train, val, test, classes)
 
 
-def _read_csv(path: Path, cfg: DataConfig, root: Path) -> tuple[list[Path], list[str], list[str]]:
+def _read_csv(
+    path: Path, cfg: DataConfig, root: Path, skipped: list[str]
+) -> tuple[list[Path], list[str], list[str]]:
+    """Rows as (file, label, "file.csv:row"). A bad row is an error naming it, or with
+    data.on_bad_sample=skip, left out and recorded in ``skipped``."""
     col_path, col_label = cfg.csv.path_column, cfg.csv.label_column
     paths, labels, where = [], [], []
+    first_row: dict[str, int] = {}
+
+    def bad(msg: str) -> None:
+        if cfg.on_bad_sample != "skip":
+            raise DataError(msg + " (or set data.on_bad_sample=skip to leave such rows out)")
+        skipped.append(msg)
+
     with path.open(newline="") as f:
         reader = csv.DictReader(f)
         missing = [c for c in (col_path, col_label) if c not in (reader.fieldnames or [])]
@@ -124,11 +135,15 @@ def _read_csv(path: Path, cfg: DataConfig, root: Path) -> tuple[list[Path], list
             # normpath, not resolve(): string work only, ~10x faster over 60k rows; ".." is still caught
             file = os.path.normpath(os.path.join(base, rel))
             if not rel or not file.startswith(base + os.sep):
-                raise DataError(
-                    f"{path}:{row_no}: path '{rel}' is empty or outside the data root {root}; refused"
-                )
+                bad(f"{path}:{row_no}: path '{rel}' is empty or outside the data root {root}; refused")
+                continue
             if not os.path.isfile(file):
-                raise DataError(f"{path}:{row_no}: image file not found: {root / rel}")
+                bad(f"{path}:{row_no}: image file not found: {root / rel}")
+                continue
+            if file in first_row:
+                bad(f"{path}:{row_no}: duplicate of row {first_row[file]} ({rel})")
+                continue
+            first_row[file] = row_no
             paths.append(Path(file))
             labels.append((row[col_label] or "").strip())
             where.append(f"{path}:{row_no}")
@@ -140,7 +155,7 @@ def _read_csv(path: Path, cfg: DataConfig, root: Path) -> tuple[list[Path], list
 def csv_source(cfg: DataConfig) -> RawSplits:
     """An image directory plus CSV annotations (columns path,label; labels as ints or class names)."""
     root = data_root(cfg)
-    files = {}
+    files, skipped = {}, []  # type: ignore[var-annotated]
     for split, name in (("train", cfg.csv.train), ("val", cfg.csv.val), ("test", cfg.csv.test)):
         if name is None:
             continue
@@ -149,7 +164,7 @@ def csv_source(cfg: DataConfig) -> RawSplits:
             if split == "train":
                 raise DataError(f"data.csv.train: annotation file not found: {p}")
             continue
-        files[split] = _read_csv(p, cfg, root)
+        files[split] = _read_csv(p, cfg, root, skipped)
     train_labels = files["train"][1]
     numeric = all(s.lstrip("-").isdigit() for s in train_labels)
     if numeric:
@@ -160,16 +175,19 @@ def csv_source(cfg: DataConfig) -> RawSplits:
     index = {c: i for i, c in enumerate(classes)}
     out: dict[str, FileSet] = {}
     for split, (paths, labels, where) in files.items():
-        ids = []
-        for lab, w in zip(labels, where, strict=True):
+        keep, ids = [], []
+        for i, (lab, w) in enumerate(zip(labels, where, strict=True)):
             key = str(int(lab)) if numeric and lab.lstrip("-").isdigit() else lab
             if key not in index:
-                raise DataError(
-                    f"{w}: label '{lab}' is not one of the {len(classes)} train classes {classes[:20]}"
-                )
+                msg = f"{w}: label '{lab}' is not one of the {len(classes)} train classes {classes[:20]}"
+                if cfg.on_bad_sample != "skip":
+                    raise DataError(msg + " (or set data.on_bad_sample=skip to leave such rows out)")
+                skipped.append(msg)
+                continue
+            keep.append(i)
             ids.append(index[key])
-        out[split] = FileSet(paths, ids, where)
-    return RawSplits(out["train"], out.get("val"), out.get("test"), classes)
+        out[split] = FileSet([paths[i] for i in keep], ids, [where[i] for i in keep])
+    return RawSplits(out["train"], out.get("val"), out.get("test"), classes, skipped)
 
 
 def custom(cfg: DataConfig) -> RawSplits:

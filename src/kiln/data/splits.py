@@ -52,3 +52,4 @@ class RawSplits:
     val: Split | None
     test: Split | None
     classes: list[str]
+    skipped: list[str] = field(default_factory=list)  # bad samples left out (data.on_bad_sample=skip)

@@ -32,6 +32,7 @@ class TrainState:
     best_metric: float | None = None
     best_epoch: int | None = None
     last_loss: float | None = None  # last finite train loss read back
+    skipped_steps: int = 0  # batches dropped for a non-finite loss (trainer.on_nan=skip)
 
     def state_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -62,6 +63,9 @@ class Engine:
     frozen: list[str] = field(default_factory=list)  # parameter names frozen by model.freeze
     frozen_bn: list[nn.Module] = field(default_factory=list)  # BatchNorm layers kept in eval mode
     dist: Dist = Dist()
+    skip_nan: bool = False
+    step_hook: Callable[[int], None] | None = None  # called after each optimizer step with the step count
+    should_stop: Callable[[], bool] = lambda: False  # a signal handler's flag: stop at the next step boundary
     step_scheduler: bool = True  # False for a constant LR: skips a Python-heavy call per step
 
     @property
@@ -77,7 +81,8 @@ class _Tally:
     """Per-step losses, logits and labels kept on the device and reduced every ``log_every`` steps: one
     host sync per flush instead of several tensor ops (and, on GPUs, a sync) per step."""
 
-    def __init__(self, state: TrainState, dist: Dist) -> None:
+    def __init__(self, state: TrainState, dist: Dist, device: torch.device) -> None:
+        self.dist_device = device
         self.state, self.dist, self.losses, self.logits, self.labels = state, dist, [], [], []  # type: ignore[var-annotated]
         self.loss_sum, self.correct, self.seen = 0.0, 0, 0
 
@@ -86,31 +91,42 @@ class _Tally:
         self.logits.append(logits)
         self.labels.append(y)
 
-    def flush(self, epoch: int, step: int) -> None:
-        if not self.losses:
-            return
-        losses = torch.stack(self.losses).float()
-        sizes = torch.tensor([len(y) for y in self.labels], device=losses.device, dtype=torch.float32)
-        y = torch.cat(self.labels)
-        correct = (torch.cat(self.logits).argmax(1) == y).sum()
+    def flush(self, epoch: int, step: int, stop: bool = False) -> bool:
+        """Reduce what was added (over ranks too); returns True if any rank asked to stop."""
+        if not self.losses and not self.dist.enabled:
+            return stop
+        if self.losses:
+            losses = torch.stack(self.losses).float()
+            sizes = torch.tensor([len(y) for y in self.labels], device=losses.device, dtype=torch.float32)
+            correct = (torch.cat(self.logits).argmax(1) == torch.cat(self.labels)).sum()
+            local = [(losses * sizes).sum().double(), correct.double(), sizes.sum().double()]
+        else:  # every batch since the last flush was skipped: still join the collective below
+            losses = torch.zeros(0, device=self.dist_device)
+            local = [torch.zeros((), dtype=torch.float64, device=self.dist_device)] * 3
+        flag = torch.tensor(1.0 if stop else 0.0, dtype=torch.float64, device=losses.device)
         # summed over ranks under DDP: every rank sees a NaN on any rank, so all stop at the same step
-        stats = all_sum(
-            self.dist, torch.stack([(losses * sizes).sum().double(), correct.double(), sizes.sum().double()])
-        )
-        finite = torch.isfinite(losses)
-        loss_sum, correct_n, seen = stats.tolist()  # the one host sync
+        stats = all_sum(self.dist, torch.stack([*local, flag]))
+        loss_sum, correct_n, seen, stop_votes = stats.tolist()  # the one host sync
         if loss_sum != loss_sum or abs(loss_sum) == float("inf"):
-            bad = int((~finite).nonzero()[0]) if not bool(finite.all()) else len(losses) - 1
-            raise TrainingStopped(
-                f"non-finite loss ({float(losses[bad])}) at epoch {epoch + 1}, step {step - len(losses) + bad + 1}; "
-                f"last finite loss {self.state.last_loss}. Lower optimizer.lr or set trainer.grad_clip; "
-                "checkpoints keep their last good contents"
+            finite = torch.isfinite(losses)
+            bad = (
+                int((~finite).nonzero()[0])
+                if len(losses) and not bool(finite.all())
+                else max(len(losses) - 1, 0)
             )
-        self.state.last_loss = float(losses[-1])
+            value = float(losses[bad]) if len(losses) else float("nan")
+            raise TrainingStopped(
+                f"non-finite loss ({value}) at epoch {epoch + 1}, step {step - len(losses) + bad + 1}; "
+                f"last finite loss {self.state.last_loss}. Lower optimizer.lr, set trainer.grad_clip, or "
+                "trainer.on_nan=skip; checkpoints keep their last good contents"
+            )
+        if len(losses):
+            self.state.last_loss = float(losses[-1])
         self.loss_sum += loss_sum
         self.correct += int(correct_n)
         self.seen += int(seen)
         self.losses, self.logits, self.labels = [], [], []
+        return stop_votes > 0
 
 
 def train_one_epoch(
@@ -122,7 +138,7 @@ def train_one_epoch(
     for bn in engine.frozen_bn:
         bn.eval()  # frozen BatchNorm: running statistics must not move either
     batch_cbs = [cb for cb in engine.callbacks if cb.wants_batches]
-    tally = _Tally(state, engine.dist)
+    tally = _Tally(state, engine.dist, engine.device)
     use_scaler = scaler.is_enabled()
     n_batches, log_every, t0 = min(len(loader), limit or len(loader)), engine.log_every, time.perf_counter()
     start = loader.state_dict()["position"]  # > 0 when resuming mid-epoch
@@ -136,11 +152,16 @@ def train_one_epoch(
             loss = _loss(engine, logits, y)
             if perm is not None:
                 loss = lam * loss + (1 - lam) * _loss(engine, logits, y[perm])
-        scaled = scaler.scale(loss) if use_scaler else loss
-        (scaled / engine.accumulate if engine.accumulate > 1 else scaled).backward()
+        # trainer.on_nan=skip: a host read per step to drop a non-finite batch before it touches the weights
+        skip = engine.skip_nan and not bool(torch.isfinite(loss.detach()))
+        if skip:
+            state.skipped_steps += 1
+        else:
+            scaled = scaler.scale(loss) if use_scaler else loss
+            (scaled / engine.accumulate if engine.accumulate > 1 else scaled).backward()
+            tally.add(loss.detach(), logits.detach(), y)
         loss = loss.detach()
-        tally.add(loss, logits.detach(), y)
-        last = i + 1 == n_batches
+        last, stop = i + 1 == n_batches, False
         if engine.accumulate == 1 or (i + 1) % engine.accumulate == 0 or last:
             if engine.grad_clip is not None:
                 if use_scaler:
@@ -157,20 +178,24 @@ def train_one_epoch(
             state.step += 1
             if engine.ema is not None:
                 engine.ema.update(model)
+            if engine.step_hook is not None:
+                engine.step_hook(state.step)  # mid-epoch checkpoints (trainer.checkpoint.every_n_steps)
+            stop = not engine.dist.enabled and engine.should_stop()  # Ctrl-C: stop at a step boundary
         for cb in batch_cbs:
             cb.on_batch_end(state.step, loss, opt.param_groups[0]["lr"])
-        if (i + 1) % log_every == 0 or last:
-            tally.flush(state.epoch, state.step)
+        if (i + 1) % log_every == 0 or last or stop:
+            # under DDP the ranks agree here (the flag is reduced with the loss), so all stop together
+            stop = tally.flush(state.epoch, state.step, engine.should_stop()) or stop
             if progress is not None:
                 progress.update(
                     i + 1, loss=tally.loss_sum / max(tally.seen, 1), acc=tally.correct / max(tally.seen, 1)
                 )
-        if last:
-            break  # a fractional last epoch stops here, before the loader's end
+        if last or stop:
+            break  # a fractional last epoch, or an interrupt, stops here before the loader's end
     seconds = time.perf_counter() - t0
     seen = max(tally.seen, 1)
     return {"train_loss": tally.loss_sum / seen, "train_acc": tally.correct / seen,
-            "images_per_s": tally.seen / max(seconds, 1e-9)}  # fmt: skip
+            "images_per_s": tally.seen / max(seconds, 1e-9), "interrupted": bool(stop)}  # fmt: skip
 
 
 def _loss(engine: Engine, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

@@ -104,7 +104,7 @@ def build_engine(
         loss_fn=None if cfg.trainer.loss == "cross_entropy" and not cfg.trainer.loss_args
         else build_loss(cfg.trainer.loss, cfg.trainer.label_smoothing, cfg.trainer.loss_args),
         metric_fns={name.rpartition(":")[2]: METRICS.get(name) for name in cfg.trainer.metrics},
-        frozen=frozen, frozen_bn=transfer.frozen_batchnorms(model) if cfg.model.freeze_bn else [], dist=d,
+        skip_nan=cfg.trainer.on_nan == "skip", frozen=frozen, frozen_bn=transfer.frozen_batchnorms(model) if cfg.model.freeze_bn else [], dist=d,
     )  # fmt: skip
 
 
@@ -145,3 +145,27 @@ def build_callbacks(cfg: Config, run_dir: Path, d: Dist, extra: list[Callback] |
     if d.is_main:
         callbacks += build_loggers(cfg, run_dir)
     return callbacks + user_callbacks(cfg) + (extra or [])
+
+
+def write_run_info(run_dir: Path, bundle: kdata.DataBundle) -> None:
+    """What it takes to reproduce the run: versions, the project's git commit, and a dataset fingerprint."""
+    import json
+    import platform
+    import subprocess
+    import sys
+
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10,
+                                check=True).stdout.strip()  # fmt: skip
+        dirty = bool(subprocess.run(["git", "status", "--porcelain"], capture_output=True, text=True,
+                                    timeout=10).stdout.strip())  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        commit, dirty = None, None
+    info = {
+        "python": sys.version.split()[0], "platform": platform.platform(), "torch": str(torch.__version__),
+        "cuda": torch.version.cuda, "cudnn": torch.backends.cudnn.version() if torch.cuda.is_available() else None,
+        "gpus": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())],
+        "git_commit": commit, "git_dirty": dirty, "cwd": os.getcwd(),
+        "dataset_fingerprint": bundle.fingerprint, "classes": list(bundle.classes),
+    }  # fmt: skip
+    (run_dir / "run_info.json").write_text(json.dumps(info, indent=2))

@@ -24,8 +24,16 @@ from kiln.engine.loop import Engine, TrainState, evaluate, predict, train_one_ep
 from kiln.engine.precision import resolve_device
 from kiln.engine.progress import EpochBar, enabled, epoch_line, log
 from kiln.engine.resume import find_resume, make_checkpoint, restore, save_epoch_checkpoints, unfreeze
-from kiln.engine.setup import build_callbacks, build_engine, check_writable, sample_images, seed_everything
-from kiln.errors import KilnError
+from kiln.engine.setup import (
+    build_callbacks,
+    build_engine,
+    check_writable,
+    sample_images,
+    seed_everything,
+    write_run_info,
+)
+from kiln.engine.signals import EXIT_CODES, StopRequest
+from kiln.errors import Interrupted, KilnError
 from kiln.evaluation.metrics import Outputs
 from kiln.registry import import_user_modules
 
@@ -41,6 +49,9 @@ def fit(
         summary = _fit(cfg, d, resume, extra_callbacks)
         distributed.barrier(d)  # no rank tears its process group down while another still talks to it
         return summary
+    except torch.OutOfMemoryError:
+        raise KilnError(f"out of GPU memory at data.batch_size={cfg.data.batch_size}; lower data.batch_size "
+                        "(and raise trainer.accumulate to keep the effective batch)") from None  # fmt: skip
     finally:
         progress.QUIET = False
         distributed.shutdown(d)
@@ -71,7 +82,9 @@ def _fit(
         restore(resume, cfg, engine, state, bundle)
     if d.is_main:
         dump_config(cfg, run_dir / "config.yaml")
-    epochs = math.ceil(cfg.trainer.epochs)
+        write_run_info(run_dir, bundle)
+    if cfg.trainer.checkpoint.every_n_steps:
+        engine.step_hook = step_checkpointer(cfg, engine, state, bundle, run_dir)
     log(f"kiln: training {cfg.model.name} on {cfg.data.source} ({len(bundle.classes)} classes, "
         f"{bundle.train.order.n} train images) on {device}{f' x {d.world} processes' if d.enabled else ''}, "
         f"{cfg.trainer.epochs} epochs -> {run_dir}")  # fmt: skip
@@ -83,8 +96,30 @@ def _fit(
         cb.on_fit_start(info)
 
     stop_reason = None
+    with StopRequest() as stop:
+        engine.should_stop = stop
+        stop_reason = train_epochs(cfg, engine, state, bundle, callbacks, run_dir)
+    summary = finish(cfg, engine, state, bundle, run_dir, stop_reason)
+    for cb in callbacks:
+        cb.on_fit_end(summary)
+    return summary
+
+
+def train_epochs(cfg: Config, engine: Engine, state: TrainState, bundle: kdata.DataBundle,
+                 callbacks: list[Callback], run_dir: Path) -> str | None:  # fmt: skip
+    """The epoch loop; returns why it stopped early (or None). Ctrl-C: checkpoint, then Interrupted."""
+    d, device, epochs, stop_reason = engine.dist, engine.device, math.ceil(cfg.trainer.epochs), None
     for epoch in range(state.epoch, epochs):
         metrics = run_epoch(cfg, engine, state, bundle, epoch, epochs)
+        if metrics.get("interrupted"):
+            payload = make_checkpoint(cfg, engine, state, bundle, {})
+            path = run_dir / "checkpoints" / "last.pt"
+            if d.is_main:
+                ckpt.save(payload, path)
+            signum = getattr(engine.should_stop, "signum", None) or 2
+            raise Interrupted(f"interrupted at epoch {epoch + 1}, step {state.step}; saved {path}. Resume with:\n"
+                              f"  kiln train -c {run_dir / 'config.yaml'} --resume {path}",
+                              EXIT_CODES.get(signum, 130))  # fmt: skip
         for cb in callbacks:
             stop_reason = cb.on_epoch_end(epoch + 1, metrics) or stop_reason
         if distributed.any_flag(d, stop_reason is not None, device):  # all ranks stop together
@@ -99,11 +134,23 @@ def _fit(
         if stop_reason:
             log(f"kiln: {stop_reason}")
             break
+    return stop_reason
 
-    summary = finish(cfg, engine, state, bundle, run_dir, stop_reason)
-    for cb in callbacks:
-        cb.on_fit_end(summary)
-    return summary
+
+def step_checkpointer(
+    cfg: Config, engine: Engine, state: TrainState, bundle: kdata.DataBundle, run_dir: Path
+):  # type: ignore[no-untyped-def]
+    """Mid-epoch checkpoints: last.pt every N optimizer steps, with the data position, so a resumed run
+    continues step for step where this one was."""
+    every = cfg.trainer.checkpoint.every_n_steps
+
+    def hook(step: int) -> None:
+        if step % every == 0:
+            payload = make_checkpoint(cfg, engine, state, bundle, {"step": step})
+            if engine.dist.is_main:
+                ckpt.save(payload, run_dir / "checkpoints" / "last.pt")
+
+    return hook
 
 
 def run_epoch(cfg: Config, engine: Engine, state: TrainState, bundle: kdata.DataBundle, epoch: int,
@@ -124,6 +171,8 @@ def run_epoch(cfg: Config, engine: Engine, state: TrainState, bundle: kdata.Data
     finally:
         if bar is not None:
             bar.close()
+    if train_m["interrupted"]:
+        return train_m
     val = evaluate(engine, bundle.val) if bundle.val is not None else {"loss": math.nan, "acc": math.nan}
     state.epoch = epoch + 1
     for cb in engine.callbacks:
@@ -153,6 +202,7 @@ def finish(cfg: Config, engine: Engine, state: TrainState, bundle: kdata.DataBun
         "monitor": cfg.trainer.checkpoint.monitor, "epochs_run": state.epoch, "steps": state.step,
         "stopped_early": stop_reason, "classes": list(bundle.classes),
         "best_checkpoint": str(run_dir / "checkpoints" / "best.pt"), "world_size": engine.dist.world,
+        "skipped_steps": state.skipped_steps, "skipped_samples": bundle.skipped,
     }  # fmt: skip
     best_path = run_dir / "checkpoints" / "best.pt"
     distributed.barrier(engine.dist)  # rank 0 has finished writing best.pt

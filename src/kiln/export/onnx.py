@@ -1,0 +1,147 @@
+"""ONNX through the dynamo exporter (``torch.onnx.export(..., dynamo=True)``, the default since torch 2.9),
+one self-contained file, batch dimension dynamic, tensors named ``input`` and ``logits``; run in onnxruntime.
+
+Needs the ``export`` extra (onnx, onnxscript for the dynamo exporter, onnxruntime to check and run it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import re
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from kiln.export import INPUT_NAME, OUTPUT_NAME, ArtifactError, ExportError
+
+
+def _need(module: str) -> Any:
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise ExportError(f"ONNX needs the '{module}' package: pip install 'torchkiln[export]' "
+                          "(onnx, onnxscript, onnxruntime)") from None  # fmt: skip
+
+
+def save(model: nn.Module, example: torch.Tensor, path: Path) -> list[str]:
+    """Write ``model`` to ``path`` as one ONNX file whose first dimension is a named dynamic ``batch``."""
+    _need("onnxscript")  # the dynamo exporter imports it lazily and fails deep inside otherwise
+    onnx = _need("onnx")
+    if example.shape[0] < 2:  # a batch of 1 would be specialised (0/1 are never treated as symbolic)
+        raise ExportError("ONNX export needs an example batch of at least 2 images")
+    batch = torch.export.Dim("batch", min=1)
+    try:
+        with quiet_export():
+            program = torch.onnx.export(
+                model.eval(), (example,), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                dynamic_shapes=({0: batch},), dynamo=True, verbose=False, external_data=False,
+            )  # fmt: skip
+    except Exception as e:  # torch.onnx.errors.* and torch.export's UserError / GuardOnDataDependentSymNode
+        raise ExportError(f"ONNX export of {type(model).__name__} failed: {_first_line(e)}"
+                          f"{_data_dependent_hint(e)}") from None  # fmt: skip
+    if program is None:
+        raise ExportError("torch.onnx.export returned no program (is dynamo=True supported by this torch?)")
+    # external_data=False: weights inside the file, so model.onnx is all a server needs (limit: 2 GB)
+    program.save(str(path), external_data=False)
+    proto = onnx.load(str(path), load_external_data=False)
+    external = [t.name for t in proto.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL]
+    if external:
+        raise ExportError(
+            f"{path}: {len(external)} weight(s) were written as external data; kiln needs one file"
+        )
+    onnx.checker.check_model(proto)
+    opset = max((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), default=0)
+    return [f"ONNX opset {opset}, ir_version {proto.ir_version}, weights embedded (single file)"]
+
+
+def _chain(e: BaseException) -> list[BaseException]:
+    out: list[BaseException] = []
+    while e is not None and e not in out and len(out) < 10:
+        out.append(e)
+        e = e.__cause__ or e.__context__  # type: ignore[assignment]
+    return out
+
+
+def _first_line(e: BaseException) -> str:
+    """The first line of the root cause (exporters wrap the real reason in generic 'step 1/3' errors)."""
+    root = _chain(e)[-1]
+    lines = [re.sub(r"\x1b\[[0-9;]*m", "", ln).strip() for ln in str(root).splitlines() if ln.strip()]
+    return (lines[0] if lines else type(root).__name__)[:300]
+
+
+@contextlib.contextmanager
+def quiet_export() -> Iterator[None]:
+    """torch.export logs guard failures and graph dumps at WARNING through its own loggers, and the ONNX
+    exporter prints progress: the user gets kiln's one-line error or result instead."""
+    previous = logging.root.manager.disable
+    logging.disable(logging.WARNING)
+    try:
+        with (
+            contextlib.redirect_stdout(io.StringIO()),
+            contextlib.redirect_stderr(io.StringIO()),
+            warnings.catch_warnings(),
+        ):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logging.disable(previous)
+
+
+def _data_dependent_hint(e: BaseException) -> str:
+    text = " ".join(f"{type(c).__name__} {c}" for c in _chain(e))
+    if "data-dependent" in text or "DataDependent" in text:
+        return ("; the model branches on tensor values, which torch.export cannot capture: use "
+                "--format torchscript --method script, or rewrite the branch with torch.cond / torch.where")  # fmt: skip
+    return ""
+
+
+def io_signature(path: Path) -> dict[str, Any]:
+    """Names and shapes (symbolic dims as strings) of the first graph input and output."""
+    onnx = _need("onnx")
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception as e:  # DecodeError, OSError...
+        raise ArtifactError(f"{path}: not a readable ONNX file ({_first_line(e)})") from None
+
+    def shape(v: Any) -> list[int | str]:
+        return [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]
+
+    inits = {t.name for t in proto.graph.initializer}
+    inputs = [v for v in proto.graph.input if v.name not in inits]
+    if len(inputs) != 1 or len(proto.graph.output) < 1:
+        raise ArtifactError(f"{path}: kiln expects one image input and one output, found "
+                            f"{len(inputs)} input(s) and {len(proto.graph.output)} output(s)")  # fmt: skip
+    i, o = inputs[0], proto.graph.output[0]
+    return {"input": i.name, "input_shape": shape(i), "input_type": i.type.tensor_type.elem_type,
+            "output": o.name, "output_shape": shape(o)}  # fmt: skip
+
+
+class Runner:
+    """An onnxruntime session on the CPU: ``runner(x_float32_nchw) -> logits``."""
+
+    def __init__(self, path: Path, input_name: str | None = None, output_name: str | None = None) -> None:
+        ort = _need("onnxruntime")
+        opts = ort.SessionOptions()
+        opts.log_severity_level = (
+            3  # errors only: ORT's warnings about unused initializers are not the user's
+        )
+        try:
+            self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        except Exception as e:  # onnxruntime raises its own Fail/InvalidGraph/NoSuchFile types
+            raise ArtifactError(f"{path}: onnxruntime cannot load it ({_first_line(e)})") from None
+        self.input = input_name or self.session.get_inputs()[0].name
+        self.output = output_name or self.session.get_outputs()[0].name
+        self.version = ort.__version__
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        out = self.session.run([self.output], {self.input: np.ascontiguousarray(x, dtype=np.float32)})
+        return np.asarray(out[0], dtype=np.float32)

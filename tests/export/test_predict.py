@@ -1,0 +1,113 @@
+"""`kiln predict` on PNG and JPEG files (one corrupt) with a checkpoint and with every export format."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from kiln.cli import main
+from kiln.export import ArtifactError
+from kiln.export.predict import load_any, predict
+from tests.conftest import run_kiln
+from tests.export import exported, trained, write_predict_images
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.getbasetemp() / "export-runs"
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_predict_images(tmp_path_factory.mktemp("predict-images"))
+
+
+@pytest.fixture(scope="module")
+def artifacts(base: Path) -> dict[str, Path]:
+    """Every kind of PATH predict accepts, for the same trained lenet."""
+    ts = exported("lenet", "torchscript", base, method="trace")[1]
+    triton = exported("lenet", "triton", base, name="m", backend="onnx", method="trace")[1]
+    st = exported("lenet", "safetensors", base, method="trace")[1]
+    return {
+        "checkpoint": trained("lenet", base),
+        "torchscript": ts / "model.pt",
+        "torchscript folder": ts,
+        "pt2": exported("lenet", "export", base, method="trace")[1] / "model.pt2",
+        "onnx": exported("lenet", "onnx", base, method="trace")[1] / "model.onnx",
+        "triton model": triton / "m",
+        "triton repository": triton,
+        "safetensors folder": st,
+        "safetensors file": st / "model.safetensors",
+    }
+
+
+def test_every_artifact_gives_the_checkpoints_predictions(artifacts: dict[str, Path], images: Path) -> None:
+    warnings: list[str] = []
+    expected = predict(load_any(artifacts["checkpoint"]), [str(images)], topk=3, warn=warnings.append)
+    # the folder walk: a.png, broken.png, sub/b.jpg (notes.txt is not an image extension, so skipped)
+    assert [Path(r["path"]).name for r in expected] == ["a.png", "broken.png", "b.jpg"]
+    assert "cannot read image" in expected[1]["error"] and "broken.png" in expected[1]["error"]
+    assert len(warnings) == 1 and "broken.png" in warnings[0]
+    for r in (expected[0], expected[2]):
+        assert len(r["top"]) == 3 and r["top"][0]["prob"] >= r["top"][1]["prob"] >= r["top"][2]["prob"]
+    for kind, path in artifacts.items():
+        got = predict(load_any(path, trust=True), [str(images)], topk=3, warn=lambda _: None)
+        for g, e in zip(got, expected, strict=True):
+            assert g.get("error") == e.get("error"), kind
+            if "top" in e:
+                assert [t["class"] for t in g["top"]] == [t["class"] for t in e["top"]], kind
+                assert (
+                    max(abs(a["prob"] - b["prob"]) for a, b in zip(g["top"], e["top"], strict=True)) < 1e-5
+                ), kind
+
+
+def test_pt2_needs_trust(artifacts: dict[str, Path]) -> None:
+    with pytest.raises(ArtifactError, match="pass --trust"):
+        load_any(artifacts["pt2"])
+
+
+def test_cli_csv_and_json(
+    artifacts: dict[str, Path], images: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert (
+        main(["predict", "--model", str(artifacts["onnx"]), str(images), "--topk", "2", "--format", "csv"])
+        == 0
+    )
+    out, err = capsys.readouterr()
+    lines = out.strip().splitlines()
+    assert lines[0] == "path,top1,top1_prob,top2,top2_prob,error" and len(lines) == 4
+    assert lines[2].startswith(f"{images / 'broken.png'},,,,,") and "cannot read image" in lines[2]
+    assert err.count("kiln: warning:") == 1 and "broken.png" in err
+
+    jpeg = images / "sub" / "b.jpg"
+    assert main(["predict", "--model", str(artifacts["triton model"]), str(jpeg), "--topk", "1"]) == 0
+    (result,) = json.loads(capsys.readouterr().out)
+    assert result["path"] == str(jpeg) and len(result["top"]) == 1 and 0 < result["top"][0]["prob"] <= 1
+
+
+def test_cli_fails_only_when_no_image_is_readable(artifacts: dict[str, Path], images: Path) -> None:
+    # a real subprocess: the exit status and stderr as a user sees them
+    proc = run_kiln("predict", "--model", str(artifacts["torchscript"]), str(images / "broken.png"),
+                    str(images / "notes.txt"), str(images / "missing.png"), check=False)  # fmt: skip
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "kiln: error: no image could be read (3 input(s) failed" in proc.stderr
+    assert [r["error"] != "" for r in json.loads(proc.stdout)] == [True, True, True]
+    assert "missing.png: no such file" in proc.stderr and "notes.txt: cannot read image" in proc.stderr
+
+
+def test_cli_refuses_a_broken_triton_config(artifacts: dict[str, Path], images: Path, tmp_path: Path,
+                                            capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+    model_dir = shutil.copytree(artifacts["triton model"], tmp_path / "m")
+    cfg = model_dir / "config.pbtxt"
+    cfg.write_text(cfg.read_text().replace("dims: [ 1, 8, 8 ]", "dims: [ 3, 8, 8 ]"))
+    assert main(["predict", "--model", str(model_dir), str(images)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"kiln: error: {cfg}: input dims [3, 8, 8] differ") and "\n" not in err
+
+
+def test_unknown_model_path(tmp_path: Path, images: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["predict", "--model", str(tmp_path), str(images)]) == 2
+    assert "holds no model kiln knows" in capsys.readouterr().err
