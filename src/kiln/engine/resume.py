@@ -84,10 +84,13 @@ def restore(path: str, cfg: Config, engine: Engine, state: TrainState, bundle: k
     if saved.get("classes") != list(bundle.classes):
         raise CheckpointError(f"{path}: trained on classes {saved.get('classes')}, but the data now has "
                               f"{list(bundle.classes)}; resume with the same data")  # fmt: skip
-    old_model = saved.get("config", {}).get("model")
-    if old_model != cfg.to_dict()["model"]:
-        raise CheckpointError(f"{path}: the model differs (checkpoint: {old_model}, config: "
-                              f"{cfg.to_dict()['model']}); resume with the checkpoint's model settings")  # fmt: skip
+    old = saved.get("config", {})
+    for section, keys in (("model", None), ("optimizer", ("name",)), ("data", ("source",))):
+        diff = config_diff(old.get(section, {}), cfg.to_dict()[section], section, keys)
+        if diff:
+            raise CheckpointError(f"{path}: the {section} differs from the checkpoint's ({'; '.join(diff)}); "
+                                  f"resume with the same {section} settings, or start anew from its weights "
+                                  f"with model.pretrained={path}")  # fmt: skip
     ckpt.load_weights(
         ckpt.unwrap(engine.model), saved.get("train_state_dict") or saved["model_state_dict"], path
     )
@@ -126,6 +129,14 @@ def save_epoch_checkpoints(cfg: Config, run_dir: Path, payload: dict[str, Any], 
         kept = sorted(cdir.glob("epoch-*.pt"), key=lambda p: int(p.stem.split("-")[1]))
         for old in kept[: -cfg.trainer.checkpoint.keep]:
             old.unlink(missing_ok=True)
+
+
+def config_diff(
+    old: dict[str, Any], new: dict[str, Any], prefix: str, keys: tuple[str, ...] | None
+) -> list[str]:
+    """'key: old -> new' for the keys (all when None) whose values differ."""
+    names = keys if keys is not None else sorted(set(old) | set(new))
+    return [f"{prefix}.{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in names if old.get(k) != new.get(k)]
 
 
 def find_resume(run_dir: Path) -> str | None:

@@ -1,0 +1,198 @@
+"""Faults and bad input against a real `kiln train` subprocess: signals, kill -9 at random moments
+(including mid-checkpoint), non-finite losses, damaged data. Every case ends in a correct result or a
+clear one-line error, and nothing already saved is lost."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from kiln.engine import checkpoint
+from tests.conftest import ROOT, run_kiln, write_png_folder
+
+DIGITS = str(ROOT / "configs/digits.yaml")
+ENV = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+# slow enough to interrupt mid-epoch: batch 4, ~320 steps per epoch
+SLOW = [
+    "data.batch_size=4",
+    "trainer.progress=off",
+    "logging.tensorboard=false",
+    "trainer.log_every_n_steps=10",
+]
+
+
+def _start(run: Path, *extra: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "kiln", "train", "-c", DIGITS, f"run.dir={run}", *SLOW, *extra],
+                            env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+
+
+def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, f"{path} never appeared"
+        time.sleep(0.05)
+
+
+def _weights(path: Path) -> dict[str, torch.Tensor]:
+    return torch.load(path, weights_only=True)["model_state_dict"]
+
+
+def test_ctrl_c_saves_prints_resume_and_resumed_run_equals_straight_run(tmp_path: Path) -> None:
+    common = ["trainer.epochs=2"]
+    straight = tmp_path / "straight"
+    run_kiln("train", "-c", DIGITS, f"run.dir={straight}", *SLOW, *common)
+    run = tmp_path / "interrupted"
+    proc = _start(run, *common)
+    _wait_for(run / "metrics.jsonl", proc)  # the first epoch is under way (the log is opened at fit start)
+    time.sleep(0.8)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "Resume with:" in err and "--resume" in err and "Traceback" not in err
+    saved = torch.load(run / "checkpoints/last.pt", weights_only=True)
+    assert saved["data_state"]["position"] > 0  # stopped mid-epoch, position recorded
+    # resume exactly as printed: the run ends with weights bit-identical to the uninterrupted one
+    cmd = err.split("Resume with:")[1].strip().split()
+    assert cmd[:2] == ["kiln", "train"]
+    subprocess.run([sys.executable, "-m", "kiln", *cmd[1:], "trainer.progress=off"], env=ENV, check=True,
+                   capture_output=True, timeout=300)  # fmt: skip
+    a, b = _weights(straight / "checkpoints/last.pt"), _weights(run / "checkpoints/last.pt")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_sigterm_exits_143_with_checkpoint(tmp_path: Path) -> None:
+    proc = _start(tmp_path, "trainer.epochs=3")
+    _wait_for(tmp_path / "metrics.jsonl", proc)
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143 and "SIGTERM" in err
+    checkpoint.load(tmp_path / "checkpoints/last.pt")
+
+
+def test_kill_9_at_random_moments_never_leaves_a_torn_checkpoint(tmp_path: Path) -> None:
+    """A checkpoint every step, killed at 8 random moments: each time `--resume auto` finds a valid file."""
+    rng = random.Random(0)
+    run = tmp_path / "run"
+    args = ["trainer.epochs=2", "trainer.checkpoint.every_n_steps=1"]
+    for _ in range(8):
+        proc = _start(run, *args, "--resume", "auto")
+        time.sleep(rng.uniform(2.5, 5.0))  # process start-up is ~2 s; then checkpoints are being written
+        proc.kill()
+        proc.wait()
+        files = list((run / "checkpoints").glob("*.pt")) if (run / "checkpoints").exists() else []
+        for f in files:
+            checkpoint.load(f)  # every file present is complete (temp files are never named *.pt)
+    done = subprocess.run([sys.executable, "-m", "kiln", "train", "-c", DIGITS, f"run.dir={run}", *SLOW, *args,
+                           "--resume", "auto"], env=ENV, capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert json.loads((run / "summary.json").read_text())["epochs_run"] == 2
+
+
+def test_resume_auto_falls_back_when_newest_is_damaged(tmp_path: Path) -> None:
+    run_kiln("train", "-c", DIGITS, f"run.dir={tmp_path}", "trainer.epochs=2", "trainer.checkpoint.every_n_epochs=1",
+             "logging.tensorboard=false")  # fmt: skip
+    last = tmp_path / "checkpoints/last.pt"
+    last.write_bytes(last.read_bytes()[:1000])  # a disk error, say
+    os.utime(last)
+    proc = run_kiln("train", "-c", DIGITS, f"run.dir={tmp_path}", "trainer.epochs=3", "--resume", "auto",
+                    "logging.tensorboard=false")  # fmt: skip
+    assert "skipping" in proc.stdout and "resuming from" in proc.stdout and "epoch-2.pt" in proc.stdout
+
+
+_calls = 0
+
+
+def nan_after_60(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """A loss that turns NaN at step 61 (in epoch 2 of digits at batch 32: 41 steps an epoch)."""
+    global _calls
+    _calls += 1
+    loss = torch.nn.functional.cross_entropy(logits, y)
+    return loss * float("nan") if _calls > 60 else loss
+
+
+def test_nan_loss_stops_with_step_and_keeps_good_checkpoints(tmp_path: Path) -> None:
+    proc = run_kiln("train", "-c", DIGITS, f"run.dir={tmp_path}", "trainer.epochs=3", "logging.tensorboard=false",
+                    "trainer.loss=tests.test_reliability:nan_after_60", check=False)  # fmt: skip
+    assert proc.returncode == 3 and "non-finite loss (nan) at epoch 2, step 61" in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr
+    saved = torch.load(tmp_path / "checkpoints/last.pt", weights_only=True)
+    assert saved["epoch"] == 1 and all(torch.isfinite(v).all() for v in saved["model_state_dict"].values())
+    other = run_kiln("train", "-c", DIGITS, f"run.dir={tmp_path}", "optimizer.name=sgd", "--resume",
+                     str(tmp_path / "checkpoints/last.pt"), check=False)  # fmt: skip
+    assert other.returncode == 2 and "optimizer.name: 'adamw' -> 'sgd'" in other.stderr
+
+
+def test_nan_skip_mode_finishes_and_counts(tmp_path: Path) -> None:
+    proc = run_kiln("train", "-c", DIGITS, f"run.dir={tmp_path}", "trainer.epochs=2",
+                    "trainer.loss=tests.test_reliability:nan_after_60", "trainer.on_nan=skip", "logging.tensorboard=false", check=False)  # fmt: skip
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert proc.returncode == 0 and summary["skipped_steps"] > 0
+
+
+def test_bad_images_error_skip_and_check_data(tmp_path: Path) -> None:
+    root = write_png_folder(tmp_path / "imgs", ["a", "b"], per_class=20)
+    (root / "train/a/3.png").write_bytes(b"\x89PNG\r\n truncated")
+    (root / "train/b/empty.png").write_bytes(b"")
+    Image.new("RGB", (12, 12)).save(
+        root / "train/b/notes.png", format="JPEG"
+    )  # a JPEG named .png still decodes
+    common = ["data.source=folder", f"data.root={root}", "data.batch_size=8", "trainer.epochs=1",
+              "logging.tensorboard=false", f"data.cache_dir={tmp_path / 'cache'}"]  # fmt: skip
+    proc = run_kiln("train", "-c", DIGITS, f"run.dir={tmp_path / 'r1'}", *common, check=False)
+    assert (
+        proc.returncode == 2 and "3.png: cannot read image" in proc.stderr and "Traceback" not in proc.stderr
+    )
+    run_kiln("train", "-c", DIGITS, f"run.dir={tmp_path / 'r2'}", *common, "data.on_bad_sample=skip")
+    summary = json.loads((tmp_path / "r2/summary.json").read_text())
+    assert len(summary["skipped_samples"]) == 2 and any("empty.png" in s for s in summary["skipped_samples"])
+    check = run_kiln("check-data", "-c", DIGITS, *common, check=False)
+    assert check.returncode == 1 and "problems: 2" in check.stdout and "3.png" in check.stdout
+
+
+def test_csv_duplicates_and_bad_rows_are_named(tmp_path: Path) -> None:
+    root = write_png_folder(tmp_path / "imgs", ["a", "b"], per_class=10)
+    rows = "".join(f"train/{c}/{i}.png,{c}\n" for c in "ab" for i in range(10))
+    (root / "train.csv").write_text("filepath,label\n" + rows + "train/a/1.png,a\n")
+    (root / "test.csv").write_text("filepath,label\ntest/a/0.png,a\ntest/b/0.png,zebra\n")
+    common = ["data.source=csv", f"data.root={root}", "data.batch_size=4", "trainer.epochs=1",
+              "logging.tensorboard=false"]  # fmt: skip
+    proc = run_kiln("train", "-c", DIGITS, f"run.dir={tmp_path / 'r'}", *common, check=False)
+    assert proc.returncode == 2 and "train.csv:22: duplicate of row 3" in proc.stderr
+    check = run_kiln("check-data", "-c", DIGITS, *common, check=False)
+    assert "test.csv:3: label 'zebra'" in check.stdout and check.returncode == 1
+
+
+def test_unwritable_run_dir_fails_before_training(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    proc = run_kiln("train", "-c", DIGITS, f"run.dir={blocker / 'run'}", check=False)
+    assert proc.returncode == 2 and "run.dir: cannot write" in proc.stderr and "epoch" not in proc.stdout
+
+
+def test_dataset_smaller_than_one_batch(tmp_path: Path) -> None:
+    root = write_png_folder(tmp_path / "imgs", ["a", "b"], per_class=3)
+    proc = run_kiln("train", "-c", DIGITS, "data.source=folder", f"data.root={root}", f"run.dir={tmp_path / 'r'}",
+                    check=False)  # fmt: skip
+    assert proc.returncode == 2 and "fewer than one batch" in proc.stderr
+
+
+def test_decompression_bomb_is_refused(tmp_path: Path) -> None:
+    from kiln.data.decode import open_image
+    from kiln.errors import DataError
+
+    big = tmp_path / "bomb.png"
+    Image.new("L", (12_000, 8_000)).save(big)  # 96 Mpx > PIL's bound; compresses to a few kB
+    with pytest.raises(DataError, match="bomb.png: cannot read image"):
+        open_image(big, 1, None)
