@@ -39,18 +39,31 @@ def test_save_is_atomic_and_leaves_no_temp(tmp_path: Path) -> None:
     assert [f.name for f in p.parent.iterdir()] == ["last.pt"]
 
 
-def test_unwritable_target_keeps_old_file(tmp_path: Path) -> None:
-    p = tmp_path / "last.pt"
-    checkpoint.save({"model_state_dict": {"w": torch.zeros(3)}}, p)
-    os.chmod(tmp_path, 0o500)
-    try:
-        if os.access(tmp_path, os.W_OK):
-            pytest.skip("running as a user who can write anyway (root)")
-        with pytest.raises(CheckpointError, match="previous file is unchanged"):
-            checkpoint.save({"model_state_dict": {"w": torch.ones(3)}}, p)
-    finally:
-        os.chmod(tmp_path, 0o700)
-    assert torch.equal(checkpoint.load(p)["model_state_dict"]["w"], torch.zeros(3))
+def test_failed_write_keeps_old_file(tmp_path: Path) -> None:
+    """A write that fails mid-file (here: the file-size limit, as a full disk would) leaves the previous
+    checkpoint untouched and no temp file behind. Runs in a subprocess that lowers its own RLIMIT_FSIZE."""
+    import subprocess
+    import sys
+    import textwrap
+
+    code = textwrap.dedent(f"""
+        import resource, signal, torch
+        from pathlib import Path
+        from kiln.engine import checkpoint
+        from kiln.errors import CheckpointError
+        p = Path({str(tmp_path / "last.pt")!r})
+        checkpoint.save({{"model_state_dict": {{"w": torch.zeros(10)}}}}, p)
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # get EFBIG as an OSError instead of being killed
+        resource.setrlimit(resource.RLIMIT_FSIZE, (50_000, 50_000))
+        try:
+            checkpoint.save({{"model_state_dict": {{"w": torch.ones(1_000_000)}}}}, p)  # 4 MB: cannot fit
+        except CheckpointError as e:
+            print("refused:", e)
+    """)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert "refused:" in proc.stdout and "previous file is unchanged" in proc.stdout, proc.stderr
+    assert torch.equal(checkpoint.load(tmp_path / "last.pt")["model_state_dict"]["w"], torch.zeros(10))
+    assert [f.name for f in tmp_path.iterdir()] == ["last.pt"]
 
 
 def test_rng_round_trip() -> None:

@@ -63,10 +63,11 @@ def save(obj: dict[str, Any], path: Path) -> None:
             os.fsync(dir_fd)  # make the rename itself durable
         finally:
             os.close(dir_fd)
-    except OSError as e:
+    except (OSError, RuntimeError) as e:  # torch's zip writer reports a failed write as RuntimeError
         tmp.unlink(missing_ok=True)
         raise CheckpointError(
-            f"could not write checkpoint {path} ({e}); the previous file is unchanged"
+            f"could not write checkpoint {path} ({str(e).splitlines()[0] if str(e) else type(e).__name__}); the "
+            "previous file is unchanged. Free disk space or choose another run.dir"
         ) from None
 
 
