@@ -24,7 +24,12 @@ def summarize(results: Any, search: Search, space: dict[str, Any], out: Path) ->
     rows = []
     for r in results:
         df = r.metrics_dataframe
-        history = [] if df is None or search.monitor not in df else [float(v) for v in df[search.monitor]]
+        by_epoch: dict[int, float] = {}
+        if df is not None and search.monitor in df and "epoch" in df:
+            # a restored trial repeats the epochs after its checkpoint: the later report of each wins
+            for epoch, value in zip(df["epoch"], df[search.monitor], strict=True):
+                by_epoch[int(epoch)] = float(value)
+        history = [by_epoch[e] for e in sorted(by_epoch)]
         sampled = {k: r.config[k] for k in space if k in r.config}
         rows.append({
             "trial": str((r.metrics or {}).get("trial_id") or Path(r.path).name), "config": sampled, "best": _best_value(history, search.mode),
