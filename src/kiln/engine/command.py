@@ -42,6 +42,13 @@ def run_train(args: argparse.Namespace) -> int:
     summary = fit(cfg, resume=args.resume)
     if "test" in summary and int(os.environ.get("RANK", 0)) == 0:
         print(f"test accuracy: {summary['test']['accuracy']:.4f}")
+    if int(os.environ.get("WORLD_SIZE", 1)) > 1:
+        # Everything is written and the process group is gone; skip the interpreter's teardown, where
+        # torch 2.14's gloo threads can abort the process ("terminate called without an active exception")
+        # and turn a finished run into a failed one for torchrun.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
     return 0
 
 
