@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import os
 import sys
 from collections.abc import Callable
 from importlib.metadata import EntryPoint, entry_points
@@ -102,11 +103,17 @@ def resolve_callable(spec: str, key: str) -> Callable[..., Any]:
     return obj
 
 
-def import_user_modules(modules: list[str], base: str | Path | None = None) -> None:
-    """Import the modules listed under `imports:` so their @register_* decorators run; ``base`` (the
-    config file's folder) goes on sys.path first, so a project's own modules are found from anywhere."""
-    if base is not None and str(base) not in sys.path:
-        sys.path.insert(0, str(base))
+def add_project_path(config: str | Path | None) -> None:
+    """A project's own modules (``imports:``, ``module:name``) live beside its config or in the folder kiln
+    is run from: put both first on sys.path (a console script does not add the working folder itself)."""
+    folders = [str(Path(config).resolve().parent)] if config else []
+    for folder in [*folders, os.getcwd()]:
+        if folder not in sys.path:
+            sys.path.insert(0, folder)
+
+
+def import_user_modules(modules: list[str]) -> None:
+    """Import the modules listed under `imports:` so their @register_* decorators run."""
     for name in modules:
         try:
             importlib.import_module(name)

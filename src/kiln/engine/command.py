@@ -6,7 +6,6 @@ import argparse
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 
 def torchrun_argv(args: argparse.Namespace) -> list[str]:
@@ -34,10 +33,9 @@ def run_train(args: argparse.Namespace) -> int:
 
     from kiln.config import load_config
     from kiln.engine.trainer import fit
+    from kiln.registry import add_project_path
 
-    # the config's folder first on sys.path: a project's own modules (imports:, "module:name") are found
-    # from wherever kiln is run
-    sys.path.insert(0, str(Path(args.config).resolve().parent))
+    add_project_path(args.config)
     cfg = load_config(args.config, args.overrides)
     summary = fit(cfg, resume=args.resume)
     if "test" in summary and int(os.environ.get("RANK", 0)) == 0:

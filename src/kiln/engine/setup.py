@@ -110,15 +110,9 @@ def build_engine(
 
 def sample_images(bundle: kdata.DataBundle, n: int) -> torch.Tensor:
     """Up to ``n`` normalised train images, read without touching the loader's position."""
-    from kiln.data.loaders import MemoryLoader
-
-    t = bundle.train
-    if isinstance(t, MemoryLoader):
-        xb = t.images[:n].to(t.device)
-    else:
-        ds = t.loader.dataset
-        xb = torch.stack([torch.as_tensor(ds[i][0]) for i in range(min(n, len(ds)))]).to(t.device)
-    return bundle.transform(xb, torch.arange(len(xb)), 0, 0, train=False)
+    idx = torch.arange(min(n, bundle.train.order.n))
+    xb = bundle.train.images_at(idx).to(bundle.train.device)
+    return bundle.transform(xb, idx, 0, 0, train=False)
 
 
 def user_callbacks(cfg: Config) -> list[Callback]:

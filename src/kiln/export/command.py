@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 from pathlib import Path
 
 from kiln.export import FORMATS, TOLERANCE
+from kiln.registry import add_project_path
 
 EXPORT_DESCRIPTION = """\
 Write a checkpoint as a deployable artifact, load it back, and check it against the eager model on real
@@ -46,18 +45,10 @@ reported on stderr and in the output; the exit status is non-zero only when no i
 """
 
 
-def _project_on_path(config: str | None) -> None:
-    """Models named "module:callable" or listed under imports: are the project's own modules: make them
-    importable from the folder kiln is run in (and the -c config's folder), as `kiln train` does."""
-    for folder in ([str(Path(config).resolve().parent)] if config else []) + [os.getcwd()]:
-        if folder not in sys.path:
-            sys.path.insert(0, folder)
-
-
 def run_export(args: argparse.Namespace) -> int:
     from kiln.export.run import export_checkpoint
 
-    _project_on_path(args.config)
+    add_project_path(args.config)
     from kiln.export.verify import format_check
 
     rep = export_checkpoint(
@@ -83,7 +74,7 @@ def run_predict(args: argparse.Namespace) -> int:
     from kiln.errors import DataError
     from kiln.export.predict import format_results, load_any, predict
 
-    _project_on_path(None)
+    add_project_path(None)
     loaded = load_any(args.model, trust=args.trust)
     results = predict(loaded, args.inputs, args.topk, args.batch_size)
     print(format_results(results, args.format, args.topk))

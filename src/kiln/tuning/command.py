@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import argparse
 import math
-import sys
 from pathlib import Path
 
 
 def run_tune(args: argparse.Namespace) -> int:
+    from kiln.registry import add_project_path
     from kiln.tuning.space import load_space, resolved
 
     config = str(Path(args.config).resolve())
-    sys.path.insert(0, str(Path(config).parent))
+    add_project_path(config)
     space = load_space(args.space, config, args.overrides)  # bad keys/values fail here, before any trial
     cfg = resolved(config, args.overrides)
     monitor = (
