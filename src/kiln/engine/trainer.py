@@ -46,7 +46,9 @@ def fit(
     d = distributed.init(resolve_device(cfg.run.device).type)
     progress.QUIET = not d.is_main
     try:
-        summary = _fit(cfg, d, resume, extra_callbacks)
+        # from the start: a Ctrl-C during set-up still ends in a checkpoint at the first step boundary
+        with StopRequest() as stop:
+            summary = _fit(cfg, d, resume, extra_callbacks, stop)
         distributed.barrier(d)  # no rank tears its process group down while another still talks to it
         return summary
     except torch.OutOfMemoryError:
@@ -58,7 +60,7 @@ def fit(
 
 
 def _fit(
-    cfg: Config, d: distributed.Dist, resume: str | None, extra: list[Callback] | None
+    cfg: Config, d: distributed.Dist, resume: str | None, extra: list[Callback] | None, stop: StopRequest
 ) -> dict[str, Any]:
     seed_everything(cfg.run.seed, cfg.run.deterministic)
     device = distributed.device_for(d, resolve_device(cfg.run.device))
@@ -95,10 +97,8 @@ def _fit(
     for cb in callbacks:
         cb.on_fit_start(info)
 
-    stop_reason = None
-    with StopRequest() as stop:
-        engine.should_stop = stop
-        stop_reason = train_epochs(cfg, engine, state, bundle, callbacks, run_dir)
+    engine.should_stop = stop
+    stop_reason = train_epochs(cfg, engine, state, bundle, callbacks, run_dir)
     summary = finish(cfg, engine, state, bundle, run_dir, stop_reason)
     for cb in callbacks:
         cb.on_fit_end(summary)
