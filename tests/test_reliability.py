@@ -49,13 +49,13 @@ def _weights(path: Path) -> dict[str, torch.Tensor]:
 
 
 def test_ctrl_c_saves_prints_resume_and_resumed_run_equals_straight_run(tmp_path: Path) -> None:
-    common = ["trainer.epochs=2"]
+    common = ["trainer.epochs=2", "trainer.checkpoint.every_n_steps=40"]
     straight = tmp_path / "straight"
     run_kiln("train", "-c", DIGITS, f"run.dir={straight}", *SLOW, *common)
     run = tmp_path / "interrupted"
     proc = _start(run, *common)
-    _wait_for(run / "metrics.jsonl", proc)  # the first epoch is under way (the log is opened at fit start)
-    time.sleep(0.8)
+    _wait_for(run / "checkpoints/last.pt", proc)  # the first mid-epoch checkpoint: training is under way
+    time.sleep(0.2)
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
