@@ -91,6 +91,14 @@ class ModelConfig(_Strict):
     strict: bool = True  # with a weights file: every key but the head's must match
     freeze: list[str] | Literal["backbone"] | None = None  # parameter-name globs, or all but the head
     freeze_bn: bool = True  # frozen BatchNorm layers stay in eval mode (running stats do not move)
+    # the first conv's filters start as whitened principal components of training patches (data-dependent)
+    pca_init: bool = False
+
+    @model_validator(mode="after")
+    def _check(self) -> ModelConfig:
+        if self.pca_init and self.pretrained:
+            raise ValueError("model.pca_init would overwrite the pretrained first layer; use one of the two")
+        return self
 
 
 class LookaheadConfig(_Strict):
@@ -172,6 +180,7 @@ class TrainerConfig(_Strict):
     compile: bool = False  # torch.compile the model (checkpoints stay free of the _orig_mod. prefix)
     ema: EmaConfig | None = None  # evaluate and checkpoint an exponential moving average of the weights
     tta: Literal["none", "flip", "flip_translate"] = "none"  # test-time augmentation views at evaluation
+    val_every_n_epochs: int = Field(1, gt=0)  # validate after every N-th epoch, and always after the last
 
     @field_validator("progress", "channels_last", mode="before")
     @classmethod

@@ -136,3 +136,14 @@ def test_ema_weights_are_what_is_evaluated_and_saved(tmp_path: Path) -> None:
     ema, raw = c["model_state_dict"], c["train_state_dict"]
     assert c["ema_state_dict"]["updates"] == c["step"]
     assert any(not torch.equal(ema[k], raw[k]) for k in ema)
+
+
+def test_val_every_n_epochs_skips_validation_but_never_the_last(tmp_path: Path) -> None:
+    summary = fit(_cfg(tmp_path, "trainer.epochs=5", "trainer.val_every_n_epochs=2",
+                       "trainer.early_stopping={monitor: val_acc, mode: max, patience: 1}"))  # fmt: skip
+    lines = [json.loads(s) for s in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [m["validated"] for m in lines] == [False, True, False, True, True]
+    assert all((m["val_acc"] != m["val_acc"]) != m["validated"] for m in lines)  # NaN exactly when skipped
+    # best.pt is chosen among validated epochs only; the skipped ones neither improve nor count for patience
+    assert summary["best_epoch"] in (2, 4, 5) and summary["stopped_early"] is None
+    assert summary["best_metric"] == max(m["val_acc"] for m in lines if m["validated"])

@@ -54,6 +54,8 @@ class EarlyStopping(Callback):
             raise KeyError(f"trainer.early_stopping.monitor: '{self.monitor}' is not a metric "
                            f"(metrics: {', '.join(sorted(metrics))})")  # fmt: skip
         value = metrics[self.monitor]
+        if math.isnan(value) and not metrics.get("validated", True):
+            return None  # an epoch without validation (trainer.val_every_n_epochs) neither helps nor counts
         if is_better(value, self.best, self.mode, self.min_delta):
             self.best, self.wait = value, 0
             return None

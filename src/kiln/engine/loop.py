@@ -67,6 +67,7 @@ class Engine:
     step_hook: Callable[[int], None] | None = None  # called after each optimizer step with the step count
     should_stop: Callable[[], bool] = lambda: False  # a signal handler's flag: stop at the next step boundary
     step_scheduler: bool = True  # False for a constant LR: skips a Python-heavy call per step
+    init_seconds: float = 0.0  # spent on a data-dependent init (model.pca_init): part of the training time
 
     @property
     def eval_model(self) -> nn.Module:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import os
 import random
+import time
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +23,7 @@ from kiln.engine.precision import autocast_factory, make_scaler, resolve_precisi
 from kiln.errors import KilnError
 from kiln.losses import build_loss
 from kiln.models import transfer
+from kiln.models.init import first_conv, images_for_pca, pca_init
 from kiln.optim import Lookahead, build_optimizer, build_scheduler
 from kiln.registry import CALLBACKS, METRICS, create_model
 
@@ -64,9 +66,14 @@ def build_engine(
     model = create_model(cfg.model.name, num_classes=len(bundle.classes), in_channels=bundle.in_channels,
                          image_size=bundle.image_size, pretrained=cfg.model.pretrained is True,
                          **cfg.model.args).to(device)  # fmt: skip
+    t0 = time.perf_counter()
     init = getattr(model, "init_from_data", None)
     if callable(init) and not cfg.model.pretrained:  # data-dependent init (airbench's whitening conv)
         init(sample_images(bundle, 5000))
+    if cfg.model.pca_init:
+        conv = first_conv(model)
+        pca_init(conv, sample_images(bundle, images_for_pca(conv.kernel_size, bundle.image_size)))  # type: ignore[arg-type]
+    init_seconds = time.perf_counter() - t0  # training work: counted in the first epoch's time
     frozen = transfer.prepare(model, cfg.model.pretrained, cfg.model.strict, cfg.model.freeze)
     channels_last = cfg.trainer.channels_last == "on" or (
         cfg.trainer.channels_last == "auto" and any(isinstance(m, torch.nn.Conv2d) for m in model.modules())
@@ -104,13 +111,15 @@ def build_engine(
         loss_fn=None if cfg.trainer.loss == "cross_entropy" and not cfg.trainer.loss_args
         else build_loss(cfg.trainer.loss, cfg.trainer.label_smoothing, cfg.trainer.loss_args),
         metric_fns={name.rpartition(":")[2]: METRICS.get(name) for name in cfg.trainer.metrics},
-        skip_nan=cfg.trainer.on_nan == "skip", frozen=frozen, frozen_bn=transfer.frozen_batchnorms(model) if cfg.model.freeze_bn else [], dist=d,
+        skip_nan=cfg.trainer.on_nan == "skip", init_seconds=init_seconds, frozen=frozen, frozen_bn=transfer.frozen_batchnorms(model) if cfg.model.freeze_bn else [], dist=d,
     )  # fmt: skip
 
 
 def sample_images(bundle: kdata.DataBundle, n: int) -> torch.Tensor:
-    """Up to ``n`` normalised train images, read without touching the loader's position."""
-    idx = torch.arange(min(n, bundle.train.order.n))
+    """Up to ``n`` normalised train images spread evenly over the train split (image folders are sorted
+    by class, so the first ``n`` could all be one class), read without touching the loader's position."""
+    total = bundle.train.order.n
+    idx = torch.linspace(0, total - 1, min(n, total)).round().long() if total else torch.arange(0)
     xb = bundle.train.images_at(idx).to(bundle.train.device)
     return bundle.transform(xb, idx, 0, 0, train=False)
 

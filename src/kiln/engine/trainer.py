@@ -173,13 +173,20 @@ def run_epoch(cfg: Config, engine: Engine, state: TrainState, bundle: kdata.Data
             bar.close()
     if train_m["interrupted"]:
         return train_m
-    val = evaluate(engine, bundle.val) if bundle.val is not None else {"loss": math.nan, "acc": math.nan}
+    # trainer.val_every_n_epochs: skipped epochs report NaN and neither move best.pt nor early stopping
+    validated = bundle.val is not None and (
+        (epoch + 1) % cfg.trainer.val_every_n_epochs == 0 or epoch + 1 == epochs
+    )
+    val = evaluate(engine, bundle.val) if validated else {"loss": math.nan, "acc": math.nan}
     state.epoch = epoch + 1
-    for cb in engine.callbacks:
-        cb.on_eval_end("val", {"loss": val["loss"], "acc": val["acc"]})
+    if validated:
+        for cb in engine.callbacks:
+            cb.on_eval_end("val", {"loss": val["loss"], "acc": val["acc"]})
+    # a data-dependent init (model.pca_init) is training work: the first epoch this process runs includes it
+    init_s, engine.init_seconds = engine.init_seconds, 0.0
     return {"epoch": epoch + 1, "step": state.step, **train_m, "val_loss": val["loss"], "val_acc": val["acc"],
-            **{f"val_{k[7:]}": v for k, v in val.items() if k.startswith("metric_")},
-            "lr": engine.optimizer.param_groups[0]["lr"], "seconds": time.perf_counter() - t0}  # fmt: skip
+            **{f"val_{k[7:]}": v for k, v in val.items() if k.startswith("metric_")}, "validated": validated,
+            "lr": engine.optimizer.param_groups[0]["lr"], "seconds": time.perf_counter() - t0 + init_s}  # fmt: skip
 
 
 def update_best(cfg: Config, state: TrainState, metrics: dict[str, Any]) -> bool:
@@ -188,6 +195,8 @@ def update_best(cfg: Config, state: TrainState, metrics: dict[str, Any]) -> bool
         raise KilnError(f"trainer.checkpoint.monitor: '{mon.monitor}' is not a metric "
                         f"(metrics: {', '.join(sorted(metrics))})")  # fmt: skip
     value = metrics[mon.monitor]
+    if math.isnan(value) and not metrics.get("validated", True) and mon.monitor.startswith("val_"):
+        return False  # not validated this epoch (trainer.val_every_n_epochs): best.pt stays as it is
     improved = math.isnan(value) or is_better(value, state.best_metric, mon.mode)
     if improved:
         state.best_metric, state.best_epoch = value, metrics["epoch"]
