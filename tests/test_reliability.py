@@ -71,6 +71,41 @@ def test_ctrl_c_saves_prints_resume_and_resumed_run_equals_straight_run(tmp_path
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+SLOW_CALLBACK = """
+import time
+from pathlib import Path
+from kiln import Callback
+
+class Slow(Callback):
+    def __init__(self, marker):
+        self.marker = Path(marker)
+
+    def on_batch_end(self, step, loss, lr):
+        self.marker.touch()
+        time.sleep(1.0)  # a long step: both signals land inside one
+"""
+
+
+def test_second_ctrl_c_exits_at_once_and_keeps_the_last_checkpoint(tmp_path: Path) -> None:
+    (tmp_path / "slowcb.py").write_text(SLOW_CALLBACK)
+    marker, run = tmp_path / "started", tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "kiln", "train", "-c", DIGITS, f"run.dir={run}", *SLOW,
+                             "trainer.checkpoint.every_n_steps=1", f"callbacks=[{{name: 'slowcb:Slow', args: {{marker: '{marker}'}}}}]"],
+                            env={**ENV, "PYTHONPATH": f"{ROOT / 'src'}{os.pathsep}{tmp_path}"},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    _wait_for(marker, proc)
+    time.sleep(0.1)
+    proc.send_signal(signal.SIGINT)  # first: stop after this step, checkpoint, print the resume command ...
+    time.sleep(0.05)
+    t0 = time.monotonic()
+    proc.send_signal(signal.SIGINT)  # ... second, before that happens: leave now
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "second interrupt, exiting now" in err, err
+    assert "Resume with:" not in err and "Traceback" not in err
+    assert time.monotonic() - t0 < 5
+    assert checkpoint.load(run / "checkpoints/last.pt")["step"] >= 1  # the last complete checkpoint is intact
+
+
 def test_sigterm_exits_143_with_checkpoint(tmp_path: Path) -> None:
     proc = _start(tmp_path, "trainer.epochs=3")
     _wait_for(tmp_path / "metrics.jsonl", proc)
