@@ -214,17 +214,18 @@ def _mixup(engine: Engine, x: torch.Tensor, epoch: int, step: int) -> tuple[floa
     return rng.betavariate(engine.mixup, engine.mixup), torch.randperm(x.shape[0], generator=g).to(x.device)
 
 
-def tta_views(x: torch.Tensor, mode: str) -> list[torch.Tensor]:
-    """The input plus its test-time views: horizontal flip, and 2-px translations of both."""
+def tta_views(x: torch.Tensor, mode: str) -> list[tuple[torch.Tensor, float]]:
+    """The input and its test-time views with their weights in the averaged logits, as airbench94 does:
+    ``flip``: the image and its mirror, 1/2 each; ``flip_translate``: those two at 1/4 each, plus the image
+    shifted 1 px up-left and 1 px down-right (reflect padding) and their mirrors, 1/8 each."""
     if mode == "none":
-        return [x]
-    views = [x, x.flip(3)]
-    if mode == "flip_translate":
-        pad = F.pad(x, (2, 2, 2, 2), mode="reflect")
-        h, w = x.shape[2:]
-        for v in (pad[..., 0:h, 0:w], pad[..., 4 : h + 4, 4 : w + 4]):  # shifted up-left and down-right
-            views += [v, v.flip(3)]
-    return views
+        return [(x, 1.0)]
+    if mode == "flip":
+        return [(x, 0.5), (x.flip(3), 0.5)]
+    pad = F.pad(x, (1, 1, 1, 1), mode="reflect")
+    h, w = x.shape[2:]
+    shifted = [pad[..., 0:h, 0:w], pad[..., 2 : h + 2, 2 : w + 2]]
+    return [(x, 0.25), (x.flip(3), 0.25)] + [(v, 0.125) for s in shifted for v in (s, s.flip(3))]
 
 
 @torch.no_grad()
@@ -244,7 +245,7 @@ def infer(
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with autocast():
-            outs.append(torch.stack([model(v).float() for v in tta_views(x, tta)]).mean(0))
+            outs.append(sum(weight * model(v).float() for v, weight in tta_views(x, tta)))
         ys.append(y)
         ids.append(idx)
     if not outs:

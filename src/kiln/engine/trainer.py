@@ -217,10 +217,11 @@ def finish(cfg: Config, engine: Engine, state: TrainState, bundle: kdata.DataBun
     distributed.barrier(engine.dist)  # rank 0 has finished writing best.pt
     if bundle.test is not None and best_path.exists():
         ckpt.unwrap(engine.eval_model).load_state_dict(ckpt.load(best_path)["model_state_dict"])
+        t0 = time.perf_counter()
         logits, labels, idx = predict(engine, bundle.test)  # every test image once, over all ranks
         outputs = Outputs(logits, labels, idx, list(bundle.classes))
         test = {"loss": F.cross_entropy(logits, labels).item(), "accuracy": (logits.argmax(1) == labels).double().mean().item(),
-                "num_samples": int(labels.numel())}  # fmt: skip
+                "num_samples": int(labels.numel()), "seconds": time.perf_counter() - t0}  # fmt: skip
         summary["test"] = test
         log(f"kiln: test accuracy {test['accuracy']:.4f} (loss {test['loss']:.4f}, {test['num_samples']} images, "
             f"best epoch {state.best_epoch})")  # fmt: skip
