@@ -147,3 +147,14 @@ def test_val_every_n_epochs_skips_validation_but_never_the_last(tmp_path: Path) 
     # best.pt is chosen among validated epochs only; the skipped ones neither improve nor count for patience
     assert summary["best_epoch"] in (2, 4, 5) and summary["stopped_early"] is None
     assert summary["best_metric"] == max(m["val_acc"] for m in lines if m["validated"])
+
+
+def test_without_a_val_split_every_epoch_still_counts_for_best_and_test(tmp_path: Path) -> None:
+    """No val split: val_* are NaN on every epoch, best.pt follows the last epoch and the test split is
+    still measured on it (val_every_n_epochs must not mistake "no val split" for "skipped")."""
+    summary = fit(_cfg(tmp_path, "trainer.epochs=2", "data.val_split=0"))
+    lines = [json.loads(s) for s in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [m["validated"] for m in lines] == [True, True] and all(
+        m["val_acc"] != m["val_acc"] for m in lines
+    )
+    assert summary["best_epoch"] == 2 and summary["test"]["num_samples"] == 360

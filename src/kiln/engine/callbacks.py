@@ -41,6 +41,11 @@ def is_better(value: float, best: float | None, mode: str, min_delta: float = 0.
     return value < best - min_delta if mode == "min" else value > best + min_delta
 
 
+def skipped_validation(metrics: dict[str, Any], key: str) -> bool:
+    """True when ``key`` is NaN because trainer.val_every_n_epochs skipped this epoch's validation."""
+    return not metrics.get("validated", True) and math.isnan(metrics[key])
+
+
 class EarlyStopping(Callback):
     """Stop when ``monitor`` has not improved by ``min_delta`` for ``patience`` epochs."""
 
@@ -54,8 +59,8 @@ class EarlyStopping(Callback):
             raise KeyError(f"trainer.early_stopping.monitor: '{self.monitor}' is not a metric "
                            f"(metrics: {', '.join(sorted(metrics))})")  # fmt: skip
         value = metrics[self.monitor]
-        if math.isnan(value) and not metrics.get("validated", True):
-            return None  # an epoch without validation (trainer.val_every_n_epochs) neither helps nor counts
+        if skipped_validation(metrics, self.monitor):
+            return None  # neither helps nor counts towards patience
         if is_better(value, self.best, self.mode, self.min_delta):
             self.best, self.wait = value, 0
             return None

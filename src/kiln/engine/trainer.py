@@ -19,7 +19,7 @@ from kiln import data as kdata
 from kiln.config import Config, dump_config
 from kiln.engine import checkpoint as ckpt
 from kiln.engine import distributed, progress
-from kiln.engine.callbacks import Callback, is_better
+from kiln.engine.callbacks import Callback, is_better, skipped_validation
 from kiln.engine.loop import Engine, TrainState, evaluate, predict, train_one_epoch
 from kiln.engine.precision import resolve_device
 from kiln.engine.progress import EpochBar, enabled, epoch_line, log
@@ -173,11 +173,14 @@ def run_epoch(cfg: Config, engine: Engine, state: TrainState, bundle: kdata.Data
             bar.close()
     if train_m["interrupted"]:
         return train_m
-    # trainer.val_every_n_epochs: skipped epochs report NaN and neither move best.pt nor early stopping
-    validated = bundle.val is not None and (
-        (epoch + 1) % cfg.trainer.val_every_n_epochs == 0 or epoch + 1 == epochs
+    # An epoch trainer.val_every_n_epochs skips reports NaN with validated=false, and moves neither best.pt
+    # nor early stopping. A run without a val split reports NaN on every epoch, as it always has.
+    validated = (epoch + 1) % cfg.trainer.val_every_n_epochs == 0 or epoch + 1 == epochs
+    val = (
+        evaluate(engine, bundle.val)
+        if validated and bundle.val is not None
+        else {"loss": math.nan, "acc": math.nan}
     )
-    val = evaluate(engine, bundle.val) if validated else {"loss": math.nan, "acc": math.nan}
     state.epoch = epoch + 1
     if validated:
         for cb in engine.callbacks:
@@ -195,8 +198,8 @@ def update_best(cfg: Config, state: TrainState, metrics: dict[str, Any]) -> bool
         raise KilnError(f"trainer.checkpoint.monitor: '{mon.monitor}' is not a metric "
                         f"(metrics: {', '.join(sorted(metrics))})")  # fmt: skip
     value = metrics[mon.monitor]
-    if math.isnan(value) and not metrics.get("validated", True) and mon.monitor.startswith("val_"):
-        return False  # not validated this epoch (trainer.val_every_n_epochs): best.pt stays as it is
+    if skipped_validation(metrics, mon.monitor):
+        return False  # best.pt stays as it is
     improved = math.isnan(value) or is_better(value, state.best_metric, mon.mode)
     if improved:
         state.best_metric, state.best_epoch = value, metrics["epoch"]
