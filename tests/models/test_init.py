@@ -43,7 +43,7 @@ def test_pca_init_with_more_filters_than_patch_dimensions() -> None:
 
 def test_first_conv_and_patch_budget() -> None:
     assert first_conv(LeNet()).out_channels == 6
-    with pytest.raises(ValueError, match="Conv2d"):
+    with pytest.raises(ConfigError, match=r"model\.pca_init: Sequential has no Conv2d"):
         first_conv(nn.Sequential(nn.Flatten(), nn.Linear(4, 2)))
     assert images_for_pca((5, 5), (32, 32)) == 250_000 // 784  # ~250k 5x5 patches from 28x28 positions each
 

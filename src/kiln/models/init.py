@@ -11,6 +11,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from kiln.errors import ConfigError
+
 # ~250,000 patches pin the covariance of a few dozen dimensions down well and keep the unfolded patch
 # matrix small (75 dims x 250k x 4 bytes = 75 MB for 5x5 RGB patches).
 MAX_PATCHES = 250_000
@@ -34,7 +36,8 @@ def images_for_pca(kernel: tuple[int, int], size: tuple[int, int]) -> int:
 def first_conv(model: nn.Module) -> nn.Conv2d:
     conv = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
     if conv is None:
-        raise ValueError("model.pca_init needs a model with a Conv2d layer")
+        raise ConfigError(f"model.pca_init: {type(model).__name__} has no Conv2d layer to initialise; "
+                          "set model.pca_init=false")  # fmt: skip
     return conv
 
 
@@ -44,7 +47,8 @@ def pca_init(conv: nn.Conv2d, images: torch.Tensor, eps: float = 1e-2) -> None:
     unit-variance outputs (``eps`` damps the smallest components: 1e-2 measured best for LeNet on CIFAR-10,
     1e-3 amplified pixel noise and cost ~1.5 points of accuracy after one epoch). Biases start at zero."""
     if conv.groups != 1 or conv.dilation != (1, 1):
-        raise ValueError("model.pca_init needs an ungrouped, undilated first Conv2d")
+        raise ConfigError("model.pca_init: the first Conv2d is grouped or dilated, which patch PCA cannot "
+                          "initialise; set model.pca_init=false")  # fmt: skip
     eigval, eigvec = patch_pca(images, conv.kernel_size)  # type: ignore[arg-type]
     k = min(conv.out_channels, len(eigval))
     weight = torch.zeros_like(conv.weight)
