@@ -41,3 +41,20 @@ def test_resume_with_other_model_is_refused(tmp_path: Path) -> None:
 def test_missing_config_file() -> None:
     proc = run_kiln("train", "-c", "nope.yaml", check=False)
     assert proc.returncode == 2 and "config file not found: nope.yaml" in proc.stderr
+
+
+def test_resume_from_a_checkpoint_older_than_a_model_key(tmp_path: Path) -> None:
+    """A checkpoint written before model.pca_init existed resumes (its run had the default), and a
+    changed value is still refused."""
+    import torch
+
+    run_kiln("train", "-c", str(ROOT / "configs/digits.yaml"), f"run.dir={tmp_path}", "trainer.epochs=1")
+    path = tmp_path / "checkpoints/last.pt"
+    saved = torch.load(path, weights_only=True)
+    del saved["config"]["model"]["pca_init"]
+    torch.save(saved, path)
+    args = ["train", "-c", str(ROOT / "configs/digits.yaml"), f"run.dir={tmp_path}", "--resume", str(path)]
+    proc = run_kiln(*args, "model.pca_init=true", check=False)
+    assert proc.returncode == 2 and "model.pca_init: False -> True" in proc.stderr
+    run_kiln(*args, "trainer.epochs=2")
+    assert [json.loads(s)["epoch"] for s in (tmp_path / "metrics.jsonl").read_text().splitlines()] == [1, 2]

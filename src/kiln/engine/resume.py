@@ -86,7 +86,9 @@ def restore(path: str, cfg: Config, engine: Engine, state: TrainState, bundle: k
                               f"{list(bundle.classes)}; resume with the same data")  # fmt: skip
     old = saved.get("config", {})
     for section, keys in (("model", None), ("optimizer", ("name",)), ("data", ("source",))):
-        diff = config_diff(old.get(section, {}), cfg.to_dict()[section], section, keys)
+        # a key the checkpoint lacks was added to kiln after it was written: that run had the default
+        defaults = type(getattr(cfg, section))().model_dump(mode="json")
+        diff = config_diff({**defaults, **old.get(section, {})}, cfg.to_dict()[section], section, keys)
         if diff:
             raise CheckpointError(f"{path}: the {section} differs from the checkpoint's ({'; '.join(diff)}); "
                                   f"resume with the same {section} settings, or start anew from its weights "
