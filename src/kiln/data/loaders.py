@@ -70,6 +70,12 @@ class _Resumable:
         """The stored uint8 images at these sample positions (for galleries)."""
         raise NotImplementedError
 
+    def spread(self, n: int) -> torch.Tensor:
+        """Up to ``n`` sample positions spread evenly over the split: image folders list class by class,
+        so the first ``n`` could all be one class (a data-dependent init or a gallery wants them all)."""
+        total = self.order.n
+        return torch.linspace(0, total - 1, min(n, total)).round().long() if total else torch.arange(0)
+
     def _track(self, batches: Iterator[Batch]) -> Iterator[Batch]:
         for batch in batches:
             self.order.position += 1

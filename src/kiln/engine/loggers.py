@@ -95,7 +95,7 @@ def flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def augmented_grid(info: dict[str, Any], n: int = SAMPLE_IMAGES) -> torch.Tensor | None:
-    """A [3, H, W] float grid (0..1) of the first ``n`` training images after augmentation, for display.
+    """A [3, H, W] float grid (0..1) of ``n`` training images (spread over the classes) after augmentation.
 
     The augmentation draws from its own seeded generator, never from the global RNGs."""
     from torchvision.utils import make_grid
@@ -104,7 +104,7 @@ def augmented_grid(info: dict[str, Any], n: int = SAMPLE_IMAGES) -> torch.Tensor
     if bundle is None or augment is None:
         return None
     train = bundle.train
-    idx = torch.arange(min(n, train.order.n))
+    idx = train.spread(n)
     if len(idx) == 0:
         return None
     raw = train.images_at(idx)

@@ -116,10 +116,8 @@ def build_engine(
 
 
 def sample_images(bundle: kdata.DataBundle, n: int) -> torch.Tensor:
-    """Up to ``n`` normalised train images spread evenly over the train split (image folders are sorted
-    by class, so the first ``n`` could all be one class), read without touching the loader's position."""
-    total = bundle.train.order.n
-    idx = torch.linspace(0, total - 1, min(n, total)).round().long() if total else torch.arange(0)
+    """Up to ``n`` normalised train images spread over the split, read without touching the loader's position."""
+    idx = bundle.train.spread(n)
     xb = bundle.train.images_at(idx).to(bundle.train.device)
     return bundle.transform(xb, idx, 0, 0, train=False)
 
