@@ -11,7 +11,7 @@ from pathlib import Path
 
 from benchmarks.common import cifar10_dir
 from kiln.config import DataConfig
-from kiln.data.decode import load_images
+from kiln.data.cache import load_images
 from kiln.data.sources import folder
 
 

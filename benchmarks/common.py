@@ -109,7 +109,7 @@ def classic_test_accuracy(net: nn.Module, root: Path) -> float:
 def preloaded_cifar(root: Path) -> tuple[torch.Tensor, torch.Tensor]:
     """All train images as one normalised float tensor (decoded with kiln's cached decoder)."""
     from kiln.config import DataConfig
-    from kiln.data.decode import load_images
+    from kiln.data.cache import load_images
     from kiln.data.sources import folder
 
     raw = folder(DataConfig(source="folder", root=str(root)))

@@ -24,7 +24,7 @@ from benchmarks.common import ROOT, cifar10_dir
 
 def build_airbench_files(root: Path, out: Path) -> None:
     from kiln.config import DataConfig
-    from kiln.data.decode import load_images
+    from kiln.data.cache import load_images
     from kiln.data.sources import folder
 
     raw = folder(DataConfig(source="folder", root=str(root)))

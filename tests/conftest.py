@@ -13,6 +13,21 @@ import pytest
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
+
+# Whole modules of subprocess, DDP, real-data and multi-epoch tests: `make test-fast` leaves them out
+# (single slow tests elsewhere carry @pytest.mark.slow themselves).
+SLOW_MODULES = {
+    "test_real_data.py", "test_reliability.py", "cli/test_train.py", "engine/test_distributed.py",
+    "engine/test_trainer.py", "engine/test_loggers.py", "scaffold/test_new.py", "tuning/test_tune.py",
+    "evaluation/test_eval.py", "export/test_cli.py", "export/test_formats.py", "export/test_predict.py",
+    "export/test_torchscript.py", "export/test_triton.py",
+}  # fmt: skip
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if str(Path(item.fspath).relative_to(ROOT / "tests")) in SLOW_MODULES:
+            item.add_marker(pytest.mark.slow)
 SHARED = ROOT.parent / "shared" / "data"
 DATA = ROOT / "data"
 

@@ -61,3 +61,21 @@ def test_cli_config_error_is_one_line_without_traceback() -> None:
 def test_all_example_configs_validate() -> None:
     for p in sorted((ROOT / "configs").glob("*.yaml")):
         load_config(p)
+
+
+@pytest.mark.parametrize(("override", "expected"), [
+    ("trainer.early_stopping={monitor: val_los}", "trainer.early_stopping.monitor: 'val_los' is not a metric — did you mean 'val_loss'?"),
+    ("trainer.checkpoint.monitor=val_accc", "trainer.checkpoint.monitor: 'val_accc' is not a metric — did you mean 'val_acc'?"),
+])  # fmt: skip
+def test_a_mistyped_monitor_fails_at_load_time_with_the_valid_names(override: str, expected: str) -> None:
+    """Checked when the config is loaded, not after the first epoch (it was a KeyError traceback there)."""
+    with pytest.raises(ConfigError) as e:
+        load_config(ROOT / "configs/digits.yaml", [override])
+    assert str(e.value) == f"invalid config: {expected} (valid: " + str(e.value).split("(valid: ")[1]
+    assert "train_loss" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_a_user_metric_is_a_valid_monitor() -> None:
+    cfg = load_config(ROOT / "configs/digits.yaml", ["trainer.metrics=[mypkg.metrics:f1]",
+                                                     "trainer.early_stopping={monitor: val_f1, mode: max}"])  # fmt: skip
+    assert cfg.trainer.early_stopping is not None and cfg.trainer.early_stopping.monitor == "val_f1"

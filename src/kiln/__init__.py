@@ -1,10 +1,16 @@
-"""kiln: train, evaluate, export and tune PyTorch image classifiers from one config file."""
+"""kiln: train, evaluate, export and tune PyTorch image classifiers from one config file.
 
-from kiln.engine.callbacks import Callback
+The package root is kiln's public face: ``import kiln`` stays cheap (no torch) so that ``@kiln.register_*``
+in a user's module and ``kiln --help`` cost nothing; ``kiln.Callback`` and ``kiln.create_model`` load their
+modules on first use. Nothing inside kiln imports this root.
+"""
+
+from typing import Any
+
+from kiln._version import __version__
 from kiln.errors import KilnError
 from kiln.registry import (
     MODELS,
-    create_model,
     register_callback,
     register_dataset,
     register_loss,
@@ -12,8 +18,19 @@ from kiln.registry import (
     register_model,
 )
 
-__version__ = "0.1.0"
 __all__ = [
     "MODELS", "Callback", "KilnError", "__version__", "create_model", "register_callback", "register_dataset",
     "register_loss", "register_metric", "register_model",
 ]  # fmt: skip
+
+
+def __getattr__(name: str) -> Any:
+    if name == "Callback":
+        from kiln.engine.callbacks import Callback
+
+        return Callback
+    if name == "create_model":
+        from kiln.models import create_model
+
+        return create_model
+    raise AttributeError(f"module 'kiln' has no attribute {name!r}")

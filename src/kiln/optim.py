@@ -1,4 +1,4 @@
-"""Optimizers and per-step learning-rate schedules from the config, by registry name."""
+"""Optimizers (parameter groups, layer decay) and per-step learning-rate schedules from the config."""
 
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ import torch
 from torch import nn
 
 from kiln.config import OptimizerConfig, SchedulerConfig
-from kiln.engine.callbacks import Callback
 from kiln.errors import ConfigError
 
 
@@ -113,32 +112,6 @@ def build_scheduler(
     return torch.optim.lr_scheduler.LambdaLR(
         optimizer, lr_factor(cfg, math.ceil(epochs * steps_per_epoch), steps_per_epoch)
     )
-
-
-class Lookahead(Callback):
-    """Lookahead (Zhang et al. 2019): every k optimizer steps the slow weights move ``alpha`` of the way to
-    the fast ones, and the fast weights restart from there. A callback, so its slow weights are checkpointed."""
-
-    def __init__(self, model: nn.Module, k: int, alpha: float) -> None:
-        self.params = [p for p in model.parameters() if p.requires_grad]
-        self.slow = [p.detach().clone() for p in self.params]
-        self.k, self.alpha, self.last = k, alpha, 0
-
-    @torch.no_grad()
-    def on_batch_end(self, step: int, loss: torch.Tensor, lr: float) -> None:
-        if step == self.last or step % self.k:
-            return
-        self.last = step
-        torch._foreach_lerp_(self.slow, self.params, self.alpha)
-        torch._foreach_copy_(self.params, self.slow)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"slow": self.slow, "last": self.last}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        for s, v in zip(self.slow, state["slow"], strict=True):
-            s.copy_(v)
-        self.last = state["last"]
 
 
 def add_param_group(

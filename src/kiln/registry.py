@@ -1,5 +1,10 @@
-"""Name -> factory registries, filled by decorators, with the `torchvision:`, `timm:` and
-`module:callable` prefixes resolved in one place and one error style for unknown names."""
+"""Name -> factory registries, filled by decorators, with one error style for unknown names.
+
+A leaf: it imports nothing of kiln's but the errors, and no model, loss or dataset code. kiln's own
+entries register themselves where they are defined (``kiln.models.builtin``, ``kiln.losses``); the one
+model factory, ``kiln.models.create_model``, parses the ``torchvision:`` / ``timm:`` / ``hub:`` prefixes.
+Any registry also takes ``module:callable`` (a user's own object, imported by name) and entry points of
+installed plug-in packages."""
 
 from __future__ import annotations
 
@@ -26,17 +31,13 @@ def unknown_name_error(kind: str, name: str, valid: list[str], key: str) -> Conf
 class Registry:
     """A map of names to factories; `register` is a decorator, `get` raises a helpful error."""
 
-    def __init__(self, kind: str, key: str, builtins: str | None = None, group: str | None = None) -> None:
+    def __init__(self, kind: str, key: str, group: str | None = None) -> None:
         self.kind, self.key = kind, key  # key: the config key that names an entry, for error messages
         self._items: dict[str, Callable[..., Any]] = {}
-        self._builtins = builtins  # module whose import registers kiln's own entries (done on first use)
         self._group = group  # entry-point group of installed plug-in packages, e.g. "kiln.models"
 
     @property
     def items(self) -> dict[str, Callable[..., Any]]:
-        if self._builtins:
-            module, self._builtins = self._builtins, None
-            importlib.import_module(module)
         if self._group:
             group, self._group = self._group, None
             for ep in entry_points(group=group):
@@ -123,21 +124,13 @@ def import_user_modules(modules: list[str]) -> None:
             ) from None
 
 
-MODELS = Registry("model", "model.name", builtins="kiln.models.builtin", group="kiln.models")
+MODELS = Registry("model", "model.name", group="kiln.models")
 register_model = MODELS.register
 DATASETS = Registry("dataset", "data.dataset", group="kiln.datasets")
 register_dataset = DATASETS.register
-LOSSES = Registry("loss", "trainer.loss", builtins="kiln.losses", group="kiln.losses")
+LOSSES = Registry("loss", "trainer.loss", group="kiln.losses")
 register_loss = LOSSES.register
 METRICS = Registry("metric", "trainer.metrics", group="kiln.metrics")
 register_metric = METRICS.register
 CALLBACKS = Registry("callback", "callbacks", group="kiln.callbacks")
 register_callback = CALLBACKS.register
-
-
-def create_model(name: str, **kwargs: Any) -> Any:
-    """Build a model by registry name or prefix (`torchvision:resnet18`, `timm:...`, `pkg.mod:fn`)."""
-    # Imported here: the zoo modules import torchvision/timm, which we only pay for when used.
-    from kiln.models import create
-
-    return create(name, **kwargs)

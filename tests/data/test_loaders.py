@@ -56,9 +56,9 @@ def test_normalise_and_augment_are_seeded() -> None:
     t = BatchTransform([0.5], [0.25], AugmentConfig(crop_padding=2, hflip=True, cutout=3), seed=0)
     x = torch.randint(0, 256, (6, 1, 8, 8), dtype=torch.uint8)
     idx = torch.arange(6)
-    assert torch.allclose(t(x, idx, 0, 0, train=False), (x.float() / 255 - 0.5) / 0.25, atol=1e-6)
-    a, b = t(x, idx, 2, 7, train=True), t(x, idx, 2, 7, train=True)
-    assert torch.equal(a, b) and not torch.equal(a, t(x, idx, 2, 8, train=True))
+    assert torch.allclose(t.normalize(x), (x.float() / 255 - 0.5) / 0.25, atol=1e-6)
+    a, b = t.augmented(x, idx, 2, 7), t.augmented(x, idx, 2, 7)
+    assert torch.equal(a, b) and not torch.equal(a, t.augmented(x, idx, 2, 8))
 
 
 def test_random_crop_is_a_translation() -> None:
@@ -75,7 +75,7 @@ def test_alternating_flip_alternates() -> None:
     t = BatchTransform([0.0], [1.0], AugmentConfig(alternating_flip=True), seed=0)
     x = torch.randint(0, 256, (32, 1, 4, 4), dtype=torch.uint8)
     idx = torch.arange(32)
-    e0, e1 = t(x, idx, 0, 0, True), t(x, idx, 1, 0, True)
+    e0, e1 = t.augmented(x, idx, 0, 0), t.augmented(x, idx, 1, 0)
     plain = t.normalize(x)
     flipped0 = (e0 != plain).flatten(1).any(1)
     flipped1 = (e1 != plain).flatten(1).any(1)

@@ -11,7 +11,7 @@ from PIL import Image
 from kiln.config import DataConfig
 from kiln.data import build
 from kiln.data.sources import list_source
-from kiln.data.splits import FileSet, ImageSet
+from kiln.data.splits import FileSplit, TensorSplit
 from kiln.errors import DataError
 from tests.conftest import write_png_folder
 
@@ -20,9 +20,9 @@ CPU = torch.device("cpu")
 
 def test_digits_fixed_split() -> None:
     a, b = list_source(DataConfig()), list_source(DataConfig())
-    assert isinstance(a.train, ImageSet) and a.train.images.dtype == torch.uint8
+    assert isinstance(a.train, TensorSplit) and a.train.images.dtype == torch.uint8
     assert a.train.images.shape[1:] == (1, 8, 8) and len(a.train) + len(a.test) == 1797
-    assert torch.equal(a.test.labels, b.test.labels) and a.classes == [str(i) for i in range(10)]
+    assert a.test.labels == b.test.labels and a.classes == [str(i) for i in range(10)]
     assert int(a.train.images.max()) == 255
 
 
@@ -60,7 +60,7 @@ def test_csv_source_names_and_ints(png_folder: Path, tmp_path: Path) -> None:
     _csv(png_folder, "train.csv", rows)
     _csv(png_folder, "test.csv", rows[:5])
     raw = list_source(DataConfig(source="csv", root=str(png_folder)))
-    assert raw.classes == ["cat", "dog", "frog"] and isinstance(raw.train, FileSet)
+    assert raw.classes == ["cat", "dog", "frog"] and isinstance(raw.train, FileSplit)
     assert raw.train.labels[:3] == [0, 0, 0] and len(raw.test) == 5
     _csv(png_folder, "train.csv", [(p, str(["cat", "dog", "frog"].index(c))) for p, c in rows])
     _csv(png_folder, "test.csv", [])
@@ -106,7 +106,7 @@ def test_torchvision_mnist_format(tmp_path: Path, source: str, folder: str) -> N
         _write_idx(raw / f"{prefix}-labels-idx1-ubyte", (np.arange(n) % 10).astype(np.uint8))
     r = list_source(DataConfig(source=source, root=str(tmp_path)))
     assert r.train.images.shape == (20, 1, 28, 28) and r.test.images.shape == (8, 1, 28, 28)
-    assert r.train.labels.tolist()[:3] == [0, 1, 2] and len(r.classes) == 10
+    assert r.train.labels[:3] == [0, 1, 2] and len(r.classes) == 10
 
 
 def test_torchvision_cifar10_format(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -16,9 +16,11 @@ import torch
 from torch import nn
 
 from kiln.config import load_config
-from kiln.engine.loggers import build_loggers, trace_model
+from kiln.engine.logger_base import trace_model
+from kiln.engine.loggers import build_loggers
 from kiln.engine.trainer import fit
 from kiln.errors import ConfigError
+from kiln.paths import RunDir
 from tests.conftest import ROOT
 
 DIGITS = ROOT / "configs/digits.yaml"
@@ -202,21 +204,23 @@ def test_resume_keeps_one_consistent_tensorboard_run(
 def test_wandb_missing_is_a_config_error(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setitem(sys.modules, "wandb", None)  # how Python spells "not installed"
     with pytest.raises(ConfigError, match=r"pip install 'torchkiln\[wandb\]'"):
-        build_loggers(_cfg(tmp_path, "logging.wandb={mode: offline}"), tmp_path)
+        build_loggers(_cfg(tmp_path, "logging.wandb={mode: offline}"), RunDir(tmp_path))
 
 
 def test_tensorboard_missing_is_a_note_not_an_error(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # on by default, but an extra
-    assert build_loggers(_cfg(tmp_path), tmp_path) == []
+    assert build_loggers(_cfg(tmp_path), RunDir(tmp_path)) == []
     assert "pip install 'torchkiln[tensorboard]'" in capsys.readouterr().out
 
 
 def test_loggers_that_are_off_are_not_built(tmp_path: Path) -> None:
-    assert build_loggers(_cfg(tmp_path, "logging.tensorboard=false"), tmp_path) == []
+    assert build_loggers(_cfg(tmp_path, "logging.tensorboard=false"), RunDir(tmp_path)) == []
     assert (
-        build_loggers(_cfg(tmp_path, "logging.tensorboard=false", "logging.wandb={mode: disabled}"), tmp_path)
+        build_loggers(
+            _cfg(tmp_path, "logging.tensorboard=false", "logging.wandb={mode: disabled}"), RunDir(tmp_path)
+        )
         == []
     )
     assert not (tmp_path / "tensorboard").exists()
@@ -243,7 +247,7 @@ def test_graph_tracing_touches_no_rng_and_no_batchnorm_stats(
         for model in models:
             model.train()
             before = {k: v.clone() for k, v in model.state_dict().items()}
-            trace_model({"model": model, "sample_images": sample}, w.add_graph)
+            trace_model(model, sample, w.add_graph)
             assert model.training
             assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert torch.equal(states[0], torch.get_rng_state()) and (states[1] == np.random.get_state()[1]).all()

@@ -1,11 +1,22 @@
-"""The hot loop's pieces that are plain functions: test-time augmentation views."""
+"""The hot loop: test-time augmentation views, and ``train_one_epoch`` over a small real loader
+(accumulation, clipping, non-finite losses, mixup, stopping, when the loss is read back)."""
 
 from __future__ import annotations
 
+import math
+from typing import Any
+
 import pytest
 import torch
+import torch.nn.functional as F
+from torch import nn
 
-from kiln.engine.loop import tta_views
+from kiln.config import AugmentConfig
+from kiln.data.augment import BatchTransform
+from kiln.data.loaders import EpochOrder, MemoryLoader
+from kiln.engine.callbacks import Callback, CallbackList
+from kiln.engine.loop import StepOptions, TrainState, mixed_loss, train_one_epoch, tta_views
+from kiln.errors import TrainingStopped
 
 
 @pytest.mark.parametrize(("mode", "n"), [("none", 1), ("flip", 2), ("flip_translate", 6)])
@@ -21,3 +32,118 @@ def test_tta_views_and_weights(mode: str, n: int) -> None:
         assert (
             torch.equal(views[3][0], up_left.flip(3)) and [w for _, w in views] == [0.25, 0.25] + [0.125] * 4
         )
+
+
+CPU = torch.device("cpu")
+
+
+def _loader(n: int = 32, batch: int = 8, shuffle: bool = False) -> MemoryLoader:
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (n, 1, 4, 4), dtype=torch.uint8, generator=g)
+    return MemoryLoader(images, torch.arange(n) % 3, EpochOrder(n, batch, shuffle, seed=0), CPU)
+
+
+def _setup(
+    lr: float = 0.1, augment: AugmentConfig | None = None
+) -> tuple[nn.Module, torch.optim.Optimizer, BatchTransform]:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 3))
+    return (
+        model,
+        torch.optim.SGD(model.parameters(), lr=lr),
+        BatchTransform([0.5], [0.25], augment or AugmentConfig(), 0),
+    )
+
+
+def _train(
+    opts: StepOptions, criterion: Any = F.cross_entropy, **kw: Any
+) -> tuple[nn.Module, TrainState, dict[str, Any]]:
+    model, opt, t = _setup()
+    state = TrainState()
+    out = train_one_epoch(model, criterion, opt, kw.pop("loader", _loader()), t, state, opts, **kw)
+    return model, state, out
+
+
+def test_accumulating_two_batches_equals_one_double_batch() -> None:
+    accumulated, state, _ = _train(StepOptions(accumulate=2))
+    model, opt, t = _setup()
+    loader = _loader(batch=16)
+    for xb, y, _ in loader:  # the plain loop at twice the batch: the mean loss over 16 = mean of two means
+        opt.zero_grad()
+        F.cross_entropy(model(t.normalize(xb)), y).backward()
+        opt.step()
+    assert state.step == 2
+    assert all(
+        torch.allclose(a, b, atol=1e-6)
+        for a, b in zip(accumulated.parameters(), model.parameters(), strict=True)
+    )
+
+
+def test_grad_clip_bounds_the_update() -> None:
+    before = [p.detach().clone() for p in _setup()[0].parameters()]
+    model, _, _ = _train(StepOptions(grad_clip=1e-3), loader=_loader(n=8))  # one step, lr 0.1
+    moved = torch.cat([(p.detach() - b).flatten() for p, b in zip(model.parameters(), before, strict=True)])
+    assert float(moved.norm()) == pytest.approx(0.1 * 1e-3, rel=1e-3)
+
+
+def _nan_on_second_call() -> Any:
+    calls = []
+
+    def criterion(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        calls.append(1)
+        loss = F.cross_entropy(logits, y)
+        return loss * float("nan") if len(calls) == 2 else loss
+
+    return criterion
+
+
+def test_non_finite_loss_stops_or_is_skipped() -> None:
+    with pytest.raises(TrainingStopped, match=r"non-finite loss \(nan\) at epoch 1, step 2"):
+        _train(StepOptions(), _nan_on_second_call())
+    model, state, out = _train(StepOptions(skip_nan=True), _nan_on_second_call())
+    assert state.skipped_steps == 1 and state.step == 4 and math.isfinite(out["train_loss"])
+    assert all(bool(torch.isfinite(p).all()) for p in model.parameters())
+
+
+def test_mixup_mixes_pairs_and_the_loss_follows() -> None:
+    t = BatchTransform([0.5], [0.25], AugmentConfig(mixup=0.4), seed=3)
+    x, idx = _loader().images[:8], torch.arange(8)
+    (a, mix), (b, again) = t.train(x, idx, 1, 2), t.train(x, idx, 1, 2)
+    assert mix is not None and again is not None and torch.equal(a, b) and mix.lam == again.lam  # seeded
+    plain = t.normalize(x)
+    assert torch.allclose(a, mix.lam * plain + (1 - mix.lam) * plain[mix.perm], atol=1e-5)
+    logits, y = torch.randn(8, 3), torch.arange(8) % 3
+    expected = mix.lam * F.cross_entropy(logits, y) + (1 - mix.lam) * F.cross_entropy(logits, y[mix.perm])
+    assert torch.allclose(mixed_loss(F.cross_entropy, logits, y, mix), expected)
+    assert t.train(x, idx, 1, 3)[1].lam != mix.lam  # another step, another draw
+
+
+def test_should_stop_ends_the_epoch_at_a_step_boundary() -> None:
+    loader = _loader()
+    _, state, out = _train(StepOptions(accumulate=2), should_stop=lambda: True, loader=loader)
+    assert out["interrupted"] and state.step == 1 and loader.state_dict() == {"epoch": 0, "position": 2}
+
+
+class _Record(Callback):
+    def __init__(self) -> None:
+        self.progress: list[tuple[int, int]] = []
+        self.steps: list[int] = []
+
+    def on_batch_end(self, step: int, loss: torch.Tensor, lr: float) -> None:
+        self.steps.append(step)
+
+    def on_progress(self, epoch: int, batch: int, batches: int, loss: float, acc: float) -> None:
+        self.progress.append((batch, batches))
+
+
+def test_the_loss_is_read_back_every_n_optimizer_steps_not_batches() -> None:
+    rec = _Record()
+    _train(StepOptions(accumulate=2, log_every=2), loader=_loader(n=64), callbacks=CallbackList([rec]))
+    assert rec.steps == [0, 1, 1, 2, 2, 3, 3, 4]  # every batch is reported, with the optimizer step count
+    assert rec.progress == [(4, 8), (8, 8)]  # steps 2 and 4 = batches 4 and 8
+
+
+def test_a_fractional_epoch_stops_at_its_limit() -> None:
+    loader = _loader()
+    _, state, _ = _train(StepOptions(), limit=3, loader=loader)
+    assert state.step == 3 and loader.state_dict()["position"] == 3

@@ -123,7 +123,7 @@ def test_compiled_checkpoint_loads_into_plain_model(tmp_path: Path) -> None:
     )
     state = _weights(tmp_path / "checkpoints/best.pt")
     assert not any(k.startswith("_orig_mod.") for k in state)
-    from kiln.registry import create_model
+    from kiln.models import create_model
 
     plain = create_model("mlp", num_classes=10, in_channels=1, image_size=(8, 8), hidden=[32])
     plain.load_state_dict(state)

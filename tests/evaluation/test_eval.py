@@ -14,8 +14,8 @@ from sklearn import metrics as skm
 
 from kiln.config import load_config
 from kiln.engine.trainer import fit
-from kiln.evaluation.metrics import Outputs, compute, pr_curves
 from kiln.evaluation.run import evaluate_checkpoint
+from kiln.metrics import Outputs, compute, pr_curves
 from tests.conftest import ROOT, run_kiln
 
 
@@ -72,13 +72,13 @@ def test_report_matches_sklearn_recomputed_from_predictions(evaluated: Path) -> 
 
 
 def test_topk_loss_ece_and_ap_match_sklearn(trained: Path) -> None:
-    from kiln import data as kdata
+    from kiln.data import build
     from kiln.data.augment import BatchTransform
     from kiln.engine.loop import infer
     from kiln.models.restore import restore
 
     r = restore(trained)
-    bundle = kdata.build(r.config.data, 0, torch.device("cpu"))
+    bundle = build(r.config.data, 0, torch.device("cpu"))
     t = BatchTransform(r.preprocess["mean"], r.preprocess["std"], r.config.data.augment, 0)
     logits, labels, idx = infer(r.model, bundle.test, t)
     rep = compute(Outputs(logits, labels, idx, r.classes))

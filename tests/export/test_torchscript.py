@@ -16,7 +16,7 @@ import torch
 from kiln.export import TOLERANCE, ExportError, VerificationError
 from kiln.export import torchscript as ts
 from kiln.export.run import export_checkpoint
-from kiln.models import create
+from kiln.models import create_model
 from kiln.models.restore import restore
 from tests.export import exported, trained
 
@@ -29,7 +29,7 @@ def base(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.mark.parametrize("name", ["lenet", "mlp", "resnet_small", "airbench"])
 @pytest.mark.parametrize("method", ["trace", "script"])
 def test_both_methods_work_for_every_builtin(name: str, method: str, tmp_path: Path) -> None:
-    model = create(name, num_classes=4, in_channels=3, image_size=(32, 32)).eval()
+    model = create_model(name, num_classes=4, in_channels=3, image_size=(32, 32)).eval()
     x = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     with warnings.catch_warnings(record=True) as leaked:
         warnings.simplefilter("always")

@@ -71,18 +71,19 @@ def test_lenet_forward_is_the_tutorial_function_with_the_same_gradients() -> Non
 
 
 def test_pca_init_in_a_real_run_sets_the_first_conv_from_training_images(tmp_path: Path) -> None:
-    from kiln import data as kdata
-    from kiln.engine.setup import build_engine, sample_images
+    from kiln.data import build
+    from kiln.engine.distributed import Dist
+    from kiln.engine.setup import build_parts, sample_images
 
     cfg = load_config(ROOT / "configs/digits.yaml", [f"run.dir={tmp_path}", "trainer.progress=off",
                                                     "trainer.epochs=1", "model.pca_init=true"])  # fmt: skip
-    bundle = kdata.build(cfg.data, 0, torch.device("cpu"))
+    bundle = build(cfg.data, 0, torch.device("cpu"))
     torch.manual_seed(0)
-    engine = build_engine(cfg, bundle, torch.device("cpu"), [])
+    parts = build_parts(cfg, bundle, torch.device("cpu"), Dist())
     expected = nn.Conv2d(1, 6, 5, padding=2)
     pca_init(expected, sample_images(bundle, images_for_pca((5, 5), bundle.image_size)))
-    assert torch.allclose(engine.model.conv1.weight, expected.weight)
-    assert engine.init_seconds > 0
+    assert torch.allclose(parts.model.conv1.weight, expected.weight)
+    assert parts.init_seconds > 0
     fit(cfg)
     first = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[0])
     assert first["seconds"] > 0 and first["validated"]
@@ -90,12 +91,12 @@ def test_pca_init_in_a_real_run_sets_the_first_conv_from_training_images(tmp_pat
 
 def test_init_samples_spread_over_a_class_sorted_folder(tmp_path: Path) -> None:
     """An image folder lists class by class: the init's sample must not be the first class alone."""
-    from kiln import data as kdata
     from kiln.config import DataConfig
+    from kiln.data import build
     from kiln.engine.setup import sample_images
 
     root = write_png_folder(tmp_path / "imgs", ["a", "b", "c"], per_class=10, size=8)
-    bundle = kdata.build(DataConfig(source="folder", root=str(root), val_split=0, batch_size=8, cache_dir=str(tmp_path / "c")),
+    bundle = build(DataConfig(source="folder", root=str(root), val_split=0, batch_size=8, cache_dir=str(tmp_path / "c")),
                          0, torch.device("cpu"))  # fmt: skip
     x = sample_images(bundle, 3)
     mean_per_image = x.mean((1, 2, 3))  # the classes differ in brightness (write_png_folder)

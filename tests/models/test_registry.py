@@ -3,10 +3,10 @@ import torch
 
 import kiln
 from kiln.errors import ConfigError
-from kiln.registry import MODELS, create_model
+from kiln.models import create_model, list_models
 
 
-@pytest.mark.parametrize("name", MODELS.names())
+@pytest.mark.parametrize("name", list_models())
 @pytest.mark.parametrize(("channels", "size"), [(1, (8, 8)), (1, (28, 28)), (3, (32, 32))])
 def test_every_registered_model_builds_and_runs(name: str, channels: int, size: tuple[int, int]) -> None:
     if name == "airbench" and min(size) < 16:
@@ -48,7 +48,7 @@ def tiny_user_net(
 
 
 def test_user_registration_and_module_callable() -> None:
-    assert "tiny_user_net" in MODELS.names()
+    assert "tiny_user_net" in list_models()
     m = create_model(
         "tests.models.test_registry:tiny_user_net", num_classes=2, in_channels=1, image_size=(4, 4)
     )

@@ -1,10 +1,13 @@
-"""Whole-batch preprocessing on the batch's device: uint8 -> float, normalise, then augment.
+"""Whole-batch preprocessing on the batch's device: uint8 -> float, normalise, augment, then mix pairs.
 
 No per-sample Python: each augmentation draws all its random numbers for the batch at once from a
 generator seeded by (seed, epoch, step), so a resumed run draws exactly what an uninterrupted one did.
 """
 
 from __future__ import annotations
+
+import random
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -48,8 +51,17 @@ def cutout(x: torch.Tensor, size: int, g: torch.Generator) -> torch.Tensor:
     return x.masked_fill(inside[:, None], 0.0)
 
 
+@dataclass(frozen=True)
+class Mix:
+    """Pairs mixed in a training batch: sample i was blended with sample ``perm[i]``; ``lam`` is the share
+    of sample i. The loss is ``lam * loss(logits, y) + (1 - lam) * loss(logits, y[perm])``."""
+
+    lam: float
+    perm: torch.Tensor
+
+
 class BatchTransform:
-    """uint8 ``[B, C, H, W]`` batch -> normalised float batch, augmented when training."""
+    """uint8 ``[B, C, H, W]`` batch -> normalised float batch; for training also augmented and mixed."""
 
     def __init__(
         self, mean: list[float], std: list[float], augment: AugmentConfig, seed: int, rank: int = 0
@@ -58,7 +70,7 @@ class BatchTransform:
         # (x/255 - mean)/std folded into one multiply-add: scale = 1/(255 std), shift = -mean/std
         self.scale = (1.0 / (255.0 * std_t)).view(1, -1, 1, 1)
         self.shift = (-torch.tensor(mean, dtype=torch.float32) / std_t).view(1, -1, 1, 1)
-        self.augment, self.seed = augment, seed
+        self.augment, self.seed = augment, seed  # the augmentation settings (data.augment) and run.seed
         self.rank_key = (rank,) if rank else ()  # under DDP each rank draws its own augmentations
         self.mean, self.std = list(mean), list(std)
 
@@ -69,12 +81,32 @@ class BatchTransform:
             self.scale, self.shift = self.scale.to(x.device), self.shift.to(x.device)
         return x.float().mul_(self.scale).add_(self.shift)  # in place on the fresh copy: ~2x addcmul's speed
 
-    def __call__(
-        self, x: torch.Tensor, idx: torch.Tensor, epoch: int, step: int, train: bool
-    ) -> torch.Tensor:
+    def denormalize(self, x: torch.Tensor) -> torch.Tensor:
+        """Normalised floats back to the 0..1 scale (for showing images)."""
+        return (x - self.shift.to(x.device)) / (self.scale.to(x.device) * 255.0)
+
+    def train(
+        self, x: torch.Tensor, idx: torch.Tensor, epoch: int, step: int
+    ) -> tuple[torch.Tensor, Mix | None]:
+        """A training batch: normalised, augmented, and with data.augment.mixup its pairs mixed."""
+        x = self.augmented(x, idx, epoch, step)
+        if self.augment.mixup <= 0:
+            return x, None
+        # seeded by (seed, epoch, step) like the augmentations, so resume draws the same pairs
+        lam = random.Random(hash((self.seed, epoch, step))).betavariate(
+            self.augment.mixup, self.augment.mixup
+        )
+        perm = torch.randperm(
+            x.shape[0], generator=seeded_generator(torch.device("cpu"), self.seed, epoch, step, 1)
+        )
+        perm = perm.to(x.device)
+        return torch.lerp(x[perm], x, lam), Mix(lam, perm)  # lam * x + (1 - lam) * x[perm]
+
+    def augmented(self, x: torch.Tensor, idx: torch.Tensor, epoch: int, step: int) -> torch.Tensor:
+        """Normalised and augmented (crop, flips, cutout), before any mixing of pairs."""
         x = self.normalize(x)
         a = self.augment
-        if not train or not (a.crop_padding or a.hflip or a.alternating_flip or a.cutout):
+        if not (a.crop_padding or a.hflip or a.alternating_flip or a.cutout):
             return x
         g = seeded_generator(x.device, self.seed, epoch, step, *self.rank_key)
         if a.crop_padding:

@@ -1,24 +1,17 @@
-"""Decode image files once, in parallel processes, into one uint8 ``[N, C, H, W]`` array, cached on disk.
-
-The cache key is a fingerprint of the file list (path, size, mtime) and the decode settings, so a changed,
-added or removed file rebuilds it and an unchanged dataset loads in well under a second (memory-mapped).
-"""
+"""Decoding image files: one at a time (``open_image``), or a list in parallel processes into one uint8
+``[N, C, H, W]`` array (``decode_files``), and finding the unreadable ones (``scan_files``)."""
 
 from __future__ import annotations
 
-import hashlib
-import os
 import warnings
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image
 
 from kiln.errors import DataError
 
-CACHE_VERSION = 1
 Image.MAX_IMAGE_PIXELS = 89_478_485  # PIL's default decompression-bomb bound, made an error below
 
 
@@ -45,7 +38,7 @@ def open_image(path: Path, channels: int, size: tuple[int, int] | None) -> np.nd
     return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
 
 
-def probe(path: Path, channels: int | None) -> tuple[int, tuple[int, int]]:
+def probe_file(path: Path, channels: int | None) -> tuple[int, tuple[int, int]]:
     """Channels and (H, W) of the first image, used when the config leaves them open."""
     try:
         with Image.open(path) as im:
@@ -93,14 +86,6 @@ def scan_files(
         return [b for part in pool.map(_check_chunk, jobs) for b in part]
 
 
-def fingerprint(paths: list[Path], channels: int, size: tuple[int, int], resize: bool) -> str:
-    h = hashlib.sha256(f"v{CACHE_VERSION}|{channels}|{size}|{resize}".encode())
-    for p in paths:
-        st = os.stat(p)
-        h.update(f"{p}|{st.st_size}|{st.st_mtime_ns}\n".encode())
-    return h.hexdigest()[:32]
-
-
 def decode_files(
     paths: list[Path], channels: int, size: tuple[int, int], resize: bool, workers: int
 ) -> np.ndarray:
@@ -114,37 +99,3 @@ def decode_files(
         with ProcessPoolExecutor(workers) as pool:
             parts = list(pool.map(_decode_chunk, jobs))
     return np.concatenate(parts) if parts else np.empty((0, channels, *size), np.uint8)
-
-
-def load_images(
-    paths: list[Path],
-    channels: int,
-    size: tuple[int, int],
-    resize: bool,
-    cache_dir: Path | None,
-    workers: int,
-) -> torch.Tensor:
-    """Decoded images as a uint8 tensor, from the on-disk cache when the fingerprint matches."""
-    cache_file = None
-    if cache_dir is not None:
-        cache_file = cache_dir / f"images-{fingerprint(paths, channels, size, resize)}.npy"
-        if cache_file.is_file():
-            try:
-                arr = np.load(cache_file, mmap_mode="r")
-                if arr.shape == (len(paths), channels, *size):
-                    with warnings.catch_warnings():  # read-only memory map: kiln never writes into it
-                        warnings.simplefilter("ignore", UserWarning)
-                        return torch.from_numpy(arr)
-            except (OSError, ValueError):
-                pass  # a damaged cache file is rebuilt below
-    arr = decode_files(paths, channels, size, resize, workers)
-    if cache_file is not None:
-        try:
-            cache_dir.mkdir(parents=True, exist_ok=True)
-            tmp = cache_file.with_suffix(f".tmp{os.getpid()}.npy")
-            np.save(tmp, arr)
-            os.replace(tmp, cache_file)  # atomic: a reader never sees a half-written cache
-        except OSError as e:
-            warnings.warn(f"could not write the image cache in {cache_dir} ({e}); decoding again next run",
-                          stacklevel=2)  # fmt: skip
-    return torch.from_numpy(arr)

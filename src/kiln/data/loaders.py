@@ -99,10 +99,10 @@ class _Resumable:
 class MemoryLoader(_Resumable):
     """Batches gathered from one in-memory uint8 tensor (on the GPU when it is there)."""
 
-    def __init__(
-        self, images: torch.Tensor, labels: torch.Tensor, order: EpochOrder, device: torch.device
-    ) -> None:
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, order: EpochOrder, device: torch.device,
+                 ids: list[str] | None = None) -> None:  # fmt: skip
         self.images, self.labels, self.order, self.device = images, labels.to(images.device), order, device
+        self.ids = ids
 
     def __iter__(self) -> Iterator[Batch]:
         return self._track(self._batches())
@@ -153,8 +153,9 @@ class StreamLoader(_Resumable):
     """A DataLoader with worker processes over a Dataset that decodes per sample, for data that does not
     fit in memory. Same batches, in the same order, as MemoryLoader for the same seed."""
 
-    def __init__(self, ds: Any, order: EpochOrder, device: torch.device, workers: int) -> None:
-        self.order, self.device = order, device
+    def __init__(self, ds: Any, order: EpochOrder, device: torch.device, workers: int,
+                 ids: list[str] | None = None) -> None:  # fmt: skip
+        self.order, self.device, self.ids = order, device, ids
         self.loader = DataLoader(
             _Indexed(ds), batch_sampler=_OrderSampler(order), num_workers=workers,
             pin_memory=device.type == "cuda", persistent_workers=workers > 0,

@@ -1,6 +1,7 @@
-"""Data sources: each lists samples (or hands over arrays it already has) and class names.
+"""Data sources: each lists samples (or hands over arrays it already has) and class names as ``Split``s.
 
-Decoding, caching, splitting and loading are shared (see ``decode.py``, ``loaders.py``).
+Decoding, caching, splitting and loading are shared (``splits.py``, ``cache.py``, ``loaders.py``). A new
+source is one function here, listed in ``SOURCES`` (and its name in ``config.DATA_SOURCES``).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import numpy as np
 import torch
 
 from kiln.config import DataConfig
-from kiln.data.splits import FileSet, ImageSet, RawSplits
+from kiln.data.splits import DatasetSplit, FileSplit, RawSplits, TensorSplit
 from kiln.errors import DataError
 from kiln.registry import DATASETS
 
@@ -38,9 +39,10 @@ def digits(cfg: DataConfig) -> RawSplits:
     idx = np.arange(len(labels))
     # random_state fixed (not run.seed) so the test set is the same in every run and comparable
     tr, te = train_test_split(idx, test_size=cfg.test_split, random_state=0, stratify=d.target)
-    full = ImageSet(images, labels, [f"digits[{i}]" for i in idx])
-    return RawSplits(full.subset(torch.from_numpy(tr)), None, full.subset(torch.from_numpy(te)),
-                     [str(c) for c in d.target_names])  # fmt: skip
+    full = TensorSplit(images, labels, [f"digits[{i}]" for i in idx])
+    return RawSplits(
+        full.subset(tr.tolist()), None, full.subset(te.tolist()), [str(c) for c in d.target_names]
+    )
 
 
 _TORCHVISION = {
@@ -72,11 +74,13 @@ def torchvision_dataset(cfg: DataConfig) -> RawSplits:
         data = torch.as_tensor(np.asarray(ds.data))
         images = data.unsqueeze(1) if data.ndim == 3 else data.permute(0, 3, 1, 2)  # -> N,C,H,W
         labels = torch.as_tensor(np.asarray(ds.targets), dtype=torch.int64)
-        sets.append(ImageSet(images.contiguous(), labels, [f"{cfg.source}[{i}]" for i in range(len(labels))]))
+        sets.append(
+            TensorSplit(images.contiguous(), labels, [f"{cfg.source}[{i}]" for i in range(len(labels))])
+        )
     return RawSplits(sets[0], None, sets[1], list(ds.classes))
 
 
-def _list_folder(split_dir: Path, classes: list[str] | None) -> tuple[FileSet, list[str]]:
+def _list_folder(split_dir: Path, classes: list[str] | None) -> tuple[FileSplit, list[str]]:
     found = sorted(p.name for p in split_dir.iterdir() if p.is_dir())
     if classes is None:
         classes = found
@@ -93,7 +97,7 @@ def _list_folder(split_dir: Path, classes: list[str] | None) -> tuple[FileSet, l
             )
         paths += files
         labels += [index[c]] * len(files)
-    return FileSet(paths, labels, [str(p) for p in paths]), classes
+    return FileSplit(paths, labels, [str(p) for p in paths]), classes
 
 
 def folder(cfg: DataConfig) -> RawSplits:
@@ -173,7 +177,7 @@ def csv_source(cfg: DataConfig) -> RawSplits:
     else:
         classes = sorted(set(train_labels))
     index = {c: i for i, c in enumerate(classes)}
-    out: dict[str, FileSet] = {}
+    out: dict[str, FileSplit] = {}
     for split, (paths, labels, where) in files.items():
         keep, ids = [], []
         for i, (lab, w) in enumerate(zip(labels, where, strict=True)):
@@ -186,7 +190,7 @@ def csv_source(cfg: DataConfig) -> RawSplits:
                 continue
             keep.append(i)
             ids.append(index[key])
-        out[split] = FileSet([paths[i] for i in keep], ids, [where[i] for i in keep])
+        out[split] = FileSplit([paths[i] for i in keep], ids, [where[i] for i in keep])
     return RawSplits(out["train"], out.get("val"), out.get("test"), classes, skipped)
 
 
@@ -219,16 +223,13 @@ def custom(cfg: DataConfig) -> RawSplits:
     if classes is None:
         n = int(max(int(train[i][1]) for i in range(len(train)))) + 1
         classes = [str(i) for i in range(n)]
-    return RawSplits(train, None, test, [str(c) for c in classes])
+    return RawSplits(DatasetSplit(train), None, DatasetSplit(test) if test is not None else None,
+                     [str(c) for c in classes])  # fmt: skip
+
+
+SOURCES = {"digits": digits, **dict.fromkeys(_TORCHVISION, torchvision_dataset), "folder": folder,
+           "csv": csv_source, "custom": custom}  # fmt: skip
 
 
 def list_source(cfg: DataConfig) -> RawSplits:
-    if cfg.source == "digits":
-        return digits(cfg)
-    if cfg.source in _TORCHVISION:
-        return torchvision_dataset(cfg)
-    if cfg.source == "folder":
-        return folder(cfg)
-    if cfg.source == "csv":
-        return csv_source(cfg)
-    return custom(cfg)
+    return SOURCES[cfg.source](cfg)

@@ -1,28 +1,57 @@
-"""Callbacks: a small set of events, each with its own ``state_dict`` saved in every checkpoint.
-
-A callback asks training to stop by *returning* a reason string from ``on_epoch_end``; it never
-reaches into the engine's state. The engine calls ``on_batch_end`` only on callbacks that override it,
-so the hot loop pays nothing for callbacks that do not care about batches.
+"""Callbacks: one typed method per event, each callback with its own ``state_dict`` saved in every
+checkpoint (under a stable key, so adding or removing another callback never hands a state to the wrong
+one). A callback asks training to stop by *returning* a reason from ``on_epoch_end``; it never reaches into
+the trainer's state. kiln's own progress output, metrics.jsonl, loggers, early stopping, Lookahead and
+checkpointing are callbacks too.
 """
 
 from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
+
+Outputs = Any  # kiln.metrics.Outputs (logits, labels, indices, classes): given with the final test evaluation
+
+
+@dataclass(frozen=True)
+class FitInfo:
+    """What ``on_fit_start`` is told about the run about to train."""
+
+    run_dir: Path
+    config: dict[str, Any]  # the resolved config, as plain values
+    classes: list[str]
+    start_epoch: int  # epochs already done (> 0 when resuming)
+    start_step: int  # optimizer steps already done
+    model: nn.Module  # the plain module (no DDP/compile wrapper)
+    sample_images: torch.Tensor  # a few normalised training images (e.g. to trace the model's graph)
+    augmented_samples: Callable[[], torch.Tensor]  # the same images through the training augmentation
+    data: Any  # kiln.data.DataBundle
+    rank: int
+    world_size: int
+
+    def __getitem__(self, key: str) -> Any:  # callbacks written for the earlier dict: info["model"]
+        return getattr(self, key)
 
 
 class Callback:
-    def on_fit_start(self, info: dict[str, Any]) -> None: ...
-    def on_epoch_start(self, epoch: int) -> None: ...
-    def on_batch_end(self, step: int, loss: torch.Tensor, lr: float) -> None: ...  # loss stays on device
-    def on_eval_end(self, split: str, metrics: dict[str, float], outputs: Any = None) -> None: ...  # outputs:
-    # kiln.evaluation.metrics.Outputs (logits, labels, indices, classes), given for the final test evaluation
-    def on_epoch_end(self, epoch: int, metrics: dict[str, float]) -> str | None: ...  # a reason = stop
+    order = 0  # callbacks run in this order (stable); checkpointing runs last, after every state it saves
+
+    def on_fit_start(self, info: FitInfo) -> None: ...
+    def on_epoch_start(self, epoch: int) -> None: ...  # 0-based index of the epoch about to run
+    def on_batch_end(self, step: int, loss: torch.Tensor, lr: float) -> None: ...  # loss stays on the device
+    def on_progress(self, epoch: int, batch: int, batches: int, loss: float, acc: float) -> None: ...  # each
+    # time the loop reads the running train loss/accuracy back (every trainer.log_every_n_steps steps)
+    def on_eval_end(self, split: str, metrics: dict[str, float], outputs: Outputs = None) -> None: ...
+    def on_epoch_end(self, epoch: int, metrics: dict[str, Any]) -> str | None: ...  # a reason = stop
     def on_checkpoint(self, epoch: int, path: Path) -> None: ...  # after last.pt of this epoch is written
+    def on_interrupt(self, epoch: int, step: int) -> None: ...  # Ctrl-C/SIGTERM at a step boundary
     def on_fit_end(self, summary: dict[str, Any]) -> None: ...
 
     def state_dict(self) -> dict[str, Any]:
@@ -30,9 +59,82 @@ class Callback:
 
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
+
+def overrides(cb: Callback, event: str) -> bool:
+    return getattr(type(cb), event) is not getattr(Callback, event)
+
+
+class CallbackList:
+    """Dispatches each event to every callback in order; the hot loop's per-batch event goes only to those
+    that override it, so it costs nothing when no callback cares about batches."""
+
+    def __init__(self, callbacks: Iterable[Callback]) -> None:
+        self.items = sorted(callbacks, key=lambda cb: cb.order)
+        self._batch = [cb for cb in self.items if overrides(cb, "on_batch_end")]
+        self._progress = [cb for cb in self.items if overrides(cb, "on_progress")]
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        return iter(self.items)
+
     @property
     def wants_batches(self) -> bool:
-        return type(self).on_batch_end is not Callback.on_batch_end
+        return bool(self._batch)
+
+    def fit_start(self, info: FitInfo) -> None:
+        for cb in self.items:
+            cb.on_fit_start(info)
+
+    def epoch_start(self, epoch: int) -> None:
+        for cb in self.items:
+            cb.on_epoch_start(epoch)
+
+    def batch_end(self, step: int, loss: torch.Tensor, lr: float) -> None:
+        for cb in self._batch:
+            cb.on_batch_end(step, loss, lr)
+
+    def progress(self, epoch: int, batch: int, batches: int, loss: float, acc: float) -> None:
+        for cb in self._progress:
+            cb.on_progress(epoch, batch, batches, loss, acc)
+
+    def eval_end(self, split: str, metrics: dict[str, float], outputs: Outputs = None) -> None:
+        for cb in self.items:
+            cb.on_eval_end(split, metrics, outputs)
+
+    def epoch_end(self, epoch: int, metrics: dict[str, Any]) -> str | None:
+        reason = None
+        for cb in self.items:
+            reason = cb.on_epoch_end(epoch, metrics) or reason
+        return reason
+
+    def checkpoint(self, epoch: int, path: Path) -> None:
+        for cb in self.items:
+            cb.on_checkpoint(epoch, path)
+
+    def interrupt(self, epoch: int, step: int) -> None:
+        for cb in self.items:
+            cb.on_interrupt(epoch, step)
+
+    def fit_end(self, summary: dict[str, Any]) -> None:
+        for cb in self.items:
+            cb.on_fit_end(summary)
+
+    def keyed(self) -> list[tuple[str, Callback]]:
+        """Stable keys: class name and occurrence ("EarlyStopping#0")."""
+        seen: dict[str, int] = {}
+        out = []
+        for cb in self.items:
+            name = type(cb).__name__
+            out.append((f"{name}#{seen.get(name, 0)}", cb))
+            seen[name] = seen.get(name, 0) + 1
+        return out
+
+    def state_dict(self) -> dict[str, dict[str, Any]]:
+        return {key: cb.state_dict() for key, cb in self.keyed()}
+
+    def load_state_dict(self, states: dict[str, dict[str, Any]]) -> None:
+        for key, cb in self.keyed():
+            if key in states:  # the same class, the same occurrence: its own saved state
+                cb.load_state_dict(states[key])
 
 
 def is_better(value: float, best: float | None, mode: str, min_delta: float = 0.0) -> bool:
@@ -47,17 +149,15 @@ def skipped_validation(metrics: dict[str, Any], key: str) -> bool:
 
 
 class EarlyStopping(Callback):
-    """Stop when ``monitor`` has not improved by ``min_delta`` for ``patience`` epochs."""
+    """Stop when ``monitor`` has not improved by ``min_delta`` for ``patience`` epochs (the monitor is
+    checked against the metric names when the config is loaded)."""
 
     def __init__(self, monitor: str, mode: str, patience: int, min_delta: float) -> None:
         self.monitor, self.mode, self.patience, self.min_delta = monitor, mode, patience, min_delta
         self.best: float | None = None
         self.wait = 0
 
-    def on_epoch_end(self, epoch: int, metrics: dict[str, float]) -> str | None:
-        if self.monitor not in metrics:
-            raise KeyError(f"trainer.early_stopping.monitor: '{self.monitor}' is not a metric "
-                           f"(metrics: {', '.join(sorted(metrics))})")  # fmt: skip
+    def on_epoch_end(self, epoch: int, metrics: dict[str, Any]) -> str | None:
         value = metrics[self.monitor]
         if skipped_validation(metrics, self.monitor):
             return None  # neither helps nor counts towards patience
@@ -82,8 +182,8 @@ class MetricsLog(Callback):
     def __init__(self, path: Path) -> None:
         self.path = path
 
-    def on_fit_start(self, info: dict[str, Any]) -> None:
-        start = info["start_epoch"]
+    def on_fit_start(self, info: FitInfo) -> None:
+        start = info.start_epoch
         if start == 0 or not self.path.exists():
             self.path.write_text("")
             return
@@ -92,7 +192,7 @@ class MetricsLog(Callback):
         ]
         self.path.write_text("".join(ln + "\n" for ln in kept))
 
-    def on_epoch_end(self, epoch: int, metrics: dict[str, float]) -> str | None:
+    def on_epoch_end(self, epoch: int, metrics: dict[str, Any]) -> str | None:
         with self.path.open("a") as f:
             f.write(json.dumps(metrics) + "\n")
         return None

@@ -28,6 +28,9 @@ class Dist:
         return self.rank == 0
 
 
+LOCAL = Dist()  # one process: no collectives
+
+
 def launched() -> bool:
     """True under torchrun (or any launcher that sets the env:// variables)."""
     return "RANK" in os.environ and "WORLD_SIZE" in os.environ

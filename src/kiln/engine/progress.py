@@ -1,41 +1,41 @@
-"""Console output: a tqdm bar per epoch when stdout is a terminal, one line per epoch otherwise."""
+"""Progress on the console as a callback: a tqdm bar per epoch on a terminal (trainer.progress), and one
+line per epoch always."""
 
 from __future__ import annotations
 
-import sys
 from typing import Any
 
-from tqdm import tqdm
+from kiln.console import EpochBar, epoch_line, log
+from kiln.engine.callbacks import Callback
 
 
-def enabled(setting: str) -> bool:
-    return setting == "on" or (setting == "auto" and sys.stdout.isatty())
+class ProgressBar(Callback):
+    def __init__(self, epochs: int, bar: bool, has_val: bool) -> None:
+        self.epochs, self.use_bar, self.has_val = epochs, bar, has_val
+        self.bar: EpochBar | None = None
+        self.epoch = -1
 
+    def on_progress(self, epoch: int, batch: int, batches: int, loss: float, acc: float) -> None:
+        if not self.use_bar:
+            return
+        if self.bar is None or self.epoch != epoch:
+            self._close()
+            self.epoch = epoch
+            self.bar = EpochBar(f"epoch {epoch + 1}/{self.epochs}", batches, start=0)
+        self.bar.update(batch, loss=loss, acc=acc)
 
-class EpochBar:
-    def __init__(self, epoch: int, epochs: int, total: int, start: int = 0) -> None:
-        self.bar = tqdm(total=total, initial=start, desc=f"epoch {epoch}/{epochs}", leave=False,
-                        dynamic_ncols=True, unit="batch")  # fmt: skip
-        self.last = start
+    def on_epoch_end(self, epoch: int, metrics: dict[str, Any]) -> str | None:
+        self._close()
+        log(epoch_line(metrics, self.epochs, self.has_val))
+        return None
 
-    def update(self, position: int, **values: Any) -> None:
-        self.bar.update(position - self.last)
-        self.last = position
-        self.bar.set_postfix({k: f"{v:.4f}" for k, v in values.items()}, refresh=False)
+    def on_interrupt(self, epoch: int, step: int) -> None:
+        self._close()
 
-    def close(self) -> None:
-        self.bar.close()
+    def on_fit_end(self, summary: dict[str, Any]) -> None:
+        self._close()
 
-
-QUIET = False  # set on DDP ranks other than 0: one process speaks
-
-
-def log(msg: str) -> None:
-    if not QUIET:
-        print(msg, flush=True)
-
-
-def epoch_line(m: dict[str, Any], epochs: int) -> str:
-    return (f"epoch {m['epoch']:>3}/{epochs}  train_loss {m['train_loss']:.4f}  train_acc {m['train_acc']:.4f}  "
-            f"val_loss {m['val_loss']:.4f}  val_acc {m['val_acc']:.4f}  lr {m['lr']:.3g}  "
-            f"{m['images_per_s']:,.0f} img/s  {m['seconds']:.2f}s")  # fmt: skip
+    def _close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None

@@ -1,31 +1,69 @@
-"""Building a run from the config: seeding, the run dir check, the model/optimizer bundle, callbacks."""
+"""Building a run from the config: seeding, the model with its optimizer, schedule and wrappers (``Parts``),
+the callbacks, and run_info.json."""
 
 from __future__ import annotations
 
+import contextlib
+import json
 import math
 import os
+import platform
 import random
+import subprocess
+import sys
 import time
-from pathlib import Path
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import torch
+from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from kiln import data as kdata
 from kiln.config import Config
+from kiln.console import bar_enabled
+from kiln.data import DataBundle
 from kiln.engine.callbacks import Callback, EarlyStopping, MetricsLog
 from kiln.engine.distributed import Dist
 from kiln.engine.ema import EMA
 from kiln.engine.loggers import build_loggers
-from kiln.engine.loop import Engine
+from kiln.engine.lookahead import Lookahead
+from kiln.engine.loop import Criterion, EvalOptions, StepOptions
 from kiln.engine.precision import autocast_factory, make_scaler, resolve_precision
+from kiln.engine.progress import ProgressBar
 from kiln.errors import KilnError
 from kiln.losses import build_loss
-from kiln.models import transfer
+from kiln.models import create_model, transfer
 from kiln.models.init import first_conv, images_for_pca, pca_init
-from kiln.optim import Lookahead, build_optimizer, build_scheduler
-from kiln.registry import CALLBACKS, METRICS, create_model
+from kiln.optim import build_optimizer, build_scheduler
+from kiln.paths import RunDir
+from kiln.registry import CALLBACKS, METRICS
+
+
+@dataclass(frozen=True)
+class Parts:
+    """Everything built once from the config that a training step uses; nothing here is replaced later."""
+
+    model: nn.Module  # the plain module: weights, checkpoints, EMA and Lookahead hold its parameters
+    train_model: nn.Module  # what the step calls: ``model`` under DDP and/or torch.compile
+    criterion: Criterion
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    schedule_steps: bool  # False for a constant LR: no Python-heavy scheduler call per step
+    scaler: torch.amp.GradScaler
+    ema: EMA | None
+    step: StepOptions
+    eval: EvalOptions
+    frozen: list[str]  # parameter names frozen by model.freeze (trainer.unfreeze brings them back)
+    freeze_bn: bool  # BatchNorm layers whose parameters are all frozen stay in eval mode
+    init_seconds: float  # spent on a data-dependent init: training work, counted in the first epoch
+
+    @property
+    def eval_model(self) -> nn.Module:
+        return self.ema.module if self.ema is not None else self.train_model
+
+    def frozen_batchnorms(self) -> list[nn.Module]:
+        return transfer.frozen_batchnorms(self.model) if self.freeze_bn else []
 
 
 def seed_everything(seed: int, deterministic: bool) -> None:
@@ -42,84 +80,83 @@ def seed_everything(seed: int, deterministic: bool) -> None:
         torch.backends.cudnn.allow_tf32 = True
 
 
-def check_writable(run_dir: Path) -> None:
-    """Fail before training, not at the first checkpoint, when the run dir cannot be written."""
-    try:
-        (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
-        probe = run_dir / ".write-test"
-        probe.write_bytes(b"x" * 4096)
-        probe.unlink()
-    except OSError as e:
-        raise KilnError(
-            f"run.dir: cannot write to {run_dir} ({e.strerror}); choose another run.dir"
-        ) from None
-
-
-def build_engine(
-    cfg: Config,
-    bundle: kdata.DataBundle,
-    device: torch.device,
-    callbacks: list[Callback],
-    d: Dist | None = None,
-) -> Engine:
-    d = d or Dist()
-    model = create_model(cfg.model.name, num_classes=len(bundle.classes), in_channels=bundle.in_channels,
-                         image_size=bundle.image_size, pretrained=cfg.model.pretrained is True,
+def build_model(cfg: Config, data: DataBundle, device: torch.device) -> tuple[nn.Module, list[str], float]:
+    """The model on ``device``: created, initialised from the data when asked, pretrained weights loaded
+    and parameters frozen. Returns (model, frozen parameter names, seconds spent on the data init)."""
+    model = create_model(cfg.model.name, num_classes=len(data.classes), in_channels=data.in_channels,
+                         image_size=data.image_size, pretrained=cfg.model.pretrained is True,
                          **cfg.model.args).to(device)  # fmt: skip
     t0 = time.perf_counter()
     init = getattr(model, "init_from_data", None)
     if callable(init) and not cfg.model.pretrained:  # data-dependent init (airbench's whitening conv)
-        init(sample_images(bundle, 5000))
+        init(sample_images(data, 5000))
     if cfg.model.pca_init:
         conv = first_conv(model)
-        pca_init(conv, sample_images(bundle, images_for_pca(conv.kernel_size, bundle.image_size)))  # type: ignore[arg-type]
-    init_seconds = time.perf_counter() - t0  # training work: counted in the first epoch's time
+        pca_init(conv, sample_images(data, images_for_pca(conv.kernel_size, data.image_size)))  # type: ignore[arg-type]
+    init_seconds = time.perf_counter() - t0
     frozen = transfer.prepare(model, cfg.model.pretrained, cfg.model.strict, cfg.model.freeze)
-    channels_last = cfg.trainer.channels_last == "on" or (
-        cfg.trainer.channels_last == "auto" and any(isinstance(m, torch.nn.Conv2d) for m in model.modules())
-        and (device.type == "cuda" or (device.type == "cpu" and not any(
-            isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())))
-    )  # fmt: skip
+    return model, frozen, init_seconds
+
+
+def use_channels_last(setting: str, model: nn.Module, device: torch.device) -> bool:
     # CPU: LeNet trains at ~18,000 vs ~14,500 images/s at batch 256 in channels_last; but with BatchNorm,
     # torch 2.14's CPU channels_last kernels corrupted memory in our tests (resnet_small, 8 channels), so
     # `auto` leaves conv nets with BatchNorm in the default layout there.
+    if setting != "auto":
+        return setting == "on"
+    convs = any(isinstance(m, nn.Conv2d) for m in model.modules())
+    bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+    return convs and (device.type == "cuda" or (device.type == "cpu" and not bn))
+
+
+def build_parts(cfg: Config, data: DataBundle, device: torch.device, d: Dist) -> Parts:
+    model, frozen, init_seconds = build_model(cfg, data, device)
+    t = cfg.trainer
+    channels_last = use_channels_last(t.channels_last, model, device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    precision = resolve_precision(cfg.trainer.precision, device)
+    precision = resolve_precision(t.precision, device)
+    autocast = autocast_factory(precision, device)
     optimizer = build_optimizer(
         cfg.optimizer, model, cfg.data.batch_size, fused=device.type in ("cuda", "cpu")
     )
-    steps_per_epoch = math.ceil(len(bundle.train) / cfg.trainer.accumulate)  # per rank = global steps
-    scheduler = build_scheduler(cfg.scheduler, optimizer, cfg.trainer.epochs, steps_per_epoch)
-    if cfg.optimizer.lookahead:
-        callbacks = [*callbacks, Lookahead(model, cfg.optimizer.lookahead.k, cfg.optimizer.lookahead.alpha)]
-    ema = EMA(model, cfg.trainer.ema.decay, cfg.trainer.ema.warmup) if cfg.trainer.ema else None
+    steps_per_epoch = math.ceil(len(data.train) / t.accumulate)  # type: ignore[arg-type]  # per rank = global
+    scheduler = build_scheduler(cfg.scheduler, optimizer, t.epochs, steps_per_epoch)
+    ema = EMA(model, t.ema.decay, t.ema.warmup) if t.ema else None
     # DDP, then compile, last: EMA and Lookahead hold the plain module's parameters, which both share
-    train_model: torch.nn.Module = model
+    train_model: nn.Module = model
     if d.enabled:
         train_model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
-    if cfg.trainer.compile:
+    if t.compile:
         train_model = torch.compile(train_model)
-    return Engine(
-        model=train_model, optimizer=optimizer, scheduler=scheduler, scaler=make_scaler(precision, device),
-        autocast=autocast_factory(precision, device), transform=bundle.transform, device=device,
-        label_smoothing=cfg.trainer.label_smoothing, grad_clip=cfg.trainer.grad_clip,
-        accumulate=cfg.trainer.accumulate, log_every=cfg.trainer.log_every_n_steps,
-        channels_last=channels_last, callbacks=callbacks, ema=ema, tta=cfg.trainer.tta,
-        mixup=cfg.data.augment.mixup,
-        step_scheduler=cfg.scheduler.name != "none" or cfg.scheduler.warmup_epochs > 0,
-        loss_fn=None if cfg.trainer.loss == "cross_entropy" and not cfg.trainer.loss_args
-        else build_loss(cfg.trainer.loss, cfg.trainer.label_smoothing, cfg.trainer.loss_args),
-        metric_fns={name.rpartition(":")[2]: METRICS.get(name) for name in cfg.trainer.metrics},
-        skip_nan=cfg.trainer.on_nan == "skip", init_seconds=init_seconds, frozen=frozen, frozen_bn=transfer.frozen_batchnorms(model) if cfg.model.freeze_bn else [], dist=d,
+    return Parts(
+        model=model, train_model=train_model, optimizer=optimizer, scaler=make_scaler(precision, device), ema=ema,
+        scheduler=scheduler, schedule_steps=cfg.scheduler.name != "none" or cfg.scheduler.warmup_epochs > 0,
+        criterion=build_loss(t.loss, t.label_smoothing, t.loss_args),
+        step=StepOptions(t.accumulate, t.grad_clip, t.log_every_n_steps, t.on_nan == "skip", channels_last, autocast),
+        eval=EvalOptions(t.tta, channels_last, autocast, {n.rpartition(":")[2]: METRICS.get(n) for n in t.metrics}),
+        frozen=frozen, freeze_bn=cfg.model.freeze_bn, init_seconds=init_seconds,
     )  # fmt: skip
 
 
-def sample_images(bundle: kdata.DataBundle, n: int) -> torch.Tensor:
-    """Up to ``n`` normalised train images spread over the split, read without touching the loader's position."""
-    idx = bundle.train.spread(n)
-    xb = bundle.train.images_at(idx).to(bundle.train.device)
-    return bundle.transform(xb, idx, 0, 0, train=False)
+def sample_images(data: DataBundle, n: int) -> torch.Tensor:
+    """Up to ``n`` normalised train images spread over the split, read without moving the loader."""
+    idx = data.train.spread(n)  # type: ignore[union-attr]
+    return data.transform.normalize(data.train.images_at(idx).to(data.train.device))  # type: ignore[union-attr]
+
+
+def augmented_samples(data: DataBundle, n: int) -> Callable[[], torch.Tensor]:
+    """A function giving ``n`` training images spread over the classes after the training augmentation, on
+    the 0..1 scale for display (epoch 0, step 0: drawn from its own seeded generator, not the global RNGs)."""
+
+    def make() -> torch.Tensor:
+        train = data.train
+        idx = train.spread(n)  # type: ignore[union-attr]
+        x = train.images_at(idx).to(train.device)  # type: ignore[union-attr]
+        out = data.transform.augmented(x, idx.to(x.device), 0, 0)
+        return data.transform.denormalize(out) if x.dtype == torch.uint8 else out  # float data: as it came
+
+    return make
 
 
 def user_callbacks(cfg: Config) -> list[Callback]:
@@ -137,36 +174,38 @@ def user_callbacks(cfg: Config) -> list[Callback]:
     return out
 
 
-def build_callbacks(cfg: Config, run_dir: Path, d: Dist, extra: list[Callback] | None) -> list[Callback]:
-    """kiln's own callbacks, then the config's, then ``extra``. Files are written by rank 0 only."""
-    callbacks: list[Callback] = [MetricsLog(run_dir / "metrics.jsonl")] if d.is_main else []
-    if cfg.trainer.early_stopping:
-        es = cfg.trainer.early_stopping
-        callbacks.append(EarlyStopping(es.monitor, es.mode, es.patience, es.min_delta))
+def build_callbacks(cfg: Config, run: RunDir, parts: Parts, data: DataBundle, d: Dist) -> list[Callback]:
+    """kiln's own callbacks (files, console and loggers on rank 0 only), then the config's."""
+    t = cfg.trainer
+    callbacks: list[Callback] = []
     if d.is_main:
-        callbacks += build_loggers(cfg, run_dir)
-    return callbacks + user_callbacks(cfg) + (extra or [])
+        callbacks += [
+            MetricsLog(run.metrics),
+            ProgressBar(math.ceil(t.epochs), bar_enabled(t.progress), data.val is not None),
+        ]
+    if t.early_stopping:
+        es = t.early_stopping
+        callbacks.append(EarlyStopping(es.monitor, es.mode, es.patience, es.min_delta))
+    if cfg.optimizer.lookahead:
+        callbacks.append(Lookahead(parts.model, cfg.optimizer.lookahead.k, cfg.optimizer.lookahead.alpha))
+    if d.is_main:
+        callbacks += build_loggers(cfg, run)
+    return callbacks + user_callbacks(cfg)
 
 
-def write_run_info(run_dir: Path, bundle: kdata.DataBundle) -> None:
+def write_run_info(run: RunDir, data: DataBundle) -> None:
     """What it takes to reproduce the run: versions, the project's git commit, and a dataset fingerprint."""
-    import json
-    import platform
-    import subprocess
-    import sys
-
-    try:
+    commit = dirty = None
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
         commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10,
                                 check=True).stdout.strip()  # fmt: skip
         dirty = bool(subprocess.run(["git", "status", "--porcelain"], capture_output=True, text=True,
                                     timeout=10).stdout.strip())  # fmt: skip
-    except (OSError, subprocess.SubprocessError):
-        commit, dirty = None, None
     info = {
         "python": sys.version.split()[0], "platform": platform.platform(), "torch": str(torch.__version__),
         "cuda": torch.version.cuda, "cudnn": torch.backends.cudnn.version() if torch.cuda.is_available() else None,
         "gpus": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())],
         "git_commit": commit, "git_dirty": dirty, "cwd": os.getcwd(),
-        "dataset_fingerprint": bundle.fingerprint, "classes": list(bundle.classes),
+        "dataset_fingerprint": data.fingerprint, "classes": list(data.classes),
     }  # fmt: skip
-    (run_dir / "run_info.json").write_text(json.dumps(info, indent=2))
+    run.run_info.write_text(json.dumps(info, indent=2))

@@ -15,17 +15,9 @@ from typing import Any
 
 import torch
 
-from kiln.engine.callbacks import Callback
-from kiln.engine.loggers import (
-    augmented_grid,
-    evaluation_figures,
-    flat,
-    keep_rng,
-    png_array,
-    release_figures,
-    trace_model,
-)
-from kiln.engine.progress import log
+from kiln.console import log
+from kiln.engine.callbacks import Callback, FitInfo
+from kiln.engine.logger_base import augmented_grid, flat, keep_rng, png_array, trace_model
 
 
 def hparam_value(v: Any) -> bool | int | float | str:
@@ -48,13 +40,13 @@ class TensorBoardLogger(Callback):
         if isinstance(state.get("step"), int):
             self.step = state["step"]
 
-    def on_fit_start(self, info: dict[str, Any]) -> None:
+    def on_fit_start(self, info: FitInfo) -> None:
         from torch.utils.tensorboard import SummaryWriter
 
-        self.config = info.get("config", {})
-        resuming = info.get("start_epoch", 0) > 0
+        self.config = info.config
+        resuming = info.start_epoch > 0
         if resuming:
-            self.step = int(info.get("start_step", self.step) or self._steps_done(info))
+            self.step = info.start_step
         else:
             self.step = 0
             for old in self.log_dir.glob("events.out.tfevents.*"):  # a fresh run replaces the last one's
@@ -71,16 +63,8 @@ class TensorBoardLogger(Callback):
                 grid = augmented_grid(info)
                 if grid is not None:
                     self.writer.add_image("train/augmented_samples", grid, 0)
-            trace_model(info, self.writer.add_graph)
+            trace_model(info.model, info.sample_images, self.writer.add_graph)
         self.writer.flush()
-
-    def _steps_done(self, info: dict[str, Any]) -> int:
-        """Fallback when the checkpoint has no TensorBoard state: steps in ``start_epoch`` whole epochs."""
-        cfg, bundle = info.get("config", {}), info.get("bundle")
-        if bundle is None:
-            return 0
-        accumulate = cfg.get("trainer", {}).get("accumulate", 1)
-        return info["start_epoch"] * math.ceil(len(bundle.train) / accumulate)
 
     def on_batch_end(self, step: int, loss: torch.Tensor, lr: float) -> None:
         if step % self.every or step == self.last_logged:  # only on a step that is a multiple: no host sync
@@ -105,9 +89,8 @@ class TensorBoardLogger(Callback):
             self.writer.add_scalar(f"test/{k}", v, self.step)
         if outputs is None or len(outputs.labels) == 0:
             return
-        figs = evaluation_figures(outputs)
-        for name in ("confusion_matrix", "pr_curves"):
-            self.writer.add_image(f"eval/{name}", png_array(figs[name]), self.step, dataformats="HWC")
+        for name, png in outputs.figures.items():
+            self.writer.add_image(f"eval/{name}", png_array(png), self.step, dataformats="HWC")
         probs = outputs.probs
         for i, name in enumerate(outputs.classes):
             self.writer.add_pr_curve(f"pr/{name}", outputs.labels == i, probs[:, i], self.step)
@@ -130,4 +113,3 @@ class TensorBoardLogger(Callback):
         for k, v in final.items():
             self.writer.add_scalar(k, v, self.step)
         self.writer.close()
-        release_figures()

@@ -13,10 +13,10 @@ from typing import Any
 import torch
 
 from kiln.config import Config
-from kiln.engine.callbacks import Callback
-from kiln.engine.loggers import augmented_grid, evaluation_figures, keep_rng, missing_wandb, release_figures
-from kiln.engine.progress import log
-from kiln.errors import KilnError
+from kiln.console import log
+from kiln.engine.callbacks import Callback, FitInfo
+from kiln.engine.logger_base import augmented_grid, keep_rng
+from kiln.errors import ConfigError, KilnError
 
 
 def import_wandb(mode: str) -> Any:
@@ -26,7 +26,8 @@ def import_wandb(mode: str) -> Any:
     try:
         import wandb
     except ImportError:
-        raise missing_wandb() from None
+        raise ConfigError("logging.wandb is set but the wandb package is not installed: "
+                          "pip install 'torchkiln[wandb]' (or remove logging.wandb)") from None  # fmt: skip
     return wandb
 
 
@@ -48,9 +49,9 @@ class WandbLogger(Callback):
         if isinstance(state.get("step"), int):
             self.step = state["step"]
 
-    def on_fit_start(self, info: dict[str, Any]) -> None:
+    def on_fit_start(self, info: FitInfo) -> None:
         wandb = import_wandb(self.wc.mode)
-        resuming = info.get("start_epoch", 0) > 0
+        resuming = info.start_epoch > 0
         if not resuming:
             self.step, self.run_id = 0, None
         self.last_logged = self.step
@@ -63,7 +64,7 @@ class WandbLogger(Callback):
             with keep_rng():
                 self.run = wandb.init(
                     project=self.wc.project, entity=self.wc.entity, mode=self.wc.mode, tags=list(self.wc.tags),
-                    dir=str(self.run_dir), name=self.name, config=info.get("config", {}),
+                    dir=str(self.run_dir), name=self.name, config=info.config,
                     id=resume_id, resume="allow" if resume_id else None,
                 )  # fmt: skip
         except Exception as e:  # noqa: BLE001 - wandb raises its own types (no login, no network, ...)
@@ -111,10 +112,9 @@ class WandbLogger(Callback):
 
             from PIL import Image
 
-            figs = evaluation_figures(outputs)
-            for name in ("confusion_matrix", "pr_curves"):
-                row[f"eval/{name}"] = wandb.Image(Image.open(io.BytesIO(figs[name])).convert("RGB"))
-            report = figs["report"]
+            for name, png in outputs.figures.items():
+                row[f"eval/{name}"] = wandb.Image(Image.open(io.BytesIO(png)).convert("RGB"))
+            report = outputs.report
             self.run.summary["test/average_precision"] = report["average_precision"]
             self.run.summary["test/per_class"] = report["per_class"]
         self.run.log(row, step=self.step)
@@ -124,6 +124,5 @@ class WandbLogger(Callback):
         offline = self.wc.mode == "offline"
         sync_dir = self.sync_dir()
         self.run.finish()
-        release_figures()
         if offline:
             log(f"kiln: W&B run saved offline; upload it with: wandb sync {sync_dir}")

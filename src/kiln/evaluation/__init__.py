@@ -1,1 +1,1 @@
-"""Evaluation: metrics from logits (metrics.py), figures (plots.py), the report (report.py)."""
+"""`kiln eval`: rebuild a model from a checkpoint, infer once, write the report (report.py)."""

@@ -8,14 +8,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from kiln import data as kdata
-from kiln.data.augment import BatchTransform
-from kiln.engine.loop import infer
+from kiln.data import build
+from kiln.engine.loop import EvalOptions, infer
 from kiln.engine.precision import resolve_device
 from kiln.errors import KilnError
-from kiln.evaluation import plots, report
-from kiln.evaluation.metrics import Outputs, compute, pr_curves, reliability
+from kiln.evaluation import report
+from kiln.metrics import Outputs, plots, reliability
 from kiln.models.restore import restore
+from kiln.paths import RunDir
 
 GALLERY = 16  # most confidently wrong images shown
 
@@ -39,9 +39,9 @@ def figures(out: Outputs, rep: dict[str, Any], loader: Any) -> dict[str, bytes]:
     wrong = (pred != out.labels).nonzero().flatten()
     worst = wrong[conf[wrong].argsort(descending=True)][:GALLERY]
     figs = {
-        "confusion_matrix.png": plots.confusion_matrix(rep["confusion_matrix"], out.classes),
+        "confusion_matrix.png": out.figures["confusion_matrix"],
         "per_class.png": plots.per_class_bars(rep["per_class"]),
-        "pr_curves.png": plots.pr_curves(pr_curves(out), rep["average_precision"]),
+        "pr_curves.png": out.figures["pr_curves"],
         "reliability.png": plots.reliability_diagram(reliability(out), rep["ece"]),
     }
     if len(worst):
@@ -59,21 +59,21 @@ def evaluate_checkpoint(
     t0 = time.perf_counter()
     r = restore(checkpoint, overrides, config)
     device = resolve_device(r.config.run.device)
-    bundle = kdata.build(r.config.data, r.config.run.seed, device)
-    if bundle.classes != r.classes:
+    # only the split evaluated, normalised as the model was trained (not re-measured on today's data)
+    data = build(r.config.data, r.config.run.seed, device, splits=(split,),
+                 mean_std=(r.preprocess["mean"], r.preprocess["std"]))  # fmt: skip
+    if data.classes != r.classes:
         raise KilnError(
-            f"the data's classes {bundle.classes[:10]} differ from the checkpoint's {r.classes[:10]}"
+            f"the data's classes {data.classes[:10]} differ from the checkpoint's {r.classes[:10]}"
         )
-    loader = {"test": bundle.test, "val": bundle.val}[split]
+    loader = {"test": data.test, "val": data.val}[split]
     if loader is None:
         raise KilnError(f"--split {split}: the data has no {split} split")
-    # the normalisation the model was trained with, not one re-measured on today's data
-    transform = BatchTransform(r.preprocess["mean"], r.preprocess["std"], r.config.data.augment, 0)
-    logits, labels, idx = infer(r.model.to(device), loader, transform, r.config.trainer.tta)
+    logits, labels, idx = infer(r.model.to(device), loader, data.transform, EvalOptions(r.config.trainer.tta))
     out = Outputs(logits, labels, idx, r.classes)
-    rep = compute(out)
+    rep = dict(out.report)
     rep.update({"checkpoint": str(checkpoint), "split": split, "tta": r.config.trainer.tta})
-    out_path = Path(out_dir) if out_dir else Path(checkpoint).resolve().parent.parent / f"eval-{split}"
+    out_path = Path(out_dir) if out_dir else RunDir.of_checkpoint(checkpoint).eval_dir(split)
     out_path.mkdir(parents=True, exist_ok=True)
     ids = [loader.ids[int(i)] for i in idx] if loader.ids else [f"{split}[{int(i)}]" for i in idx]
     write_predictions(out_path / "predictions.csv", out, ids, topk)

@@ -1,7 +1,8 @@
 """`kiln export` and `kiln predict`: turn a checkpoint into a deployable artifact, prove it computes what the
 eager model computes, and run any of those artifacts on image files.
 
-Formats (one module each, imported only when used, so `kiln --help` stays fast):
+Formats share one interface (``base.Format``: save, load, verify), registered by name in ``formats.py``,
+one module each, imported only when used so `kiln --help` stays fast:
 
 - ``torchscript``  ``model.pt`` via ``torch.jit.trace`` or ``torch.jit.script`` (``torchscript.py``)
 - ``export``       ``model.pt2``, a ``torch.export`` program with a dynamic batch dimension (``program.py``)
@@ -17,7 +18,7 @@ from __future__ import annotations
 
 from kiln.errors import KilnError
 
-FORMATS = ("torchscript", "export", "onnx", "triton", "safetensors")
+FORMAT_NAMES = ("torchscript", "export", "onnx", "triton", "safetensors")
 TOLERANCE = 1e-4  # max abs logit difference allowed between an artifact and the eager fp32 model
 
 # the tensor names written into artifacts (ONNX graph, Triton config, preprocess.json)

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from kiln.export import INPUT_NAME, OUTPUT_NAME, ArtifactError, ExportError
+from kiln.export.base import ExportOptions, Format, Runner, Saved, per_batch
 
 
 def _need(module: str) -> Any:
@@ -125,7 +126,7 @@ def io_signature(path: Path) -> dict[str, Any]:
             "output": o.name, "output_shape": shape(o)}  # fmt: skip
 
 
-class Runner:
+class Session:
     """An onnxruntime session on the CPU: ``runner(x_float32_nchw) -> logits``."""
 
     def __init__(self, path: Path, input_name: str | None = None, output_name: str | None = None) -> None:
@@ -145,3 +146,18 @@ class Runner:
     def __call__(self, x: np.ndarray) -> np.ndarray:
         out = self.session.run([self.output], {self.input: np.ascontiguousarray(x, dtype=np.float32)})
         return np.asarray(out[0], dtype=np.float32)
+
+
+class Onnx(Format):
+    name, suffix = "onnx", ".onnx"
+
+    def save(self, model: nn.Module, example: torch.Tensor, out_dir: Path, recipe: dict[str, Any],
+             opts: ExportOptions) -> Saved:  # fmt: skip
+        path = out_dir / f"{opts.name or 'model'}.onnx"
+        notes = save(model, example, path)
+        runner = Session(path, INPUT_NAME, OUTPUT_NAME)
+        return Saved(path, out_dir, per_batch(runner), notes, (INPUT_NAME, OUTPUT_NAME),
+                     {"loader": f"onnxruntime {runner.version} (CPUExecutionProvider)"})  # fmt: skip
+
+    def load(self, path: Path, trust: bool) -> Runner:
+        return Session(path)

@@ -6,45 +6,38 @@ Unreadable files are reported one by one (stderr and the output) and the rest st
 from __future__ import annotations
 
 import json
-import sys
-import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
+from kiln.config import AugmentConfig
+from kiln.console import warn as console_warn
+from kiln.data.augment import BatchTransform
 from kiln.data.decode import open_image
 from kiln.data.sources import IMAGE_EXTENSIONS
 from kiln.errors import KilnError
 from kiln.export import ArtifactError
-
-Run = Callable[[np.ndarray], np.ndarray]  # float32 NCHW -> logits
+from kiln.export.base import Runner, torch_runner
+from kiln.export.program import load_safetensors
+from kiln.models.restore import restore
 
 
 @dataclass
 class Loaded:
-    run: Run
+    run: Runner
     preprocess: dict[str, Any]  # in_channels, image_size [H, W], mean, std
     classes: list[str]
     kind: str
     path: Path
 
 
-def _torch_run(module: Callable[..., Any]) -> Run:
-    import torch
-
-    def run(x: np.ndarray) -> np.ndarray:
-        with torch.no_grad():
-            return module(torch.from_numpy(x)).float().numpy()
-
-    return run
-
-
 def _read_preprocess(artifact: Path) -> dict[str, Any]:
-    """preprocess.json beside the artifact, or one folder up (Triton: NAME/preprocess.json for NAME/1/x)."""
-    for d in (artifact.parent, artifact.parent.parent):
+    """preprocess.json in a model folder (Triton), beside a model file, or one folder up."""
+    for d in [artifact] if artifact.is_dir() else [artifact.parent, artifact.parent.parent]:
         p = d / "preprocess.json"
         if p.is_file():
             try:
@@ -63,79 +56,43 @@ def _read_preprocess(artifact: Path) -> dict[str, Any]:
                         "mean/std and class names. Copy it along with the model")  # fmt: skip
 
 
-def _is_torchscript(path: Path) -> bool:
-    """TorchScript archives carry compiled code (``<name>/code/``, ``constants.pkl``); checkpoints do not."""
-    try:
-        with zipfile.ZipFile(path) as z:
-            return any("/code/" in n or n.endswith("/constants.pkl") for n in z.namelist())
-    except (zipfile.BadZipFile, OSError):
-        return False
-
-
 def load_any(path: str | Path, trust: bool = False) -> Loaded:
-    """A runner for a kiln checkpoint, a TorchScript / .pt2 / ONNX / safetensors export or a Triton folder."""
+    """A runner for a kiln checkpoint, any kiln export file or folder (TorchScript, .pt2, ONNX, safetensors,
+    a Triton model folder or a repository holding one model)."""
+    from kiln.export.formats import FORMATS
+
     p = Path(path)
     if not p.exists():
         raise ArtifactError(f"--model {p}: no such file or folder")
     if p.is_dir():
-        return _load_dir(p, trust)
-    suffix = p.suffix.lower()
-    if suffix == ".onnx":
-        from kiln.export.onnx import Runner
-
-        pre = _read_preprocess(p)
-        return Loaded(Runner(p), pre, list(pre["classes"]), "onnx", p)
-    if suffix == ".pt2":
-        if not trust:
-            raise ArtifactError(f"{p}: torch.export.load unpickles parts of a .pt2 file, which can run code "
-                                "from it; pass --trust if you made it or trust its source (or share the ONNX "
-                                "or safetensors export instead)")  # fmt: skip
-        from kiln.export.program import load_pt2
-
-        pre = _read_preprocess(p)
-        return Loaded(_torch_run(load_pt2(p)), pre, list(pre["classes"]), "torch.export", p)
-    if suffix == ".safetensors":
-        return _load_safetensors(p)
-    if _is_torchscript(p):
-        from kiln.export.torchscript import load
-
-        pre = _read_preprocess(p)
-        return Loaded(_torch_run(load(p)), pre, list(pre["classes"]), "torchscript", p)
-    from kiln.models.restore import restore  # a kiln checkpoint: torch.load(weights_only=True) only
-
-    r = restore(p)
-    return Loaded(_torch_run(r.model.float()), dict(r.preprocess), list(r.classes), "checkpoint", p)
+        p = _model_in(p)
+    for form in FORMATS.values():
+        if form.claims(p):
+            if form.name == "safetensors":  # the recipe beside the weights has the preprocessing
+                model, recipe = load_safetensors(p)
+                return Loaded(
+                    torch_runner(model), dict(recipe["preprocess"]), list(recipe["classes"]), form.name, p
+                )
+            run = form.load(p, trust)
+            pre = _read_preprocess(p)
+            return Loaded(run, pre, list(pre["classes"]), form.name, p)
+    r = restore(p)  # a kiln checkpoint: torch.load(weights_only=True) only
+    return Loaded(torch_runner(r.model.float()), dict(r.preprocess), list(r.classes), "checkpoint", p)
 
 
-def _load_safetensors(p: Path) -> Loaded:
-    from kiln.export.program import load_safetensors
-
-    model, recipe = load_safetensors(p)
-    return Loaded(_torch_run(model), dict(recipe["preprocess"]), list(recipe["classes"]), "safetensors", p)
-
-
-def _load_dir(p: Path, trust: bool) -> Loaded:
-    from kiln.export import triton as tr
-
+def _model_in(p: Path) -> Path:
+    """The model a folder holds: itself (a Triton model folder), its one Triton model, or its model file."""
     if (p / "config.pbtxt").is_file():
-        m = tr.check_model_dir(p, run_probe=False)  # a broken config is refused here, before any image
-        pre = _read_preprocess(m.model_file)
-        if list(pre["classes"]) != m.classes:
-            raise ArtifactError(
-                f"{p}: {m.config.output[0].label_filename} and preprocess.json list different classes"
-            )
-        return Loaded(tr.load_runner(m), pre, m.classes, f"triton ({m.backend})", p)
+        return p
     models = [d for d in sorted(p.iterdir()) if (d / "config.pbtxt").is_file()]
     if len(models) == 1:  # a Triton repository holding one model
-        return _load_dir(models[0], trust)
+        return models[0]
     if models:
         raise ArtifactError(f"{p}: a Triton repository with {len(models)} models; pass one of "
                             f"{', '.join(str(m) for m in models[:5])}")  # fmt: skip
-    if (p / "model.safetensors").is_file():
-        return _load_safetensors(p)
-    for stem in ("model.onnx", "model.pt", "model.pt2"):  # an export folder: its one model file
+    for stem in ("model.safetensors", "model.onnx", "model.pt", "model.pt2"):  # an export folder's one model
         if (p / stem).is_file():
-            return load_any(p / stem, trust)
+            return p / stem
     raise ArtifactError(f"{p}: holds no model kiln knows (config.pbtxt, model.safetensors, model.onnx, "
                         "model.pt, model.pt2)")  # fmt: skip
 
@@ -160,18 +117,19 @@ def _softmax(logits: np.ndarray) -> np.ndarray:
 def predict(loaded: Loaded, inputs: list[str], topk: int = 5, batch_size: int = 64,
             warn: Callable[[str], None] | None = None) -> list[dict[str, Any]]:  # fmt: skip
     """One result per file, in input order: {"path", "top": [{"class", "prob"}]} or {"path", "error"}."""
-    warn = warn or (lambda msg: print(f"kiln: warning: {msg}", file=sys.stderr))
+    warn = warn or console_warn
     pre = loaded.preprocess
     c, size = int(pre["in_channels"]), tuple(int(s) for s in pre["image_size"])
-    mean = np.asarray(pre["mean"], np.float32).reshape(1, -1, 1, 1)
-    std = np.asarray(pre["std"], np.float32).reshape(1, -1, 1, 1)
+    transform = BatchTransform(
+        list(pre["mean"]), list(pre["std"]), AugmentConfig(), 0
+    )  # training's arithmetic
     k = max(1, min(topk, len(loaded.classes)))
     results: list[dict[str, Any]] = []
     pending: list[tuple[int, np.ndarray]] = []
 
     def flush() -> None:
-        x = np.stack([a for _, a in pending]).astype(np.float32) / 255.0
-        logits = loaded.run(np.ascontiguousarray((x - mean) / std, dtype=np.float32))
+        x = transform.normalize(torch.from_numpy(np.stack([a for _, a in pending])))
+        logits = loaded.run(x.numpy())
         if logits.shape != (len(pending), len(loaded.classes)):
             raise ArtifactError(f"{loaded.path}: gave outputs of shape {list(logits.shape)} for {len(pending)} "
                                 f"images and {len(loaded.classes)} classes")  # fmt: skip

@@ -15,8 +15,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from kiln import checkpoint as ckpt
+from kiln.errors import CheckpointError
 from kiln.export import ArtifactError, ExportError
+from kiln.export.base import ExportOptions, Format, Runner, Saved, per_batch, torch_runner
 from kiln.export.onnx import _data_dependent_hint, _first_line, quiet_export
+from kiln.models import rebuild
 
 SAFETENSORS_FORMAT = "kiln-safetensors/1"
 
@@ -69,25 +73,54 @@ def find_safetensors(path: Path) -> tuple[Path, Path]:
 
 def load_safetensors(path: Path) -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild the network from model.json and load the weights (tensors only: nothing executes)."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    from kiln.engine.checkpoint import load_weights
-    from kiln.registry import create_model, import_user_modules
-
     weights, recipe_path = find_safetensors(path)
     try:
         recipe = json.loads(recipe_path.read_text())
-        spec = recipe["model"]
-        pre = recipe["preprocess"]
+        model = rebuild(recipe)
     except (json.JSONDecodeError, KeyError, TypeError) as e:
         raise ArtifactError(f"{recipe_path}: not a kiln model.json ({type(e).__name__}: {e})") from None
-    import_user_modules(list(recipe.get("imports") or []))
-    model = create_model(spec["name"], num_classes=len(recipe["classes"]), in_channels=pre["in_channels"],
-                         image_size=tuple(pre["image_size"]), **spec.get("args", {}))  # fmt: skip
     try:
-        state = load_file(str(weights))
-    except (SafetensorError, OSError) as e:
-        raise ArtifactError(f"{weights}: not a readable safetensors file ({e})") from None
-    load_weights(model, state, weights)
+        state = ckpt.read_weights(weights, key="--model")
+    except CheckpointError as e:
+        raise ArtifactError(str(e)) from None
+    ckpt.load_weights(model, state, weights)
     return model.eval(), recipe
+
+
+class Pt2(Format):
+    name, suffix = "export", ".pt2"
+
+    def save(self, model: nn.Module, example: torch.Tensor, out_dir: Path, recipe: dict[str, Any],
+             opts: ExportOptions) -> Saved:  # fmt: skip
+        path = out_dir / f"{opts.name or 'model'}.pt2"
+        notes = save_pt2(model, example, path)
+        return Saved(path, out_dir, per_batch(torch_runner(load_pt2(path))), notes,
+                     loaded_by={"loader": "torch.export.load"})  # fmt: skip
+
+    def load(self, path: Path, trust: bool) -> Runner:
+        if not trust:
+            raise ArtifactError(f"{path}: torch.export.load unpickles parts of a .pt2 file, which can run code "
+                                "from it; pass --trust if you made it or trust its source (or share the ONNX "
+                                "or safetensors export instead)")  # fmt: skip
+        return torch_runner(load_pt2(path))
+
+
+class Safetensors(Format):
+    name, suffix = "safetensors", ".safetensors"
+
+    def save(self, model: nn.Module, example: torch.Tensor, out_dir: Path, recipe: dict[str, Any],
+             opts: ExportOptions) -> Saved:  # fmt: skip
+        if opts.name not in (None, "model"):  # the loader looks for model.json beside it
+            raise ExportError(
+                "--name does not apply to --format safetensors (files are model.safetensors/.json)"
+            )
+        path = out_dir / "model.safetensors"
+        keep = ("model", "imports", "classes", "preprocess")
+        notes = save_safetensors(
+            model, path, {**{k: recipe[k] for k in keep}, "torch_version": torch.__version__}
+        )
+        return Saved(path, out_dir, per_batch(torch_runner(load_safetensors(path)[0])), notes,
+                     loaded_by={"loader": "kiln: model rebuilt from model.json, weights from safetensors"})  # fmt: skip
+
+    def load(self, path: Path, trust: bool) -> Runner:
+        return torch_runner(load_safetensors(path)[0])

@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from kiln.export import ArtifactError, ExportError
+from kiln.export.base import ExportOptions, Format, Runner, Saved, torch_runner
 
 METHODS = ("trace", "script")
 
@@ -156,3 +157,45 @@ def run_fresh(path: Path, batches: dict[str, np.ndarray], timeout: float = 300) 
             f"{path}: the fresh process imported kiln while loading it; the file is not standalone"
         )
     return results, info
+
+
+def is_torchscript(path: Path) -> bool:
+    """TorchScript archives carry compiled code (``<name>/code/``, ``constants.pkl``); checkpoints do not."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as z:
+            return any("/code/" in n or n.endswith("/constants.pkl") for n in z.namelist())
+    except (zipfile.BadZipFile, OSError):
+        return False
+
+
+def fresh_runner(path: Path, loaded_by: dict[str, Any]) -> Any:
+    """Verification runs the file in a new Python process that never imports kiln, as a deployment would."""
+
+    def run_many(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        outputs, info = run_fresh(path, inputs)
+        loaded_by.update(loader="torch.jit.load in a fresh Python process (python -I, kiln not imported)",
+                         process_torch=info["torch"], process_python=info["python"])  # fmt: skip
+        return outputs
+
+    return run_many
+
+
+class TorchScript(Format):
+    name = "torchscript"
+
+    def save(self, model: nn.Module, example: torch.Tensor, out_dir: Path, recipe: dict[str, Any],
+             opts: ExportOptions) -> Saved:  # fmt: skip
+        path = out_dir / f"{opts.name or 'model'}.pt"
+        notes = save(model, example, path, opts.method, opts.allow_tracer_warnings)
+        loaded_by: dict[str, Any] = {}
+        return Saved(path, out_dir, fresh_runner(path, loaded_by), notes, loaded_by=loaded_by,
+                     names=("input 0 (TorchScript tensors are positional)", "output 0"),
+                     details={"method": opts.method})  # fmt: skip
+
+    def load(self, path: Path, trust: bool) -> Runner:
+        return torch_runner(load(path))
+
+    def claims(self, path: Path) -> bool:
+        return is_torchscript(path)

@@ -9,7 +9,6 @@ other branch there and a trace that froze one branch shows up as a difference.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,13 +17,13 @@ import torch
 from torch import nn
 
 from kiln.config import AugmentConfig, Config
+from kiln.data import build
 from kiln.data.augment import BatchTransform
 from kiln.errors import KilnError
 from kiln.export import VerificationError
+from kiln.export.base import RunMany
 
 DATA_IMAGES = 32  # images in the real-data batch
-
-RunMany = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
 
 
 @dataclass
@@ -36,17 +35,18 @@ class Batches:
 
 def _uint8_images(cfg: Config, pre: dict[str, Any]) -> tuple[torch.Tensor | None, dict[str, Any]]:
     """Up to DATA_IMAGES uint8 images of the checkpoint's data, or None and why not."""
-    from kiln import data as kdata
-
     want = (int(pre["in_channels"]), *map(int, pre["image_size"]))
-    try:
-        bundle = kdata.build(cfg.data, cfg.run.seed, torch.device("cpu"))
-    except KilnError as e:  # data moved or not on this machine: say so, verify on synthetic images
-        return None, {"source": "synthetic", "reason": f"the training data could not be loaded ({e})"}
-    for split in ("test", "val", "train"):
-        loader = getattr(bundle, split)
+    for split in ("test", "val", "train"):  # the first split there is: only that one is loaded
+        try:
+            data = build(cfg.data, cfg.run.seed, torch.device("cpu"), splits=(split,),
+                         mean_std=(list(pre["mean"]), list(pre["std"])))  # fmt: skip
+        except KilnError as e:  # data moved or not on this machine: say so, verify on synthetic images
+            return None, {"source": "synthetic", "reason": f"the training data could not be loaded ({e})"}
+        loader = getattr(data, split)
         if loader is not None and len(loader):
             break
+    else:
+        return None, {"source": "synthetic", "reason": "the data has no images"}
     x = next(iter(loader))[0][:DATA_IMAGES].cpu()
     if tuple(x.shape[1:]) != want or x.dtype != torch.uint8:
         return None, {"source": "synthetic", "reason": f"the data's images are {tuple(x.shape[1:])} "
@@ -80,23 +80,6 @@ def eager_outputs(model: nn.Module, inputs: dict[str, np.ndarray]) -> dict[str, 
     model.eval()
     with torch.inference_mode():
         return {k: model(torch.from_numpy(v)).float().numpy() for k, v in inputs.items()}
-
-
-def per_batch(run: Callable[[np.ndarray], Any]) -> RunMany:
-    """Adapt a one-batch runner (in-process artifacts) to the named-batches interface."""
-
-    def many(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return {k: np.asarray(run(v), dtype=np.float32) for k, v in inputs.items()}
-
-    return many
-
-
-def torch_runner(module: Callable[[torch.Tensor], torch.Tensor]) -> RunMany:
-    def run(x: np.ndarray) -> np.ndarray:
-        with torch.no_grad():
-            return module(torch.from_numpy(x)).float().numpy()
-
-    return per_batch(run)
 
 
 def compare(reference: dict[str, np.ndarray], got: dict[str, np.ndarray]) -> list[dict[str, Any]]:

@@ -1,31 +1,43 @@
-"""`create(name, num_classes=, in_channels=, image_size=, **args)`: every model kiln can build."""
+"""The one model factory: ``create_model(name, num_classes=, in_channels=, image_size=, pretrained=, **args)``
+for every way kiln builds a network, with the one prefix parser:
+
+    lenet, mlp, ...          kiln's own (``builtin.py``) or a name registered with @kiln.register_model
+    torchvision:<name>       torchvision.models, head sized to the classes
+    timm:<name>              timm (optional extra)
+    hub:<owner/repo>:<fn>    torch.hub.load (a GitHub repo, or a local folder: hub:/path/to/repo:fn)
+    pkg.module:callable      your own factory, imported by name
+    an installed plug-in     entry point group ``kiln.models``
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from torch import nn
 
 from kiln.errors import ConfigError
-from kiln.models import builtin  # noqa: F401  (fills the registry)
-from kiln.models.zoo import timm_model, torchvision_model
-from kiln.registry import MODELS
+from kiln.models import builtin  # noqa: F401  (defining kiln's own models registers them)
+from kiln.models.zoo import hub_model, timm_model, torchvision_model
+from kiln.registry import MODELS, import_user_modules
+
+PREFIXES: dict[str, Callable[..., nn.Module]] = {
+    "torchvision": torchvision_model, "timm": timm_model, "hub": hub_model,
+}  # fmt: skip
 
 
-def create(
-    name: str,
-    num_classes: int,
-    in_channels: int = 3,
-    image_size: Any = (32, 32),
-    pretrained: bool = False,
-    **args: Any,
-) -> nn.Module:
-    """``pretrained=True`` asks torchvision/timm for their default weights (a download)."""
+def parse_name(name: str) -> tuple[str | None, str]:
+    """``"torchvision:resnet18"`` -> ("torchvision", "resnet18"); any other name -> (None, name)."""
     prefix, sep, rest = name.partition(":")
-    if sep and prefix == "torchvision":
-        return torchvision_model(rest, num_classes, in_channels, pretrained, **args)
-    if sep and prefix == "timm":
-        return timm_model(rest, num_classes, in_channels, pretrained, **args)
+    return (prefix, rest) if sep and prefix in PREFIXES else (None, name)
+
+
+def create_model(name: str, num_classes: int, in_channels: int = 3, image_size: Any = (32, 32),
+                 pretrained: bool = False, **args: Any) -> nn.Module:  # fmt: skip
+    """``pretrained=True`` asks the library for its default weights (a download)."""
+    prefix, rest = parse_name(name)
+    if prefix is not None:
+        return PREFIXES[prefix](rest, num_classes, in_channels, pretrained, **args)
     if pretrained:
         raise ConfigError(f"model.pretrained: '{name}' has no downloadable default weights; give a weights "
                           "file instead (model.pretrained: /path/to/weights.pt)")  # fmt: skip
@@ -39,3 +51,18 @@ def create(
     if not isinstance(model, nn.Module):
         raise ConfigError(f"model.name: '{name}' returned {type(model).__name__}, not a torch.nn.Module")
     return model
+
+
+def list_models() -> list[str]:
+    """Names usable as ``model.name`` without a prefix (kiln's, registered and installed plug-ins)."""
+    return MODELS.names()
+
+
+def rebuild(recipe: dict[str, Any]) -> nn.Module:
+    """A trained model's network, without its weights, from its recipe: the ``model`` section of its
+    config (name, args), ``classes``, ``preprocess`` (in_channels, image_size) and ``imports``. A
+    checkpoint and a safetensors export's model.json both hold one."""
+    import_user_modules(list(recipe.get("imports") or []))
+    spec, pre = recipe["model"], recipe["preprocess"]
+    return create_model(spec["name"], num_classes=len(recipe["classes"]), in_channels=int(pre["in_channels"]),
+                        image_size=tuple(pre["image_size"]), **dict(spec.get("args") or {}))  # fmt: skip

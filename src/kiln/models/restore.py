@@ -8,10 +8,10 @@ from typing import Any
 
 from torch import nn
 
+from kiln import checkpoint as ckpt
 from kiln.config import Config, apply_overrides, read_config_file, validate
-from kiln.engine import checkpoint as ckpt
 from kiln.errors import CheckpointError
-from kiln.registry import create_model, import_user_modules
+from kiln.models import rebuild
 
 
 @dataclass
@@ -31,12 +31,12 @@ def restore(
     if not isinstance(raw, dict):
         raise CheckpointError(f"{path}: holds no config; pass one with -c CONFIG")
     cfg = validate(apply_overrides(raw, list(overrides or [])))
-    import_user_modules(cfg.imports)
     classes = list(saved.get("classes") or [])
     pre = dict(saved.get("preprocess") or {})
     if not classes or not pre:
         raise CheckpointError(f"{path}: has no class list or preprocessing record; was it written by kiln?")
-    model = create_model(cfg.model.name, num_classes=len(classes), in_channels=pre["in_channels"],
-                         image_size=tuple(pre["image_size"]), **cfg.model.args)  # fmt: skip
+    model = rebuild(
+        {"model": cfg.model.model_dump(), "classes": classes, "preprocess": pre, "imports": cfg.imports}
+    )
     ckpt.load_weights(model, saved["model_state_dict"], path)
     return Restored(model.eval(), cfg, classes, pre, saved)

@@ -4,13 +4,13 @@ BatchNorm kept in eval mode, and a trainable/frozen summary."""
 from __future__ import annotations
 
 import fnmatch
-from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 
+from kiln.checkpoint import read_weights
+from kiln.console import log
 from kiln.errors import ConfigError
 
 
@@ -37,32 +37,6 @@ def replace_head(model: nn.Module, num_classes: int) -> str:
         new = nn.Linear(old.in_features, num_classes, bias=old.bias is not None)
         setattr(model.get_submodule(parent) if parent else model, attr, new)
     return name
-
-
-def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
-    """A state_dict from .safetensors, a plain .pt/.pth state_dict, or a kiln/tutorial checkpoint."""
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise ConfigError(f"model.pretrained: weights file not found: {path}")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path))
-    from kiln.engine.checkpoint import CheckpointError
-
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)  # never unpickles code
-    except Exception as e:
-        raise CheckpointError(f"model.pretrained: {path} is not a loadable weights file "
-                              f"(only tensors and plain values are accepted): {str(e).splitlines()[0]}") from None  # fmt: skip
-    for key in ("model_state_dict", "state_dict", "model"):
-        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
-            obj = obj[key]
-            break
-    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise ConfigError(f"model.pretrained: {path} holds no state_dict of tensors")
-    # weights saved from DDP or torch.compile wrappers carry these prefixes
-    return OrderedDict((k.removeprefix("module.").removeprefix("_orig_mod."), v) for k, v in obj.items())
 
 
 def load_pretrained(model: nn.Module, path: str | Path, strict: bool, head: str) -> dict[str, list[str]]:
@@ -121,8 +95,6 @@ def prepare(
 ) -> list[str]:
     """Load a weights file and freeze parameters as the config says; print what was done.
     Returns the names of the frozen parameters (for gradual unfreezing)."""
-    from kiln.engine.progress import log
-
     if not pretrained and not freeze:
         return []
     head = head_name(model)

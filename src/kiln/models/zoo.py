@@ -1,5 +1,6 @@
-"""Models from torchvision and timm by name (`torchvision:resnet18`, `timm:resnet18`), heads sized
-to the class count. timm is an optional extra and imported only when asked for."""
+"""Models from torchvision, timm and torch.hub by name (`torchvision:resnet18`, `timm:resnet18`,
+`hub:owner/repo:entrypoint`), heads sized to the class count. timm is an optional extra and imported only
+when asked for."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from typing import Any
 from torch import nn
 
 from kiln.errors import ConfigError
+from kiln.models.transfer import replace_head
 from kiln.registry import unknown_name_error
 
 NO_NETWORK = (
@@ -38,8 +40,6 @@ def torchvision_model(
         raise ConfigError(
             "model.pretrained: " + NO_NETWORK.format(what=f"torchvision:{name}", err=e)
         ) from None
-    from kiln.models.transfer import replace_head
-
     replace_head(model, num_classes)
     return model
 
@@ -64,3 +64,37 @@ def timm_model(
         if not pretrained:
             raise
         raise ConfigError("model.pretrained: " + NO_NETWORK.format(what=f"timm:{name}", err=e)) from None
+
+
+def hub_model(
+    spec: str, num_classes: int, in_channels: int, pretrained: bool = False, **kwargs: Any
+) -> nn.Module:
+    """``owner/repo[:ref]:entrypoint`` from GitHub through torch.hub (the real download path), or
+    ``/path/to/repo:entrypoint`` from a local folder holding a hubconf.py (``source='local'``). The repo's
+    code runs: it is trusted because the config names it, as with ``module:callable``."""
+    import torch
+
+    repo, sep, entry = spec.rpartition(":")
+    if not sep or not repo or not entry:
+        raise ConfigError(f"model.name: 'hub:{spec}' is not of the form hub:owner/repo:entrypoint "
+                          "(or hub:/path/to/local/repo:entrypoint)")  # fmt: skip
+    local = repo.startswith(("/", ".", "~"))
+    if local:
+        from pathlib import Path
+
+        repo = str(Path(repo).expanduser())
+        if not (Path(repo) / "hubconf.py").is_file():
+            raise ConfigError(f"model.name: hub:{spec}: {repo} has no hubconf.py")
+    if pretrained:
+        kwargs.setdefault("pretrained", True)
+    try:
+        model = torch.hub.load(repo, entry, source="local" if local else "github", trust_repo=True, **kwargs)
+    except (OSError, RuntimeError, ValueError) as e:  # no network, no such repo/ref
+        raise ConfigError(f"model.name: hub:{spec} could not be loaded ({str(e).splitlines()[0] if str(e) else e}); "
+                          "with no network, clone the repo and use hub:/path/to/repo:entrypoint") from None  # fmt: skip
+    except (AttributeError, TypeError) as e:  # no such entrypoint, or arguments it does not take
+        raise ConfigError(f"model.name: hub:{spec}: {e} (model.args are passed to the entrypoint)") from None
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"model.name: hub:{spec} returned {type(model).__name__}, not a torch.nn.Module")
+    replace_head(model, num_classes)
+    return model

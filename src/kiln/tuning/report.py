@@ -11,6 +11,7 @@ from typing import Any
 import yaml
 
 from kiln.config import dump_config
+from kiln.paths import RunDir
 from kiln.tuning.ray_tune import Search
 from kiln.tuning.space import override, resolved
 
@@ -47,7 +48,7 @@ def summarize(results: Any, search: Search, space: dict[str, Any], out: Path) ->
     cfg = cfg.model_copy(update={"run": cfg.run.model_copy(update={"dir": None, "name": "tuned"})})
     dump_config(cfg, out / "best.yaml")
     summary = {"monitor": search.monitor, "mode": search.mode, "best_trial": best["trial"], "best_metric": best["best"],
-               "best_checkpoint": str(Path(best["run_dir"]) / "checkpoints" / "best.pt"),
+               "best_checkpoint": str(RunDir(Path(best["run_dir"])).best),
                "best_config": str(out / "best.yaml"), "trials": rows}  # fmt: skip
     (out / "results.json").write_text(json.dumps(summary, indent=2, default=str))
     plot(rows, search, out / "trials.png")

@@ -1,10 +1,12 @@
-"""Classification metrics from logits and labels, via torchmetrics (the same numbers scikit-learn gives;
-the tests check that). Per-class precision/recall/F1 for a class never predicted or never present are 0,
-as scikit-learn's ``zero_division=0``; macro and weighted averages run over every class."""
+"""Classification metrics from one inference pass (``Outputs``), via torchmetrics (the same numbers
+scikit-learn gives; the tests check that), and their figures (``plots.py``). Per-class precision/recall/F1
+for a class never predicted or never present are 0, as scikit-learn's ``zero_division=0``; macro and
+weighted averages run over every class. Used by ``kiln eval`` and by the loggers at the end of training."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import torch
@@ -13,9 +15,10 @@ import torch.nn.functional as F
 ECE_BINS = 15
 
 
-@dataclass
+@dataclass(eq=False)
 class Outputs:
-    """What one inference pass over a split produced."""
+    """What one inference pass over a split produced; its report and figures are computed once, on first
+    use (TensorBoard and W&B both show them)."""
 
     logits: torch.Tensor  # [N, K] float32
     labels: torch.Tensor  # [N] int64
@@ -25,6 +28,18 @@ class Outputs:
     @property
     def probs(self) -> torch.Tensor:
         return self.logits.softmax(1)
+
+    @cached_property
+    def report(self) -> dict[str, Any]:
+        return compute(self)
+
+    @cached_property
+    def figures(self) -> dict[str, bytes]:
+        """The confusion matrix and the PR curves as PNG bytes."""
+        from kiln.metrics import plots
+
+        return {"confusion_matrix": plots.confusion_matrix(self.report["confusion_matrix"], list(self.classes)),
+                "pr_curves": plots.pr_curves(pr_curves(self), self.report["average_precision"])}  # fmt: skip
 
 
 def compute(out: Outputs) -> dict[str, Any]:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 
+TEMPLATES = ("basic", "folder", "csv", "transfer")  # kiln.scaffold.TEMPLATES (kept equal by a test)
 
-def run_new(args: argparse.Namespace) -> int:
+
+def run(args: argparse.Namespace) -> int:
     from kiln.scaffold import create_project
 
     files = create_project(args.name, args.template, args.data)
@@ -21,8 +23,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                        description="Create NAME/ with config.yaml, models.py, datasets.py, losses.py, metrics.py, "
                        "callbacks.py, a README and a smoke test. Refuses to touch an existing non-empty folder.")  # fmt: skip
     n.add_argument("name", help="project folder to create")
-    n.add_argument("--template", choices=["basic", "folder", "csv", "transfer"], default="basic",
+    n.add_argument("--template", choices=TEMPLATES, default="basic",
                    help="basic: your own Dataset on offline digits; folder: an image folder; csv: images + CSV; "
                    "transfer: a torchvision backbone")  # fmt: skip
     n.add_argument("--data", help="data root for the folder/csv templates (default: data/)")
-    n.set_defaults(func=run_new)
+    n.set_defaults(func=run)

@@ -1,4 +1,5 @@
-"""Checkpoint files: written atomically (temp file, fsync, os.replace), read only with weights_only=True.
+"""Checkpoint and weight files: written atomically (temp file, fsync, os.replace), read only with
+``torch.load(weights_only=True)`` or safetensors, so no file can run code when kiln opens it.
 
 A checkpoint is a dict of tensors and plain Python values. Its keys follow PyTorch's checkpoint tutorial
 (`model_state_dict`, `optimizer_state_dict`, `epoch`, `loss`) so code written for it loads kiln's too.
@@ -9,7 +10,7 @@ from __future__ import annotations
 import os
 import pickle
 import random
-import zipfile
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
@@ -71,13 +72,10 @@ def save(obj: dict[str, Any], path: Path) -> None:
         ) from None
 
 
-def load(path: str | Path) -> dict[str, Any]:
-    """Load a checkpoint without unpickling code: anything but tensors and plain values is refused."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint not found: {path}")
+def _load_safe(path: Path) -> Any:
+    """``torch.load(weights_only=True)``: tensors and plain values only, errors as one line naming the file."""
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         lines = [
             ln.strip() for ln in str(e).splitlines() if "Unsupported global" in ln or "Unsupported" in ln
@@ -85,8 +83,16 @@ def load(path: str | Path) -> dict[str, Any]:
         first = lines[0] if lines else type(e).__name__
         raise CheckpointError(f"{path}: refused, it holds objects other than tensors and plain values "
                               f"({first}); kiln never unpickles code from a file") from None  # fmt: skip
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
+    except Exception as e:  # RuntimeError, EOFError, BadZipFile, IndexError...: whatever a damaged file raises
         raise CheckpointError(f"{path}: not a readable checkpoint (damaged or truncated?): {e}") from None
+
+
+def load(path: str | Path) -> dict[str, Any]:
+    """Load a kiln checkpoint without unpickling code: anything but tensors and plain values is refused."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    obj = _load_safe(path)
     if not isinstance(obj, dict) or "model_state_dict" not in obj:
         raise CheckpointError(f"{path}: not a kiln checkpoint (no 'model_state_dict')")
     return obj
@@ -106,3 +112,36 @@ def load_weights(model: nn.Module, state: dict[str, torch.Tensor], source: str |
         detail = [ln.strip() for ln in str(e).splitlines()[1:] if ln.strip()]
         raise CheckpointError(f"{source}: weights do not fit {type(model).__name__}: "
                               f"{detail[0] if detail else e}") from None  # fmt: skip
+
+
+def read_weights(path: str | Path, key: str = "model.pretrained") -> dict[str, torch.Tensor]:
+    """A state_dict from .safetensors, a plain .pt/.pth state_dict, or a kiln/tutorial checkpoint."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise CheckpointError(f"{key}: weights file not found: {path}")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path))
+        except Exception as e:  # SafetensorError, OSError
+            raise CheckpointError(f"{key}: {path} is not a readable safetensors file ({e})") from None
+    obj = _load_safe(path)
+    for k in ("model_state_dict", "state_dict", "model"):
+        if isinstance(obj, dict) and isinstance(obj.get(k), dict):
+            obj = obj[k]
+            break
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise CheckpointError(f"{key}: {path} holds no state_dict of tensors")
+    # weights saved from DDP or torch.compile wrappers carry these prefixes
+    return OrderedDict((k.removeprefix("module.").removeprefix("_orig_mod."), v) for k, v in obj.items())
+
+
+def safetensors_metadata(path: str | Path) -> dict[str, str]:
+    """The string metadata stored in a .safetensors header (empty for other files)."""
+    if Path(path).suffix != ".safetensors":
+        return {}
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        return dict(f.metadata() or {})

@@ -7,7 +7,7 @@ import math
 from pathlib import Path
 
 
-def run_tune(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
     from kiln.registry import add_project_path
     from kiln.tuning.space import load_space, resolved
 
@@ -54,4 +54,4 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--out", default="runs/tune", help="results folder (an absolute storage path for Ray)")
     t.add_argument("--resume", action="store_true", help="continue the interrupted search in --out")
     t.add_argument("overrides", nargs="*", metavar="key=value", help="overrides for every trial")
-    t.set_defaults(func=run_tune)
+    t.set_defaults(func=run)

@@ -24,7 +24,7 @@ def torchrun_argv(args: argparse.Namespace) -> list[str]:
     return cmd + (["--resume", resume] if resume else [])
 
 
-def run_train(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
     if args.nproc and "RANK" not in os.environ:
         env = dict(os.environ)
         # torch 2.14 + gloo: a restarted rendezvous cannot reuse the shared TCP store
@@ -70,4 +70,4 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--master-port", type=int, default=29500)
     d.add_argument("--max-restarts", type=int, default=0,
                    help="restart all workers up to K times after a failure, resuming from the last checkpoint")  # fmt: skip
-    t.set_defaults(func=run_train)
+    t.set_defaults(func=run)

@@ -1,12 +1,11 @@
-"""`kiln export` and `kiln predict` (argument parsing only; torch and friends are imported in the handlers)."""
+"""`kiln export` (argument parsing only; torch and friends are imported in the handler)."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
-from kiln.export import FORMATS, TOLERANCE
-from kiln.registry import add_project_path
+from kiln.export import FORMAT_NAMES, TOLERANCE
 
 EXPORT_DESCRIPTION = """\
 Write a checkpoint as a deployable artifact, load it back, and check it against the eager model on real
@@ -36,24 +35,17 @@ formats:
                args, classes, preprocessing): the safe format to share; kiln rebuilds the model from it.
 """
 
-PREDICT_DESCRIPTION = """\
-Classify image files with a kiln checkpoint or any `kiln export` artifact: model.pt (TorchScript),
-model.pt2, model.onnx, a Triton model folder (or a repository holding one model), a safetensors export
-folder or its .safetensors file. The recorded preprocessing is applied (preprocess.json beside the
-artifact, or the checkpoint's own record). Folders are walked for image files. Unreadable files are
-reported on stderr and in the output; the exit status is non-zero only when no image could be read.
-"""
 
-
-def run_export(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
     from kiln.export.run import export_checkpoint
+    from kiln.export.verify import format_check
+    from kiln.registry import add_project_path
 
     add_project_path(args.config)
-    from kiln.export.verify import format_check
-
     rep = export_checkpoint(
-        args.checkpoint, args.format, args.out, args.name, args.max_batch_size, args.method, args.backend,
-        args.overrides, args.config, args.tolerance, args.allow_tracer_warnings, args.instance_kind,
+        args.checkpoint, args.format, args.out, overrides=args.overrides, config=args.config, tolerance=args.tolerance,
+        name=args.name, max_batch_size=args.max_batch_size, method=args.method, backend=args.backend,
+        allow_tracer_warnings=args.allow_tracer_warnings, instance_kind=args.instance_kind,
     )  # fmt: skip
     how = {"torchscript": f" ({rep['method']})", "triton": f" ({rep['backend']})"}.get(rep["format"], "")
     print(f"kiln: exported {rep['model']} as {rep['format']}{how} -> {rep['artifact']} "
@@ -70,20 +62,6 @@ def run_export(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_predict(args: argparse.Namespace) -> int:
-    from kiln.errors import DataError
-    from kiln.export.predict import format_results, load_any, predict
-
-    add_project_path(None)
-    loaded = load_any(args.model, trust=args.trust)
-    results = predict(loaded, args.inputs, args.topk, args.batch_size)
-    print(format_results(results, args.format, args.topk))
-    ok = sum("top" in r for r in results)
-    if ok == 0:
-        raise DataError(f"no image could be read ({len(results)} input(s) failed, see above)")
-    return 0
-
-
 def add_parser(sub: argparse._SubParsersAction) -> None:
     e = sub.add_parser(
         "export",
@@ -92,7 +70,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     e.add_argument("--checkpoint", required=True, help="a kiln checkpoint (e.g. runs/x/checkpoints/best.pt)")
-    e.add_argument("--format", required=True, choices=FORMATS, help="what to write (see above)")
+    e.add_argument("--format", required=True, choices=FORMAT_NAMES, help="what to write (see above)")
     e.add_argument(
         "--out", help="output folder (default: <run dir>/export-<format>); for triton the repository"
     )
@@ -112,19 +90,4 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     e.add_argument("-c", "--config", help="use this config instead of the one stored in the checkpoint")
     e.add_argument("overrides", nargs="*", metavar="key=value",
                    help="dotted config overrides, e.g. data.root=/other/copy (data is used for verification)")  # fmt: skip
-    e.set_defaults(func=run_export)
-
-    p = sub.add_parser(
-        "predict",
-        help="classify image files with a checkpoint or any exported model",
-        description=PREDICT_DESCRIPTION,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    p.add_argument("--model", required=True, metavar="PATH", help="checkpoint, export file or export folder")
-    p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR", help="image files and/or folders")
-    p.add_argument("--topk", type=int, default=5, help="classes per image (default: 5)")
-    p.add_argument("--format", choices=["json", "csv"], default="json", help="output format (default: json)")
-    p.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default: 64)")
-    p.add_argument("--trust", action="store_true",
-                   help="allow loading .pt2 files (torch.export.load unpickles; only for files you trust)")  # fmt: skip
-    p.set_defaults(func=run_predict)
+    e.set_defaults(func=run)

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from kiln.engine import checkpoint
+from kiln import checkpoint
 from kiln.errors import CheckpointError
 
 
@@ -49,7 +49,7 @@ def test_failed_write_keeps_old_file(tmp_path: Path) -> None:
     code = textwrap.dedent(f"""
         import resource, signal, torch
         from pathlib import Path
-        from kiln.engine import checkpoint
+        from kiln import checkpoint
         from kiln.errors import CheckpointError
         p = Path({str(tmp_path / "last.pt")!r})
         checkpoint.save({{"model_state_dict": {{"w": torch.zeros(10)}}}}, p)

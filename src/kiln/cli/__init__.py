@@ -1,25 +1,20 @@
 """The `kiln` command. It only parses arguments and calls the library; errors the user can fix are
 printed as one line (no traceback) with a non-zero exit code.
 
-Each command lives beside the code it drives and adds its own sub-parser through ``add_parser(sub)``;
-those modules import nothing heavy at import time, so `kiln --help` stays fast.
+One module per command, each with ``add_parser(subparsers)`` and a handler that imports the library only
+when it runs, so `kiln --help` and `kiln <command> --help` import no torch.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 from collections.abc import Sequence
 
+from kiln.cli import check_data, evaluate, export, new, predict, train, tune
 from kiln.errors import KilnError
 
-# module -> the commands it adds (each module has add_parser(subparsers))
-COMMAND_MODULES = [
-    "kiln.engine.command", "kiln.evaluation.command", "kiln.export.command", "kiln.scaffold.command",
-    "kiln.tuning.command",
-    "kiln.data.check",
-]  # fmt: skip
+COMMANDS = (train, evaluate, export, predict, tune, new, check_data)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -27,14 +22,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="kiln", description="Train, evaluate, export and tune image classifiers."
     )
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as e:
-            if not (e.name and name.startswith(e.name)):  # a missing dependency inside it is a real error
-                raise
-            continue
-        module.add_parser(sub)
+    for command in COMMANDS:
+        command.add_parser(sub)
     return p
 
 

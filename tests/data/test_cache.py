@@ -6,7 +6,7 @@ import pytest
 import torch
 from PIL import Image
 
-from kiln.data.decode import load_images
+from kiln.data.cache import load_images
 from kiln.errors import DataError
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 
-def run_eval(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
     from kiln.evaluation.run import evaluate_checkpoint
 
     rep = evaluate_checkpoint(args.checkpoint, args.split, args.out, args.overrides, args.config, args.topk)
@@ -29,4 +29,4 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--out", help="output folder")
     e.add_argument("--topk", type=int, default=5, help="top-k columns in predictions.csv")
     e.add_argument("overrides", nargs="*", metavar="key=value", help="dotted config overrides")
-    e.set_defaults(func=run_eval)
+    e.set_defaults(func=run)

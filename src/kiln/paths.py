@@ -1,0 +1,94 @@
+"""``RunDir``: the one place that knows the layout of a run folder.
+
+<run dir>/config.yaml           the fully resolved config
+<run dir>/metrics.jsonl         one JSON line per epoch
+<run dir>/summary.json          best epoch and metric, test results
+<run dir>/run_info.json         versions, git commit, dataset fingerprint
+<run dir>/checkpoints/last.pt   after every epoch (and every N steps, and on Ctrl-C)
+<run dir>/checkpoints/best.pt   the best epoch by trainer.checkpoint.monitor
+<run dir>/checkpoints/epoch-N.pt  every trainer.checkpoint.every_n_epochs
+<run dir>/tensorboard/, wandb/  logger output
+<run dir>/eval-<split>/         kiln eval's report
+<run dir>/export-<format>/      kiln export's artifacts
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from kiln.errors import KilnError
+
+
+@dataclass(frozen=True)
+class RunDir:
+    root: Path
+
+    @classmethod
+    def of_checkpoint(cls, checkpoint: str | Path) -> RunDir:
+        """The run folder a checkpoint file lives in (``<run dir>/checkpoints/x.pt``)."""
+        return cls(Path(checkpoint).resolve().parent.parent)
+
+    @property
+    def config(self) -> Path:
+        return self.root / "config.yaml"
+
+    @property
+    def metrics(self) -> Path:
+        return self.root / "metrics.jsonl"
+
+    @property
+    def summary(self) -> Path:
+        return self.root / "summary.json"
+
+    @property
+    def run_info(self) -> Path:
+        return self.root / "run_info.json"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.root / "checkpoints"
+
+    @property
+    def last(self) -> Path:
+        return self.checkpoints / "last.pt"
+
+    @property
+    def best(self) -> Path:
+        return self.checkpoints / "best.pt"
+
+    @property
+    def tensorboard(self) -> Path:
+        return self.root / "tensorboard"
+
+    def epoch_checkpoint(self, epoch: int) -> Path:
+        return self.checkpoints / f"epoch-{epoch}.pt"
+
+    def epoch_checkpoints(self) -> list[Path]:
+        """epoch-N.pt files, oldest epoch first."""
+        return sorted(self.checkpoints.glob("epoch-*.pt"), key=lambda p: int(p.stem.split("-")[1]))
+
+    def resume_candidates(self) -> list[Path]:
+        """Checkpoints to continue from, newest first (best.pt is a copy of an epoch, not a resume point)."""
+        if not self.checkpoints.is_dir():
+            return []
+        found = [p for p in self.checkpoints.glob("*.pt") if p != self.best]
+        return sorted(found, key=lambda p: p.stat().st_mtime, reverse=True)
+
+    def eval_dir(self, split: str) -> Path:
+        return self.root / f"eval-{split}"
+
+    def export_dir(self, fmt: str) -> Path:
+        return self.root / f"export-{fmt}"
+
+    def check_writable(self) -> None:
+        """Fail before training, not at the first checkpoint, when the folder cannot be written."""
+        try:
+            self.checkpoints.mkdir(parents=True, exist_ok=True)
+            probe = self.root / ".write-test"
+            probe.write_bytes(b"x" * 4096)
+            probe.unlink()
+        except OSError as e:
+            raise KilnError(
+                f"run.dir: cannot write to {self.root} ({e.strerror}); choose another run.dir"
+            ) from None
