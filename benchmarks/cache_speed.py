@@ -13,6 +13,7 @@ from benchmarks.common import cifar10_dir
 from kiln.config import DataConfig
 from kiln.data.cache import load_images
 from kiln.data.sources import folder
+from kiln.data.spec import ImageSpec
 
 
 def main() -> None:
@@ -25,10 +26,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as d:
         cache = Path(d)
         t0 = time.perf_counter()
-        a = load_images(paths, 3, (32, 32), False, cache, args.workers)
+        a = load_images(paths, ImageSpec(3, (32, 32)), False, cache, args.workers)[0]
         decode = time.perf_counter() - t0
         t0 = time.perf_counter()
-        b = load_images(paths, 3, (32, 32), False, cache, args.workers)
+        b = load_images(paths, ImageSpec(3, (32, 32)), False, cache, args.workers)[0]
         _ = int(b[-1, 0, 0, 0])  # touch the mapped data
         load = time.perf_counter() - t0
     print(

@@ -111,9 +111,12 @@ def preloaded_cifar(root: Path) -> tuple[torch.Tensor, torch.Tensor]:
     from kiln.config import DataConfig
     from kiln.data.cache import load_images
     from kiln.data.sources import folder
+    from kiln.data.spec import ImageSpec
 
     raw = folder(DataConfig(source="folder", root=str(root)))
-    images = load_images(raw.train.paths, 3, (32, 32), False, Path("~/.cache/kiln").expanduser(), workers=2)
+    images = load_images(
+        raw.train.paths, ImageSpec(3, (32, 32)), False, Path("~/.cache/kiln").expanduser(), workers=2
+    )[0]
     x = (images.float() / 255 - 0.5) / 0.5
     return x, torch.tensor(raw.train.labels)
 

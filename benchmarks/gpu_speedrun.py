@@ -26,13 +26,13 @@ def build_airbench_files(root: Path, out: Path) -> None:
     from kiln.config import DataConfig
     from kiln.data.cache import load_images
     from kiln.data.sources import folder
+    from kiln.data.spec import ImageSpec
 
     raw = folder(DataConfig(source="folder", root=str(root)))
     out.mkdir(parents=True, exist_ok=True)
     for name, split in (("train.pt", raw.train), ("test.pt", raw.test)):
-        images = load_images(
-            split.paths, 3, (32, 32), False, Path("~/.cache/kiln").expanduser(), os.cpu_count() or 1
-        )
+        images = load_images(split.paths, ImageSpec(3, (32, 32)), False, Path("~/.cache/kiln").expanduser(),
+                             os.cpu_count() or 1)[0]  # fmt: skip
         labels = torch.tensor(split.labels)
         # The folder lists class by class; torchvision's CIFAR-10 arrays are in random order, and airbench
         # whitens from the first 5,000 train images, so keep that order random (fixed) as it expects.

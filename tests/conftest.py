@@ -28,6 +28,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if str(Path(item.fspath).relative_to(ROOT / "tests")) in SLOW_MODULES:
             item.add_marker(pytest.mark.slow)
+
+
 SHARED = ROOT.parent / "shared" / "data"
 DATA = ROOT / "data"
 

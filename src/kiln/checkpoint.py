@@ -83,7 +83,9 @@ def _load_safe(path: Path) -> Any:
         first = lines[0] if lines else type(e).__name__
         raise CheckpointError(f"{path}: refused, it holds objects other than tensors and plain values "
                               f"({first}); kiln never unpickles code from a file") from None  # fmt: skip
-    except Exception as e:  # RuntimeError, EOFError, BadZipFile, IndexError...: whatever a damaged file raises
+    except (
+        Exception
+    ) as e:  # RuntimeError, EOFError, BadZipFile, IndexError...: whatever a damaged file raises
         raise CheckpointError(f"{path}: not a readable checkpoint (damaged or truncated?): {e}") from None
 
 

@@ -4,7 +4,8 @@ import torch
 
 from kiln.config import AugmentConfig, DataConfig
 from kiln.data import build
-from kiln.data.augment import BatchTransform, random_crop, seeded_generator
+from kiln.data.augment import BatchTransform, seeded_generator
+from kiln.data.geometry import random_crop
 from kiln.data.loaders import EpochOrder, MemoryLoader
 
 CPU = torch.device("cpu")

@@ -41,7 +41,9 @@ def test_checkpoint_contents(run: Path) -> None:
     # 1,293 train images at batch 32: 41 optimizer steps per epoch
     saved = ckpt.load(RunDir(run).last)
     assert (
-        saved["epoch"] == 2 and saved["step"] == 2 * 41 and saved["data_state"] == {"epoch": 1, "position": 41}  # all of epoch index 1
+        saved["epoch"] == 2
+        and saved["step"] == 2 * 41
+        and saved["data_state"] == {"epoch": 1, "position": 41}  # all of epoch index 1
     )
     assert set(saved["callbacks"]) == {"MetricsLog#0", "ProgressBar#0", "EarlyStopping#0", "Checkpointing#0"}
     assert saved["callbacks"]["Checkpointing#0"] == {

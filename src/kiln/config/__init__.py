@@ -25,11 +25,14 @@ from kiln.config.schema import (
     DataConfig,
     EarlyStoppingConfig,
     EmaConfig,
+    ErasingConfig,
+    JitterConfig,
     LoggingConfig,
     LookaheadConfig,
     ModelConfig,
     OptimizerConfig,
     ParamGroupConfig,
+    ResizedCropConfig,
     RunConfig,
     SchedulerConfig,
     TrainerConfig,
@@ -41,8 +44,8 @@ from kiln.errors import ConfigError
 
 __all__ = [
     "DATA_SOURCES", "EPOCH_METRICS", "AugmentConfig", "CallbackSpec", "CheckpointConfig", "Config", "CsvConfig",
-    "DataConfig", "EarlyStoppingConfig", "EmaConfig", "LoggingConfig", "LookaheadConfig", "ModelConfig",
-    "OptimizerConfig", "ParamGroupConfig", "RunConfig", "SchedulerConfig", "TrainerConfig", "UnfreezeConfig",
+    "DataConfig", "EarlyStoppingConfig", "EmaConfig", "ErasingConfig", "JitterConfig", "LoggingConfig", "LookaheadConfig", "ModelConfig",
+    "OptimizerConfig", "ParamGroupConfig", "ResizedCropConfig", "RunConfig", "SchedulerConfig", "TrainerConfig", "UnfreezeConfig",
     "WandbConfig", "apply_overrides", "dump_config", "epoch_metric_names", "load_config", "read_config_file",
     "validate",
 ]  # fmt: skip

@@ -1,85 +1,154 @@
-"""Decoding image files: one at a time (``open_image``), or a list in parallel processes into one uint8
-``[N, C, H, W]`` array (``decode_files``), and finding the unreadable ones (``scan_files``)."""
+"""Decoding image files into stored pixels: one at a time (``open_image``), or a list in parallel processes
+into one uint8 ``[N, C, H, W]`` array (``decode_files``), and finding the unreadable ones (``scan_files``).
+
+Photos are read as a person sees them: EXIF orientation applied; CMYK, palette (with transparency),
+16-bit and grayscale files converted properly; large JPEGs decoded at a reduced DCT scale (PIL's
+``draft``) when they are only going to be shrunk. How a decoded image is sized is the ``ImageSpec``'s
+(``spec.py``): kept as it is, squashed, or resized with its aspect kept (whole for training, the centre
+square for evaluation).
+"""
 
 from __future__ import annotations
 
+import io
 import warnings
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageCms, ImageOps
 
+from kiln.data.spec import ImageSpec
 from kiln.errors import DataError
 
 Image.MAX_IMAGE_PIXELS = 89_478_485  # PIL's default decompression-bomb bound, made an error below
+RESAMPLE = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC}
+READ_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombWarning, Image.DecompressionBombError)
+_SRGB = ImageCms.createProfile("sRGB")
 
 
-def open_image(path: Path, channels: int, size: tuple[int, int] | None) -> np.ndarray:
-    """One image as uint8 ``[C, H, W]``; raises DataError naming the file when it cannot be read."""
+def _flatten(im: Image.Image) -> Image.Image:
+    """Transparent pixels over white: their own RGB values are arbitrary (often black), white is what
+    a viewer shows."""
+    rgba = im.convert("RGBA")
+    return Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba).convert("RGB")
+
+
+def to_mode(im: Image.Image, channels: int) -> Image.Image:
+    """Any PIL mode to RGB (channels 3) or L (channels 1), the way it should look."""
+    if im.mode.startswith("I;16") or im.mode == "I":
+        arr = np.asarray(im)
+        if im.mode != "I" or arr.max() > 255:  # 16-bit samples: keep the top 8 bits (convert("L") would clip)
+            im = Image.fromarray((arr.astype(np.uint32) >> 8).astype(np.uint8))
+    if im.mode == "CMYK" and im.info.get("icc_profile"):
+        try:  # the file's own colour profile to sRGB; without one PIL's plain conversion below
+            src = ImageCms.ImageCmsProfile(io.BytesIO(im.info["icc_profile"]))
+            im = ImageCms.profileToProfile(im, src, _SRGB, outputMode="RGB")
+        except (ImageCms.PyCMSError, OSError):
+            pass
+    if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
+        im = _flatten(im)
+    return im.convert("L" if channels == 1 else "RGB")
+
+
+def _upright_size(im: Image.Image) -> tuple[int, int]:
+    w, h = im.size
+    return (w, h) if im.getexif().get(0x0112) in (5, 6, 7, 8) else (h, w)  # EXIF turns that swap the sides
+
+
+def _read(path: Path, channels: int, shrink_to: int | None) -> tuple[Image.Image, tuple[int, int]]:
+    """The image upright in RGB or L, and its full-resolution upright (H, W) (before any draft scaling)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        with Image.open(path) as im:
+            size = _upright_size(im)
+            if shrink_to and im.format == "JPEG":  # decode at 1/2, 1/4, 1/8 scale when that still covers it
+                im.draft("L" if channels == 1 else "RGB", (shrink_to, shrink_to))
+            im = ImageOps.exif_transpose(im)  # phone photos: stored sideways, shown upright
+            return to_mode(im, channels), size
+
+
+def presized(h: int, w: int, spec: ImageSpec, train: bool) -> tuple[int, int]:
+    """(H, W) an (h, w) image is resized to before any crop (``spec.resize`` crop: shorter side to
+    ``resize_size``; a train photo longer than ``max_aspect`` is shrunk further so it stays whole)."""
+    s = min(spec.resize_size)
+    scale = s / min(h, w)
+    if train:
+        scale = min(scale, spec.stored(True)[0] / max(h, w))
+    return max(1, round(h * scale)), max(1, round(w * scale))
+
+
+def open_image(path: Path, spec: ImageSpec, train: bool = False) -> tuple[np.ndarray, tuple[int, int]]:
+    """One image as stored: uint8 ``[C, H, W]`` of ``spec.stored(train)`` and the (h, w) the photo fills
+    (a train canvas holds the whole photo top-left; elsewhere the whole array). DataError names the file."""
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as im:
-                im = im.convert("L" if channels == 1 else "RGB")
-                if size is not None and im.size != (size[1], size[0]):
-                    im = im.resize((size[1], size[0]), Image.BILINEAR)
-                arr = np.asarray(im, dtype=np.uint8)
-    except (
-        OSError,
-        ValueError,
-        SyntaxError,
-        Image.DecompressionBombWarning,
-        Image.DecompressionBombError,
-    ) as e:
+        stored = spec.stored(train)
+        im, (h0, w0) = _read(path, spec.channels, max(spec.resize_size) if spec.resize != "none" else None)
+        if spec.resize == "none" and (h0, w0) != spec.size:
+            raise DataError(f"{path}: image is {w0}x{h0} but the first one is {spec.size[1]}x{spec.size[0]}; "
+                            "set data.image_size to resize them all")  # fmt: skip
+        resample = RESAMPLE[spec.interpolation]
+        if spec.resize == "squash" and (h0, w0) != stored:
+            im = im.resize((stored[1], stored[0]), resample)
+        elif spec.resize == "crop":
+            h, w = presized(h0, w0, spec, train)  # from the full size: the same whether or not drafted
+            if (h, w) != (im.size[1], im.size[0]):
+                im = im.resize((w, h), resample)
+            if not train:  # evaluation: the centre of the resized photo
+                top, left = (h - stored[0]) // 2, (w - stored[1]) // 2
+                im = im.crop((left, top, left + stored[1], top + stored[0]))
+        arr = np.asarray(im, dtype=np.uint8)
+    except READ_ERRORS as e:
         raise DataError(
             f"{path}: cannot read image ({type(e).__name__}: {e}); fix or remove the file"
         ) from None
-    return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
+    arr = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
+    extent = (arr.shape[1], arr.shape[2])
+    if arr.shape[1:] != stored:  # a train canvas: the photo top-left, zeros around it
+        canvas = np.zeros((arr.shape[0], *stored), np.uint8)
+        canvas[:, : extent[0], : extent[1]] = arr
+        arr = canvas
+    return arr, extent
 
 
 def probe_file(path: Path, channels: int | None) -> tuple[int, tuple[int, int]]:
-    """Channels and (H, W) of the first image, used when the config leaves them open."""
+    """Channels and (H, W), upright, of one image, from its header (used when the config leaves them open,
+    and for the extents of streamed train photos)."""
     try:
         with Image.open(path) as im:
-            c = channels or (1 if im.mode in ("1", "L", "I", "I;16", "F") else 3)
-            return c, (im.size[1], im.size[0])
-    except OSError as e:
+            return channels or (1 if im.mode in ("1", "L", "I", "I;16", "F") else 3), _upright_size(im)
+    except READ_ERRORS as e:
         raise DataError(f"{path}: cannot read image ({e}); fix or remove the file") from None
 
 
-def _decode_chunk(args: tuple[list[str], int, tuple[int, int], bool]) -> np.ndarray:
-    paths, channels, size, resize = args
-    out = np.empty((len(paths), channels, *size), dtype=np.uint8)
+def _decode_chunk(args: tuple[list[str], ImageSpec, bool]) -> tuple[np.ndarray, np.ndarray]:
+    paths, spec, train = args
+    out = np.empty((len(paths), spec.channels, *spec.stored(train)), dtype=np.uint8)
+    extents = np.empty((len(paths), 2), dtype=np.int32)
     for i, p in enumerate(paths):
-        arr = open_image(Path(p), channels, size if resize else None)
-        if arr.shape[1:] != size:
-            raise DataError(f"{p}: image is {arr.shape[2]}x{arr.shape[1]} but the first one is "
-                            f"{size[1]}x{size[0]}; set data.image_size to resize them all")  # fmt: skip
-        out[i] = arr
-    return out
+        out[i], extents[i] = open_image(Path(p), spec, train)
+    return out, extents
 
 
-def _check_chunk(args: tuple[list[str], int, tuple[int, int], bool, int]) -> list[tuple[int, str]]:
-    paths, channels, size, resize, offset = args
+def _check_chunk(args: tuple[list[str], ImageSpec, int]) -> list[tuple[int, str]]:
+    paths, spec, offset = args
     bad = []
     for i, p in enumerate(paths):
         try:
-            _decode_chunk(([p], channels, size, resize))
+            open_image(Path(p), spec)
         except DataError as e:
             bad.append((offset + i, str(e)))
     return bad
 
 
-def scan_files(
-    paths: list[Path], channels: int, size: tuple[int, int], resize: bool, workers: int
-) -> list[tuple[int, str]]:
+def _chunks(paths: list[Path], workers: int) -> list[tuple[int, list[str]]]:
+    size = max(64, len(paths) // (workers * 8) + 1)
+    return [(i, [str(p) for p in paths[i : i + size]]) for i in range(0, len(paths), size)]
+
+
+def scan_files(paths: list[Path], spec: ImageSpec, workers: int) -> list[tuple[int, str]]:
     """Every unreadable or misshapen image as (index, message), in parallel, without stopping at the first."""
-    chunk = max(64, len(paths) // (workers * 8) + 1)
-    jobs = [
-        ([str(p) for p in paths[i : i + chunk]], channels, size, resize, i)
-        for i in range(0, len(paths), chunk)
-    ]
+    jobs = [(chunk, spec, i) for i, chunk in _chunks(paths, workers)]
     if workers <= 1 or len(jobs) <= 1:
         return [b for j in jobs for b in _check_chunk(j)]
     with ProcessPoolExecutor(workers) as pool:
@@ -87,15 +156,15 @@ def scan_files(
 
 
 def decode_files(
-    paths: list[Path], channels: int, size: tuple[int, int], resize: bool, workers: int
-) -> np.ndarray:
-    chunk = max(64, len(paths) // (workers * 8) + 1)
-    jobs = [
-        ([str(p) for p in paths[i : i + chunk]], channels, size, resize) for i in range(0, len(paths), chunk)
-    ]
+    paths: list[Path], spec: ImageSpec, train: bool, workers: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """All images as stored (``open_image``), in parallel processes: (uint8 [N, C, H, W], extents [N, 2])."""
+    jobs = [(chunk, spec, train) for _, chunk in _chunks(paths, workers)]
     if workers <= 1 or len(jobs) == 1:
         parts = [_decode_chunk(j) for j in jobs]
     else:
         with ProcessPoolExecutor(workers) as pool:
             parts = list(pool.map(_decode_chunk, jobs))
-    return np.concatenate(parts) if parts else np.empty((0, channels, *size), np.uint8)
+    if not parts:
+        return np.empty((0, spec.channels, *spec.stored(train)), np.uint8), np.empty((0, 2), np.int32)
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])

@@ -70,6 +70,11 @@ class _Resumable:
         """The stored uint8 images at these sample positions (for galleries)."""
         raise NotImplementedError
 
+    def in_order(self, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Every sample once, in index order, as (images on the device, positions), touching no epoch
+        state (for a frozen backbone's feature pass)."""
+        raise NotImplementedError
+
     def spread(self, n: int) -> torch.Tensor:
         """Up to ``n`` sample positions spread evenly over the split: image folders list class by class,
         so the first ``n`` could all be one class (a data-dependent init or a gallery wants them all)."""
@@ -109,6 +114,13 @@ class MemoryLoader(_Resumable):
 
     def images_at(self, idx: torch.Tensor) -> torch.Tensor:
         return self.images.index_select(0, idx.to(self.images.device)).cpu()
+
+    def in_order(self, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for i in range(0, len(self.labels), batch_size):
+            yield (
+                self.images[i : i + batch_size].to(self.device),
+                torch.arange(i, min(i + batch_size, len(self.labels))),
+            )
 
     def _batches(self) -> Iterator[Batch]:
         images, labels, device = self.images, self.labels, self.device
@@ -153,9 +165,9 @@ class StreamLoader(_Resumable):
     """A DataLoader with worker processes over a Dataset that decodes per sample, for data that does not
     fit in memory. Same batches, in the same order, as MemoryLoader for the same seed."""
 
-    def __init__(self, ds: Any, order: EpochOrder, device: torch.device, workers: int,
-                 ids: list[str] | None = None) -> None:  # fmt: skip
-        self.order, self.device, self.ids = order, device, ids
+    def __init__(self, ds: Any, order: EpochOrder, device: torch.device, workers: int, ids: list[str] | None = None,
+                 labels: torch.Tensor | None = None) -> None:  # fmt: skip
+        self.order, self.device, self.ids, self.labels = order, device, ids, labels
         self.loader = DataLoader(
             _Indexed(ds), batch_sampler=_OrderSampler(order), num_workers=workers,
             pin_memory=device.type == "cuda", persistent_workers=workers > 0,
@@ -168,6 +180,11 @@ class StreamLoader(_Resumable):
     def images_at(self, idx: torch.Tensor) -> torch.Tensor:
         ds = self.loader.dataset
         return torch.stack([torch.as_tensor(ds[int(i)][0]) for i in idx])
+
+    def in_order(self, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        loader = DataLoader(self.loader.dataset, batch_size=batch_size, num_workers=self.loader.num_workers)
+        for x, _, idx in loader:
+            yield x.to(self.device), idx
 
     def _batches(self) -> Iterator[Batch]:
         non_blocking = self.device.type == "cuda"

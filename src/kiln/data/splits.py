@@ -9,6 +9,7 @@ of these three); nothing else in kiln asks which kind of split it holds.
 from __future__ import annotations
 
 import hashlib
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -18,18 +19,11 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset, Subset
 
-from kiln.data.decode import open_image, probe_file, scan_files
+from kiln.data.decode import open_image, presized, probe_file, scan_files
+from kiln.data.spec import ImageSpec
 from kiln.errors import DataError
 
-
-@dataclass(frozen=True)
-class ImageSpec:
-    """How a dataset's images are stored for training: channels and (H, W); ``resize``: files of other
-    sizes are resized to it (data.image_size set), else they must all have it."""
-
-    channels: int
-    size: tuple[int, int]
-    resize: bool
+Stored = tuple[torch.Tensor, torch.Tensor]  # uint8 images [N, C, H, W], and the (h, w) each fills [N, 2]
 
 
 class Split(ABC):
@@ -52,17 +46,21 @@ class Split(ABC):
     def probe(self, channels: int | None) -> tuple[int, tuple[int, int]]:
         """(channels, (H, W)) of the stored images: the first one's, for files of any size."""
 
-    @abstractmethod
-    def memory_bytes(self, spec: ImageSpec) -> int | None:
+    def memory_bytes(self, spec: ImageSpec, train: bool) -> int | None:
         """Size of the split decoded into memory; None when it can only be streamed."""
+        return len(self) * spec.channels * math.prod(spec.stored(train))
 
     @abstractmethod
-    def to_memory(self, spec: ImageSpec, cache_dir: Path | None, workers: int) -> torch.Tensor:
-        """All images as one uint8 ``[N, C, H, W]`` tensor (decoded once, cached on disk for files)."""
+    def to_memory(self, spec: ImageSpec, cache_dir: Path | None, workers: int, train: bool) -> Stored:
+        """All images as stored (``ImageSpec.stored``), decoded once and cached on disk for files."""
 
     @abstractmethod
-    def dataset(self, spec: ImageSpec) -> Dataset:
-        """The stream path: a Dataset whose items are (image tensor [C, H, W], label)."""
+    def dataset(self, spec: ImageSpec, train: bool) -> Dataset:
+        """The stream path: a Dataset whose items are (image tensor as stored, label)."""
+
+    def extents(self, spec: ImageSpec, train: bool) -> torch.Tensor:
+        """The (h, w) each stored image fills (a train photo on its canvas), without decoding."""
+        return torch.tensor([spec.stored(train)] * len(self), dtype=torch.int32).view(-1, 2)
 
     @abstractmethod
     def fingerprint(self, h: Any) -> None:
@@ -94,14 +92,14 @@ class TensorSplit(Split):
     def probe(self, channels: int | None) -> tuple[int, tuple[int, int]]:
         return channels or int(self.images.shape[1]), tuple(self.images.shape[2:])  # type: ignore[return-value]
 
-    def memory_bytes(self, spec: ImageSpec) -> int | None:
-        return len(self) * spec.channels * spec.size[0] * spec.size[1]
+    def to_memory(self, spec: ImageSpec, cache_dir: Path | None, workers: int, train: bool) -> Stored:
+        return adapt(self.images, spec, train)
 
-    def to_memory(self, spec: ImageSpec, cache_dir: Path | None, workers: int) -> torch.Tensor:
-        return adapt(self.images, spec)
+    def dataset(self, spec: ImageSpec, train: bool) -> Dataset:
+        return _Pairs(adapt(self.images, spec, train)[0], self.label_tensor)
 
-    def dataset(self, spec: ImageSpec) -> Dataset:
-        return _Pairs(adapt(self.images, spec), self.label_tensor)
+    def extents(self, spec: ImageSpec, train: bool) -> torch.Tensor:
+        return adapt(self.images[:1], spec, train)[1].expand(len(self), 2)
 
     def fingerprint(self, h: Any) -> None:
         h.update(self.images.numpy().tobytes())
@@ -131,22 +129,25 @@ class FileSplit(Split):
     def probe(self, channels: int | None) -> tuple[int, tuple[int, int]]:
         return probe_file(self.paths[0], channels)
 
-    def memory_bytes(self, spec: ImageSpec) -> int | None:
-        return len(self) * spec.channels * spec.size[0] * spec.size[1]
-
-    def to_memory(self, spec: ImageSpec, cache_dir: Path | None, workers: int) -> torch.Tensor:
+    def to_memory(self, spec: ImageSpec, cache_dir: Path | None, workers: int, train: bool) -> Stored:
         from kiln.data.cache import load_images
 
-        return load_images(self.paths, spec.channels, spec.size, spec.resize, cache_dir, workers)
+        return load_images(self.paths, spec, train, cache_dir, workers)
 
-    def dataset(self, spec: ImageSpec) -> Dataset:
-        return _Files(self.paths, self.file_labels, spec)
+    def dataset(self, spec: ImageSpec, train: bool) -> Dataset:
+        return _Files(self.paths, self.file_labels, spec, train)
+
+    def extents(self, spec: ImageSpec, train: bool) -> torch.Tensor:
+        if not (train and spec.resize == "crop"):
+            return super().extents(spec, train)
+        sizes = [probe_file(p, spec.channels)[1] for p in self.paths]  # headers only
+        return torch.tensor([presized(h, w, spec, True) for h, w in sizes], dtype=torch.int32).view(-1, 2)
 
     def fingerprint(self, h: Any) -> None:
         h.update("\n".join(f"{p}|{y}" for p, y in zip(self.paths, self.file_labels, strict=True)).encode())
 
     def scan(self, spec: ImageSpec, workers: int) -> list[tuple[int, str]]:
-        return scan_files(self.paths, spec.channels, spec.size, spec.resize, workers)
+        return scan_files(self.paths, spec, workers)
 
 
 @dataclass
@@ -172,13 +173,13 @@ class DatasetSplit(Split):
             raise DataError(f"data.dataset: items must be (tensor [C,H,W], label); got {type(x).__name__}")
         return int(x.shape[0]), (int(x.shape[1]), int(x.shape[2]))
 
-    def memory_bytes(self, spec: ImageSpec) -> int | None:
+    def memory_bytes(self, spec: ImageSpec, train: bool) -> int | None:
         return None  # a user's Dataset may transform on the fly: always streamed
 
-    def to_memory(self, spec: ImageSpec, cache_dir: Path | None, workers: int) -> torch.Tensor:
+    def to_memory(self, spec: ImageSpec, cache_dir: Path | None, workers: int, train: bool) -> Stored:
         raise DataError("data.loader=memory: a custom Dataset is always streamed; use data.loader=auto")
 
-    def dataset(self, spec: ImageSpec) -> Dataset:
+    def dataset(self, spec: ImageSpec, train: bool) -> Dataset:
         return self.ds
 
     def fingerprint(self, h: Any) -> None:
@@ -195,20 +196,40 @@ def fingerprint(splits: Sequence[Split | None], classes: list[str]) -> str:
     return h.hexdigest()[:16]
 
 
-def adapt(images: torch.Tensor, spec: ImageSpec) -> torch.Tensor:
-    """Channel conversion and resize for images already in memory (digits, torchvision)."""
+def _resize(images: torch.Tensor, size: tuple[int, int], mode: str) -> torch.Tensor:
+    if tuple(images.shape[2:]) == size:
+        return images
+    out = torch.nn.functional.interpolate(images.float(), size=size, mode=mode, antialias=True)
+    return out.round().clamp(0, 255).to(torch.uint8)
+
+
+def adapt(images: torch.Tensor, spec: ImageSpec, train: bool) -> Stored:
+    """Channel conversion and the spec's geometry for images already in memory (digits, torchvision):
+    the arithmetic of ``decode.open_image`` on uint8 tensors of one size."""
     if images.shape[1] != spec.channels:
         if spec.channels == 3:
             images = images.expand(-1, 3, -1, -1)
         else:  # ITU-R 601-2 luma, as PIL's convert("L")
             w = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
             images = (images.float() * w).sum(1, keepdim=True).round().clamp(0, 255).to(torch.uint8)
-    if spec.resize and tuple(images.shape[2:]) != spec.size:
-        images = torch.nn.functional.interpolate(
-            images.float(), size=spec.size, mode="bilinear", antialias=True
+    stored = spec.stored(train)
+    if spec.resize == "squash":
+        images = _resize(images, stored, spec.interpolation)
+    elif spec.resize == "crop":
+        h, w = presized(images.shape[2], images.shape[3], spec, train)
+        images = _resize(images, (h, w), spec.interpolation)
+        if train:  # the whole image, top-left on the canvas
+            canvas = torch.zeros((images.shape[0], images.shape[1], *stored), dtype=torch.uint8)
+            canvas[:, :, :h, :w] = images
+            return canvas, torch.tensor([[h, w]] * len(images), dtype=torch.int32).view(-1, 2)
+        top, left = (h - stored[0]) // 2, (w - stored[1]) // 2
+        images = images[:, :, top : top + stored[0], left : left + stored[1]]
+    elif tuple(images.shape[2:]) != spec.size:
+        raise DataError(
+            f"images are {tuple(images.shape[2:])}, not data.image_size {spec.size}; set data.resize"
         )
-        images = images.round().clamp(0, 255).to(torch.uint8)
-    return images.contiguous()
+    images = images.contiguous()
+    return images, torch.tensor([list(images.shape[2:])] * len(images), dtype=torch.int32).view(-1, 2)
 
 
 class _Pairs(Dataset):
@@ -223,18 +244,17 @@ class _Pairs(Dataset):
 
 
 class _Files(Dataset):
-    """Decodes one file per item (the stream path)."""
+    """Decodes one file per item (the stream path), exactly as the memory path's cache does."""
 
-    def __init__(self, paths: list[Path], labels: list[int], spec: ImageSpec) -> None:
-        self.paths, self.labels, self.spec = paths, labels, spec
+    def __init__(self, paths: list[Path], labels: list[int], spec: ImageSpec, train: bool) -> None:
+        self.paths, self.labels, self.spec, self.train = paths, labels, spec, train
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        size = self.spec.size if self.spec.resize else None
-        arr = open_image(self.paths[i], self.spec.channels, size)
-        return torch.from_numpy(arr.copy()), self.labels[i]
+        arr, _ = open_image(self.paths[i], self.spec, self.train)
+        return torch.from_numpy(arr), self.labels[i]
 
 
 @dataclass

@@ -9,12 +9,17 @@ from torch import nn
 
 
 class EMA:
+    """Follows ``model`` (the plain module, whatever wraps it for training: DDP and torch.compile share
+    its parameters, and a frozen backbone's head trains them in place)."""
+
     def __init__(self, model: nn.Module, decay: float, warmup: bool) -> None:
+        self.source = model
         self.module = copy.deepcopy(model).eval().requires_grad_(False)
         self.decay, self.warmup, self.updates = decay, warmup, 0
 
     @torch.no_grad()
-    def update(self, model: nn.Module) -> None:
+    def update(self) -> None:
+        model = self.source
         self.updates += 1
         d = min(self.decay, (1 + self.updates) / (10 + self.updates)) if self.warmup else self.decay
         ema_p = [p for p in self.module.parameters()]

@@ -102,7 +102,7 @@ def train_one_epoch(
                 scheduler.step()
             state.step += 1
             if ema is not None:
-                ema.update(model)
+                ema.update()
             stop = not dist.enabled and should_stop()  # Ctrl-C: stop at a step boundary
         callbacks.batch_end(state.step, loss.detach(), optimizer.param_groups[0]["lr"])
         if (stepped and state.step % opts.log_every == 0) or last or stop:
@@ -216,7 +216,7 @@ def infer(model: nn.Module, loader: Iterable[Any], transform: BatchTransform,
     model.eval()
     outs, ys, ids = [], [], []
     for xb, y, idx in loader:
-        x = transform.normalize(xb)
+        x = transform.eval(xb)
         if opts.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with opts.autocast():

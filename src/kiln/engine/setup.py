@@ -21,11 +21,12 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from kiln.config import Config
-from kiln.console import bar_enabled
-from kiln.data import DataBundle
+from kiln.console import bar_enabled, log
+from kiln.data import DataBundle, Preset
 from kiln.engine.callbacks import Callback, EarlyStopping, MetricsLog
 from kiln.engine.distributed import Dist
 from kiln.engine.ema import EMA
+from kiln.engine.features import FrozenFeatures, frozen_features
 from kiln.engine.loggers import build_loggers
 from kiln.engine.lookahead import Lookahead
 from kiln.engine.loop import Criterion, EvalOptions, StepOptions
@@ -35,6 +36,7 @@ from kiln.errors import KilnError
 from kiln.losses import build_loss
 from kiln.models import create_model, transfer
 from kiln.models.init import first_conv, images_for_pca, pca_init
+from kiln.models.preprocessing import weights_preprocessing
 from kiln.optim import build_optimizer, build_scheduler
 from kiln.paths import RunDir
 from kiln.registry import CALLBACKS, METRICS
@@ -57,6 +59,7 @@ class Parts:
     frozen: list[str]  # parameter names frozen by model.freeze (trainer.unfreeze brings them back)
     freeze_bn: bool  # BatchNorm layers whose parameters are all frozen stay in eval mode
     init_seconds: float  # spent on a data-dependent init: training work, counted in the first epoch
+    features: FrozenFeatures | None  # a frozen backbone computed once (trainer.frozen_features)
 
     @property
     def eval_model(self) -> nn.Module:
@@ -64,6 +67,21 @@ class Parts:
 
     def frozen_batchnorms(self) -> list[nn.Module]:
         return transfer.frozen_batchnorms(self.model) if self.freeze_bn else []
+
+
+def data_preset(cfg: Config) -> Preset | None:
+    """The pretrained weights' preprocessing (None from scratch), said in the log with where it came from."""
+    w = weights_preprocessing(cfg.model)
+    if w is None:
+        return None
+    preset = Preset(**w)
+    given = [
+        k for k in ("image_size", "crop_pct", "interpolation", "mean") if getattr(cfg.data, k) is not None
+    ]
+    shown = ", ".join(f"{k} {v}" for k, v in w.items() if k != "source")
+    log(f"kiln: preprocessing from {preset.source}: {shown}"
+        + (f" (the config's data.{', data.'.join(given)} win)" if given else ""))  # fmt: skip
+    return preset
 
 
 def seed_everything(seed: int, deterministic: bool) -> None:
@@ -129,20 +147,25 @@ def build_parts(cfg: Config, data: DataBundle, device: torch.device, d: Dist) ->
         train_model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
     if t.compile:
         train_model = torch.compile(train_model)
+    step = StepOptions(
+        t.accumulate, t.grad_clip, t.log_every_n_steps, t.on_nan == "skip", channels_last, autocast
+    )
+    evaluation = EvalOptions(
+        t.tta, channels_last, autocast, {n.rpartition(":")[2]: METRICS.get(n) for n in t.metrics}
+    )
     return Parts(
         model=model, train_model=train_model, optimizer=optimizer, scaler=make_scaler(precision, device), ema=ema,
         scheduler=scheduler, schedule_steps=cfg.scheduler.name != "none" or cfg.scheduler.warmup_epochs > 0,
         criterion=build_loss(t.loss, t.label_smoothing, t.loss_args),
-        step=StepOptions(t.accumulate, t.grad_clip, t.log_every_n_steps, t.on_nan == "skip", channels_last, autocast),
-        eval=EvalOptions(t.tta, channels_last, autocast, {n.rpartition(":")[2]: METRICS.get(n) for n in t.metrics}),
-        frozen=frozen, freeze_bn=cfg.model.freeze_bn, init_seconds=init_seconds,
+        step=step, eval=evaluation, frozen=frozen, freeze_bn=cfg.model.freeze_bn, init_seconds=init_seconds,
+        features=frozen_features(cfg, model, data, step, evaluation, d),
     )  # fmt: skip
 
 
 def sample_images(data: DataBundle, n: int) -> torch.Tensor:
     """Up to ``n`` normalised train images spread over the split, read without moving the loader."""
     idx = data.train.spread(n)  # type: ignore[union-attr]
-    return data.transform.normalize(data.train.images_at(idx).to(data.train.device))  # type: ignore[union-attr]
+    return data.transform.train_centre(data.train.images_at(idx).to(data.train.device), idx)  # type: ignore[union-attr]
 
 
 def augmented_samples(data: DataBundle, n: int) -> Callable[[], torch.Tensor]:

@@ -21,6 +21,7 @@ from kiln.data import DataBundle, build
 from kiln.engine import distributed
 from kiln.engine.callbacks import Callback, CallbackList, FitInfo
 from kiln.engine.checkpointing import Checkpointing
+from kiln.engine.features import Features
 from kiln.engine.loop import TrainState, evaluate, predict, train_one_epoch
 from kiln.engine.precision import resolve_device
 from kiln.engine.resume import find_resume, make_checkpoint, restore, unfreeze
@@ -29,6 +30,7 @@ from kiln.engine.setup import (
     augmented_samples,
     build_callbacks,
     build_parts,
+    data_preset,
     sample_images,
     seed_everything,
     write_run_info,
@@ -70,7 +72,7 @@ def _fit(
     if cfg.data.batch_size % d.world:
         raise KilnError(f"data.batch_size: {cfg.data.batch_size} (the global batch) does not split evenly over "
                         f"{d.world} processes; use a multiple of {d.world}")  # fmt: skip
-    data = build(cfg.data, cfg.run.seed, device, d.rank, d.world)
+    data = build(cfg.data, cfg.run.seed, device, d.rank, d.world, preset=data_preset(cfg))
     parts = build_parts(cfg, data, device, d)
     if d.rank:
         torch.manual_seed(cfg.run.seed + d.rank)  # weights were made alike on every rank; now dropout differs
@@ -138,10 +140,22 @@ def run_epoch(cfg: Config, parts: Parts, state: TrainState, data: DataBundle, ca
     callbacks.epoch_start(epoch)
     t0 = time.perf_counter()
     limit = math.ceil((cfg.trainer.epochs - epoch) * len(train)) if epoch + 1 == epochs else None  # type: ignore[arg-type]
+    unfrozen = cfg.trainer.unfreeze is not None and epoch + 1 >= cfg.trainer.unfreeze.at_epoch
+    feats = parts.features if parts.features is not None and not unfrozen else None
+    if feats is not None:  # a frozen backbone: the head trains on features computed once per view
+        model, loader, transform, opts = (
+            feats.head_of(parts.model),
+            feats.train_loader(epoch),
+            Features(),
+            feats.step_options,
+        )
+    else:
+        model, loader, transform, opts = parts.train_model, train, data.transform, parts.step
     train_m = train_one_epoch(
-        parts.train_model, parts.criterion, parts.optimizer, train, data.transform, state, parts.step,
+        model, parts.criterion, parts.optimizer, loader, transform, state, opts,  # type: ignore[arg-type]
         scheduler=parts.scheduler if parts.schedule_steps else None, scaler=parts.scaler, ema=parts.ema,
-        frozen_bn=parts.frozen_batchnorms(), callbacks=callbacks, dist=d, should_stop=stop, limit=limit,
+        frozen_bn=() if feats else parts.frozen_batchnorms(), callbacks=callbacks, dist=d, should_stop=stop,
+        limit=limit,
     )  # fmt: skip
     if train_m["interrupted"]:
         return train_m
@@ -149,7 +163,10 @@ def run_epoch(cfg: Config, parts: Parts, state: TrainState, data: DataBundle, ca
     # nor early stopping. A run without a val split reports NaN on every epoch.
     validated = (epoch + 1) % cfg.trainer.val_every_n_epochs == 0 or epoch + 1 == epochs
     val = {"loss": math.nan, "acc": math.nan}
-    if validated and data.val is not None:
+    if validated and data.val is not None and feats is not None:
+        head = feats.head_of(ckpt.unwrap(parts.eval_model))
+        val = evaluate(head, feats.val_loader(), Features(), feats.eval_options, d)  # type: ignore[arg-type]
+    elif validated and data.val is not None:
         val = evaluate(parts.eval_model, data.val, data.transform, parts.eval, d)
     state.epoch = epoch + 1
     if validated:

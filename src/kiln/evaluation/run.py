@@ -8,7 +8,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from kiln.data import build
+from kiln.console import log
+from kiln.data import build, from_record, has_test_split
 from kiln.engine.loop import EvalOptions, infer
 from kiln.engine.precision import resolve_device
 from kiln.errors import KilnError
@@ -58,10 +59,15 @@ def evaluate_checkpoint(
 ) -> dict[str, Any]:  # fmt: skip
     t0 = time.perf_counter()
     r = restore(checkpoint, overrides, config)
+    if split == "test" and not has_test_split(
+        r.config.data
+    ):  # e.g. train/ + val/ only, as the tutorial's photos
+        log("kiln: the data has no test split; evaluating the val split")
+        split = "val"
     device = resolve_device(r.config.run.device)
     # only the split evaluated, normalised as the model was trained (not re-measured on today's data)
-    data = build(r.config.data, r.config.run.seed, device, splits=(split,),
-                 mean_std=(r.preprocess["mean"], r.preprocess["std"]))  # fmt: skip
+    spec, preset = from_record(r.preprocess)
+    data = build(r.config.data, r.config.run.seed, device, splits=(split,), preset=preset, spec=spec)
     if data.classes != r.classes:
         raise KilnError(
             f"the data's classes {data.classes[:10]} differ from the checkpoint's {r.classes[:10]}"

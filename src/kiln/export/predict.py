@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +16,7 @@ import torch
 
 from kiln.config import AugmentConfig
 from kiln.console import warn as console_warn
+from kiln.data import preprocess_spec
 from kiln.data.augment import BatchTransform
 from kiln.data.decode import open_image
 from kiln.data.sources import IMAGE_EXTENSIONS
@@ -119,16 +120,17 @@ def predict(loaded: Loaded, inputs: list[str], topk: int = 5, batch_size: int = 
     """One result per file, in input order: {"path", "top": [{"class", "prob"}]} or {"path", "error"}."""
     warn = warn or console_warn
     pre = loaded.preprocess
-    c, size = int(pre["in_channels"]), tuple(int(s) for s in pre["image_size"])
-    transform = BatchTransform(
-        list(pre["mean"]), list(pre["std"]), AugmentConfig(), 0
-    )  # training's arithmetic
+    spec = preprocess_spec(pre)
+    if spec.resize == "none":  # trained on images of one size: any other file is resized to it
+        spec = replace(spec, resize="squash")
+    # the geometry of training's evaluation and its arithmetic: decode as the cache does, then the centre view
+    transform = BatchTransform(list(pre["mean"]), list(pre["std"]), AugmentConfig(), 0, spec=spec)
     k = max(1, min(topk, len(loaded.classes)))
     results: list[dict[str, Any]] = []
     pending: list[tuple[int, np.ndarray]] = []
 
     def flush() -> None:
-        x = transform.normalize(torch.from_numpy(np.stack([a for _, a in pending])))
+        x = transform.eval(torch.from_numpy(np.stack([a for _, a in pending])))
         logits = loaded.run(x.numpy())
         if logits.shape != (len(pending), len(loaded.classes)):
             raise ArtifactError(f"{loaded.path}: gave outputs of shape {list(logits.shape)} for {len(pending)} "
@@ -146,7 +148,7 @@ def predict(loaded: Loaded, inputs: list[str], topk: int = 5, batch_size: int = 
             warn(results[-1]["error"])
             continue
         try:
-            pending.append((len(results) - 1, open_image(f, c, size)))
+            pending.append((len(results) - 1, open_image(f, spec)[0]))
         except KilnError as e:  # DataError naming the file: reported, the other images still run
             results[-1]["error"] = str(e)
             warn(str(e))

@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 
+from kiln.data import preprocess_spec
 from kiln.export import TOLERANCE, ExportError
 from kiln.export import verify as V
 from kiln.export.base import ExportOptions
@@ -17,12 +18,17 @@ from kiln.models.restore import Restored, restore
 from kiln.paths import RunDir
 
 PREPROCESS_FORMAT = "kiln-preprocess/1"
+GEOMETRY = {  # how a decoded image (EXIF orientation applied, RGB or L) becomes the model's input
+    "none": "the image as it is (every training image had image_size); kiln predict resizes others to it",
+    "squash": "resized to image_size ({s.interpolation}, antialiased), aspect ratio not kept",
+    "crop": "shorter side resized to resize_size ({s.interpolation}, antialiased), then the centre image_size",
+}
 
 
 def preprocess_record(r: Restored, input_name: str, output_name: str, artifact: str) -> dict[str, Any]:
     """Everything a deployment needs to feed the model what it saw in training, in plain JSON."""
     pre = r.preprocess
-    c = int(pre["in_channels"])
+    c, spec = int(pre["in_channels"]), preprocess_spec(pre)
     return {
         "format": PREPROCESS_FORMAT, "artifact": artifact, "model": r.config.model.name,
         "input": {"name": input_name, "dtype": "float32", "layout": "NCHW", "shape": ["batch", c, *pre["image_size"]]},
@@ -30,7 +36,7 @@ def preprocess_record(r: Restored, input_name: str, output_name: str, artifact: 
                    "meaning": "logits (unnormalised class scores); softmax gives probabilities"},
         "in_channels": c, "image_size": list(pre["image_size"]),  # [H, W]
         "channel_order": "RGB" if c == 3 else "L (grayscale, ITU-R 601-2 luma)",
-        "resize": "bilinear to image_size when the image differs",
+        **spec.record(), "geometry": GEOMETRY[spec.resize].format(s=spec),
         "scale": "uint8 0-255 -> float 0-1 (x / 255)",
         "mean": list(pre["mean"]), "std": list(pre["std"]),
         "normalize": "(x / 255 - mean[c]) / std[c] per channel",

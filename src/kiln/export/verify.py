@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from kiln.config import AugmentConfig, Config
-from kiln.data import build
+from kiln.data import build, from_record
 from kiln.data.augment import BatchTransform
 from kiln.errors import KilnError
 from kiln.export import VerificationError
@@ -38,8 +38,10 @@ def _uint8_images(cfg: Config, pre: dict[str, Any]) -> tuple[torch.Tensor | None
     want = (int(pre["in_channels"]), *map(int, pre["image_size"]))
     for split in ("test", "val", "train"):  # the first split there is: only that one is loaded
         try:
-            data = build(cfg.data, cfg.run.seed, torch.device("cpu"), splits=(split,),
-                         mean_std=(list(pre["mean"]), list(pre["std"])))  # fmt: skip
+            spec, preset = from_record(pre)
+            data = build(
+                cfg.data, cfg.run.seed, torch.device("cpu"), splits=(split,), preset=preset, spec=spec
+            )
         except KilnError as e:  # data moved or not on this machine: say so, verify on synthetic images
             return None, {"source": "synthetic", "reason": f"the training data could not be loaded ({e})"}
         loader = getattr(data, split)
@@ -47,7 +49,7 @@ def _uint8_images(cfg: Config, pre: dict[str, Any]) -> tuple[torch.Tensor | None
             break
     else:
         return None, {"source": "synthetic", "reason": "the data has no images"}
-    x = next(iter(loader))[0][:DATA_IMAGES].cpu()
+    x = data.transform.eval_view(next(iter(loader))[0][:DATA_IMAGES].cpu())  # what the model is given
     if tuple(x.shape[1:]) != want or x.dtype != torch.uint8:
         return None, {"source": "synthetic", "reason": f"the data's images are {tuple(x.shape[1:])} "
                       f"{x.dtype}, the checkpoint's model takes {want} uint8"}  # fmt: skip

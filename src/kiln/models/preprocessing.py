@@ -1,0 +1,91 @@
+"""The preprocessing pretrained weights were trained with, so a fine-tuned model sees inputs like theirs:
+input size, interpolation, crop_pct, mean and std, from timm's ``pretrained_cfg``, torchvision's weights
+transforms, a kiln checkpoint's record, or a safetensors file's metadata. (Plain values: the data layer
+turns them into its ``Preset``.)"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from kiln import checkpoint as ckpt
+from kiln.config import ModelConfig
+from kiln.errors import CheckpointError
+from kiln.models import parse_name
+
+
+def _floats(v: Any) -> tuple[float, ...]:
+    return tuple(float(x) for x in (v.split(",") if isinstance(v, str) else v))
+
+
+def _from_metadata(meta: dict[str, Any]) -> dict[str, Any]:
+    """timm-style keys (input_size 'C,H,W' or [C, H, W], crop_pct, interpolation, mean, std)."""
+    out: dict[str, Any] = {}
+    if "input_size" in meta:
+        size = _floats(meta["input_size"])
+        out["image_size"] = (int(size[-2]), int(size[-1]))
+    if "crop_pct" in meta:
+        out["crop_pct"] = float(meta["crop_pct"])
+    if meta.get("interpolation") in ("bilinear", "bicubic"):
+        out["interpolation"] = meta["interpolation"]
+    for k in ("mean", "std"):
+        if k in meta:
+            out[k] = _floats(meta[k])
+    return out
+
+
+def _from_file(path: Path) -> dict[str, Any]:
+    if path.suffix == ".safetensors":
+        return _from_metadata(ckpt.safetensors_metadata(path))
+    try:
+        pre = ckpt.load(path).get("preprocess") or {}
+    except CheckpointError:
+        return {}  # a plain state_dict: no record of its own
+    out = (
+        {"image_size": tuple(pre["image_size"]), "mean": tuple(pre["mean"]), "std": tuple(pre["std"])}
+        if pre
+        else {}
+    )
+    if pre.get("resize") == "crop":
+        out.update(crop_pct=pre["crop_pct"], interpolation=pre["interpolation"])
+    return out
+
+
+def _from_library(name: str) -> tuple[dict[str, Any], str]:
+    prefix, arch = parse_name(name)
+    if prefix == "timm":
+        import timm
+
+        cfg = timm.get_pretrained_cfg(arch)
+        return (_from_metadata(cfg.to_dict()) if cfg else {}), f"timm's pretrained_cfg for {arch}"
+    if prefix == "torchvision":
+        import torchvision
+
+        weights = torchvision.models.get_model_weights(arch).DEFAULT
+        t = weights.transforms()
+        resize, crop = t.resize_size[0], t.crop_size[0]
+        interp = "bicubic" if "BICUBIC" in str(t.interpolation) else "bilinear"
+        return ({"image_size": (crop, crop), "crop_pct": crop / resize, "interpolation": interp,
+                 "mean": tuple(t.mean), "std": tuple(t.std)}, f"torchvision's {weights}")  # fmt: skip
+    return {}, ""
+
+
+def weights_preprocessing(model: ModelConfig) -> dict[str, Any] | None:
+    """{"source", "image_size", "crop_pct", "interpolation", "mean", "std"} (each present when known), or
+    None when training from scratch. A weights file's own record wins; a file without one (a plain
+    state_dict) takes its architecture's library defaults."""
+    if not model.pretrained:
+        return None
+    out, source = {}, ""
+    if isinstance(model.pretrained, str):
+        path = Path(model.pretrained).expanduser()
+        out = _from_file(path)
+        source = (
+            f"{path.name} ({'safetensors metadata' if path.suffix == '.safetensors' else 'kiln checkpoint'})"
+        )
+    if not out:
+        out, library = _from_library(model.name)
+        source = (
+            f"{library} (the weights file has no preprocessing record)" if source and library else library
+        )
+    return {"source": source, **out} if out else None
