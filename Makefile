@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.kiln-installed
-EXTRAS ?= dev,timm,export,wandb,tune
+EXTRAS ?= dev,timm,export,serve,wandb,tune
 
 .PHONY: demo test test-fast lint bench data clean
 

@@ -29,8 +29,12 @@ formats:
                dynamic batch; checked in onnxruntime.
   triton       a Triton model repository: OUT/NAME/config.pbtxt, labels.txt, 1/model.pt (--backend
                torchscript, platform pytorch_libtorch, INPUT__0 -> OUTPUT__0) or 1/model.onnx (--backend onnx,
-               platform onnxruntime_onnx). config.pbtxt is parsed as Triton's ModelConfig and cross-checked.
-               Serve with: tritonserver --model-repository=OUT
+               platform onnxruntime_onnx), or --backend python: 1/model.py running the kiln artifact
+               (--artifact torchscript|onnx) with the preprocessing inside the server, inputs IMAGE (encoded
+               image files, BYTES) or INPUT (ready tensors), output LOGITS with labels.txt (Triton's
+               classification extension). config.pbtxt is parsed as Triton's ModelConfig and cross-checked.
+               Serve with: kiln serve --repository OUT (the Triton server of the nvidia-pytriton wheel,
+               python backend) or NGC's tritonserver --model-repository=OUT
   safetensors  model.safetensors (tensors only, nothing can execute on load) + model.json (model name and
                args, classes, preprocessing): the safe format to share; kiln rebuilds the model from it.
 """
@@ -45,7 +49,9 @@ def run(args: argparse.Namespace) -> int:
     rep = export_checkpoint(
         args.checkpoint, args.format, args.out, overrides=args.overrides, config=args.config, tolerance=args.tolerance,
         name=args.name, max_batch_size=args.max_batch_size, method=args.method, backend=args.backend,
-        allow_tracer_warnings=args.allow_tracer_warnings, instance_kind=args.instance_kind,
+        allow_tracer_warnings=args.allow_tracer_warnings, instance_kind=args.instance_kind, artifact=args.artifact,
+        instances=args.instances, dynamic_batching=args.dynamic_batching, queue_delay_us=args.queue_delay_us,
+        execution_env=args.execution_env,
     )  # fmt: skip
     how = {"torchscript": f" ({rep['method']})", "triton": f" ({rep['backend']})"}.get(rep["format"], "")
     print(f"kiln: exported {rep['model']} as {rep['format']}{how} -> {rep['artifact']} "
@@ -79,10 +85,19 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="largest batch verified; Triton's max_batch_size (default: 64)")  # fmt: skip
     e.add_argument("--method", choices=["trace", "script"], default="trace",
                    help="TorchScript: trace (default) or script; see above for when to choose which")  # fmt: skip
-    e.add_argument("--backend", choices=["torchscript", "onnx"], default="torchscript",
-                   help="triton: the model file inside the repository (default: torchscript)")  # fmt: skip
+    e.add_argument("--backend", choices=["torchscript", "onnx", "python"], default="torchscript",
+                   help="triton: libtorch, onnxruntime or the python backend (default: torchscript)")  # fmt: skip
+    e.add_argument("--artifact", choices=["torchscript", "onnx"], default="torchscript",
+                   help="triton --backend python: the artifact model.py runs (default: torchscript)")  # fmt: skip
     e.add_argument("--instance-kind", choices=["auto", "gpu", "cpu"], default="auto",
                    help="triton: instance_group kind (auto: GPU when the server has one)")  # fmt: skip
+    e.add_argument("--instances", type=int, default=1, help="triton: model instances (default: 1)")
+    e.add_argument("--no-dynamic-batching", dest="dynamic_batching", action="store_false",
+                   help="triton: answer each request alone (default: Triton groups concurrent requests)")  # fmt: skip
+    e.add_argument("--queue-delay-us", type=int, default=500,
+                   help="triton: how long dynamic batching waits for more requests (default: 500 us)")  # fmt: skip
+    e.add_argument("--execution-env", metavar="DIR",
+                   help="triton --backend python: EXECUTION_ENV_PATH, a Python env with numpy<2 and kiln")  # fmt: skip
     e.add_argument("--tolerance", type=float, default=TOLERANCE,
                    help=f"max abs logit difference allowed (default: {TOLERANCE:g}, fp32)")  # fmt: skip
     e.add_argument("--allow-tracer-warnings", action="store_true",

@@ -14,6 +14,7 @@ import io
 import warnings
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, ImageCms, ImageOps
@@ -56,7 +57,7 @@ def _upright_size(im: Image.Image) -> tuple[int, int]:
     return (w, h) if im.getexif().get(0x0112) in (5, 6, 7, 8) else (h, w)  # EXIF turns that swap the sides
 
 
-def _read(path: Path, channels: int, shrink_to: int | None) -> tuple[Image.Image, tuple[int, int]]:
+def _read(path: Path | BinaryIO, channels: int, shrink_to: int | None) -> tuple[Image.Image, tuple[int, int]]:
     """The image upright in RGB or L, and its full-resolution upright (H, W) (before any draft scaling)."""
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -78,14 +79,17 @@ def presized(h: int, w: int, spec: ImageSpec, train: bool) -> tuple[int, int]:
     return max(1, round(h * scale)), max(1, round(w * scale))
 
 
-def open_image(path: Path, spec: ImageSpec, train: bool = False) -> tuple[np.ndarray, tuple[int, int]]:
-    """One image as stored: uint8 ``[C, H, W]`` of ``spec.stored(train)`` and the (h, w) the photo fills
-    (a train canvas holds the whole photo top-left; elsewhere the whole array). DataError names the file."""
+def open_image(path: Path | BinaryIO, spec: ImageSpec, train: bool = False,
+               name: str | None = None) -> tuple[np.ndarray, tuple[int, int]]:  # fmt: skip
+    """One image (a file, or encoded bytes in a file-like object) as stored: uint8 ``[C, H, W]`` of
+    ``spec.stored(train)`` and the (h, w) the photo fills (a train canvas holds the whole photo top-left;
+    elsewhere the whole array). A DataError names the file (or ``name``)."""
+    name = name or str(path)
     try:
         stored = spec.stored(train)
         im, (h0, w0) = _read(path, spec.channels, max(spec.resize_size) if spec.resize != "none" else None)
         if spec.resize == "none" and (h0, w0) != spec.size:
-            raise DataError(f"{path}: image is {w0}x{h0} but the first one is {spec.size[1]}x{spec.size[0]}; "
+            raise DataError(f"{name}: image is {w0}x{h0} but the first one is {spec.size[1]}x{spec.size[0]}; "
                             "set data.image_size to resize them all")  # fmt: skip
         resample = RESAMPLE[spec.interpolation]
         if spec.resize == "squash" and (h0, w0) != stored:
@@ -99,9 +103,12 @@ def open_image(path: Path, spec: ImageSpec, train: bool = False) -> tuple[np.nda
                 im = im.crop((left, top, left + stored[1], top + stored[0]))
         arr = np.asarray(im, dtype=np.uint8)
     except READ_ERRORS as e:
-        raise DataError(
-            f"{path}: cannot read image ({type(e).__name__}: {e}); fix or remove the file"
-        ) from None
+        detail = (
+            f"{type(e).__name__}: {e}"
+            if isinstance(path, Path)
+            else f"{type(e).__name__}: not an image PIL can read"
+        )
+        raise DataError(f"{name}: cannot read image ({detail}); fix or remove the file") from None
     arr = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
     extent = (arr.shape[1], arr.shape[2])
     if arr.shape[1:] != stored:  # a train canvas: the photo top-left, zeros around it

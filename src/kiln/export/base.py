@@ -26,8 +26,15 @@ class ExportOptions:
     name: str | None = None  # file stem (default "model"); Triton: the model name (default run.name)
     max_batch_size: int = 64  # the largest batch verified; Triton's max_batch_size
     method: str = "trace"  # TorchScript: trace or script
-    backend: str = "torchscript"  # Triton: the model file inside the repository
+    backend: str = "torchscript"  # Triton: torchscript (libtorch), onnx (onnxruntime) or python (model.py)
+    artifact: str = "torchscript"  # Triton python backend: what model.py runs (torchscript or onnx)
     instance_kind: str = "auto"  # Triton: instance_group kind
+    instances: int = 1  # Triton: instance_group count
+    dynamic_batching: bool = True  # Triton: group concurrent requests into one batch ...
+    queue_delay_us: int = 500  # ... waiting at most this long for more
+    execution_env: str | None = (
+        None  # Triton python backend: EXECUTION_ENV_PATH (a venv with numpy<2 and kiln)
+    )
     allow_tracer_warnings: bool = False
 
 
@@ -54,8 +61,9 @@ class Format(ABC):
         """Write ``model``; ``recipe`` holds model name/args, classes, preprocess and the run name."""
 
     @abstractmethod
-    def load(self, path: Path, trust: bool) -> Runner:
-        """The artifact as an in-process runner (``trust``: the user accepts formats that unpickle)."""
+    def load(self, path: Path, trust: bool, device: str = "cpu") -> Runner:
+        """The artifact as an in-process runner on ``device`` (``trust``: the user accepts formats that
+        unpickle)."""
 
     def claims(self, path: Path) -> bool:
         return bool(self.suffix) and path.suffix.lower() == self.suffix
@@ -70,11 +78,15 @@ def per_batch(run: Runner) -> RunMany:
     return many
 
 
-def torch_runner(module: Callable[[torch.Tensor], torch.Tensor]) -> Runner:
-    """A torch module (eager, TorchScript, torch.export) as a numpy -> numpy runner, without autograd."""
+def torch_runner(module: Callable[[torch.Tensor], torch.Tensor], device: str = "cpu") -> Runner:
+    """A torch module (eager, TorchScript, torch.export) as a numpy -> numpy runner on ``device``, without
+    autograd."""
+    if device != "cpu" and isinstance(module, torch.nn.Module):
+        module = module.to(device)
 
     def run(x: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
-            return module(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))).float().numpy()
+            out = module(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(device))
+            return out.float().cpu().numpy()
 
     return run

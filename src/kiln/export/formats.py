@@ -8,7 +8,7 @@ from kiln.export.base import Format
 from kiln.export.onnx import Onnx
 from kiln.export.program import Pt2, Safetensors
 from kiln.export.torchscript import TorchScript
-from kiln.export.triton import Triton
+from kiln.export.triton_format import Triton
 
 FORMATS: dict[str, Format] = {f.name: f for f in (TorchScript(), Pt2(), Onnx(), Triton(), Safetensors())}
 assert tuple(FORMATS) == FORMAT_NAMES  # one list for the CLI, one table here: kept equal

@@ -129,14 +129,16 @@ def io_signature(path: Path) -> dict[str, Any]:
 class Session:
     """An onnxruntime session on the CPU: ``runner(x_float32_nchw) -> logits``."""
 
-    def __init__(self, path: Path, input_name: str | None = None, output_name: str | None = None) -> None:
+    def __init__(self, path: Path, input_name: str | None = None, output_name: str | None = None,
+                 gpu: bool = False) -> None:  # fmt: skip
         ort = _need("onnxruntime")
         opts = ort.SessionOptions()
         opts.log_severity_level = (
             3  # errors only: ORT's warnings about unused initializers are not the user's
         )
         try:
-            self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+            providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if gpu else ["CPUExecutionProvider"]
+            self.session = ort.InferenceSession(str(path), opts, providers=providers)
         except Exception as e:  # onnxruntime raises its own Fail/InvalidGraph/NoSuchFile types
             raise ArtifactError(f"{path}: onnxruntime cannot load it ({_first_line(e)})") from None
         self.input = input_name or self.session.get_inputs()[0].name
@@ -159,5 +161,5 @@ class Onnx(Format):
         return Saved(path, out_dir, per_batch(runner), notes, (INPUT_NAME, OUTPUT_NAME),
                      {"loader": f"onnxruntime {runner.version} (CPUExecutionProvider)"})  # fmt: skip
 
-    def load(self, path: Path, trust: bool) -> Runner:
-        return Session(path)
+    def load(self, path: Path, trust: bool, device: str = "cpu") -> Runner:
+        return Session(path, gpu=device != "cpu")

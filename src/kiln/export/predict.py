@@ -7,95 +7,18 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
-from kiln.config import AugmentConfig
 from kiln.console import warn as console_warn
-from kiln.data import preprocess_spec
-from kiln.data.augment import BatchTransform
-from kiln.data.decode import open_image
 from kiln.data.sources import IMAGE_EXTENSIONS
 from kiln.errors import KilnError
-from kiln.export import ArtifactError
-from kiln.export.base import Runner, torch_runner
-from kiln.export.program import load_safetensors
-from kiln.models.restore import restore
+from kiln.export.loading import Loaded, load_any
+from kiln.export.runtime import Classifier, softmax
 
-
-@dataclass
-class Loaded:
-    run: Runner
-    preprocess: dict[str, Any]  # in_channels, image_size [H, W], mean, std
-    classes: list[str]
-    kind: str
-    path: Path
-
-
-def _read_preprocess(artifact: Path) -> dict[str, Any]:
-    """preprocess.json in a model folder (Triton), beside a model file, or one folder up."""
-    for d in [artifact] if artifact.is_dir() else [artifact.parent, artifact.parent.parent]:
-        p = d / "preprocess.json"
-        if p.is_file():
-            try:
-                pre = json.loads(p.read_text())
-                _ = (
-                    int(pre["in_channels"]),
-                    list(pre["image_size"]),
-                    list(pre["mean"]),
-                    list(pre["std"]),
-                    pre["classes"],
-                )
-            except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
-                raise ArtifactError(f"{p}: not a kiln preprocess.json ({type(e).__name__}: {e})") from None
-            return pre
-    raise ArtifactError(f"{artifact}: no preprocess.json beside it; kiln export writes one with the input size, "
-                        "mean/std and class names. Copy it along with the model")  # fmt: skip
-
-
-def load_any(path: str | Path, trust: bool = False) -> Loaded:
-    """A runner for a kiln checkpoint, any kiln export file or folder (TorchScript, .pt2, ONNX, safetensors,
-    a Triton model folder or a repository holding one model)."""
-    from kiln.export.formats import FORMATS
-
-    p = Path(path)
-    if not p.exists():
-        raise ArtifactError(f"--model {p}: no such file or folder")
-    if p.is_dir():
-        p = _model_in(p)
-    for form in FORMATS.values():
-        if form.claims(p):
-            if form.name == "safetensors":  # the recipe beside the weights has the preprocessing
-                model, recipe = load_safetensors(p)
-                return Loaded(
-                    torch_runner(model), dict(recipe["preprocess"]), list(recipe["classes"]), form.name, p
-                )
-            run = form.load(p, trust)
-            pre = _read_preprocess(p)
-            return Loaded(run, pre, list(pre["classes"]), form.name, p)
-    r = restore(p)  # a kiln checkpoint: torch.load(weights_only=True) only
-    return Loaded(torch_runner(r.model.float()), dict(r.preprocess), list(r.classes), "checkpoint", p)
-
-
-def _model_in(p: Path) -> Path:
-    """The model a folder holds: itself (a Triton model folder), its one Triton model, or its model file."""
-    if (p / "config.pbtxt").is_file():
-        return p
-    models = [d for d in sorted(p.iterdir()) if (d / "config.pbtxt").is_file()]
-    if len(models) == 1:  # a Triton repository holding one model
-        return models[0]
-    if models:
-        raise ArtifactError(f"{p}: a Triton repository with {len(models)} models; pass one of "
-                            f"{', '.join(str(m) for m in models[:5])}")  # fmt: skip
-    for stem in ("model.safetensors", "model.onnx", "model.pt", "model.pt2"):  # an export folder's one model
-        if (p / stem).is_file():
-            return p / stem
-    raise ArtifactError(f"{p}: holds no model kiln knows (config.pbtxt, model.safetensors, model.onnx, "
-                        "model.pt, model.pt2)")  # fmt: skip
+__all__ = ["Loaded", "format_results", "image_files", "load_any", "predict"]
 
 
 def image_files(args: list[str]) -> Iterator[Path]:
@@ -109,36 +32,20 @@ def image_files(args: list[str]) -> Iterator[Path]:
             yield p
 
 
-def _softmax(logits: np.ndarray) -> np.ndarray:
-    z = logits.astype(np.float64) - logits.max(1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(1, keepdims=True)
-
-
-def predict(loaded: Loaded, inputs: list[str], topk: int = 5, batch_size: int = 64,
+def predict(classifier: Classifier | Loaded, inputs: list[str], topk: int = 5, batch_size: int = 64,
             warn: Callable[[str], None] | None = None) -> list[dict[str, Any]]:  # fmt: skip
     """One result per file, in input order: {"path", "top": [{"class", "prob"}]} or {"path", "error"}."""
     warn = warn or console_warn
-    pre = loaded.preprocess
-    spec = preprocess_spec(pre)
-    if spec.resize == "none":  # trained on images of one size: any other file is resized to it
-        spec = replace(spec, resize="squash")
-    # the geometry of training's evaluation and its arithmetic: decode as the cache does, then the centre view
-    transform = BatchTransform(list(pre["mean"]), list(pre["std"]), AugmentConfig(), 0, spec=spec)
-    k = max(1, min(topk, len(loaded.classes)))
+    clf = classifier if isinstance(classifier, Classifier) else Classifier(classifier)
+    k = max(1, min(topk, len(clf.classes)))
     results: list[dict[str, Any]] = []
     pending: list[tuple[int, np.ndarray]] = []
 
     def flush() -> None:
-        x = transform.eval(torch.from_numpy(np.stack([a for _, a in pending])))
-        logits = loaded.run(x.numpy())
-        if logits.shape != (len(pending), len(loaded.classes)):
-            raise ArtifactError(f"{loaded.path}: gave outputs of shape {list(logits.shape)} for {len(pending)} "
-                                f"images and {len(loaded.classes)} classes")  # fmt: skip
-        probs = _softmax(logits)
+        probs = softmax(clf.logits(np.stack([a for _, a in pending])))
         for row, (i, _) in zip(probs, pending, strict=True):
             order = np.argsort(-row, kind="stable")[:k]
-            results[i]["top"] = [{"class": loaded.classes[j], "prob": round(float(row[j]), 6)} for j in order]
+            results[i]["top"] = [{"class": clf.classes[j], "prob": round(float(row[j]), 6)} for j in order]
         pending.clear()
 
     for f in image_files(inputs):
@@ -148,7 +55,7 @@ def predict(loaded: Loaded, inputs: list[str], topk: int = 5, batch_size: int = 
             warn(results[-1]["error"])
             continue
         try:
-            pending.append((len(results) - 1, open_image(f, spec)[0]))
+            pending.append((len(results) - 1, clf.decode(f)))
         except KilnError as e:  # DataError naming the file: reported, the other images still run
             results[-1]["error"] = str(e)
             warn(str(e))

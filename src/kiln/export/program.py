@@ -97,12 +97,12 @@ class Pt2(Format):
         return Saved(path, out_dir, per_batch(torch_runner(load_pt2(path))), notes,
                      loaded_by={"loader": "torch.export.load"})  # fmt: skip
 
-    def load(self, path: Path, trust: bool) -> Runner:
+    def load(self, path: Path, trust: bool, device: str = "cpu") -> Runner:
         if not trust:
             raise ArtifactError(f"{path}: torch.export.load unpickles parts of a .pt2 file, which can run code "
                                 "from it; pass --trust if you made it or trust its source (or share the ONNX "
                                 "or safetensors export instead)")  # fmt: skip
-        return torch_runner(load_pt2(path))
+        return torch_runner(load_pt2(path), device)
 
 
 class Safetensors(Format):
@@ -122,5 +122,5 @@ class Safetensors(Format):
         return Saved(path, out_dir, per_batch(torch_runner(load_safetensors(path)[0])), notes,
                      loaded_by={"loader": "kiln: model rebuilt from model.json, weights from safetensors"})  # fmt: skip
 
-    def load(self, path: Path, trust: bool) -> Runner:
-        return torch_runner(load_safetensors(path)[0])
+    def load(self, path: Path, trust: bool, device: str = "cpu") -> Runner:
+        return torch_runner(load_safetensors(path)[0], device)

@@ -194,8 +194,8 @@ class TorchScript(Format):
                      names=("input 0 (TorchScript tensors are positional)", "output 0"),
                      details={"method": opts.method})  # fmt: skip
 
-    def load(self, path: Path, trust: bool) -> Runner:
-        return torch_runner(load(path))
+    def load(self, path: Path, trust: bool, device: str = "cpu") -> Runner:
+        return torch_runner(load(path), device)
 
     def claims(self, path: Path) -> bool:
         return is_torchscript(path)

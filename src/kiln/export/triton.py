@@ -9,19 +9,15 @@ or, worse, at the first request.
 
 from __future__ import annotations
 
-import json
 import re
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-from torch import nn
-
 from kiln.export import INPUT_NAME, OUTPUT_NAME, ArtifactError
-from kiln.export.base import ExportOptions, Format, Runner, Saved, per_batch, torch_runner
-from kiln.export.onnx import Onnx, Session, io_signature
-from kiln.export.torchscript import TorchScript, load
+from kiln.export.base import Runner, torch_runner
+from kiln.export.onnx import Session, io_signature
+from kiln.export.torchscript import load
 
 BACKENDS = {  # backend -> (platform, file in the version folder, input name, output name)
     "torchscript": ("pytorch_libtorch", "model.pt", "INPUT__0", "OUTPUT__0"),
@@ -222,41 +218,3 @@ def load_runner(m: TritonModel) -> Runner:
     if m.backend == "onnx":
         return Session(m.model_file, m.input_name, m.output_name)
     return torch_runner(load(m.model_file))
-
-
-class Triton(Format):
-    name = "triton"
-
-    def save(self, model: nn.Module, example: torch.Tensor, out_dir: Path, recipe: dict[str, Any],
-             opts: ExportOptions) -> Saved:  # fmt: skip
-        in_shape = [int(recipe["preprocess"]["in_channels"]), *map(int, recipe["preprocess"]["image_size"])]
-        model_dir, path = write_repository(out_dir, model_name(opts.name or recipe["run_name"]), opts.backend,
-                                           in_shape, recipe["classes"], opts.max_batch_size, opts.instance_kind)  # fmt: skip
-        inner_format = TorchScript() if opts.backend == "torchscript" else Onnx()
-        inner = inner_format.save(model, example, path.parent, recipe, replace(opts, name="model"))
-        # parse config.pbtxt as Triton's ModelConfig and cross-check it against the file (in-process probe)
-        m = check_model_dir(model_dir, run_probe=True)
-        inner.notes.append(f"config.pbtxt parsed as Triton ModelConfig and checked: {m.config.platform}, "
-                           f"max_batch_size {m.config.max_batch_size}, {m.input_name} {m.in_shape} -> {m.output_name} "
-                           f"[{len(m.classes)}], labels {LABELS}")  # fmt: skip
-        if opts.backend == "onnx":  # the names come from config.pbtxt, as the server reads them
-            inner.run = per_batch(load_runner(m))
-            inner.loaded_by["loader"] += ", names from config.pbtxt"
-        return replace(
-            inner,
-            folder=model_dir,
-            names=(m.input_name, m.output_name),
-            details={**inner.details, "backend": opts.backend},
-        )
-
-    def load(self, path: Path, trust: bool) -> Runner:
-        m = check_model_dir(path, run_probe=False)  # a broken config is refused here, before any image
-        pre = path / "preprocess.json"
-        if pre.is_file() and json.loads(pre.read_text()).get("classes") != m.classes:
-            raise ArtifactError(
-                f"{path}: {m.config.output[0].label_filename} and preprocess.json list different classes"
-            )
-        return load_runner(m)
-
-    def claims(self, path: Path) -> bool:
-        return path.is_dir() and (path / "config.pbtxt").is_file()

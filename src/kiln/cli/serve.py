@@ -1,0 +1,87 @@
+"""`kiln serve`: a model behind a real Triton Inference Server (KServe v2 over HTTP and gRPC)."""
+
+from __future__ import annotations
+
+import argparse
+
+DESCRIPTION = """\
+Serve a kiln checkpoint or any kiln export (--model), or a Triton repository written by `kiln export
+--format triton --backend python` (--repository), with the Triton Inference Server of the nvidia-pytriton
+wheel: KServe v2 protocol over HTTP and gRPC, dynamic batching, health and readiness endpoints
+(/v2/health/live, /v2/health/ready). Clients send encoded image files (input IMAGE, BYTES) or ready
+tensors (input INPUT, FP32) and get LOGITS, or the top-k classes with their labels (Triton's
+classification extension: class_count). Preprocessing happens in the server, as in `kiln predict`.
+
+The server's Python needs numpy<2 (its python backend is built against numpy 1.x): kiln keeps a small
+environment for it in ~/.cache/kiln/serve-env (KILN_SERVE_ENV), made by `kiln serve --setup` or the first
+`kiln serve`; kiln's own environment keeps its numpy. Ctrl-C stops the server cleanly.
+"""
+
+
+def run(args: argparse.Namespace) -> int:
+    import signal
+    import tempfile
+    from pathlib import Path
+
+    from kiln.errors import KilnError
+    from kiln.export.base import ExportOptions
+    from kiln.serving.env import ensure
+    from kiln.serving.server import TritonServer
+    from kiln.serving.stage import stage
+
+    env = ensure()
+    if args.setup and not (args.model or args.repository):
+        print(f"serving environment ready: {env.root}")
+        return 0
+    if bool(args.model) == bool(args.repository):
+        raise KilnError("kiln serve: give --model ARTIFACT or --repository REPO (one of them)")
+    opts = ExportOptions(name=args.name, max_batch_size=args.max_batch_size, dynamic_batching=args.dynamic_batching,
+                         queue_delay_us=args.queue_delay_us, instances=args.instances, instance_kind=args.instance_kind)  # fmt: skip
+    with tempfile.TemporaryDirectory(prefix="kiln-serve-") as work:
+        repo = Path(args.repository) if args.repository else stage(args.model, Path(work), opts, args.trust)
+        server = TritonServer(
+            env,
+            repo,
+            args.http_port,
+            args.grpc_port,
+            host=args.host,
+            log_file=Path(work) / "tritonserver.log",
+        )
+        signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+        with server:
+            models = sorted(p.name for p in repo.iterdir() if (p / "config.pbtxt").is_file())
+            print(f"kiln: serving {', '.join(models)} from {repo}\n"
+                  f"  HTTP  http://{server.http_url}/v2/models/{models[0]}/infer   (ready: /v2/health/ready)\n"
+                  f"  gRPC  {server.grpc_url}\n  Ctrl-C stops it", flush=True)  # fmt: skip
+            try:
+                server.proc.wait()  # type: ignore[union-attr]
+            except KeyboardInterrupt:
+                print("\nkiln: stopping the server", flush=True)
+                return 0
+        raise KilnError(
+            f"the Triton server stopped on its own ({server.proc.returncode}): {server.log_tail()}"
+        )  # type: ignore[union-attr]
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    s = sub.add_parser("serve", help="serve a model with a real Triton server (HTTP and gRPC)", description=DESCRIPTION,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    s.add_argument("--model", metavar="ARTIFACT", help="a checkpoint, an export file or folder")
+    s.add_argument(
+        "--repository", metavar="REPO", help="a Triton repository from kiln export --backend python"
+    )
+    s.add_argument("--name", help="the model's name in the URL (default: model)")
+    s.add_argument("--http-port", type=int, default=8000)
+    s.add_argument("--grpc-port", type=int, default=8001)
+    s.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback only)")
+    s.add_argument("--max-batch-size", type=int, default=64, help="Triton's max_batch_size (default: 64)")
+    s.add_argument("--no-dynamic-batching", dest="dynamic_batching", action="store_false",
+                   help="answer each request alone (default: group concurrent requests)")  # fmt: skip
+    s.add_argument(
+        "--queue-delay-us", type=int, default=500, help="dynamic batching's wait (default: 500 us)"
+    )
+    s.add_argument("--instances", type=int, default=1, help="model instances (default: 1)")
+    s.add_argument("--instance-kind", choices=["auto", "gpu", "cpu"], default="auto")
+    s.add_argument("--trust", action="store_true", help="allow .pt2 files (torch.export.load unpickles)")
+    s.add_argument("--setup", action="store_true", help="make the serving environment (once; needs PyPI)")
+    s.set_defaults(func=run)

@@ -1,0 +1,78 @@
+"""Triton python-backend model written by `kiln export --format triton --backend python` (this file is
+copied as NAME/1/model.py). It runs the kiln artifact beside it (``parameters.artifact`` in config.pbtxt)
+with kiln's own preprocessing, so the server's answers equal ``kiln predict``'s:
+
+- input ``IMAGE``: encoded image files (JPEG, PNG, ...), one per batch row (BYTES);
+- input ``INPUT``: ready tensors, float32 [C, H, W] per row, normalised as preprocess.json says;
+- output ``LOGITS``: float32 [num_classes]; ask for ``class_count`` k to get Triton's top-k with labels.
+
+A request whose image cannot be decoded gets an error of its own; the other requests of the batch are
+answered. The Python that runs this needs kiln (``pip install torchkiln``) and numpy<2 (Triton's python
+backend stub is built against numpy 1.x): ``kiln serve --setup`` makes such an environment.
+"""
+
+import json
+import os
+
+import numpy as np
+import torch
+import triton_python_backend_utils as pb_utils
+
+from kiln.errors import KilnError
+from kiln.export.runtime import Classifier
+
+
+class TritonPythonModel:
+    def initialize(self, args: dict) -> None:
+        config = json.loads(args["model_config"])
+        artifact = config["parameters"]["artifact"]["string_value"]
+        # one thread per instance: several instances (or a busy server) on few cores must not oversubscribe
+        torch.set_num_threads(int(os.environ.get("KILN_TRITON_THREADS", "1")))
+        device = "cuda" if args.get("model_instance_kind") == "GPU" and torch.cuda.is_available() else "cpu"
+        path = os.path.join(args["model_repository"], args["model_version"], artifact)
+        trust = config["parameters"].get("trust", {}).get("string_value") == "true"  # .pt2: the user said so
+        self.classifier = Classifier.load(path, trust=trust, device=device)
+
+    def execute(self, requests: list) -> list:
+        responses: list = [None] * len(requests)
+        images, tensors = [], []  # (request index, rows)
+        for i, request in enumerate(requests):
+            try:
+                image = pb_utils.get_input_tensor_by_name(request, "IMAGE")
+                ready = pb_utils.get_input_tensor_by_name(request, "INPUT")
+                if (image is None) == (ready is None):
+                    raise KilnError(
+                        "send exactly one of IMAGE (encoded image files, BYTES) or INPUT (FP32 tensors)"
+                    )
+                if image is not None:
+                    blobs = image.as_numpy().reshape(-1)
+                    images.append(
+                        (
+                            i,
+                            [
+                                self.classifier.decode(bytes(b), name=f"IMAGE[{j}]")
+                                for j, b in enumerate(blobs)
+                            ],
+                        )
+                    )
+                else:
+                    tensors.append((i, ready.as_numpy()))
+            except KilnError as e:  # this request alone fails; the server and the other requests go on
+                responses[i] = pb_utils.InferenceResponse(
+                    error=pb_utils.TritonError(str(e), pb_utils.TritonError.INVALID_ARG)
+                )
+        if images:  # every image of every request in one forward pass: what dynamic batching is for
+            logits = self.classifier.logits(np.stack([row for _, rows in images for row in rows]))
+            start = 0
+            for i, rows in images:
+                responses[i] = self._answer(logits[start : start + len(rows)])
+                start += len(rows)
+        for i, x in tensors:
+            responses[i] = self._answer(self.classifier.logits_of_tensors(x))
+        return responses
+
+    @staticmethod
+    def _answer(logits: np.ndarray) -> object:
+        return pb_utils.InferenceResponse(
+            output_tensors=[pb_utils.Tensor("LOGITS", logits.astype(np.float32))]
+        )

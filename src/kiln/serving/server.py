@@ -1,0 +1,103 @@
+"""The Triton server of the ``nvidia-pytriton`` wheel on a model repository, on loopback ports by default:
+started in its own process group, ready when ``/v2/health/ready`` answers, stopped with SIGTERM (then
+SIGKILL) so that no backend stub outlives it."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+from types import TracebackType
+
+from kiln.errors import KilnError
+from kiln.serving.env import ServeEnv
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+class TritonServer:
+    def __init__(self, env: ServeEnv, repository: Path, http_port: int = 8000, grpc_port: int = 8001,
+                 metrics_port: int | None = None, host: str = "127.0.0.1", log_file: Path | None = None) -> None:  # fmt: skip
+        self.env, self.repository, self.host = env, Path(repository), host
+        self.http_port, self.grpc_port = http_port, grpc_port
+        self.metrics_port = metrics_port or free_port(host)
+        self.log_file = log_file or self.repository.parent / f"tritonserver-{http_port}.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def http_url(self) -> str:
+        return f"{self.host}:{self.http_port}"
+
+    @property
+    def grpc_url(self) -> str:
+        return f"{self.host}:{self.grpc_port}"
+
+    def command(self) -> list[str]:
+        return [
+            str(self.env.tritonserver), f"--model-repository={self.repository}", f"--backend-directory={self.env.backends}",
+            f"--cache-directory={self.env.tritonserver.parent.parent / 'caches'}",
+            f"--http-address={self.host}", f"--http-port={self.http_port}",
+            f"--grpc-address={self.host}", f"--grpc-port={self.grpc_port}",
+            f"--metrics-address={self.host}", f"--metrics-port={self.metrics_port}", "--allow-gpu-metrics=false",
+            "--exit-timeout-secs=10", "--pinned-memory-pool-byte-size=0", "--disable-auto-complete-config",
+            "--strict-readiness=true", "--log-verbose=0",
+        ]  # fmt: skip
+
+    def start(self, timeout: float = 180) -> TritonServer:
+        with self.log_file.open("wb") as log:
+            self.proc = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                         env=self.env.server_environ(), start_new_session=True)  # fmt: skip
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise KilnError(f"the Triton server exited ({self.proc.returncode}) before it was ready: "
+                                f"{self.log_tail()}; whole log: {self.log_file}")  # fmt: skip
+            if self.ready():
+                return self
+            time.sleep(0.2)
+        self.stop()
+        raise KilnError(f"the Triton server was not ready after {timeout:.0f} s; log: {self.log_file}")
+
+    def ready(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"http://{self.http_url}/v2/health/ready", timeout=2) as r:
+                return r.status == 200
+        except OSError:
+            return False
+
+    def log_tail(self, lines: int = 3) -> str:
+        text = self.log_file.read_text(errors="replace") if self.log_file.is_file() else ""
+        errors = [ln.strip() for ln in text.splitlines() if ln.startswith("E") or "error" in ln.lower()]
+        return " | ".join((errors or text.strip().splitlines() or ["no output"])[-lines:])
+
+    def stop(self, timeout: float = 30) -> None:
+        """SIGTERM to the whole process group (server and stubs), SIGKILL if it does not exit in time."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGTERM)
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+        with contextlib.suppress(ProcessLookupError):  # a stub left behind in the group
+            os.killpg(self.proc.pid, signal.SIGKILL)
+
+    def __enter__(self) -> TritonServer:
+        return self.start() if self.proc is None else self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()

@@ -1,0 +1,63 @@
+"""`kiln serve --model` as a user runs it: a subprocess serving a checkpoint, answering as `kiln predict`
+does, and Ctrl-C stopping it (and its Triton server) cleanly."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from kiln.export.predict import load_any, predict
+from kiln.export.runtime import softmax
+from kiln.serving.server import free_port
+
+http = pytest.importorskip("tritonclient.http", reason="tritonclient[http] is the serve extra")
+pytestmark = pytest.mark.slow
+
+
+def _ready(port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/health/ready", timeout=2) as r:
+            return r.status == 200
+    except OSError:
+        return False
+
+
+def test_kiln_serve_answers_like_predict_and_ctrl_c_stops_it(
+    serve_env: Any, photo_model: tuple[Path, Path]
+) -> None:
+    port, grpc_port = free_port(), free_port()
+    env = {**os.environ, "KILN_SERVE_ENV": str(serve_env.root)}
+    proc = subprocess.Popen([sys.executable, "-m", "kiln", "serve", "--model", str(photo_model[0]), "--http-port",
+                             str(port), "--grpc-port", str(grpc_port), "--name", "photos"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while not _ready(port):
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            time.sleep(0.3)
+        f = sorted((photo_model[1] / "val").rglob("*.jpg"))[3]
+        client = http.InferenceServerClient(f"127.0.0.1:{port}")
+        inp = http.InferInput("IMAGE", [1, 1], "BYTES")
+        inp.set_data_from_numpy(np.array([[f.read_bytes()]], dtype=object))
+        probs = softmax(client.infer("photos", [inp]).as_numpy("LOGITS"))[0]
+        want = predict(load_any(photo_model[0]), [str(f)], topk=1)[0]["top"][0]
+        assert load_any(photo_model[0]).classes[int(probs.argmax())] == want["class"]
+        assert abs(float(probs.max()) - want["prob"]) < 1e-5
+        client.close()
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert "serving photos" in out and "stopping the server" in out and "Traceback" not in err
+    assert not _ready(port)
+    left = subprocess.run(["pgrep", "-f", f"--http-port={port}"], capture_output=True, text=True).stdout
+    assert not left.strip(), f"a Triton server outlived kiln serve: {left}"
