@@ -56,28 +56,23 @@ class Triton(Format):
 
     def _save_python(self, model: nn.Module, example: torch.Tensor, model_dir: Path, recipe: dict[str, Any],
                      opts: ExportOptions) -> Saved:  # fmt: skip
-        saved = triton_python.write(model, example, model_dir, recipe, opts)
+        saved = triton_python.write(model, example, model_dir, recipe, opts)  # checked as its format checks it
         pm = triton_python.check(model_dir, parse_config(model_dir / "config.pbtxt"))
         saved.notes.append(f"config.pbtxt parsed as Triton ModelConfig and checked: backend python, "
                            f"max_batch_size {pm.config.max_batch_size}, labels {LABELS}")  # fmt: skip
-        # verified as model.py runs it: kiln's Classifier on the artifact, fed ready tensors
-        from kiln.export.runtime import Classifier
-
-        saved.run = per_batch(Classifier(load_any_artifact(pm.artifact, recipe)).logits_of_tensors)
-        saved.loaded_by = {
-            "loader": f"kiln's Classifier on {pm.artifact.name}, as model.py runs it in the server"
-        }
         return replace(saved, folder=model_dir, names=(triton_python.INPUT, triton_python.OUTPUT),
                        details={**saved.details, "backend": "python", "artifact": opts.artifact})  # fmt: skip
 
     def load(self, path: Path, trust: bool, device: str = "cpu") -> Runner:
         cfg = parse_config(path / "config.pbtxt")
-        if cfg.backend == "python":  # the artifact model.py runs, loaded as model.py loads it
-            from kiln.export.loading import load_any
-
+        if cfg.backend == "python":  # the artifact model.py runs
             pm = triton_python.check(path, cfg)
             self._same_classes(path, pm.classes, cfg.output[0].label_filename)
-            return load_any(pm.artifact, trust, device).run
+            inner = {".pt": TorchScript(), ".onnx": Onnx()}.get(pm.artifact.suffix)
+            if inner is None or not inner.claims(pm.artifact) and pm.artifact.suffix == ".pt":
+                raise ArtifactError(f"{path}: kiln predict reads python-backend folders whose artifact is TorchScript "
+                                    f"or ONNX (kiln export writes those); this one runs {pm.artifact.name}")  # fmt: skip
+            return inner.load(pm.artifact, trust, device)
         m = check_model_dir(path, run_probe=False)  # a broken config is refused here, before any image
         self._same_classes(path, m.classes, m.config.output[0].label_filename)
         return load_runner(m)
@@ -91,10 +86,3 @@ class Triton(Format):
     def claims(self, path: Path) -> bool:
         return path.is_dir() and (path / "config.pbtxt").is_file()
 
-
-def load_any_artifact(path: Path, recipe: dict[str, Any]) -> Any:
-    """A ``Loaded`` for an artifact just written (its preprocess.json is not there yet): from the recipe."""
-    from kiln.export.loading import Loaded
-
-    runner = (TorchScript() if path.suffix == ".pt" else Onnx()).load(path, trust=False)
-    return Loaded(runner, dict(recipe["preprocess"]), list(recipe["classes"]), "triton (python)", path)
