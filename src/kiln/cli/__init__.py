@@ -11,10 +11,10 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from kiln.cli import check_data, evaluate, export, new, predict, serve, train, tune
+from kiln.cli import cache, check_data, evaluate, export, new, predict, serve, train, tune
 from kiln.errors import KilnError
 
-COMMANDS = (train, evaluate, export, predict, serve, tune, new, check_data)
+COMMANDS = (train, evaluate, export, predict, serve, tune, new, check_data, cache)
 
 
 def build_parser() -> argparse.ArgumentParser:
