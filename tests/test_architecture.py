@@ -17,7 +17,7 @@ SRC = ROOT / "src" / "kiln"
 
 # part (the first name under kiln) -> layer; a part may import only parts of a lower layer
 LAYERS = {
-    "errors": 0, "_version": 0,
+    "errors": 0, "_version": 0, "atomic": 0,
     "config": 1, "registry": 1, "console": 1, "paths": 1, "checkpoint": 1,  # the leaf layer
     "data": 2, "models": 2, "optim": 2, "losses": 2, "metrics": 2,
     "engine": 3,

@@ -232,3 +232,82 @@ def test_decompression_bomb_is_refused(tmp_path: Path) -> None:
     Image.new("L", (12_000, 8_000)).save(big)  # 96 Mpx > PIL's bound; compresses to a few kB
     with pytest.raises(DataError, match="bomb.png: cannot read image"):
         open_image(big, 1, None)
+
+
+def test_a_second_train_into_a_live_run_folder_is_refused_and_a_dead_one_holds_nothing(
+    tmp_path: Path,
+) -> None:
+    first = _start(tmp_path, "trainer.epochs=3")
+    _wait_for(tmp_path / "metrics.jsonl", first)
+    second = subprocess.run([sys.executable, "-m", "kiln", "train", "-c", DIGITS, f"run.dir={tmp_path}", *SLOW],
+                            env=ENV, capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert second.returncode == 2 and f"pid {first.pid}" in second.stderr and "Traceback" not in second.stderr
+    assert second.stderr.strip().count("\n") == 0 and "choose another run.dir" in second.stderr
+    first.kill()  # a dead process: the kernel released its lock
+    first.wait()
+    resumed = subprocess.run([sys.executable, "-m", "kiln", "train", "-c", DIGITS, f"run.dir={tmp_path}", *SLOW,
+                              "trainer.epochs=1", "--resume", "auto"], env=ENV, capture_output=True, text=True,
+                             timeout=300)  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr
+
+
+def test_kill_resume_cycles_keep_each_epoch_once_and_end_as_an_uninterrupted_run(tmp_path: Path) -> None:
+    """Killed at random moments (mid-epoch, mid-checkpoint, during the final test evaluation and summary),
+    resumed with --resume auto each time: metrics.jsonl holds every epoch once, in order, and the result is
+    the uninterrupted run's, bit for bit."""
+    args = ["trainer.epochs=4", "trainer.checkpoint.every_n_steps=25", "data.batch_size=16"]
+    straight = tmp_path / "straight"
+    run_kiln("train", "-c", DIGITS, f"run.dir={straight}", *SLOW, *args)
+    rng, run = random.Random(1), tmp_path / "run"
+    for _ in range(7):
+        proc = _start(run, *args, "--resume", "auto")
+        time.sleep(rng.uniform(2.0, 6.0))
+        proc.kill()
+        proc.wait()
+    done = subprocess.run([sys.executable, "-m", "kiln", "train", "-c", DIGITS, f"run.dir={run}", *SLOW, *args,
+                           "--resume", "auto"], env=ENV, capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    epochs = [json.loads(ln)["epoch"] for ln in (run / "metrics.jsonl").read_text().splitlines()]
+    assert epochs == [1, 2, 3, 4]
+    a, b = _weights(straight / "checkpoints/last.pt"), _weights(run / "checkpoints/last.pt")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    s1, s2 = (json.loads((r / "summary.json").read_text()) for r in (straight, run))
+    assert s1["test"]["accuracy"] == s2["test"]["accuracy"] and s1["best_epoch"] == s2["best_epoch"]
+
+
+SLOW_TEST_EVAL = """
+import time
+from pathlib import Path
+from kiln import Callback
+
+class SlowTest(Callback):
+    def __init__(self, marker):
+        self.marker = Path(marker)
+
+    def on_eval_end(self, split, metrics, outputs=None):
+        if split == "test":  # the final test evaluation is running: the kill lands here
+            self.marker.touch()
+            time.sleep(30)
+"""
+
+
+def test_killed_during_the_final_test_evaluation_reruns_to_the_same_summary(tmp_path: Path) -> None:
+    (tmp_path / "slowtest.py").write_text(SLOW_TEST_EVAL)
+    args = ["trainer.epochs=2", "logging.tensorboard=false", "trainer.progress=off"]
+    straight = tmp_path / "straight"
+    run_kiln("train", "-c", DIGITS, f"run.dir={straight}", *args)
+    run, marker = tmp_path / "run", tmp_path / "in-test-eval"
+    cb = f"callbacks=[{{name: 'slowtest:SlowTest', args: {{marker: '{marker}'}}}}]"
+    env = {**ENV, "PYTHONPATH": f"{ROOT / 'src'}{os.pathsep}{tmp_path}"}
+    proc = subprocess.Popen([sys.executable, "-m", "kiln", "train", "-c", DIGITS, f"run.dir={run}", *args, cb],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    _wait_for(marker, proc, timeout=120)
+    proc.kill()
+    proc.wait()
+    assert not (run / "summary.json").exists()  # killed before it was written: no torn or stale summary
+    rerun = subprocess.run([sys.executable, "-m", "kiln", "train", "-c", DIGITS, f"run.dir={run}", *args,
+                            "--resume", "auto"], env=ENV, capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert rerun.returncode == 0 and "resuming from" in rerun.stdout, rerun.stderr
+    s1, s2 = (json.loads((r / "summary.json").read_text()) for r in (straight, run))
+    assert s2["test"]["accuracy"] == s1["test"]["accuracy"] and s2["epochs_run"] == 2
+    assert [json.loads(ln)["epoch"] for ln in (run / "metrics.jsonl").read_text().splitlines()] == [1, 2]

@@ -7,7 +7,6 @@ A checkpoint is a dict of tensors and plain Python values. Its keys follow PyTor
 
 from __future__ import annotations
 
-import os
 import pickle
 import random
 from collections import OrderedDict
@@ -18,6 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from kiln.atomic import write_with
 from kiln.errors import CheckpointError
 
 
@@ -52,20 +52,9 @@ def set_rng_state(state: dict[str, Any]) -> None:
 def save(obj: dict[str, Any], path: Path) -> None:
     """Write ``obj`` so that ``path`` holds either the old file or the complete new one, never a torn one."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)  # make the rename itself durable
-        finally:
-            os.close(dir_fd)
+        write_with(path, lambda f: torch.save(obj, f))
     except (OSError, RuntimeError) as e:  # torch's zip writer reports a failed write as RuntimeError
-        tmp.unlink(missing_ok=True)
         raise CheckpointError(
             f"could not write checkpoint {path} ({str(e).splitlines()[0] if str(e) else type(e).__name__}); the "
             "previous file is unchanged. Free disk space or choose another run.dir"

@@ -14,6 +14,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import os
+import sys
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,6 +62,32 @@ class RunDir:
     @property
     def best(self) -> Path:
         return self.checkpoints / "best.pt"
+
+    @property
+    def lock(self) -> Path:
+        return self.root / ".kiln.lock"
+
+    @contextlib.contextmanager
+    def hold(self) -> Iterator[None]:
+        """The run folder for this process alone while it trains: a second ``kiln train`` into it is
+        refused, naming this one. An flock: a process that dies (even by kill -9) no longer holds it."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        with open(self.lock, "a+") as f:
+            try:
+                fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                f.seek(0)
+                who = f.read().strip() or "another process"
+                raise KilnError(f"run.dir: {self.root} is in use by a kiln run that is still going ({who}); "
+                                "wait for it to finish, or choose another run.dir") from None  # fmt: skip
+            f.seek(0)
+            f.truncate()
+            f.write(f"pid {os.getpid()}, started {time.strftime('%Y-%m-%d %H:%M:%S')}: {' '.join(sys.argv)[:200]}")
+            f.flush()
+            try:
+                yield
+            finally:
+                fcntl.flock(f.fileno(), fcntl.LOCK_UN)
 
     @property
     def tensorboard(self) -> Path:

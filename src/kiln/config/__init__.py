@@ -14,6 +14,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from kiln.atomic import write_atomic
 from kiln.config.schema import (
     DATA_SOURCES,
     EPOCH_METRICS,
@@ -140,4 +141,4 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:  
 
 
 def dump_config(cfg: Config, path: Path) -> None:
-    path.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    write_atomic(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))

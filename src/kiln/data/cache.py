@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from kiln.atomic import write_atomic, write_with
 from kiln.console import warn
 from kiln.data.decode import decode_files
 from kiln.data.spec import ImageSpec
@@ -78,34 +79,15 @@ class Entry:
 
     def write(self, arr: np.ndarray, ext: np.ndarray, about: dict[str, Any]) -> None:
         for data, target in ((arr, self.images), (ext, self.extents)):
-            _atomic(target, lambda f, d=data: np.save(f, d))
+            write_with(target, lambda f, d=data: np.save(f, d))
         meta = {"version": CACHE_VERSION, "key": self.key, "created": time.time(), **about,
                 "images": {"dtype": str(arr.dtype), "shape": list(arr.shape), "crc32": crc(arr)},
                 "extents": {"dtype": str(ext.dtype), "shape": list(ext.shape), "crc32": crc(ext)}}  # fmt: skip
-        _atomic(self.meta, lambda f: f.write(json.dumps(meta, indent=1).encode()))  # last: the entry is complete
+        write_atomic(self.meta, json.dumps(meta, indent=1))  # last: the entry is complete
 
     def remove(self) -> None:
         for p in (self.meta, self.images, self.extents):
             p.unlink(missing_ok=True)
-
-
-def _atomic(target: Path, write: Any) -> None:
-    """Write to a temp file in the same folder, fsync, rename: ``target`` is the old file or the whole new one."""
-    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    fd = os.open(target.parent, os.O_RDONLY)
-    try:
-        os.fsync(fd)  # the rename itself, durable
-    finally:
-        os.close(fd)
 
 
 def remove_stale_temps(cache_dir: Path) -> list[Path]:

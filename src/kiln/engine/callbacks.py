@@ -7,6 +7,7 @@ checkpointing are callbacks too.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 from collections.abc import Callable, Iterable
@@ -16,6 +17,8 @@ from typing import Any
 
 import torch
 from torch import nn
+
+from kiln.atomic import write_atomic
 
 Outputs = Any  # kiln.metrics.Outputs (logits, labels, indices, classes): given with the final test evaluation
 
@@ -177,22 +180,24 @@ class EarlyStopping(Callback):
 
 
 class MetricsLog(Callback):
-    """One JSON object per epoch in ``metrics.jsonl``; on resume, lines past the resumed epoch are dropped."""
+    """One JSON object per epoch in ``metrics.jsonl``, each epoch once and in order whatever was killed when:
+    on resume the lines past the resumed epoch are dropped (they were written after its checkpoint), and the
+    file is rewritten whole each epoch (temp file, rename), so no line is ever torn."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self.lines: list[str] = []
 
     def on_fit_start(self, info: FitInfo) -> None:
-        start = info.start_epoch
-        if start == 0 or not self.path.exists():
-            self.path.write_text("")
-            return
-        kept = [
-            ln for ln in self.path.read_text().splitlines() if ln.strip() and json.loads(ln)["epoch"] <= start
-        ]
-        self.path.write_text("".join(ln + "\n" for ln in kept))
+        self.lines = []
+        if info.start_epoch > 0 and self.path.exists():
+            for ln in self.path.read_text().splitlines():
+                with contextlib.suppress(json.JSONDecodeError, KeyError, TypeError):
+                    if 0 < json.loads(ln)["epoch"] <= info.start_epoch:
+                        self.lines.append(ln)
+        write_atomic(self.path, "".join(ln + "\n" for ln in self.lines))
 
     def on_epoch_end(self, epoch: int, metrics: dict[str, Any]) -> str | None:
-        with self.path.open("a") as f:
-            f.write(json.dumps(metrics) + "\n")
+        self.lines.append(json.dumps(metrics))
+        write_atomic(self.path, "".join(ln + "\n" for ln in self.lines))
         return None

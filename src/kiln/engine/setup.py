@@ -20,6 +20,7 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
+from kiln.atomic import write_atomic
 from kiln.config import Config
 from kiln.console import bar_enabled, log
 from kiln.data import DataBundle, Preset
@@ -231,4 +232,4 @@ def write_run_info(run: RunDir, data: DataBundle) -> None:
         "git_commit": commit, "git_dirty": dirty, "cwd": os.getcwd(),
         "dataset_fingerprint": data.fingerprint, "classes": list(data.classes),
     }  # fmt: skip
-    run.run_info.write_text(json.dumps(info, indent=2))
+    write_atomic(run.run_info, json.dumps(info, indent=2))

@@ -6,6 +6,7 @@ Under torchrun every rank runs this; rank 0 alone writes files and prints.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import time
@@ -15,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from kiln import checkpoint as ckpt
+from kiln.atomic import write_atomic
 from kiln.config import Config, dump_config
 from kiln.console import log, quiet
 from kiln.data import DataBundle, build
@@ -50,7 +52,9 @@ def fit(
     d = distributed.init(resolve_device(cfg.run.device).type)
     try:
         # from the start: a Ctrl-C during set-up still ends in a checkpoint at the first step boundary
-        with quiet(not d.is_main), StopRequest() as stop:
+        # rank 0 holds the run folder: a second `kiln train` into it is refused while this one lives
+        held = RunDir(cfg.run_dir).hold() if d.is_main else contextlib.nullcontext()
+        with quiet(not d.is_main), held, StopRequest() as stop:
             summary = _fit(cfg, d, resume, extra_callbacks or [], stop)
         distributed.barrier(d)  # no rank tears its process group down while another still talks to it
         return summary
@@ -198,5 +202,5 @@ def finish(cfg: Config, parts: Parts, state: TrainState, data: DataBundle, callb
         callbacks.eval_end("test", {"loss": test["loss"], "acc": test["accuracy"]},
                            Outputs(logits, labels, idx, list(data.classes)))  # fmt: skip
     if d.is_main:
-        run.summary.write_text(json.dumps(summary, indent=2))
+        write_atomic(run.summary, json.dumps(summary, indent=2))
     return summary
