@@ -26,6 +26,32 @@ from pathlib import Path
 from kiln.errors import KilnError
 
 
+@contextlib.contextmanager
+def hold(folder: Path, key: str, what: str) -> Iterator[None]:
+    """``folder`` for this process alone: another that asks while this one lives is refused with one line
+    naming this process. An flock on ``folder/.kiln.lock``: a process that dies (even by kill -9) holds
+    nothing, so no stale lock is ever left to clear by hand."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / ".kiln.lock", "a+") as f:
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            who = f.read().strip() or "another process"
+            raise KilnError(f"{key}: {folder} is in use by {what} that is still going ({who}); wait for it to "
+                            f"finish, or choose another {key}") from None  # fmt: skip
+        f.seek(0)
+        f.truncate()
+        f.write(
+            f"pid {os.getpid()}, started {time.strftime('%Y-%m-%d %H:%M:%S')}: {' '.join(sys.argv)[:200]}"
+        )
+        f.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+
 @dataclass(frozen=True)
 class RunDir:
     root: Path
@@ -67,27 +93,10 @@ class RunDir:
     def lock(self) -> Path:
         return self.root / ".kiln.lock"
 
-    @contextlib.contextmanager
-    def hold(self) -> Iterator[None]:
+    def hold(self) -> contextlib.AbstractContextManager[None]:
         """The run folder for this process alone while it trains: a second ``kiln train`` into it is
-        refused, naming this one. An flock: a process that dies (even by kill -9) no longer holds it."""
-        self.root.mkdir(parents=True, exist_ok=True)
-        with open(self.lock, "a+") as f:
-            try:
-                fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                f.seek(0)
-                who = f.read().strip() or "another process"
-                raise KilnError(f"run.dir: {self.root} is in use by a kiln run that is still going ({who}); "
-                                "wait for it to finish, or choose another run.dir") from None  # fmt: skip
-            f.seek(0)
-            f.truncate()
-            f.write(f"pid {os.getpid()}, started {time.strftime('%Y-%m-%d %H:%M:%S')}: {' '.join(sys.argv)[:200]}")
-            f.flush()
-            try:
-                yield
-            finally:
-                fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+        refused, naming this one."""
+        return hold(self.root, "run.dir", "a kiln run")
 
     @property
     def tensorboard(self) -> Path:

@@ -84,3 +84,93 @@ def test_interrupted_search_resumes(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     trials = json.loads((out / "results.json").read_text())["trials"]
     assert len(trials) == 4 and all(t["epochs"] == 3 for t in trials)
+
+
+def _results(out: Path) -> dict:
+    return json.loads((out / "results.json").read_text())
+
+
+def test_one_seed_one_search_and_best_yaml_reproduces_its_trial_exactly(tmp_path: Path) -> None:
+    args = ["--samples", "3", "--scheduler", "fifo", "--seed", "7", "trainer.epochs=3"]
+    runs = [_tune(tmp_path / name, *args) for name in ("a", "b")]
+    assert all(p.returncode == 0 for p in runs), runs[0].stderr[-2000:]
+    a, b = (sorted(_results(tmp_path / n)["trials"], key=lambda t: t["index"]) for n in ("a", "b"))
+    assert [t["config"] for t in a] == [t["config"] for t in b]  # the same trials, in the same order ...
+    assert [t["best"] for t in a] == [t["best"] for t in b]  # ... with the same results
+    other = _tune(tmp_path / "c", "--samples", "3", "--scheduler", "fifo", "--seed", "8", "trainer.epochs=3")
+    assert [t["config"] for t in sorted(_results(tmp_path / "c")["trials"], key=lambda t: t["index"])] != [
+        t["config"] for t in a] and other.returncode == 0  # fmt: skip
+    from kiln.engine.trainer import fit
+
+    res = _results(tmp_path / "a")
+    best = load_config(res["best_config"], [f"run.dir={tmp_path / 'retrain'}", "trainer.progress=off"])
+    assert best.run.seed == 7 and best.run.threads == 1
+    assert fit(best)["best_metric"] == res["best_metric"]  # exactly: same seed, split, threads
+
+
+CRASH = """
+import os, signal
+import torch.nn.functional as F
+from kiln import Callback
+
+LR = None  # the trial's learning rate picks how it fails
+
+
+class Crash(Callback):
+    def on_fit_start(self, info):
+        global LR
+        LR = info.config["optimizer"]["lr"]
+
+    def on_epoch_end(self, epoch, metrics):
+        if LR == 0.02:
+            raise RuntimeError("a bug in my callback")  # an exception in a user plug-in
+        if LR == 0.03:
+            os.kill(os.getpid(), signal.SIGKILL)  # the trial's process killed
+
+
+def loss(logits, y):
+    out = F.cross_entropy(logits, y)
+    return out * float("nan") if LR == 0.04 else out  # a NaN loss
+"""
+
+
+def test_failed_trials_are_marked_and_the_search_goes_on(tmp_path: Path) -> None:
+    (tmp_path / "crash.py").write_text(CRASH)
+    (tmp_path / "space.yaml").write_text("optimizer.lr: {grid: [0.01, 0.02, 0.03, 0.04]}\n")
+    env = {**ENV, "PYTHONPATH": f"{ROOT / 'src'}{os.pathsep}{tmp_path}"}
+    common = [sys.executable, "-m", "kiln", "tune", "-c", DIGITS, "--space", str(tmp_path / "space.yaml"),
+              "--samples", "1", "--scheduler", "fifo", "--max-concurrent", "1", "trainer.epochs=2",
+              "scheduler.name=none", "callbacks=[{name: 'crash:Crash'}]", "trainer.loss=crash:loss"]  # fmt: skip
+    proc = subprocess.run(
+        [*common, "--out", str(tmp_path / "t")], capture_output=True, text=True, env=env, timeout=300
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    trials = {t["config"]["optimizer.lr"]: t for t in _results(tmp_path / "t")["trials"]}
+    assert trials[0.01]["error"] is None and trials[0.01]["epochs"] == 2
+    assert "a bug in my callback" in trials[0.02]["error"]
+    assert trials[0.03]["error"]  # the process died: Ray says so
+    assert "non-finite loss" in trials[0.04]["error"]  # kiln's own one-line reason
+    assert "3 trial(s) failed" in proc.stdout and "a bug in my callback" in proc.stdout
+    assert _results(tmp_path / "t")["best_trial"] == trials[0.01]["trial"]
+    capped = subprocess.run([*common, "--out", str(tmp_path / "capped"), "--max-failures", "1"], capture_output=True,
+                            text=True, env=env, timeout=300)  # fmt: skip
+    assert capped.returncode == 0, capped.stderr[-3000:]
+    ran = {t["config"]["optimizer.lr"]: t for t in _results(tmp_path / "capped")["trials"]}
+    assert ran[0.01]["error"] is None and ran[0.02]["error"]  # the first failure stopped the search there
+    assert all(not ran[lr]["epochs"] for lr in (0.03, 0.04) if lr in ran)
+
+
+def test_two_searches_into_one_out_refuse(tmp_path: Path) -> None:
+    out = tmp_path / "t"
+    cmd = [sys.executable, "-m", "kiln", "tune", "-c", DIGITS, "--space", SPACE, "--out", str(out), "--samples", "2",
+           "--scheduler", "fifo", "--max-concurrent", "1", "trainer.epochs=3"]  # fmt: skip
+    first = subprocess.Popen(cmd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not (out / ".kiln.lock").exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    second = subprocess.run(cmd, capture_output=True, text=True, env=ENV, timeout=120)
+    assert second.returncode == 2 and f"pid {first.pid}" in second.stderr and "Traceback" not in second.stderr
+    first.communicate(timeout=300)
+    assert first.returncode == 0
+    third = subprocess.run(cmd, capture_output=True, text=True, env=ENV, timeout=120)
+    assert third.returncode == 2 and "already holds a search; continue it with --resume" in third.stderr

@@ -28,7 +28,9 @@ def run(args: argparse.Namespace) -> int:
     for e in rows:
         used = datetime.datetime.fromtimestamp(e["last_used"]).strftime("%Y-%m-%d %H:%M")
         shape = "x".join(map(str, e["shape"])) if e["shape"] else "?"
-        print(f"  {e['key'][:12]}  {e['bytes'] / 2**20:9,.1f} MiB  last used {used}  {shape:>18}  {e['root']}")
+        print(
+            f"  {e['key'][:12]}  {e['bytes'] / 2**20:9,.1f} MiB  last used {used}  {shape:>18}  {e['root']}"
+        )
     return 0
 
 
@@ -40,5 +42,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     c.add_argument("action", choices=["ls", "clear"])
     c.add_argument("--dir", default="~/.cache/kiln", help="the cache folder (default: ~/.cache/kiln)")
     c.add_argument("-c", "--config", help="use this config's data.cache_dir")
-    c.add_argument("--older-than", type=float, metavar="DAYS", help="clear: only entries unused for this long")
+    c.add_argument(
+        "--older-than", type=float, metavar="DAYS", help="clear: only entries unused for this long"
+    )
     c.set_defaults(func=run)

@@ -20,16 +20,23 @@ def run(args: argparse.Namespace) -> int:
     )
     mode = cfg.trainer.early_stopping.mode if cfg.trainer.early_stopping else cfg.trainer.checkpoint.mode
 
+    from kiln.paths import hold
     from kiln.tuning.ray_tune import Search, tune_search
     from kiln.tuning.report import summarize, table
 
     search = Search(config, list(args.overrides), monitor, mode, math.ceil(cfg.trainer.epochs), args.cpus_per_trial,
-                    args.gpus_per_trial)  # fmt: skip
+                    args.gpus_per_trial, cfg.run.seed if args.seed is None else args.seed, args.max_failures)  # fmt: skip
     out = Path(args.out)
-    results = tune_search(search, space, args.samples, args.scheduler, args.max_concurrent, args.address, out,
-                          args.resume)  # fmt: skip
-    summary = summarize(results, search, space, out)
+    with hold(out, "--out", "a kiln tune search"):  # a second search into the same folder is refused
+        results = tune_search(search, space, args.samples, args.scheduler, args.max_concurrent, args.address, out,
+                              args.resume)  # fmt: skip
+        summary = summarize(results, search, space, out)
     print(table(summary))
+    failed = [t for t in summary["trials"] if t["error"]]
+    if failed:
+        print(
+            f"{len(failed)} trial(s) failed (their errors are in the table and results.json); the search went on"
+        )
     print(f"best: {summary['best_trial']} {monitor}={summary['best_metric']:.4f}")
     print(f"best config:     {summary['best_config']}   (kiln train -c {summary['best_config']})")
     print(f"best checkpoint: {summary['best_checkpoint']}   (kiln eval --checkpoint ...)")
@@ -53,5 +60,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--address", help="join a Ray cluster: auto, or ray://HEAD:10001 (default: a local Ray)")
     t.add_argument("--out", default="runs/tune", help="results folder (an absolute storage path for Ray)")
     t.add_argument("--resume", action="store_true", help="continue the interrupted search in --out")
+    t.add_argument("--seed", type=int, help="samples the trials and seeds each one (default: the config's run.seed); "
+                   "one seed, one search: the same trials in the same order with the same results on CPU")  # fmt: skip
+    t.add_argument("--max-failures", type=int, default=0,
+                   help="stop the search after this many failed trials (default 0: never stop for failures)")  # fmt: skip
     t.add_argument("overrides", nargs="*", metavar="key=value", help="overrides for every trial")
     t.set_defaults(func=run)

@@ -40,6 +40,7 @@ class RunConfig(_Strict):
     seed: int = 0
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
     deterministic: bool = False
+    threads: int | None = Field(None, gt=0)  # torch CPU threads (None: torch's default); fixes CPU float sums
 
 
 class CsvConfig(_Strict):

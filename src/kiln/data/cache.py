@@ -70,7 +70,11 @@ class Entry:
                 arr = np.load(path, mmap_mode="r")
             except (OSError, ValueError) as e:
                 raise ValueError(f"{path.name} is unreadable ({e})") from None
-            if arr.shape != tuple(want) or str(arr.dtype) != meta[key]["dtype"] or crc(arr) != meta[key]["crc32"]:
+            if (
+                arr.shape != tuple(want)
+                or str(arr.dtype) != meta[key]["dtype"]
+                or crc(arr) != meta[key]["crc32"]
+            ):
                 raise ValueError(f"{path.name} does not match its checksum (damaged or truncated)")
             out.append(arr)
         with contextlib.suppress(OSError):  # last use, for `kiln cache ls/clear`; a read-only folder keeps it

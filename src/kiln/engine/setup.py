@@ -85,7 +85,9 @@ def data_preset(cfg: Config) -> Preset | None:
     return preset
 
 
-def seed_everything(seed: int, deterministic: bool) -> None:
+def seed_everything(seed: int, deterministic: bool, threads: int | None = None) -> None:
+    if threads:  # the number of threads changes how CPU kernels sum floats: fixed, a run repeats bit for bit
+        torch.set_num_threads(threads)
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)

@@ -68,7 +68,7 @@ def fit(
 def _fit(
     cfg: Config, d: distributed.Dist, resume: str | None, extra: list[Callback], stop: StopRequest
 ) -> dict[str, Any]:
-    seed_everything(cfg.run.seed, cfg.run.deterministic)
+    seed_everything(cfg.run.seed, cfg.run.deterministic, cfg.run.threads)
     device = distributed.device_for(d, resolve_device(cfg.run.device))
     run = RunDir(cfg.run_dir)
     if d.is_main:

@@ -56,7 +56,9 @@ class Triton(Format):
 
     def _save_python(self, model: nn.Module, example: torch.Tensor, model_dir: Path, recipe: dict[str, Any],
                      opts: ExportOptions) -> Saved:  # fmt: skip
-        saved = triton_python.write(model, example, model_dir, recipe, opts)  # checked as its format checks it
+        saved = triton_python.write(
+            model, example, model_dir, recipe, opts
+        )  # checked as its format checks it
         pm = triton_python.check(model_dir, parse_config(model_dir / "config.pbtxt"))
         saved.notes.append(f"config.pbtxt parsed as Triton ModelConfig and checked: backend python, "
                            f"max_batch_size {pm.config.max_batch_size}, labels {LABELS}")  # fmt: skip
@@ -85,4 +87,3 @@ class Triton(Format):
 
     def claims(self, path: Path) -> bool:
         return path.is_dir() and (path / "config.pbtxt").is_file()
-

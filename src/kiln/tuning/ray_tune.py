@@ -33,6 +33,15 @@ class Search:
     epochs: int
     cpus_per_trial: float
     gpus_per_trial: float
+    seed: int  # samples the trials (in order) and is every trial's run.seed: a search repeats exactly
+    max_failures: int = 0  # stop the search after this many failed trials (0: never)
+
+    def trial_overrides(self, sampled: dict[str, Any]) -> list[str]:
+        """What turns the base config into a trial's: its sampled values, the seed and the CPU threads it
+        trains with (both fix its floating-point results, so best.yaml reproduces it exactly on CPU)."""
+        threads = max(1, int(self.cpus_per_trial))
+        return [*self.overrides, *(override(k, v) for k, v in sampled.items()), f"run.seed={self.seed}",
+                f"run.threads={threads}"]  # fmt: skip
 
 
 class ReportToTune(Callback):
@@ -62,8 +71,8 @@ def run_trial(sampled: dict[str, Any], search: Search) -> None:
 
     torch.set_num_threads(max(1, int(search.cpus_per_trial)))
     trial_dir = Path(tune.get_context().get_trial_dir())
-    overrides = [*search.overrides, *(override(k, v) for k, v in sampled.items()),
-                 f"run.dir={trial_dir / 'run'}", "trainer.progress=off", "logging.tensorboard=false"]  # fmt: skip
+    overrides = [*search.trial_overrides(sampled), f"run.dir={trial_dir / 'run'}", "trainer.progress=off",
+                 "logging.tensorboard=false"]  # fmt: skip
     cfg = resolved(search.config, overrides)
     resume = None
     ckpt = tune.get_checkpoint()
@@ -80,6 +89,7 @@ def tune_search(
 ) -> Any:  # fmt: skip
     ray, tune = import_ray()
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+    from ray.tune.search import BasicVariantGenerator
 
     dists = {"loguniform": lambda a: tune.loguniform(*a), "uniform": lambda a: tune.uniform(*a),
              "randint": lambda a: tune.randint(a[0], a[1] + 1),  # Ray's upper end is exclusive
@@ -101,10 +111,45 @@ def tune_search(
         tuner = tune.Tuner.restore(str(out.resolve() / name), trainable=trainable, resume_unfinished=True,
                                    resume_errored=True, param_space=param_space)  # fmt: skip
     else:
+        if (out / name).exists():
+            raise ConfigError(f"--out {out}: it already holds a search; continue it with --resume, or choose "
+                              "another --out (two searches in one folder would mix their trials)")  # fmt: skip
+        failures = FailureCount(search.max_failures)
         tuner = tune.Tuner(
             trainable, param_space=param_space,
             tune_config=tune.TuneConfig(metric=search.monitor, mode=search.mode, scheduler=sched,
-                                        num_samples=samples, max_concurrent_trials=max_concurrent or None),
-            run_config=tune.RunConfig(name=name, storage_path=storage, verbose=0),
+                                        num_samples=samples, max_concurrent_trials=max_concurrent or None,
+                                        # seeded sampling: the same trials, in the same order, every time
+                                        search_alg=BasicVariantGenerator(random_state=search.seed)),
+            run_config=tune.RunConfig(name=name, storage_path=storage, verbose=0, callbacks=[failures.callback],
+                                      stop=failures.stopper()),
         )  # fmt: skip
     return tuner.fit()
+
+
+class FailureCount:
+    """Counts failed trials (an exception, a NaN, a killed process) and, with ``--max-failures N``, stops
+    the search at the N-th; the others' results are kept."""
+
+    def __init__(self, limit: int) -> None:
+        from ray.tune import Callback as RayCallback
+        from ray.tune import Stopper
+
+        self.limit, self.failed = limit, 0
+        count = self
+
+        class _Counter(RayCallback):
+            def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+                count.failed += 1
+
+        class _Stop(Stopper):
+            def __call__(self, trial_id: str, result: dict[str, Any]) -> bool:
+                return False
+
+            def stop_all(self) -> bool:
+                return bool(count.limit) and count.failed >= count.limit
+
+        self.callback, self._stopper = _Counter(), _Stop()
+
+    def stopper(self) -> Any:
+        return self._stopper

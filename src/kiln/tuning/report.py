@@ -5,15 +5,17 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from kiln.atomic import write_atomic
 from kiln.config import dump_config
 from kiln.paths import RunDir
 from kiln.tuning.ray_tune import Search
-from kiln.tuning.space import override, resolved
+from kiln.tuning.space import resolved
 
 
 def _best_value(history: list[float], mode: str) -> float:
@@ -21,36 +23,56 @@ def _best_value(history: list[float], mode: str) -> float:
     return (max(finite) if mode == "max" else min(finite)) if finite else math.nan
 
 
+def _index(r: Any) -> int:
+    """A trial's place in the sampling order (Ray names trials <experiment>_<index>)."""
+    name = str((r.metrics or {}).get("trial_id") or "") or Path(r.path).name
+    m = re.search(r"[0-9a-f]{5}_(\d{5})", name)
+    return int(m.group(1)) if m else 10**6
+
+
+def _error(err: Any) -> str | None:
+    """The one line that says why a trial failed (Ray wraps it in its own traceback)."""
+    if not err:
+        return None
+    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip() and not ln.startswith(" ")]
+    last = lines[-1] if lines else type(err).__name__
+    return re.sub(r"^[\w.]*(Error|Exception|Stopped|Interrupted)[^:]*: ", "", last)[:300] or last
+
+
+def _row(r: Any, search: Search, space: dict[str, Any]) -> dict[str, Any]:
+    df = r.metrics_dataframe
+    by_epoch: dict[int, float] = {}
+    if df is not None and search.monitor in df and "epoch" in df:
+        # a restored trial repeats the epochs after its checkpoint: the later report of each wins
+        for epoch, value in zip(df["epoch"], df[search.monitor], strict=True):
+            by_epoch[int(epoch)] = float(value)
+    history = [by_epoch[e] for e in sorted(by_epoch)]
+    run = RunDir(Path(r.path) / "run")
+    best = _best_value(history, search.mode)
+    if run.summary.is_file():  # the trial's own verdict: what `kiln train -c best.yaml` reports too
+        best = json.loads(run.summary.read_text()).get("best_metric", best)
+    index = _index(r)
+    return {"trial": f"trial_{index:05d}", "index": index, "config": {k: r.config[k] for k in space if k in r.config},
+            "best": best, "epochs": len(history), "stopped_early": len(history) < search.epochs and r.error is None,
+            "error": _error(r.error), "history": history, "run_dir": str(run.root)}  # fmt: skip
+
+
 def summarize(results: Any, search: Search, space: dict[str, Any], out: Path) -> dict[str, Any]:
-    rows = []
-    for r in results:
-        df = r.metrics_dataframe
-        by_epoch: dict[int, float] = {}
-        if df is not None and search.monitor in df and "epoch" in df:
-            # a restored trial repeats the epochs after its checkpoint: the later report of each wins
-            for epoch, value in zip(df["epoch"], df[search.monitor], strict=True):
-                by_epoch[int(epoch)] = float(value)
-        history = [by_epoch[e] for e in sorted(by_epoch)]
-        sampled = {k: r.config[k] for k in space if k in r.config}
-        rows.append({
-            "trial": str((r.metrics or {}).get("trial_id") or Path(r.path).name), "config": sampled, "best": _best_value(history, search.mode),
-            "epochs": len(history), "stopped_early": len(history) < search.epochs and r.error is None,
-            "error": str(r.error).splitlines()[0] if r.error else None, "history": history,
-            "run_dir": str(Path(r.path) / "run"),
-        })  # fmt: skip
+    rows = [_row(r, search, space) for r in results if r.config is not None]  # None: never started
     sign = -1 if search.mode == "max" else 1
-    rows.sort(
-        key=lambda row: (math.isnan(row["best"]), sign * row["best"] if row["best"] == row["best"] else 0)
-    )
+    rows.sort(key=lambda row: (math.isnan(row["best"]), sign * row["best"] if row["best"] == row["best"] else 0,
+                               row["index"]))  # fmt: skip
     out.mkdir(parents=True, exist_ok=True)
-    best = rows[0]
-    cfg = resolved(search.config, [*search.overrides, *(override(k, v) for k, v in best["config"].items())])
+    # best.yaml: the best trial that trained to the end (a stopped one's metric came from fewer epochs)
+    finished = [r for r in rows if not r["error"] and not r["stopped_early"] and r["best"] == r["best"]]
+    best = (finished or rows)[0]
+    cfg = resolved(search.config, search.trial_overrides(best["config"]))
     cfg = cfg.model_copy(update={"run": cfg.run.model_copy(update={"dir": None, "name": "tuned"})})
     dump_config(cfg, out / "best.yaml")
-    summary = {"monitor": search.monitor, "mode": search.mode, "best_trial": best["trial"], "best_metric": best["best"],
-               "best_checkpoint": str(RunDir(Path(best["run_dir"])).best),
+    summary = {"monitor": search.monitor, "mode": search.mode, "seed": search.seed, "best_trial": best["trial"],
+               "best_metric": best["best"], "best_checkpoint": str(RunDir(Path(best["run_dir"])).best),
                "best_config": str(out / "best.yaml"), "trials": rows}  # fmt: skip
-    (out / "results.json").write_text(json.dumps(summary, indent=2, default=str))
+    write_atomic(out / "results.json", json.dumps(summary, indent=2, default=str))
     plot(rows, search, out / "trials.png")
     return summary
 
@@ -58,13 +80,14 @@ def summarize(results: Any, search: Search, space: dict[str, Any], out: Path) ->
 def table(summary: dict[str, Any]) -> str:
     rows = summary["trials"]
     keys = list(rows[0]["config"]) if rows else []
-    head = ["rank", "trial", *keys, summary["monitor"], "epochs", "stopped early"]
+    head = ["rank", "trial", *keys, summary["monitor"], "epochs", "stopped early", "error"]
     lines = [head]
     for i, r in enumerate(rows, 1):
-        vals = [yaml.safe_dump(r["config"][k], default_flow_style=True).strip().removesuffix("...").strip()
+        vals = [yaml.safe_dump(r["config"].get(k), default_flow_style=True).strip().removesuffix("...").strip()
                 for k in keys]  # fmt: skip
-        status = "error" if r["error"] else ("yes" if r["stopped_early"] else "no")
-        lines.append([str(i), r["trial"], *vals, f"{r['best']:.4f}", str(r["epochs"]), status])
+        status = "failed" if r["error"] else ("yes" if r["stopped_early"] else "no")
+        err = (r["error"] or "")[:100]
+        lines.append([str(i), r["trial"], *vals, f"{r['best']:.4f}", str(r["epochs"]), status, err])
     widths = [max(len(str(line[c])) for line in lines) for c in range(len(head))]
     return "\n".join("  ".join(str(v).ljust(w) for v, w in zip(line, widths, strict=True)) for line in lines)
 
