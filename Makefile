@@ -29,11 +29,12 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks
 	$(VENV)/bin/ruff format --check src tests benchmarks
 
-# Unpack the local copies of CIFAR-10 and MNIST (../shared/data) into data/ (git-ignored).
+# Unpack the local copies of CIFAR-10, MNIST and the tutorial's ant/bee photos (../shared/data) into data/ (git-ignored).
 data:
 	mkdir -p data
 	test -d data/cifar10 || tar -xzf ../shared/data/cifar10-jpeg.tar.gz -C data/
 	test -d data/mnist || tar -xzf ../shared/data/mnist-png.tar.gz -C data/
+	test -d data/hymenoptera_data || tar -xzf ../shared/data/hymenoptera-jpeg.tar.gz -C data/
 
 bench: $(STAMP) data
 	$(PY) -m benchmarks.cpu_overhead

@@ -23,12 +23,12 @@ def _run(args: list[str], cwd: Path, env: dict[str, str] | None = None) -> subpr
     return proc
 
 
-@pytest.mark.parametrize("template", ["basic", "folder", "csv", "transfer"])
+@pytest.mark.parametrize("template", ["basic", "folder", "csv", "transfer", "photos"])
 def test_template_trains_and_its_smoke_test_passes(tmp_path: Path, template: str) -> None:
     run_kiln("new", str(tmp_path / "demo"), "--template", template)
     project = tmp_path / "demo"
     extra: list[str] = []
-    if template in ("folder", "csv"):
+    if template in ("folder", "csv", "photos"):
         sys.path.insert(0, str(project))
         try:
             from make_sample_data import ensure_sample_data
@@ -40,7 +40,7 @@ def test_template_trains_and_its_smoke_test_passes(tmp_path: Path, template: str
     _run([sys.executable, "-m", "kiln", "train", "-c", "config.yaml", "trainer.epochs=1", "trainer.progress=off",
           "logging.tensorboard=false", *extra], cwd=project)  # fmt: skip
     summary = json.loads((project / "runs" / "demo" / "summary.json").read_text())
-    assert summary["epochs_run"] == 1 and "test" in summary
+    assert summary["epochs_run"] == 1 and ("test" in summary or template == "photos")  # photos: train/ + val/
     _run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests"], cwd=project)
 
 
@@ -94,3 +94,10 @@ def test_entry_point_plugin_from_installed_package(tmp_path: Path) -> None:
     bad = subprocess.run([sys.executable, "-m", "kiln", "train", "-c", str(ROOT / "configs/digits.yaml"),
                           "model.name=tinynett"], cwd=tmp_path, capture_output=True, text=True, env=env)  # fmt: skip
     assert bad.returncode == 2 and "did you mean 'tinynet'" in bad.stderr
+
+
+def test_the_command_line_offers_every_template() -> None:
+    from kiln.cli.new import TEMPLATES as OFFERED
+    from kiln.scaffold import TEMPLATES
+
+    assert OFFERED == TEMPLATES

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-TEMPLATES = ("basic", "folder", "csv", "transfer")  # kiln.scaffold.TEMPLATES (kept equal by a test)
+TEMPLATES = ("basic", "folder", "csv", "transfer", "photos")  # kiln.scaffold.TEMPLATES (a test keeps them equal)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -25,6 +25,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     n.add_argument("name", help="project folder to create")
     n.add_argument("--template", choices=TEMPLATES, default="basic",
                    help="basic: your own Dataset on offline digits; folder: an image folder; csv: images + CSV; "
-                   "transfer: a torchvision backbone")  # fmt: skip
+                   "transfer: a torchvision backbone; photos: your photos and a pretrained ImageNet backbone")  # fmt: skip
     n.add_argument("--data", help="data root for the folder/csv templates (default: data/)")
     n.set_defaults(func=run)

@@ -140,9 +140,11 @@ class DataConfig(_Strict):
     eval_batch_size: int | None = Field(None, gt=0)  # default: max(batch_size, 256)
     val_split: float = Field(0.1, ge=0.0, lt=1.0)  # fraction of train carved out when there is no val/
     test_split: float = Field(0.2, ge=0.0, lt=1.0)  # digits only: it ships without a test split
-    image_size: int | tuple[int, int] | None = (
-        None  # the model's input (H, W); None = the weights', else keep
-    )
+    # the model's input (H, W); None: the pretrained weights', else the images' own
+    image_size: int | tuple[int, int] | None = None
+    # photo pipeline: training crops at this size instead (smaller: faster, and a model trained at ~0.8x the
+    # test size does better at it: Touvron et al. 2019, "Fixing the train-test resolution discrepancy")
+    train_image_size: int | tuple[int, int] | None = None
     # how images of other sizes get there: crop (photos: aspect kept; evaluation resizes the shorter side to
     # image_size / crop_pct and takes the centre), squash (resize exactly), none (all must have image_size);
     # auto: none when the images already have it, squash for in-memory arrays, else crop
@@ -187,6 +189,12 @@ class ModelConfig(_Strict):
     strict: bool = True  # with a weights file: every key but the head's must match
     freeze: list[str] | Literal["backbone"] | None = None  # parameter-name globs, or all but the head
     freeze_bn: bool = True  # frozen BatchNorm layers stay in eval mode (running stats do not move)
+    # every BatchNorm layer keeps its pretrained running statistics while its weights fine-tune (small
+    # datasets and batches: batch statistics of a few dozen photos are noisier than ImageNet's)
+    bn_stats: Literal["update", "frozen"] = "update"
+    # the new head's start: random, or the pretrained classifier's rows mixed per class by how the pretrained
+    # model already classifies that class's training images (a data-driven zero-shot start; pretrained only)
+    head_init: Literal["random", "pretrained_classes"] = "random"
     # the first conv's filters start as whitened principal components of training patches (data-dependent)
     pca_init: bool = False
 
@@ -194,6 +202,9 @@ class ModelConfig(_Strict):
     def _check(self) -> ModelConfig:
         if self.pca_init and self.pretrained:
             raise ValueError("model.pca_init would overwrite the pretrained first layer; use one of the two")
+        if self.head_init == "pretrained_classes" and not self.pretrained:
+            raise ValueError("model.head_init=pretrained_classes starts from the pretrained classifier: set "
+                             "model.pretrained (true or a weights file)")  # fmt: skip
         return self
 
 

@@ -169,9 +169,14 @@ def build(cfg: DataConfig, seed: int, device: torch.device, rank: int = 0, world
 
     return DataBundle(
         train=loader("train"), val=loader("val"), test=loader("test"), classes=raw.classes,
-        transform=BatchTransform(mean, std, cfg.augment, seed, rank, spec, extents), spec=spec,
+        transform=BatchTransform(mean, std, cfg.augment, seed, rank, spec, extents, _pair(cfg.train_image_size)),
+        spec=spec,
         skipped=raw.skipped, fingerprint=fingerprint([raw.train, raw.val, raw.test], raw.classes),
     )  # fmt: skip
+
+
+def _pair(size: int | tuple[int, int] | None) -> tuple[int, int] | None:
+    return (size, size) if isinstance(size, int) else tuple(size) if size else None  # type: ignore[return-value]
 
 
 def _in_memory(split: Split, spec: ImageSpec, cfg: DataConfig, train: bool) -> bool:

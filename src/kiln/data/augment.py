@@ -56,7 +56,8 @@ class BatchTransform:
     square); ``extents``: the (h, w) each train image fills, for crops drawn inside the whole photo."""
 
     def __init__(self, mean: list[float], std: list[float], augment: AugmentConfig, seed: int, rank: int = 0,
-                 spec: ImageSpec | None = None, extents: torch.Tensor | None = None) -> None:  # fmt: skip
+                 spec: ImageSpec | None = None, extents: torch.Tensor | None = None,
+                 train_size: tuple[int, int] | None = None) -> None:  # fmt: skip
         std_t = torch.tensor(std, dtype=torch.float32)
         # (x/255 - mean)/std folded into one multiply-add: scale = 1/(255 std), shift = -mean/std
         self.scale = (1.0 / (255.0 * std_t)).view(1, -1, 1, 1)
@@ -65,6 +66,7 @@ class BatchTransform:
         self.rank_key = (rank,) if rank else ()  # under DDP each rank draws its own batch augmentations
         self.mean, self.std = list(mean), list(std)
         self.spec, self.extents = spec, extents
+        self.train_size = train_size or (spec.size if spec is not None else None)  # photo training crops
         self.photo = augment.photo or (spec is not None and spec.resize == "crop")
         self._views: dict[int, ViewParams] = {}  # a pure function of (seed, view): cached, never stale
 
@@ -149,7 +151,7 @@ class BatchTransform:
         )
         p, i = self.view_params(view), idx.cpu()
         boxes = p.boxes[i] if p.boxes is not None else self.centre_boxes(self.extents[i])
-        xf = G.resample(x.float(), boxes, self.spec.size)  # 0..255 scale
+        xf = G.resample(x.float(), boxes, self.train_size)  # type: ignore[arg-type]  # 0..255 scale
         if p.jitter is not None or p.ops is not None:
             xf = xf / 255
             if p.jitter is not None:
@@ -161,7 +163,7 @@ class BatchTransform:
         if p.flip is not None:
             xf = G.flip(xf, p.flip[i])
         if p.erase is not None:
-            xf = xf.masked_fill(G.box_mask(p.erase[i], self.spec.size, xf.device), 0.0)
+            xf = xf.masked_fill(G.box_mask(p.erase[i], self.train_size, xf.device), 0.0)  # type: ignore[arg-type]
         return xf
 
     def train_centre(self, x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
@@ -185,7 +187,7 @@ class BatchTransform:
 
     def _draw(self, view: int) -> ViewParams:
         assert self.spec is not None and self.extents is not None
-        a, n, size = self.augment, len(self.extents), self.spec.size
+        a, n, size = self.augment, len(self.extents), self.train_size
         g = seeded_generator(torch.device("cpu"), self.seed, view, PHOTO_STREAM)
         rrc = a.random_resized_crop
         boxes = G.rrc_boxes(self.extents, rrc.scale, rrc.ratio, g) if rrc else None

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, default_collate
 
 from kiln.data.augment import seeded_generator
 
@@ -148,6 +148,23 @@ class _Indexed(Dataset):
         x, y = self.ds[i][:2]
         return x, torch.as_tensor(y, dtype=torch.int64), i
 
+    def __getitems__(self, idx: list[int]) -> Any:
+        """A whole batch in the worker: a dataset that decodes batches (kiln's files) fills one array, with
+        no per-sample collation; any other dataset is fetched sample by sample, as the DataLoader would."""
+        batch = getattr(self.ds, "batch", None)
+        if batch is None:
+            return [self[i] for i in idx]
+        x, y = batch(idx)
+        return _Batched((x, y, torch.as_tensor(idx)))
+
+
+class _Batched(tuple):  # type: ignore[type-arg]
+    """A batch already assembled in the worker (collation passes it through)."""
+
+
+def _collate(data: Any) -> Any:
+    return tuple(data) if isinstance(data, _Batched) else default_collate(data)
+
 
 class _OrderSampler:
     def __init__(self, order: EpochOrder) -> None:
@@ -169,7 +186,7 @@ class StreamLoader(_Resumable):
                  labels: torch.Tensor | None = None) -> None:  # fmt: skip
         self.order, self.device, self.ids, self.labels = order, device, ids, labels
         self.loader = DataLoader(
-            _Indexed(ds), batch_sampler=_OrderSampler(order), num_workers=workers,
+            _Indexed(ds), batch_sampler=_OrderSampler(order), num_workers=workers, collate_fn=_collate,
             pin_memory=device.type == "cuda", persistent_workers=workers > 0,
             prefetch_factor=4 if workers > 0 else None,
         )  # fmt: skip

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch.utils.data import Dataset, Subset
 
@@ -255,6 +256,13 @@ class _Files(Dataset):
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         arr, _ = open_image(self.paths[i], self.spec, self.train)
         return torch.from_numpy(arr), self.labels[i]
+
+    def batch(self, idx: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Images ``idx`` decoded into one array (the memory path's decoder, a batch at a time)."""
+        out = np.empty((len(idx), self.spec.channels, *self.spec.stored(self.train)), dtype=np.uint8)
+        for j, i in enumerate(idx):
+            out[j] = open_image(self.paths[i], self.spec, self.train)[0]
+        return torch.from_numpy(out), torch.tensor([self.labels[i] for i in idx], dtype=torch.int64)
 
 
 @dataclass

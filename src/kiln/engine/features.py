@@ -10,8 +10,6 @@ Validation features are the evaluation view, test-time views averaged (exact for
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -23,7 +21,7 @@ from kiln.data import DataBundle
 from kiln.data.loaders import EpochOrder, MemoryLoader
 from kiln.engine.distributed import Dist
 from kiln.engine.loop import EvalOptions, StepOptions, tta_views
-from kiln.models.transfer import head_name
+from kiln.models.transfer import head_name, without_head
 
 
 class Features:
@@ -56,24 +54,10 @@ class FrozenFeatures:
         self.views: dict[int, torch.Tensor] = {}
         self.val: torch.Tensor | None = None
 
-    @contextlib.contextmanager
-    def _backbone(self) -> Iterator[nn.Module]:
-        """The model without its head (an identity in its place), in eval mode, for the duration."""
-        parent_name, _, attr = self.head.rpartition(".")
-        parent = self.model.get_submodule(parent_name) if parent_name else self.model
-        head, training = getattr(parent, attr), self.model.training
-        setattr(parent, attr, nn.Identity())
-        self.model.eval()
-        try:
-            yield self.model
-        finally:
-            setattr(parent, attr, head)
-            self.model.train(training)
-
     @torch.no_grad()
     def _extract(self, loader: Any, prepare: Any) -> torch.Tensor:
         out: torch.Tensor | None = None
-        with self._backbone() as backbone:
+        with without_head(self.model) as backbone:
             for x, idx in loader.in_order(self.batch_size):
                 views = prepare(x, idx)
                 if self.step.channels_last:
@@ -111,6 +95,11 @@ class FrozenFeatures:
         return MemoryLoader(
             self.val, val.labels, EpochOrder(val.order.n, val.order.batch_size, False, 0), val.device
         )
+
+    def train_features(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The first view's features of every train image, and their labels (computed once either way)."""
+        loader = self.train_loader(0)
+        return loader.images, loader.labels
 
     def head_of(self, model: nn.Module) -> nn.Module:
         return model.get_submodule(self.head)

@@ -59,6 +59,7 @@ class Parts:
     eval: EvalOptions
     frozen: list[str]  # parameter names frozen by model.freeze (trainer.unfreeze brings them back)
     freeze_bn: bool  # BatchNorm layers whose parameters are all frozen stay in eval mode
+    bn_stats_frozen: bool  # every BatchNorm layer stays in eval mode (model.bn_stats: frozen)
     init_seconds: float  # spent on a data-dependent init: training work, counted in the first epoch
     features: FrozenFeatures | None  # a frozen backbone computed once (trainer.frozen_features)
 
@@ -67,6 +68,8 @@ class Parts:
         return self.ema.module if self.ema is not None else self.train_model
 
     def frozen_batchnorms(self) -> list[nn.Module]:
+        if self.bn_stats_frozen:
+            return [m for m in self.model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
         return transfer.frozen_batchnorms(self.model) if self.freeze_bn else []
 
 
@@ -138,9 +141,14 @@ def build_parts(cfg: Config, data: DataBundle, device: torch.device, d: Dist) ->
         model = model.to(memory_format=torch.channels_last)
     precision = resolve_precision(t.precision, device)
     autocast = autocast_factory(precision, device)
-    optimizer = build_optimizer(
-        cfg.optimizer, model, cfg.data.batch_size, fused=device.type in ("cuda", "cpu")
-    )
+    step = StepOptions(t.accumulate, t.grad_clip, t.log_every_n_steps, t.on_nan == "skip", channels_last, autocast)
+    evaluation = EvalOptions(t.tta, channels_last, autocast, {n.rpartition(":")[2]: METRICS.get(n) for n in t.metrics})
+    features = frozen_features(cfg, model, data, step, evaluation, d)
+    if cfg.model.head_init == "pretrained_classes":  # data-dependent, like pca_init: counted as training time
+        t0 = time.perf_counter()
+        init_head(model, data, features, step)
+        init_seconds += time.perf_counter() - t0
+    optimizer = build_optimizer(cfg.optimizer, model, cfg.data.batch_size, fused=device.type in ("cuda", "cpu"))
     steps_per_epoch = math.ceil(len(data.train) / t.accumulate)  # type: ignore[arg-type]  # per rank = global
     scheduler = build_scheduler(cfg.scheduler, optimizer, t.epochs, steps_per_epoch)
     ema = EMA(model, t.ema.decay, t.ema.warmup) if t.ema else None
@@ -150,19 +158,34 @@ def build_parts(cfg: Config, data: DataBundle, device: torch.device, d: Dist) ->
         train_model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
     if t.compile:
         train_model = torch.compile(train_model)
-    step = StepOptions(
-        t.accumulate, t.grad_clip, t.log_every_n_steps, t.on_nan == "skip", channels_last, autocast
-    )
-    evaluation = EvalOptions(
-        t.tta, channels_last, autocast, {n.rpartition(":")[2]: METRICS.get(n) for n in t.metrics}
-    )
     return Parts(
         model=model, train_model=train_model, optimizer=optimizer, scaler=make_scaler(precision, device), ema=ema,
         scheduler=scheduler, schedule_steps=cfg.scheduler.name != "none" or cfg.scheduler.warmup_epochs > 0,
-        criterion=build_loss(t.loss, t.label_smoothing, t.loss_args),
-        step=step, eval=evaluation, frozen=frozen, freeze_bn=cfg.model.freeze_bn, init_seconds=init_seconds,
-        features=frozen_features(cfg, model, data, step, evaluation, d),
+        criterion=build_loss(t.loss, t.label_smoothing, t.loss_args), step=step, eval=evaluation, frozen=frozen,
+        freeze_bn=cfg.model.freeze_bn, bn_stats_frozen=cfg.model.bn_stats == "frozen", init_seconds=init_seconds,
+        features=features,
     )  # fmt: skip
+
+
+@torch.no_grad()
+def init_head(model: nn.Module, data: DataBundle, features: FrozenFeatures | None, step: StepOptions) -> None:
+    """model.head_init: pretrained_classes, from the train images' features (the frozen backbone's cache
+    when there is one, else up to 2,000 train images in the evaluation's view)."""
+    old = getattr(model, "kiln_pretrained_head", None)
+    if old is None:
+        raise KilnError("model.head_init=pretrained_classes: the pretrained weights have no classifier to start "
+                        "from (the weights file has no head of its own); use model.head_init=random")  # fmt: skip
+    if features is not None:
+        feats, labels = features.train_features()
+    else:
+        idx = data.train.spread(2000)  # type: ignore[union-attr]
+        x, labels = sample_images(data, 2000), data.train.labels[idx]  # type: ignore[union-attr]
+        with transfer.without_head(model) as backbone, step.autocast():
+            feats = torch.cat([backbone(x[i : i + 64]).float() for i in range(0, len(x), 64)])
+    head = model.get_submodule(transfer.head_name(model))
+    missing = transfer.init_head_from_classes(head, old, feats, labels)  # type: ignore[arg-type]
+    log(f"kiln: head starts from the pretrained classifier, mixed per class by its predictions on {len(labels)} "
+        f"train images" + (f" (classes {missing} have no images: random rows)" if missing else ""))  # fmt: skip
 
 
 def sample_images(data: DataBundle, n: int) -> torch.Tensor:

@@ -3,10 +3,13 @@ BatchNorm kept in eval mode, and a trainable/frozen summary."""
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from kiln.checkpoint import read_weights
@@ -52,7 +55,9 @@ def load_pretrained(model: nn.Module, path: str | Path, strict: bool, head: str)
     if strict and (missing or result.unexpected_keys):
         raise ConfigError(f"model.pretrained: {path} does not match the model: missing {missing[:5]}, "
                           f"unexpected {result.unexpected_keys[:5]} (set model.strict=false to load anyway)")  # fmt: skip
-    return {"missing": missing, "unexpected": list(result.unexpected_keys), "head_reset": skipped}
+    return {"missing": missing, "unexpected": list(result.unexpected_keys), "head_reset": skipped,
+            "old_head": [state[f"{head}.weight"], state[f"{head}.bias"]] if f"{head}.weight" in skipped
+            and f"{head}.bias" in state else []}  # fmt: skip
 
 
 def select(model: nn.Module, freeze: list[str] | str, head: str) -> list[str]:
@@ -100,6 +105,9 @@ def prepare(
     head = head_name(model)
     if isinstance(pretrained, str):
         info = load_pretrained(model, pretrained, strict, head)
+        if info.pop("old_head"):  # the pretrained classifier, for model.head_init: pretrained_classes
+            old = read_weights(pretrained)
+            model.kiln_pretrained_head = (old[f"{head}.weight"], old[f"{head}.bias"])  # type: ignore[assignment]
         log(f"kiln: loaded {pretrained} (new head '{head}'; {summary_line(info)})")
     elif pretrained:
         log(f"kiln: pretrained weights from the model library; new head '{head}'")
@@ -110,3 +118,42 @@ def prepare(
             p.requires_grad_(False)
     log(param_table(model))
     return frozen
+
+
+@contextlib.contextmanager
+def without_head(model: nn.Module) -> Iterator[nn.Module]:
+    """The model with an identity in its head's place, in eval mode, for the duration: it gives the
+    features the head takes."""
+    head = head_name(model)
+    parent_name, _, attr = head.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    layer, training = getattr(parent, attr), model.training
+    setattr(parent, attr, nn.Identity())
+    model.eval()
+    try:
+        yield model
+    finally:
+        setattr(parent, attr, layer)
+        model.train(training)
+
+
+@torch.no_grad()
+def init_head_from_classes(head: nn.Linear, old: tuple[torch.Tensor, torch.Tensor], features: torch.Tensor,
+                           labels: torch.Tensor) -> list[int]:  # fmt: skip
+    """A new head from the pretrained classifier: each class's row is the pretrained rows mixed by how the
+    pretrained model classifies that class's training images (their mean softmax), so the model starts
+    from what it already knows; a data-driven zero-shot start that needs no class names. Returns the
+    classes that had no images (their rows keep the default init)."""
+    weight, bias = (t.to(features) for t in old)
+    probs = torch.softmax(features @ weight.T + bias, 1)
+    missing = []
+    for k in range(head.out_features):
+        mine = probs[labels.to(probs.device) == k]
+        if len(mine) == 0:
+            missing.append(k)
+            continue
+        mix = mine.mean(0)
+        head.weight[k] = (mix @ weight).to(head.weight)
+        if head.bias is not None:
+            head.bias[k] = (mix @ bias).to(head.bias)
+    return missing

@@ -9,7 +9,7 @@ from typing import Any
 from torch import nn
 
 from kiln.errors import ConfigError
-from kiln.models.transfer import replace_head
+from kiln.models.transfer import head_name, replace_head
 from kiln.registry import unknown_name_error
 
 NO_NETWORK = (
@@ -40,6 +40,7 @@ def torchvision_model(
         raise ConfigError(
             "model.pretrained: " + NO_NETWORK.format(what=f"torchvision:{name}", err=e)
         ) from None
+    keep_pretrained_head(model)
     replace_head(model, num_classes)
     return model
 
@@ -57,9 +58,12 @@ def timm_model(
     if name not in valid:
         raise unknown_name_error("timm model", name, valid, "model.name")
     try:  # timm resizes the head (and the stem for other channel counts) itself
-        return timm.create_model(
-            name, pretrained=pretrained, num_classes=num_classes, in_chans=in_channels, **kwargs
-        )
+        if not pretrained:
+            return timm.create_model(name, num_classes=num_classes, in_chans=in_channels, **kwargs)
+        model = timm.create_model(name, pretrained=True, in_chans=in_channels, **kwargs)
+        keep_pretrained_head(model)
+        model.reset_classifier(num_classes)
+        return model
     except (OSError, RuntimeError) as e:
         if not pretrained:
             raise
@@ -98,3 +102,10 @@ def hub_model(
         raise ConfigError(f"model.name: hub:{spec} returned {type(model).__name__}, not a torch.nn.Module")
     replace_head(model, num_classes)
     return model
+
+
+def keep_pretrained_head(model: nn.Module) -> None:
+    """Keep the library's classifier (weight, bias) for model.head_init: pretrained_classes."""
+    layer = model.get_submodule(head_name(model))
+    if isinstance(layer, nn.Linear) and layer.bias is not None:
+        model.kiln_pretrained_head = (layer.weight.detach().clone(), layer.bias.detach().clone())  # type: ignore[assignment]

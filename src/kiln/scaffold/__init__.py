@@ -9,7 +9,7 @@ from string import Template
 
 from kiln.errors import KilnError
 
-TEMPLATES = ("basic", "folder", "csv", "transfer")
+TEMPLATES = ("basic", "folder", "csv", "transfer", "photos")
 _HERE = Path(__file__).parent / "templates"
 # (template file, path in the project, templates that get it)
 _FILES = [
@@ -23,6 +23,7 @@ _FILES = [
     ("common/conftest.py.tmpl", "tests/conftest.py", TEMPLATES),
     ("common/test_smoke.py.tmpl", "tests/test_smoke.py", TEMPLATES),
     ("common/make_sample_data.py.tmpl", "make_sample_data.py", ("folder", "csv")),
+    ("photos/make_sample_data.py.tmpl", "make_sample_data.py", ("photos",)),
 ]
 
 
