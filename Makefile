@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.kiln-installed
 EXTRAS ?= dev,timm,export,serve,wandb,tune
 
-.PHONY: demo test test-fast lint bench data clean
+.PHONY: demo test test-fast lint bench bench-gpu gpu-wheels data clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +40,18 @@ bench: $(STAMP) data
 	$(PY) -m benchmarks.cpu_overhead
 	$(PY) -m benchmarks.cache_speed
 	$(PY) -m benchmarks.cpu_time_to_accuracy
+
+# On a machine with one CUDA GPU (no network, kiln not installed): see benchmarks/bench_gpu.sh. Run
+# `make gpu-wheels` here first (with network) and carry .whl and .gpu-data to it.
+bench-gpu:
+	bash benchmarks/bench_gpu.sh
+
+gpu-wheels:
+	mkdir -p .whl .gpu-data
+	$(PYTHON) -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+	    --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .whl \
+	    pydantic pydantic-core annotated-types typing-inspection airbench
+	cp ../shared/data/cifar10-jpeg.tar.gz ../shared/data/tf_efficientnet_lite0_imagenet.safetensors .gpu-data/
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -49,12 +49,14 @@ def main() -> None:
     import timm
     from safetensors.torch import load_file
 
+    device = torch.device("cuda:0" if torch.cuda.is_available() else "cpu")  # as the tutorial does
     model = timm.create_model("tf_efficientnet_lite0")
     model.load_state_dict(load_file(args.weights))
     if args.mode == "fixed":  # "ConvNet as fixed feature extractor": freeze all but the new final layer
         for param in model.parameters():
             param.requires_grad = False
     model.classifier = nn.Linear(model.classifier.in_features, 2)  # new layers require grad by default
+    model = model.to(device)
     criterion = nn.CrossEntropyLoss()
     params = model.classifier.parameters() if args.mode == "fixed" else model.parameters()
     optimizer = optim.SGD(params, lr=0.001, momentum=0.9)
@@ -65,6 +67,7 @@ def main() -> None:
             model.train() if phase == "train" else model.eval()
             running_corrects = 0
             for inputs, labels in dataloaders[phase]:
+                inputs, labels = inputs.to(device), labels.to(device)
                 optimizer.zero_grad()
                 with torch.set_grad_enabled(phase == "train"):
                     outputs = model(inputs)
