@@ -42,15 +42,20 @@ def rates(root: Path, workers: int, batch: int, image_size: int | None) -> tuple
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--root", help="CIFAR-10 image folder (default data/cifar10, unpacked from ../shared/data)")
+    p.add_argument(
+        "--root", help="CIFAR-10 image folder (default data/cifar10, unpacked from ../shared/data)"
+    )
     p.add_argument("--photos", default=str(ROOT / "data" / "hymenoptera_data"))
     p.add_argument("--workers", type=int, default=2)
     args = p.parse_args()
     cifar = cifar10_dir(args.root)
     print(f"{torch.get_num_threads()} threads, {args.workers} decode workers\n")
     decode, stream, n = rates(cifar, args.workers, 256, None)
-    print(f"CIFAR-10 JPEGs ({n:,} train images, 32x32): parallel decode {decode:,.0f} img/s, streaming "
-          f"{stream:,.0f} img/s = {stream / decode:.2f} x (target >= 0.80)", flush=True)
+    print(
+        f"CIFAR-10 JPEGs ({n:,} train images, 32x32): parallel decode {decode:,.0f} img/s, streaming "
+        f"{stream:,.0f} img/s = {stream / decode:.2f} x (target >= 0.80)",
+        flush=True,
+    )
     with tempfile.TemporaryDirectory() as d:
         m = kiln_run(["data.source=folder", f"data.root={cifar}", "data.loader=stream", "trainer.epochs=1",
                       f"run.dir={d}", "data.eval_batch_size=1000", f"data.num_workers={args.workers}",
@@ -58,8 +63,10 @@ def main() -> None:
     print(f"  training LeNet on the stream (batch 256): {m[0]['images_per_s']:,.0f} img/s", flush=True)
     if Path(args.photos).is_dir():
         decode, stream, n = rates(Path(args.photos), args.workers, 32, 224)
-        print(f"hymenoptera photos ({n} train photos, 193-2592 px, presized for 224 crops): parallel decode "
-              f"{decode:,.0f} img/s, streaming {stream:,.0f} img/s = {stream / decode:.2f} x")
+        print(
+            f"hymenoptera photos ({n} train photos, 193-2592 px, presized for 224 crops): parallel decode "
+            f"{decode:,.0f} img/s, streaming {stream:,.0f} img/s = {stream / decode:.2f} x"
+        )
 
 
 if __name__ == "__main__":

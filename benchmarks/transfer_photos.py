@@ -27,7 +27,11 @@ from pathlib import Path
 from benchmarks.common import ROOT
 
 PHOTOS = ROOT / "data" / "hymenoptera_data"
-WEIGHTS = Path(os.environ.get("KILN_WEIGHTS", ROOT.parent / "shared" / "data" / "tf_efficientnet_lite0_imagenet.safetensors"))
+WEIGHTS = Path(
+    os.environ.get(
+        "KILN_WEIGHTS", ROOT.parent / "shared" / "data" / "tf_efficientnet_lite0_imagenet.safetensors"
+    )
+)
 ENV = {**os.environ, "PYTHONPATH": f"{ROOT / 'src'}{os.pathsep}{ROOT}"}
 
 
@@ -76,14 +80,21 @@ def main() -> None:
                         "kiln_seconds_warm": warm, "speedup": best["seconds"] / cold}  # fmt: skip
         r = report[mode]
         print(f"\n{mode}: tutorial val acc per epoch {[e['val_acc'] for e in tut]}", flush=True)
-        print(f"  tutorial: best epoch {best['val_acc']:.3f} (epoch {best['epoch']} of {len(tut)}) after "
-              f"{best['seconds']:.1f} s; last epoch {tut[-1]['val_acc']:.3f}; {tut[-1]['seconds']:.1f} s for all")
+        print(
+            f"  tutorial: best epoch {best['val_acc']:.3f} (epoch {best['epoch']} of {len(tut)}) after "
+            f"{best['seconds']:.1f} s; last epoch {tut[-1]['val_acc']:.3f}; {tut[-1]['seconds']:.1f} s for all"
+        )
         for i, (epochs, seconds) in enumerate(zip(r["kiln_epochs"], r["kiln_seconds_cold"], strict=True)):
-            print(f"  kiln {recipe} seed {i}: val acc per epoch {[round(v, 4) for v in epochs]}, whole process "
-                  f"{seconds:.1f} s (cold cache)")
-        print(f"  kiln: last epoch {r['kiln_last_mean']:.4f} mean of {args.seeds} seeds (min {min(last):.4f}; target "
-              f">= {best['val_acc']:.3f}); whole run {cold:.1f} s cold, {warm:.1f} s warm = {r['speedup']:.1f}x "
-              f"shorter than the tutorial's time to its best epoch (target >= {target}x)", flush=True)
+            print(
+                f"  kiln {recipe} seed {i}: val acc per epoch {[round(v, 4) for v in epochs]}, whole process "
+                f"{seconds:.1f} s (cold cache)"
+            )
+        print(
+            f"  kiln: last epoch {r['kiln_last_mean']:.4f} mean of {args.seeds} seeds (min {min(last):.4f}; target "
+            f">= {best['val_acc']:.3f}); whole run {cold:.1f} s cold, {warm:.1f} s warm = {r['speedup']:.1f}x "
+            f"shorter than the tutorial's time to its best epoch (target >= {target}x)",
+            flush=True,
+        )
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=2))
     print(f"\nfigures: {args.out}")

@@ -41,7 +41,9 @@ def main() -> None:
         "val": transforms.Compose([transforms.Resize(256), transforms.CenterCrop(224), transforms.ToTensor(),
                                    transforms.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])]),
     }  # fmt: skip
-    image_datasets = {x: datasets.ImageFolder(os.path.join(args.root, x), data_transforms[x]) for x in ["train", "val"]}
+    image_datasets = {
+        x: datasets.ImageFolder(os.path.join(args.root, x), data_transforms[x]) for x in ["train", "val"]
+    }
     dataloaders = {x: torch.utils.data.DataLoader(image_datasets[x], batch_size=4, shuffle=True, num_workers=4)
                    for x in ["train", "val"]}  # fmt: skip
     dataset_sizes = {x: len(image_datasets[x]) for x in ["train", "val"]}

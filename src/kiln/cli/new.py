@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import argparse
 
-TEMPLATES = ("basic", "folder", "csv", "transfer", "photos")  # kiln.scaffold.TEMPLATES (a test keeps them equal)
+TEMPLATES = (
+    "basic",
+    "folder",
+    "csv",
+    "transfer",
+    "photos",
+)  # kiln.scaffold.TEMPLATES (a test keeps them equal)
 
 
 def run(args: argparse.Namespace) -> int:

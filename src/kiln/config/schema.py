@@ -137,7 +137,9 @@ class DataConfig(_Strict):
     root: str | None = None  # default: data/<source>
     download: bool = False
     batch_size: int = Field(64, gt=0)
-    eval_batch_size: int | None = Field(None, gt=0)  # default: max(batch_size, 256)
+    eval_batch_size: int | None = Field(
+        None, gt=0
+    )  # default: large for small images or on GPUs, 8 for photos on CPUs
     val_split: float = Field(0.1, ge=0.0, lt=1.0)  # fraction of train carved out when there is no val/
     test_split: float = Field(0.2, ge=0.0, lt=1.0)  # digits only: it ships without a test split
     # the model's input (H, W); None: the pretrained weights', else the images' own
@@ -318,6 +320,7 @@ class LoggingConfig(_Strict):
     tensorboard: bool = True  # event files in <run dir>/tensorboard
     every_n_steps: int = Field(10, gt=0)  # per-step train loss / lr scalars (one host read each time)
     images: bool = True  # a grid of augmented training images at the start
+    graph: bool = True  # the model's graph (a trace: about a second for an ImageNet-size network on a CPU)
     wandb: WandbConfig | None = None  # Weights & Biases (optional extra: pip install 'torchkiln[wandb]')
 
 

@@ -11,7 +11,6 @@ import math
 
 import torch
 import torch.nn.functional as F
-from torchvision.ops import roi_align
 
 
 def _uniform(g: torch.Generator, shape: tuple[int, ...], lo: float, hi: float) -> torch.Tensor:
@@ -59,6 +58,8 @@ def resample(x: torch.Tensor, boxes: torch.Tensor, size: tuple[int, int]) -> tor
     """Each image's box resized to ``size`` in one batched call: bilinear, and when a box is larger than
     ``size`` each output pixel averages the samples of its area (antialiasing), as ``roi_align`` does with
     an adaptive sampling ratio. A box of exactly ``size`` on whole pixels copies them unchanged."""
+    from torchvision.ops import roi_align  # torchvision takes ~1 s to import: only runs that crop pay it
+
     left, top, bw, bh = boxes.to(x.device).unbind(1)
     rois = torch.stack(
         [torch.arange(len(x), device=x.device, dtype=x.dtype), left, top, left + bw, top + bh], 1

@@ -130,7 +130,7 @@ def frozen_features(cfg: Config, model: nn.Module, data: DataBundle, step: StepO
     if reasons:
         return None
     f = FrozenFeatures(
-        model, data, step, evaluation, max(cfg.data.eval_batch_size or 0, cfg.data.batch_size, 64)
+        model, data, step, evaluation, data.val.order.batch_size if data.val is not None else 8
     )
     views = "one view" if not f.random else f"{a.views} views" if a.views else "a new view each epoch"
     log(f"kiln: frozen backbone: its features are computed once per image and view ({views}) and the head "

@@ -22,7 +22,7 @@ def build_loggers(cfg: Config, run: RunDir) -> list[Callback]:
         else:
             from kiln.engine.tensorboard_logger import TensorBoardLogger
 
-            loggers.append(TensorBoardLogger(run.tensorboard, lc.every_n_steps, lc.images))
+            loggers.append(TensorBoardLogger(run.tensorboard, lc.every_n_steps, lc.images, lc.graph))
     if lc.wandb is not None and lc.wandb.mode != "disabled":
         from kiln.engine.wandb_logger import WandbLogger, import_wandb
 

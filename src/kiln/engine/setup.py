@@ -141,14 +141,20 @@ def build_parts(cfg: Config, data: DataBundle, device: torch.device, d: Dist) ->
         model = model.to(memory_format=torch.channels_last)
     precision = resolve_precision(t.precision, device)
     autocast = autocast_factory(precision, device)
-    step = StepOptions(t.accumulate, t.grad_clip, t.log_every_n_steps, t.on_nan == "skip", channels_last, autocast)
-    evaluation = EvalOptions(t.tta, channels_last, autocast, {n.rpartition(":")[2]: METRICS.get(n) for n in t.metrics})
+    step = StepOptions(
+        t.accumulate, t.grad_clip, t.log_every_n_steps, t.on_nan == "skip", channels_last, autocast
+    )
+    evaluation = EvalOptions(
+        t.tta, channels_last, autocast, {n.rpartition(":")[2]: METRICS.get(n) for n in t.metrics}
+    )
     features = frozen_features(cfg, model, data, step, evaluation, d)
     if cfg.model.head_init == "pretrained_classes":  # data-dependent, like pca_init: counted as training time
         t0 = time.perf_counter()
         init_head(model, data, features, step)
         init_seconds += time.perf_counter() - t0
-    optimizer = build_optimizer(cfg.optimizer, model, cfg.data.batch_size, fused=device.type in ("cuda", "cpu"))
+    optimizer = build_optimizer(
+        cfg.optimizer, model, cfg.data.batch_size, fused=device.type in ("cuda", "cpu")
+    )
     steps_per_epoch = math.ceil(len(data.train) / t.accumulate)  # type: ignore[arg-type]  # per rank = global
     scheduler = build_scheduler(cfg.scheduler, optimizer, t.epochs, steps_per_epoch)
     ema = EMA(model, t.ema.decay, t.ema.warmup) if t.ema else None

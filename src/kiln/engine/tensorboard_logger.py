@@ -25,8 +25,8 @@ def hparam_value(v: Any) -> bool | int | float | str:
 
 
 class TensorBoardLogger(Callback):
-    def __init__(self, log_dir: Path, every_n_steps: int, images: bool) -> None:
-        self.log_dir, self.every, self.images = Path(log_dir), every_n_steps, images
+    def __init__(self, log_dir: Path, every_n_steps: int, images: bool, graph: bool = True) -> None:
+        self.log_dir, self.every, self.images, self.graph = Path(log_dir), every_n_steps, images, graph
         self.writer: Any = None
         self.step = 0  # optimizer steps done (saved in checkpoints: the resume point's global step)
         self.last_logged = -1
@@ -63,7 +63,8 @@ class TensorBoardLogger(Callback):
                 grid = augmented_grid(info)
                 if grid is not None:
                     self.writer.add_image("train/augmented_samples", grid, 0)
-            trace_model(info.model, info.sample_images, self.writer.add_graph)
+            if self.graph:
+                trace_model(info.model, info.sample_images, self.writer.add_graph)
         self.writer.flush()
 
     def on_batch_end(self, step: int, loss: torch.Tensor, lr: float) -> None:

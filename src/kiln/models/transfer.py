@@ -140,20 +140,20 @@ def without_head(model: nn.Module) -> Iterator[nn.Module]:
 @torch.no_grad()
 def init_head_from_classes(head: nn.Linear, old: tuple[torch.Tensor, torch.Tensor], features: torch.Tensor,
                            labels: torch.Tensor) -> list[int]:  # fmt: skip
-    """A new head from the pretrained classifier: each class's row is the pretrained rows mixed by how the
-    pretrained model classifies that class's training images (their mean softmax), so the model starts
-    from what it already knows; a data-driven zero-shot start that needs no class names. Returns the
-    classes that had no images (their rows keep the default init)."""
+    """A new head from the pretrained classifier, found from the data: each class takes the pretrained row
+    of the pretrained class its training images are most often predicted as (their mean softmax's top); two
+    classes that would share a row take their mean-softmax mixes of rows instead. The model starts from what
+    it already knows (a data-driven zero-shot start, no class names needed). Returns the classes that had no
+    images (their rows keep the default init)."""
     weight, bias = (t.to(features) for t in old)
     probs = torch.softmax(features @ weight.T + bias, 1)
-    missing = []
-    for k in range(head.out_features):
-        mine = probs[labels.to(probs.device) == k]
-        if len(mine) == 0:
-            missing.append(k)
-            continue
-        mix = mine.mean(0)
-        head.weight[k] = (mix @ weight).to(head.weight)
+    mixes = {k: probs[labels.to(probs.device) == k].mean(0) for k in range(head.out_features)
+             if bool((labels == k).any())}  # fmt: skip
+    tops = [int(m.argmax()) for m in mixes.values()]
+    for k, mix in mixes.items():
+        shared = tops.count(int(mix.argmax())) > 1
+        row = mix if shared else torch.nn.functional.one_hot(mix.argmax(), len(mix)).to(mix)
+        head.weight[k] = (row @ weight).to(head.weight)
         if head.bias is not None:
-            head.bias[k] = (mix @ bias).to(head.bias)
-    return missing
+            head.bias[k] = (row @ bias).to(head.bias)
+    return [k for k in range(head.out_features) if k not in mixes]
