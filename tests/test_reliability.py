@@ -226,12 +226,13 @@ def test_dataset_smaller_than_one_batch(tmp_path: Path) -> None:
 
 def test_decompression_bomb_is_refused(tmp_path: Path) -> None:
     from kiln.data.decode import open_image
+    from kiln.data.spec import ImageSpec
     from kiln.errors import DataError
 
     big = tmp_path / "bomb.png"
     Image.new("L", (12_000, 8_000)).save(big)  # 96 Mpx > PIL's bound; compresses to a few kB
     with pytest.raises(DataError, match="bomb.png: cannot read image"):
-        open_image(big, 1, None)
+        open_image(big, ImageSpec(1, (28, 28), "squash"))
 
 
 def test_a_second_train_into_a_live_run_folder_is_refused_and_a_dead_one_holds_nothing(

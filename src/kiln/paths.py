@@ -31,8 +31,12 @@ def hold(folder: Path, key: str, what: str) -> Iterator[None]:
     """``folder`` for this process alone: another that asks while this one lives is refused with one line
     naming this process. An flock on ``folder/.kiln.lock``: a process that dies (even by kill -9) holds
     nothing, so no stale lock is ever left to clear by hand."""
-    folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / ".kiln.lock", "a+") as f:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        f = open(folder / ".kiln.lock", "a+")  # noqa: SIM115 (closed by the with below)
+    except OSError as e:
+        raise KilnError(f"{key}: cannot write to {folder} ({e.strerror}); choose another {key}") from None
+    with f:
         try:
             fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

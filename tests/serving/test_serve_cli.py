@@ -31,6 +31,18 @@ def _ready(port: int) -> bool:
         return False
 
 
+def _servers(port: int) -> str:
+    """The Triton servers listening on ``port`` (pgrep's pattern after ``--``: it starts with a dash)."""
+    return subprocess.run(
+        ["pgrep", "-af", "--", f"--http-port={port}"], capture_output=True, text=True
+    ).stdout
+
+
+def _dead(proc: subprocess.Popen) -> tuple[str, str]:
+    proc.kill()
+    return proc.communicate()
+
+
 def test_kiln_serve_answers_like_predict_and_ctrl_c_stops_it(
     serve_env: Any, photo_model: tuple[Path, Path]
 ) -> None:
@@ -42,8 +54,13 @@ def test_kiln_serve_answers_like_predict_and_ctrl_c_stops_it(
     try:
         deadline = time.monotonic() + 120
         while not _ready(port):
-            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            assert proc.poll() is None and time.monotonic() < deadline, _dead(proc)
             time.sleep(0.3)
+        said = ""  # what the user sees before pressing Ctrl-C (kiln polls readiness too: it may trail ours)
+        while "Ctrl-C stops it" not in said:
+            line = proc.stdout.readline()  # type: ignore[union-attr]
+            assert line, _dead(proc)
+            said += line
         f = sorted((photo_model[1] / "val").rglob("*.jpg"))[3]
         client = http.InferenceServerClient(f"127.0.0.1:{port}")
         inp = http.InferInput("IMAGE", [1, 1], "BYTES")
@@ -57,7 +74,24 @@ def test_kiln_serve_answers_like_predict_and_ctrl_c_stops_it(
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err
-    assert "serving photos" in out and "stopping the server" in out and "Traceback" not in err
+    assert "serving photos" in said and "stopping the server ... stopped" in out and "Traceback" not in err
     assert not _ready(port)
-    left = subprocess.run(["pgrep", "-f", f"--http-port={port}"], capture_output=True, text=True).stdout
-    assert not left.strip(), f"a Triton server outlived kiln serve: {left}"
+    assert not _servers(port), f"a Triton server outlived kiln serve: {_servers(port)}"
+
+
+def test_ctrl_c_while_the_server_starts_leaves_no_server_behind(
+    serve_env: Any, photo_model: tuple[Path, Path]
+) -> None:
+    port = free_port()
+    env = {**os.environ, "KILN_SERVE_ENV": str(serve_env.root)}
+    proc = subprocess.Popen([sys.executable, "-m", "kiln", "serve", "--model", str(photo_model[0]), "--http-port",
+                             str(port), "--grpc-port", str(free_port())], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    deadline = time.monotonic() + 60  # the server process is up, its model not yet loaded
+    while not _servers(port):
+        assert proc.poll() is None and time.monotonic() < deadline, _dead(proc)
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0 and "stopping the server ... stopped" in out and "Traceback" not in err, err
+    assert not _servers(port), f"a Triton server outlived kiln serve: {_servers(port)}"

@@ -39,7 +39,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR", help="image files and/or folders")
     p.add_argument("--topk", type=int, default=5, help="classes per image (default: 5)")
     p.add_argument("--format", choices=["json", "csv"], default="json", help="output format (default: json)")
-    p.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default: 64)")
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        help="images per forward pass (default: as training evaluates, e.g. 8 photos of 224 px on a CPU)",
+    )
     p.add_argument("--trust", action="store_true",
                    help="allow loading .pt2 files (torch.export.load unpickles; only for files you trust)")  # fmt: skip
     p.set_defaults(func=run)

@@ -39,28 +39,21 @@ def run(args: argparse.Namespace) -> int:
                          queue_delay_us=args.queue_delay_us, instances=args.instances, instance_kind=args.instance_kind)  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="kiln-serve-") as work:
         repo = Path(args.repository) if args.repository else stage(args.model, Path(work), opts, args.trust)
-        server = TritonServer(
-            env,
-            repo,
-            args.http_port,
-            args.grpc_port,
-            host=args.host,
-            log_file=Path(work) / "tritonserver.log",
-        )
+        log_file = Path(work) / "tritonserver.log"
+        server = TritonServer(env, repo, args.http_port, args.grpc_port, host=args.host, log_file=log_file)
         signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
-        with server:
-            models = sorted(p.name for p in repo.iterdir() if (p / "config.pbtxt").is_file())
-            print(f"kiln: serving {', '.join(models)} from {repo}\n"
-                  f"  HTTP  http://{server.http_url}/v2/models/{models[0]}/infer   (ready: /v2/health/ready)\n"
-                  f"  gRPC  {server.grpc_url}\n  Ctrl-C stops it", flush=True)  # fmt: skip
-            try:
+        try:
+            with server:
+                models = sorted(p.name for p in repo.iterdir() if (p / "config.pbtxt").is_file())
+                print(f"kiln: serving {', '.join(models)} from {repo}\n"
+                      f"  HTTP  http://{server.http_url}/v2/models/{models[0]}/infer   (ready: /v2/health/ready)\n"
+                      f"  gRPC  {server.grpc_url}\n  Ctrl-C stops it", flush=True)  # fmt: skip
                 server.proc.wait()  # type: ignore[union-attr]
-            except KeyboardInterrupt:
-                print("\nkiln: stopping the server", flush=True)
-                return 0
-        raise KilnError(
-            f"the Triton server stopped on its own ({server.proc.returncode}): {server.log_tail()}"
-        )  # type: ignore[union-attr]
+        except KeyboardInterrupt:  # at any moment, start-up included: leaving `with server` stopped it
+            print("\nkiln: stopping the server ... stopped", flush=True)
+            return 0
+        code = server.proc.returncode  # type: ignore[union-attr]
+        raise KilnError(f"the Triton server stopped on its own (exit {code}): {server.log_tail()}")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:

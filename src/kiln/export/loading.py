@@ -21,6 +21,7 @@ class Loaded:
     classes: list[str]
     kind: str
     path: Path
+    device: str = "cpu"
 
 
 def _read_preprocess(artifact: Path) -> dict[str, Any]:
@@ -59,12 +60,14 @@ def load_any(path: str | Path, trust: bool = False, device: str = "cpu") -> Load
             if form.name == "safetensors":  # the recipe beside the weights has the preprocessing
                 model, recipe = load_safetensors(p)
                 return Loaded(torch_runner(model, device), dict(recipe["preprocess"]), list(recipe["classes"]),
-                              form.name, p)  # fmt: skip
+                              form.name, p, device)  # fmt: skip
             run = form.load(p, trust, device)
             pre = _read_preprocess(p)
-            return Loaded(run, pre, list(pre["classes"]), form.name, p)
+            return Loaded(run, pre, list(pre["classes"]), form.name, p, device)
     r = restore(p)  # a kiln checkpoint: torch.load(weights_only=True) only
-    return Loaded(torch_runner(r.model.float(), device), dict(r.preprocess), list(r.classes), "checkpoint", p)
+    return Loaded(
+        torch_runner(r.model.float(), device), dict(r.preprocess), list(r.classes), "checkpoint", p, device
+    )
 
 
 def _model_in(p: Path) -> Path:

@@ -32,11 +32,13 @@ def image_files(args: list[str]) -> Iterator[Path]:
             yield p
 
 
-def predict(classifier: Classifier | Loaded, inputs: list[str], topk: int = 5, batch_size: int = 64,
+def predict(classifier: Classifier | Loaded, inputs: list[str], topk: int = 5, batch_size: int | None = None,
             warn: Callable[[str], None] | None = None) -> list[dict[str, Any]]:  # fmt: skip
-    """One result per file, in input order: {"path", "top": [{"class", "prob"}]} or {"path", "error"}."""
+    """One result per file, in input order: {"path", "top": [{"class", "prob"}]} or {"path", "error"}.
+    ``batch_size`` None: training's evaluation batch rule (small batches of photos on a CPU)."""
     warn = warn or console_warn
     clf = classifier if isinstance(classifier, Classifier) else Classifier(classifier)
+    batch_size = batch_size or clf.batch_size
     k = max(1, min(topk, len(clf.classes)))
     results: list[dict[str, Any]] = []
     pending: list[tuple[int, np.ndarray]] = []

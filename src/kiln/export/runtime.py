@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from kiln.config import AugmentConfig
-from kiln.data import preprocess_spec
+from kiln.data import eval_batch, preprocess_spec
 from kiln.data.augment import BatchTransform
 from kiln.data.decode import open_image
 from kiln.export import ArtifactError
@@ -32,6 +32,9 @@ class Classifier:
         # the geometry of training's evaluation and its arithmetic: decode as the cache does, then the centre
         self.transform = BatchTransform(list(pre["mean"]), list(pre["std"]), AugmentConfig(), 0, spec=spec)
         self.input_shape = (spec.channels, *spec.size)  # what `logits_of_tensors` takes (normalised floats)
+        # forward passes of at most this many images: training's evaluation rule (photos on a CPU run
+        # fastest a few at a time, while their activations stay in cache)
+        self.batch_size = eval_batch(64, spec, torch.device(loaded.device))
 
     @classmethod
     def load(cls, path: str | Path, trust: bool = False, device: str = "cpu") -> Classifier:
@@ -58,7 +61,9 @@ class Classifier:
         return self._run(np.ascontiguousarray(x, dtype=np.float32))
 
     def _run(self, x: np.ndarray) -> np.ndarray:
-        logits = np.asarray(self.loaded.run(x), dtype=np.float32)
+        n = self.batch_size
+        parts = [np.asarray(self.loaded.run(x[i : i + n]), dtype=np.float32) for i in range(0, len(x), n)]
+        logits = np.concatenate(parts) if parts else np.zeros((0, len(self.classes)), np.float32)
         if logits.shape != (len(x), len(self.classes)):
             raise ArtifactError(f"{self.loaded.path}: gave outputs of shape {list(logits.shape)} for {len(x)} "
                                 f"images and {len(self.classes)} classes")  # fmt: skip

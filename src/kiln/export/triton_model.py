@@ -26,8 +26,10 @@ class TritonPythonModel:
     def initialize(self, args: dict) -> None:
         config = json.loads(args["model_config"])
         artifact = config["parameters"]["artifact"]["string_value"]
-        # one thread per instance: several instances (or a busy server) on few cores must not oversubscribe
-        torch.set_num_threads(int(os.environ.get("KILN_TRITON_THREADS", "1")))
+        # the cores shared among the instances: several instances on few cores must not oversubscribe
+        instances = sum(int(g.get("count", 1)) for g in config.get("instance_group", [])) or 1
+        threads = os.environ.get("KILN_TRITON_THREADS") or max(1, (os.cpu_count() or 1) // instances)
+        torch.set_num_threads(int(threads))
         device = "cuda" if args.get("model_instance_kind") == "GPU" and torch.cuda.is_available() else "cpu"
         path = os.path.join(args["model_repository"], args["model_version"], artifact)
         trust = config["parameters"].get("trust", {}).get("string_value") == "true"  # .pt2: the user said so

@@ -56,16 +56,24 @@ class TritonServer:
         with self.log_file.open("wb") as log:
             self.proc = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                          env=self.env.server_environ(), start_new_session=True)  # fmt: skip
+        try:  # the server has a session of its own (Ctrl-C does not reach it): stopped here on any failure
+            self._wait_ready(timeout)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _wait_ready(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise KilnError(f"the Triton server exited ({self.proc.returncode}) before it was ready: "
+        while not self.ready():
+            if self.proc.poll() is not None:  # type: ignore[union-attr]
+                raise KilnError(f"the Triton server exited ({self.proc.returncode}) before it was ready: "  # type: ignore[union-attr]
                                 f"{self.log_tail()}; whole log: {self.log_file}")  # fmt: skip
-            if self.ready():
-                return self
+            if time.monotonic() > deadline:
+                raise KilnError(
+                    f"the Triton server was not ready after {timeout:.0f} s; log: {self.log_file}"
+                )
             time.sleep(0.2)
-        self.stop()
-        raise KilnError(f"the Triton server was not ready after {timeout:.0f} s; log: {self.log_file}")
 
     def ready(self) -> bool:
         try:

@@ -118,9 +118,11 @@ def tune_search(
         tuner = tune.Tuner(
             trainable, param_space=param_space,
             tune_config=tune.TuneConfig(metric=search.monitor, mode=search.mode, scheduler=sched,
-                                        num_samples=samples, max_concurrent_trials=max_concurrent or None,
+                                        num_samples=samples,
                                         # seeded sampling: the same trials, in the same order, every time
-                                        search_alg=BasicVariantGenerator(random_state=search.seed)),
+                                        # (a search_alg takes the concurrency limit; Tune's own is ignored)
+                                        search_alg=BasicVariantGenerator(random_state=search.seed,
+                                                                         max_concurrent=max_concurrent)),
             run_config=tune.RunConfig(name=name, storage_path=storage, verbose=0, callbacks=[failures.callback],
                                       stop=failures.stopper()),
         )  # fmt: skip
