@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.kiln-installed
 EXTRAS ?= dev,timm,export,serve,wandb,tune
 
-.PHONY: demo test test-fast lint bench bench-gpu gpu-wheels data clean
+.PHONY: demo test test-fast lint bench bench-photos bench-gpu gpu-wheels data clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +40,13 @@ bench: $(STAMP) data
 	$(PY) -m benchmarks.cpu_overhead
 	$(PY) -m benchmarks.cache_speed
 	$(PY) -m benchmarks.cpu_time_to_accuracy
+	$(PY) -m benchmarks.stream_speed
+	$(PY) -m benchmarks.decode_photos
+
+# The photo recipes against the transfer-learning tutorial (~15 min), then kiln serve's throughput
+bench-photos: $(STAMP) data
+	$(PY) -m benchmarks.transfer_photos
+	$(PY) -m benchmarks.serve_throughput
 
 # On a machine with one CUDA GPU (no network, kiln not installed): see benchmarks/bench_gpu.sh. Run
 # `make gpu-wheels` here first (with network) and carry .whl and .gpu-data to it.

@@ -8,7 +8,6 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -17,18 +16,14 @@ import pytest
 
 from kiln.export.predict import load_any, predict
 from kiln.export.runtime import softmax
-from kiln.serving.server import free_port
+from kiln.serving.server import free_port, ready
 
 http = pytest.importorskip("tritonclient.http", reason="tritonclient[http] is the serve extra")
 pytestmark = pytest.mark.slow
 
 
 def _ready(port: int) -> bool:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/health/ready", timeout=2) as r:
-            return r.status == 200
-    except OSError:
-        return False
+    return ready(f"127.0.0.1:{port}")
 
 
 def _servers(port: int) -> str:
@@ -95,3 +90,12 @@ def test_ctrl_c_while_the_server_starts_leaves_no_server_behind(
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0 and "stopping the server ... stopped" in out and "Traceback" not in err, err
     assert not _servers(port), f"a Triton server outlived kiln serve: {_servers(port)}"
+
+
+def test_the_server_environment_has_numpy_1_and_leaves_kilns_numpy_alone(serve_env: Any) -> None:
+    theirs = subprocess.run([str(serve_env.python), "-c", "import numpy, torch, kiln; print(numpy.__version__)"],
+                            capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert theirs.returncode == 0 and theirs.stdout.startswith("1."), theirs.stderr[-2000:]
+    ours = subprocess.run([sys.executable, "-c", "import numpy; print(numpy.__version__)"], capture_output=True,
+                          text=True, timeout=60)  # fmt: skip
+    assert ours.stdout.startswith("2."), ours.stdout

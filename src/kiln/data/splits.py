@@ -255,6 +255,8 @@ class _Files(Dataset):
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         arr, _ = open_image(self.paths[i], self.spec, self.train)
+        if not arr.flags.writeable:  # PIL's pixels as they are: read-only, which torch warns about
+            arr = arr.copy()
         return torch.from_numpy(arr), self.labels[i]
 
     def batch(self, idx: list[int]) -> tuple[torch.Tensor, torch.Tensor]:

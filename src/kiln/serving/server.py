@@ -24,6 +24,15 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
+def ready(http_url: str) -> bool:
+    """Whether the server at ``host:port`` answers KServe v2's readiness probe with 200."""
+    try:
+        with urllib.request.urlopen(f"http://{http_url}/v2/health/ready", timeout=2) as r:
+            return r.status == 200
+    except OSError:
+        return False
+
+
 class TritonServer:
     def __init__(self, env: ServeEnv, repository: Path, http_port: int = 8000, grpc_port: int = 8001,
                  metrics_port: int | None = None, host: str = "127.0.0.1", log_file: Path | None = None) -> None:  # fmt: skip
@@ -76,11 +85,7 @@ class TritonServer:
             time.sleep(0.2)
 
     def ready(self) -> bool:
-        try:
-            with urllib.request.urlopen(f"http://{self.http_url}/v2/health/ready", timeout=2) as r:
-                return r.status == 200
-        except OSError:
-            return False
+        return ready(self.http_url)
 
     def log_tail(self, lines: int = 3) -> str:
         text = self.log_file.read_text(errors="replace") if self.log_file.is_file() else ""
