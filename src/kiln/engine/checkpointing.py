@@ -15,7 +15,7 @@ import math
 from collections.abc import Callable
 from typing import Any
 
-from kiln import checkpoint as ckpt
+import kiln.checkpoint as ckpt
 from kiln.config import CheckpointConfig
 from kiln.engine.callbacks import Callback, is_better, skipped_validation
 from kiln.paths import RunDir

@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from kiln import checkpoint as ckpt
+import kiln.checkpoint as ckpt
 from kiln._version import __version__
 from kiln.config import Config
 from kiln.console import log

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from kiln import checkpoint as ckpt
+import kiln.checkpoint as ckpt
 from kiln.atomic import write_atomic
 from kiln.config import Config, dump_config
 from kiln.console import log, quiet

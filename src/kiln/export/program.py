@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from kiln import checkpoint as ckpt
+import kiln.checkpoint as ckpt
 from kiln.errors import CheckpointError
 from kiln.export import ArtifactError, ExportError
 from kiln.export.base import ExportOptions, Format, Runner, Saved, per_batch, torch_runner

@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from kiln import checkpoint as ckpt
+import kiln.checkpoint as ckpt
 from kiln.config import ModelConfig
 from kiln.errors import CheckpointError
 from kiln.models import parse_name

@@ -8,7 +8,7 @@ from typing import Any
 
 from torch import nn
 
-from kiln import checkpoint as ckpt
+import kiln.checkpoint as ckpt
 from kiln.config import Config, apply_overrides, read_config_file, validate
 from kiln.errors import CheckpointError
 from kiln.models import rebuild
