@@ -50,10 +50,6 @@ def quiet(on: bool = True) -> Iterator[None]:
         LOGGER.setLevel(old)
 
 
-def is_quiet() -> bool:
-    return not LOGGER.isEnabledFor(logging.INFO)
-
-
 def bar_enabled(setting: str) -> bool:
     """trainer.progress: `on`, `off`, or `auto` (a bar only when stdout is a terminal)."""
     return setting == "on" or (setting == "auto" and sys.stdout.isatty())

@@ -25,6 +25,8 @@ from pathlib import Path
 
 from kiln.errors import KilnError
 
+LOCK = ".kiln.lock"  # in a held folder: who holds it
+
 
 @contextlib.contextmanager
 def hold(folder: Path, key: str, what: str) -> Iterator[None]:
@@ -33,7 +35,7 @@ def hold(folder: Path, key: str, what: str) -> Iterator[None]:
     nothing, so no stale lock is ever left to clear by hand."""
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        f = open(folder / ".kiln.lock", "a+")  # noqa: SIM115 (closed by the with below)
+        f = open(folder / LOCK, "a+")  # noqa: SIM115 (closed by the with below)
     except OSError as e:
         raise KilnError(f"{key}: cannot write to {folder} ({e.strerror}); choose another {key}") from None
     with f:
@@ -92,10 +94,6 @@ class RunDir:
     @property
     def best(self) -> Path:
         return self.checkpoints / "best.pt"
-
-    @property
-    def lock(self) -> Path:
-        return self.root / ".kiln.lock"
 
     def hold(self) -> contextlib.AbstractContextManager[None]:
         """The run folder for this process alone while it trains: a second ``kiln train`` into it is

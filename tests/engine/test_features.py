@@ -50,3 +50,11 @@ def test_unfreezing_switches_back_to_full_passes(tmp_path: Path) -> None:
     assert not torch.equal(
         weights["stem.0.weight"], start["stem.0.weight"]
     )  # the backbone trained from epoch 3
+
+
+def test_features_of_streamed_photos_equal_those_of_the_cache(tmp_path: Path) -> None:
+    # the statistics given: the stream does not measure them (it would decode everything first)
+    same = ["trainer.epochs=2", "data.mean=[0.5, 0.5, 0.5]", "data.std=[0.25, 0.25, 0.25]"]
+    cached = _run(tmp_path, "cached", *same)
+    streamed = _run(tmp_path, "streamed", *same, "data.loader=stream", "data.num_workers=0")
+    assert torch.allclose(cached["fc.weight"], streamed["fc.weight"], atol=1e-5)

@@ -12,6 +12,7 @@ from tritonclient.grpc import model_config_pb2 as pb
 
 from kiln.export import torchscript as ts
 from kiln.export import triton as tr
+from kiln.export.base import ExportOptions
 from kiln.models.restore import restore
 from tests.export import exported, trained
 
@@ -33,7 +34,7 @@ def libtorch_model_dir(base: Path) -> Path:
     r = restore(trained("lenet", base))
     repo = base / "triton-libtorch"
     model_dir, path = tr.write_repository(
-        repo, "digits", "torchscript", [1, 8, 8], r.classes, max_batch_size=8
+        repo, "digits", "torchscript", [1, 8, 8], r.classes, ExportOptions(max_batch_size=8)
     )
     import torch
 
@@ -65,9 +66,21 @@ def test_config_parses_as_triton_model_config(onnx_model_dir: Path, libtorch_mod
 
 
 def test_max_batch_size_zero_spells_out_the_batch_dim() -> None:
-    cfg = text_format.Parse(tr.config_text("x", "onnx", [3, 32, 32], 5, max_batch_size=0), pb.ModelConfig())
+    cfg = text_format.Parse(
+        tr.config_text("x", "onnx", [3, 32, 32], 5, ExportOptions(max_batch_size=0)), pb.ModelConfig()
+    )
     assert list(cfg.input[0].dims) == [-1, 3, 32, 32] and list(cfg.output[0].dims) == [-1, 5]
     assert not cfg.HasField("dynamic_batching")
+
+
+def test_scheduling_options_reach_every_backend() -> None:
+    for backend in ("torchscript", "onnx"):
+        text = tr.config_text("x", backend, [3, 8, 8], 2, ExportOptions(instances=3, dynamic_batching=False))
+        cfg = text_format.Parse(text, pb.ModelConfig())
+        assert cfg.instance_group[0].count == 3 and not cfg.HasField("dynamic_batching")
+        cfg = text_format.Parse(tr.config_text("x", backend, [3, 8, 8], 2, ExportOptions(queue_delay_us=250)),
+                                pb.ModelConfig())  # fmt: skip
+        assert cfg.dynamic_batching.max_queue_delay_microseconds == 250
 
 
 BROKEN_ONNX = [  # (what is changed in config.pbtxt, the words the error must contain)

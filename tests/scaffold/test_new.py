@@ -97,7 +97,8 @@ def test_entry_point_plugin_from_installed_package(tmp_path: Path) -> None:
 
 
 def test_the_command_line_offers_every_template() -> None:
-    from kiln.cli.new import TEMPLATES as OFFERED
     from kiln.scaffold import TEMPLATES
 
-    assert OFFERED == TEMPLATES
+    shown = subprocess.run([sys.executable, "-m", "kiln", "new", "--help"], capture_output=True, text=True,
+                           timeout=60).stdout  # fmt: skip
+    assert all(t in shown for t in TEMPLATES), shown

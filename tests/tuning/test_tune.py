@@ -24,9 +24,12 @@ SPACE = str(ROOT / "configs/spaces/digits.yaml")
 ENV = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "RAY_AUTH_MODE": "disabled"}
 
 
+def _cmd(out: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "kiln", "tune", "-c", DIGITS, "--space", SPACE, "--out", str(out), *extra]
+
+
 def _tune(out: Path, *extra: str, timeout: int = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "kiln", "tune", "-c", DIGITS, "--space", SPACE, "--out", str(out),
-                           *extra], capture_output=True, text=True, env=ENV, timeout=timeout)  # fmt: skip
+    return subprocess.run(_cmd(out, *extra), capture_output=True, text=True, env=ENV, timeout=timeout)
 
 
 def test_asha_search_stops_trials_and_best_yaml_reproduces(tmp_path: Path) -> None:
@@ -66,8 +69,7 @@ def test_space_errors_before_any_trial(tmp_path: Path, space: str, message: str)
 
 def test_interrupted_search_resumes(tmp_path: Path) -> None:
     out = tmp_path / "t"
-    cmd = [sys.executable, "-m", "kiln", "tune", "-c", DIGITS, "--space", SPACE, "--out", str(out), "--samples", "6",
-           "--scheduler", "fifo", "--max-concurrent", "1", "trainer.epochs=3"]  # fmt: skip
+    cmd = _cmd(out, "--samples", "6", "--scheduler", "fifo", "--max-concurrent", "1", "trainer.epochs=3")
     proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:  # interrupt once the first trial has finished an epoch (Ray's own
@@ -164,8 +166,7 @@ def test_failed_trials_are_marked_and_the_search_goes_on(tmp_path: Path) -> None
 
 def test_two_searches_into_one_out_refuse(tmp_path: Path) -> None:
     out = tmp_path / "t"
-    cmd = [sys.executable, "-m", "kiln", "tune", "-c", DIGITS, "--space", SPACE, "--out", str(out), "--samples", "2",
-           "--scheduler", "fifo", "--max-concurrent", "1", "trainer.epochs=3"]  # fmt: skip
+    cmd = _cmd(out, "--samples", "2", "--scheduler", "fifo", "--max-concurrent", "1", "trainer.epochs=3")
     first = subprocess.Popen(cmd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 60
     while not (out / ".kiln.lock").exists() and time.monotonic() < deadline:

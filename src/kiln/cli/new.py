@@ -4,13 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-TEMPLATES = (
-    "basic",
-    "folder",
-    "csv",
-    "transfer",
-    "photos",
-)  # kiln.scaffold.TEMPLATES (a test keeps them equal)
+from kiln.scaffold import TEMPLATES  # the scaffold's own list (it imports no torch: --help stays fast)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -29,9 +29,8 @@ def run(args: argparse.Namespace) -> int:
     from kiln.serving.server import TritonServer
     from kiln.serving.stage import stage
 
-    env = ensure()
     if args.setup and not (args.model or args.repository):
-        print(f"serving environment ready: {env.root}")
+        print(f"serving environment ready: {ensure().root}")
         return 0
     if bool(args.model) == bool(args.repository):
         raise KilnError("kiln serve: give --model ARTIFACT or --repository REPO (one of them)")
@@ -39,6 +38,7 @@ def run(args: argparse.Namespace) -> int:
                          queue_delay_us=args.queue_delay_us, instances=args.instances, instance_kind=args.instance_kind)  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="kiln-serve-") as work:
         repo = Path(args.repository) if args.repository else stage(args.model, Path(work), opts, args.trust)
+        env = ensure()  # after the arguments and the model are checked: making it can take a while
         log_file = Path(work) / "tritonserver.log"
         server = TritonServer(env, repo, args.http_port, args.grpc_port, host=args.host, log_file=log_file)
         signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))

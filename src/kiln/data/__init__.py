@@ -95,7 +95,7 @@ def image_spec(cfg: DataConfig, train: Split, preset: Preset | None = None) -> I
     """How the whole dataset is stored and what the model sees: the config's values, else the pretrained
     weights', else the train split's first image's size."""
     size = cfg.image_size or (preset.image_size if preset else None)
-    size_t = (size, size) if isinstance(size, int) else tuple(size) if size else None
+    size_t = _pair(size)
     channels, first = train.probe(cfg.channels)
     resize = cfg.resize
     if resize == "auto":
@@ -190,9 +190,9 @@ def _pair(size: int | tuple[int, int] | None) -> tuple[int, int] | None:
 
 
 def _in_memory(split: Split, spec: ImageSpec, cfg: DataConfig, train: bool) -> bool:
-    n_bytes = split.memory_bytes(spec, train)
     if split.in_memory:
         return True
+    n_bytes = split.memory_bytes(spec, train)
     if n_bytes is None or cfg.loader == "stream":
         return False
     return cfg.loader == "memory" or n_bytes <= cfg.memory_budget_gb * 2**30

@@ -128,13 +128,19 @@ def probe_file(path: Path, channels: int | None) -> tuple[int, tuple[int, int]]:
         raise DataError(f"{path}: cannot read image ({e}); fix or remove the file") from None
 
 
-def _decode_chunk(args: tuple[list[str], ImageSpec, bool]) -> tuple[np.ndarray, np.ndarray]:
-    paths, spec, train = args
+def decode_batch(
+    paths: list[str] | list[Path], spec: ImageSpec, train: bool
+) -> tuple[np.ndarray, np.ndarray]:
+    """Files decoded into one array as stored, and the (h, w) each fills (the cache's and the stream's)."""
     out = np.empty((len(paths), spec.channels, *spec.stored(train)), dtype=np.uint8)
     extents = np.empty((len(paths), 2), dtype=np.int32)
     for i, p in enumerate(paths):
         out[i], extents[i] = open_image(Path(p), spec, train)
     return out, extents
+
+
+def _decode_chunk(args: tuple[list[str], ImageSpec, bool]) -> tuple[np.ndarray, np.ndarray]:
+    return decode_batch(*args)  # one picklable argument, for the process pool
 
 
 def _check_chunk(args: tuple[list[str], ImageSpec, int]) -> list[tuple[int, str]]:

@@ -199,7 +199,8 @@ class StreamLoader(_Resumable):
         return torch.stack([torch.as_tensor(ds[int(i)][0]) for i in idx])
 
     def in_order(self, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        loader = DataLoader(self.loader.dataset, batch_size=batch_size, num_workers=self.loader.num_workers)
+        loader = DataLoader(self.loader.dataset, batch_size=batch_size, num_workers=self.loader.num_workers,
+                            collate_fn=_collate)  # fmt: skip
         for x, _, idx in loader:
             yield x.to(self.device), idx
 

@@ -16,11 +16,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch.utils.data import Dataset, Subset
 
-from kiln.data.decode import open_image, presized, probe_file, scan_files
+from kiln.data.decode import decode_batch, open_image, presized, probe_file, scan_files
 from kiln.data.spec import ImageSpec
 from kiln.errors import DataError
 
@@ -261,9 +260,7 @@ class _Files(Dataset):
 
     def batch(self, idx: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
         """Images ``idx`` decoded into one array (the memory path's decoder, a batch at a time)."""
-        out = np.empty((len(idx), self.spec.channels, *self.spec.stored(self.train)), dtype=np.uint8)
-        for j, i in enumerate(idx):
-            out[j] = open_image(self.paths[i], self.spec, self.train)[0]
+        out, _ = decode_batch([self.paths[i] for i in idx], self.spec, self.train)
         return torch.from_numpy(out), torch.tensor([self.labels[i] for i in idx], dtype=torch.int64)
 
 

@@ -76,13 +76,6 @@ class CallbackList:
         self._batch = [cb for cb in self.items if overrides(cb, "on_batch_end")]
         self._progress = [cb for cb in self.items if overrides(cb, "on_progress")]
 
-    def __iter__(self):  # type: ignore[no-untyped-def]
-        return iter(self.items)
-
-    @property
-    def wants_batches(self) -> bool:
-        return bool(self._batch)
-
     def fit_start(self, info: FitInfo) -> None:
         for cb in self.items:
             cb.on_fit_start(info)

@@ -27,9 +27,6 @@ from kiln.models.transfer import head_name, without_head
 class Features:
     """What ``train_one_epoch``/``evaluate`` take as the transform when the inputs are features already."""
 
-    mean: list[float] = []
-    std: list[float] = []
-
     def train(self, x: torch.Tensor, idx: torch.Tensor, epoch: int, step: int) -> tuple[torch.Tensor, None]:
         return x, None
 
@@ -49,8 +46,7 @@ class FrozenFeatures:
         )
         self.head = head_name(model)
         a = data.transform.augment
-        self.random = data.transform.photo and bool(a.random_resized_crop or a.hflip or a.color_jitter
-                                                    or a.auto_augment != "none" or a.random_erasing)  # fmt: skip
+        self.random = data.transform.photo and (a.photo or a.hflip)  # per-image draws: one view per draw
         self.views: dict[int, torch.Tensor] = {}
         self.val: torch.Tensor | None = None
 

@@ -38,13 +38,13 @@ def predict(classifier: Classifier | Loaded, inputs: list[str], topk: int = 5, b
     ``batch_size`` None: training's evaluation batch rule (small batches of photos on a CPU)."""
     warn = warn or console_warn
     clf = classifier if isinstance(classifier, Classifier) else Classifier(classifier)
-    batch_size = batch_size or clf.batch_size
+    batch_size = batch_size or clf.batch_size  # images per forward pass
     k = max(1, min(topk, len(clf.classes)))
     results: list[dict[str, Any]] = []
     pending: list[tuple[int, np.ndarray]] = []
 
     def flush() -> None:
-        probs = softmax(clf.logits(np.stack([a for _, a in pending])))
+        probs = softmax(clf.logits(np.stack([a for _, a in pending]), batch_size))
         for row, (i, _) in zip(probs, pending, strict=True):
             order = np.argsort(-row, kind="stable")[:k]
             results[i]["top"] = [{"class": clf.classes[j], "prob": round(float(row[j]), 6)} for j in order]

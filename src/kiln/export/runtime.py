@@ -47,10 +47,11 @@ class Classifier:
             return open_image(io.BytesIO(source), self.spec, name=name or "image")[0]
         return open_image(source, self.spec, name=name)[0]
 
-    def logits(self, images: np.ndarray) -> np.ndarray:
-        """Logits for decoded images (uint8 [B, C, H, W] as ``decode`` gives them)."""
+    def logits(self, images: np.ndarray, batch_size: int | None = None) -> np.ndarray:
+        """Logits for decoded images (uint8 [B, C, H, W] as ``decode`` gives them), in forward passes of at
+        most ``batch_size`` (default ``self.batch_size``) images."""
         x = self.transform.eval(torch.from_numpy(np.ascontiguousarray(images)))
-        return self._run(x.numpy())
+        return self._run(x.numpy(), batch_size)
 
     def logits_of_tensors(self, x: np.ndarray) -> np.ndarray:
         """Logits for model inputs already preprocessed (float32 [B, C, H, W], normalised)."""
@@ -60,8 +61,8 @@ class Classifier:
             )
         return self._run(np.ascontiguousarray(x, dtype=np.float32))
 
-    def _run(self, x: np.ndarray) -> np.ndarray:
-        n = self.batch_size
+    def _run(self, x: np.ndarray, batch_size: int | None = None) -> np.ndarray:
+        n = batch_size or self.batch_size
         parts = [np.asarray(self.loaded.run(x[i : i + n]), dtype=np.float32) for i in range(0, len(x), n)]
         logits = np.concatenate(parts) if parts else np.zeros((0, len(self.classes)), np.float32)
         if logits.shape != (len(x), len(self.classes)):

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from kiln.export import INPUT_NAME, OUTPUT_NAME, ArtifactError
-from kiln.export.base import Runner, torch_runner
+from kiln.export.base import ExportOptions, Runner, torch_runner
 from kiln.export.onnx import Session, io_signature
 from kiln.export.torchscript import load
 
@@ -37,19 +37,33 @@ def model_name(name: str) -> str:
     return clean
 
 
-def config_text(name: str, backend: str, in_shape: list[int], num_classes: int, max_batch_size: int,
-                instance_kind: str = "auto", instances: int = 1) -> str:  # fmt: skip
+def scheduling(opts: ExportOptions) -> str:
+    """config.pbtxt's instance_group and dynamic_batching, the same for every backend."""
+    text = f"instance_group [\n  {{\n    count: {opts.instances}\n    kind: {KINDS[opts.instance_kind]}\n  }}\n]\n"
+    if opts.max_batch_size > 0 and opts.dynamic_batching:
+        text += f"dynamic_batching {{\n  max_queue_delay_microseconds: {opts.queue_delay_us}\n}}\n"
+    return text
+
+
+def write_labels(model_dir: Path, classes: list[str]) -> None:
+    """NAME/labels.txt, the output's label_filename: one class name per line, in label order."""
+    bad = [c for c in classes if "\n" in c or not c.strip()]
+    if bad:
+        raise ArtifactError(f"class names {bad[:3]} cannot go into {LABELS} (one name per line)")
+    (model_dir / LABELS).write_text("".join(f"{c}\n" for c in classes))
+
+
+def config_text(name: str, backend: str, in_shape: list[int], num_classes: int, opts: ExportOptions) -> str:
     """config.pbtxt: with max_batch_size > 0 Triton adds the batch dimension itself, so dims leave it out."""
     platform, filename, inp, out = BACKENDS[backend]
-    batch_dim = [] if max_batch_size > 0 else [-1]
+    batch_dim = [] if opts.max_batch_size > 0 else [-1]
     dims_in = ", ".join(str(d) for d in batch_dim + list(in_shape))
     dims_out = ", ".join(str(d) for d in [*batch_dim, num_classes])
     fmt = "\n    format: FORMAT_NCHW" if len(in_shape) == 3 else ""
-    batching = "dynamic_batching { }\n" if max_batch_size > 0 else ""
     return f"""# written by kiln export; Triton {platform} backend
 name: "{name}"
 platform: "{platform}"
-max_batch_size: {max_batch_size}
+max_batch_size: {opts.max_batch_size}
 default_model_filename: "{filename}"
 input [
   {{
@@ -66,28 +80,18 @@ output [
     label_filename: "{LABELS}"
   }}
 ]
-instance_group [
-  {{
-    count: {instances}
-    kind: {KINDS[instance_kind]}
-  }}
-]
-{batching}"""
+{scheduling(opts)}"""
 
 
 def write_repository(repo: Path, name: str, backend: str, in_shape: list[int], classes: list[str],
-                     max_batch_size: int, instance_kind: str = "auto") -> tuple[Path, Path]:  # fmt: skip
+                     opts: ExportOptions) -> tuple[Path, Path]:  # fmt: skip
     """Create REPO/NAME/{config.pbtxt, labels.txt, 1/}; returns (model dir, path the model file goes to)."""
     if backend not in BACKENDS:
         raise ArtifactError(f"--backend {backend!r}: choose one of {', '.join(BACKENDS)}")
     model_dir = repo / name
     (model_dir / "1").mkdir(parents=True, exist_ok=True)
-    bad = [c for c in classes if "\n" in c or not c.strip()]
-    if bad:
-        raise ArtifactError(f"class names {bad[:3]} cannot go into {LABELS} (one name per line)")
-    (model_dir / LABELS).write_text("".join(f"{c}\n" for c in classes))
-    text = config_text(name, backend, in_shape, len(classes), max_batch_size, instance_kind)
-    (model_dir / "config.pbtxt").write_text(text)
+    write_labels(model_dir, classes)
+    (model_dir / "config.pbtxt").write_text(config_text(name, backend, in_shape, len(classes), opts))
     return model_dir, model_dir / "1" / BACKENDS[backend][1]
 
 

@@ -36,7 +36,7 @@ class Triton(Format):
             )
         in_shape = [int(recipe["preprocess"]["in_channels"]), *map(int, recipe["preprocess"]["image_size"])]
         model_dir, path = write_repository(out_dir, model_name(opts.name or recipe["run_name"]), opts.backend,
-                                           in_shape, recipe["classes"], opts.max_batch_size, opts.instance_kind)  # fmt: skip
+                                           in_shape, recipe["classes"], opts)  # fmt: skip
         inner_format = TorchScript() if opts.backend == "torchscript" else Onnx()
         inner = inner_format.save(model, example, path.parent, recipe, replace(opts, name="model"))
         # parse config.pbtxt as Triton's ModelConfig and cross-check it against the file (in-process probe)
@@ -71,7 +71,7 @@ class Triton(Format):
             pm = triton_python.check(path, cfg)
             self._same_classes(path, pm.classes, cfg.output[0].label_filename)
             inner = {".pt": TorchScript(), ".onnx": Onnx()}.get(pm.artifact.suffix)
-            if inner is None or not inner.claims(pm.artifact) and pm.artifact.suffix == ".pt":
+            if inner is None or not inner.claims(pm.artifact):
                 raise ArtifactError(f"{path}: kiln predict reads python-backend folders whose artifact is TorchScript "
                                     f"or ONNX (kiln export writes those); this one runs {pm.artifact.name}")  # fmt: skip
             return inner.load(pm.artifact, trust, device)
@@ -82,7 +82,11 @@ class Triton(Format):
     @staticmethod
     def _same_classes(path: Path, classes: list[str], label_file: str) -> None:
         pre = path / "preprocess.json"
-        if pre.is_file() and json.loads(pre.read_text()).get("classes") != classes:
+        try:
+            listed = json.loads(pre.read_text()).get("classes") if pre.is_file() else classes
+        except (OSError, ValueError, AttributeError) as e:
+            raise ArtifactError(f"{pre}: not a kiln preprocess.json ({e}); export the model again") from None
+        if listed != classes:
             raise ArtifactError(f"{path}: {label_file} and preprocess.json list different classes")
 
     def claims(self, path: Path) -> bool:

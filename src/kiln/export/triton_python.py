@@ -17,17 +17,14 @@ from typing import Any
 
 from kiln.export import ArtifactError
 from kiln.export.base import ExportOptions, Saved
+from kiln.export.triton import KINDS, LABELS, scheduling, write_labels
 
 IMAGE, INPUT, OUTPUT = "IMAGE", "INPUT", "LOGITS"
 ARTIFACTS = {"torchscript": "model.pt", "onnx": "model.onnx"}
-KINDS = {"auto": "KIND_AUTO", "gpu": "KIND_GPU", "cpu": "KIND_CPU"}
-LABELS = "labels.txt"
 
 
 def config_text(name: str, in_shape: list[int], num_classes: int, opts: ExportOptions, artifact: str) -> str:
     """config.pbtxt; with max_batch_size > 0 Triton adds the batch dimension itself, so dims leave it out."""
-    batching = (f"dynamic_batching {{\n  max_queue_delay_microseconds: {opts.queue_delay_us}\n}}\n"
-                if opts.max_batch_size > 0 and opts.dynamic_batching else "")  # fmt: skip
     batch = [] if opts.max_batch_size > 0 else [-1]
     env = ("" if not opts.execution_env else
            f'parameters: {{\n  key: "EXECUTION_ENV_PATH"\n  value: {{ string_value: "{opts.execution_env}" }}\n}}\n')  # fmt: skip
@@ -57,13 +54,7 @@ output [
     label_filename: "{LABELS}"
   }}
 ]
-instance_group [
-  {{
-    count: {opts.instances}
-    kind: {KINDS[opts.instance_kind]}
-  }}
-]
-{batching}parameters: {{
+{scheduling(opts)}parameters: {{
   key: "artifact"
   value: {{ string_value: "{artifact}" }}
 }}
@@ -77,27 +68,31 @@ def write(model: Any, example: Any, model_dir: Path, recipe: dict[str, Any], opt
 
     if opts.artifact not in ARTIFACTS:
         raise ArtifactError(f"--artifact {opts.artifact!r}: choose one of {', '.join(ARTIFACTS)}")
-    classes = recipe["classes"]
-    bad = [c for c in classes if "\n" in c or not c.strip()]
-    if bad:
-        raise ArtifactError(f"class names {bad[:3]} cannot go into {LABELS} (one name per line)")
     version = model_dir / "1"
     version.mkdir(parents=True, exist_ok=True)
     inner = (TorchScript() if opts.artifact == "torchscript" else Onnx()).save(
         model, example, version, recipe, ExportOptions(name="model", method=opts.method,
                                                        allow_tracer_warnings=opts.allow_tracer_warnings))  # fmt: skip
-    shutil.copyfile(Path(__file__).with_name("triton_model.py"), version / "model.py")
-    (model_dir / LABELS).write_text("".join(f"{c}\n" for c in classes))
     in_shape = [int(recipe["preprocess"]["in_channels"]), *map(int, recipe["preprocess"]["image_size"])]
-    (model_dir / "config.pbtxt").write_text(
-        config_text(model_dir.name, in_shape, len(classes), opts, inner.path.name)
-    )
+    write_model_dir(model_dir, recipe["classes"], in_shape, opts, inner.path.name)
     inner.notes.append(f"Triton python backend: model.py runs {inner.path.name} with kiln's preprocessing; inputs "
                        f"{IMAGE} (BYTES, encoded images) or {INPUT} (FP32 {in_shape}), output {OUTPUT} with {LABELS}; "
                        f"max_batch_size {opts.max_batch_size}, dynamic batching "
                        f"{'on' if opts.dynamic_batching and opts.max_batch_size else 'off'}, "
                        f"{opts.instances} x {KINDS[opts.instance_kind]}")  # fmt: skip
     return inner
+
+
+def write_model_dir(model_dir: Path, classes: list[str], in_shape: list[int], opts: ExportOptions, artifact: str,
+                    trust: bool = False) -> None:  # fmt: skip
+    """Around an artifact already in ``model_dir/1``: model.py, labels.txt and config.pbtxt (``trust``: model.py
+    may load an artifact that unpickles, such as .pt2, because the user said so)."""
+    write_labels(model_dir, classes)
+    shutil.copyfile(Path(__file__).with_name("triton_model.py"), model_dir / "1" / "model.py")
+    text = config_text(model_dir.name, in_shape, len(classes), opts, artifact)
+    if trust:
+        text += 'parameters: {\n  key: "trust"\n  value: { string_value: "true" }\n}\n'
+    (model_dir / "config.pbtxt").write_text(text)
 
 
 @dataclass

@@ -14,20 +14,10 @@ from kiln.export.loading import load_any
 from kiln.export.triton import check_model_dir, model_name, parse_config
 
 
-def _model_files(artifact: Path) -> list[Path]:
-    """The file and what must travel with it: preprocess.json, a safetensors export's model.json."""
-    beside = [
-        artifact.parent / n for n in ("preprocess.json", "model.json") if (artifact.parent / n).is_file()
-    ]
-    up = artifact.parent.parent / "preprocess.json"  # a Triton model folder keeps it one level up
-    return [artifact, *beside, *([up] if up.is_file() and not beside else [])]
-
-
 def stage(model: str | Path, workdir: Path, opts: ExportOptions, trust: bool = False) -> Path:
     """REPO/NAME/{config.pbtxt, labels.txt, 1/model.py, 1/<the model's files>}; returns the repository."""
-    loaded = load_any(
-        model, trust
-    )  # refuses what kiln predict refuses, here and now rather than in the server
+    # refuses what kiln predict refuses, here and now rather than in the server
+    loaded = load_any(model, trust)
     artifact = loaded.path
     if artifact.is_dir():  # a Triton model folder
         cfg = parse_config(artifact / "config.pbtxt")
@@ -36,16 +26,11 @@ def stage(model: str | Path, workdir: Path, opts: ExportOptions, trust: bool = F
         artifact = check_model_dir(artifact, run_probe=False).model_file  # its TorchScript or ONNX file
     version = workdir / model_name(opts.name or "model") / "1"
     version.mkdir(parents=True, exist_ok=True)
-    for f in _model_files(artifact):
-        shutil.copy2(f, version / f.name)
-    if not (version / "preprocess.json").is_file():  # a checkpoint carries its own; Triton folders one up
-        (version / "preprocess.json").write_text(json.dumps({**loaded.preprocess, "classes": loaded.classes}))
-    shutil.copyfile(Path(triton_python.__file__).with_name("triton_model.py"), version / "model.py")
-    model_dir = version.parent
-    (model_dir / triton_python.LABELS).write_text("".join(f"{c}\n" for c in loaded.classes))
+    shutil.copy2(artifact, version / artifact.name)
+    if (artifact.parent / "model.json").is_file():  # a safetensors export: the recipe beside the weights
+        shutil.copy2(artifact.parent / "model.json", version / "model.json")
+    # the preprocessing as load_any found it (beside the file, a folder up, or in the checkpoint)
+    (version / "preprocess.json").write_text(json.dumps({**loaded.preprocess, "classes": loaded.classes}))
     in_shape = [int(loaded.preprocess["in_channels"]), *map(int, loaded.preprocess["image_size"])]
-    text = triton_python.config_text(model_dir.name, in_shape, len(loaded.classes), opts, artifact.name)
-    if trust:
-        text += 'parameters: {\n  key: "trust"\n  value: { string_value: "true" }\n}\n'
-    (model_dir / "config.pbtxt").write_text(text)
+    triton_python.write_model_dir(version.parent, loaded.classes, in_shape, opts, artifact.name, trust)
     return workdir

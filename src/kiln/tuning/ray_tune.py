@@ -64,12 +64,10 @@ class ReportToTune(Callback):
 
 def run_trial(sampled: dict[str, Any], search: Search) -> None:
     """The Ray trainable: one `kiln train`, resumed from Ray's checkpoint when the trial is restored."""
-    import torch
     from ray import tune
 
     from kiln.engine.trainer import fit
 
-    torch.set_num_threads(max(1, int(search.cpus_per_trial)))
     trial_dir = Path(tune.get_context().get_trial_dir())
     overrides = [*search.trial_overrides(sampled), f"run.dir={trial_dir / 'run'}", "trainer.progress=off",
                  "logging.tensorboard=false"]  # fmt: skip
