@@ -157,6 +157,23 @@ def test_custom_dataset_streams() -> None:
     assert sum(len(x) for x in xs) == 16 and xs[0].dtype == torch.uint8
 
 
+class CountingDataset(TinyDataset):
+    reads = 0
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        CountingDataset.reads += 1
+        return super().__getitem__(i)
+
+
+def test_building_a_custom_dataset_reads_no_more_than_it_needs() -> None:
+    CountingDataset.reads = 0
+    cfg = DataConfig(source="custom", dataset="tests.data.test_sources:CountingDataset", dataset_args={"n": 20},
+                     batch_size=4, val_split=0, num_workers=0)  # fmt: skip
+    b = build(cfg, seed=0, device=CPU)
+    assert CountingDataset.reads <= 2  # the first item, to learn the image size: labels are read when asked
+    assert b.train.labels.tolist() == [i % 2 for i in range(20)] and CountingDataset.reads > 20
+
+
 def test_custom_dataset_bad_name() -> None:
     with pytest.raises(Exception, match="did you mean 'TinyDataset'"):
         list_source(DataConfig(source="custom", dataset="tests.data.test_sources:TinyDatset"))

@@ -161,11 +161,14 @@ def build(cfg: DataConfig, seed: int, device: torch.device, rank: int = 0, world
             return None
         train = name == "train"
         order = EpochOrder(len(split), bs if train else ebs, train, seed, rank, world)
-        labels = torch.tensor(split.labels, dtype=torch.int64)
         if name in memory:
             images = memory[name][0].to(device) if on_gpu else memory[name][0]
-            return MemoryLoader(images, labels, order, device, split.ids)
-        return StreamLoader(split.dataset(spec, train), order, device, workers, split.ids, labels)
+            return MemoryLoader(
+                images, torch.tensor(split.labels, dtype=torch.int64), order, device, split.ids
+            )
+        return StreamLoader(
+            split.dataset(spec, train), lambda: split.labels, order, device, workers, split.ids
+        )
 
     return DataBundle(
         train=loader("train"), val=loader("val"), test=loader("test"), classes=raw.classes,

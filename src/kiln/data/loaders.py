@@ -8,7 +8,8 @@ saved but the epoch and how many batches were already consumed.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from functools import cached_property
 from typing import Any
 
 import torch
@@ -182,14 +183,19 @@ class StreamLoader(_Resumable):
     """A DataLoader with worker processes over a Dataset that decodes per sample, for data that does not
     fit in memory. Same batches, in the same order, as MemoryLoader for the same seed."""
 
-    def __init__(self, ds: Any, order: EpochOrder, device: torch.device, workers: int, ids: list[str] | None = None,
-                 labels: torch.Tensor | None = None) -> None:  # fmt: skip
-        self.order, self.device, self.ids, self.labels = order, device, ids, labels
+    def __init__(self, ds: Any, labels_of: Callable[[], list[int]], order: EpochOrder, device: torch.device,
+                 workers: int, ids: list[str] | None = None) -> None:  # fmt: skip
+        self.order, self.device, self.ids, self._labels_of = order, device, ids, labels_of
         self.loader = DataLoader(
             _Indexed(ds), batch_sampler=_OrderSampler(order), num_workers=workers, collate_fn=_collate,
             pin_memory=device.type == "cuda", persistent_workers=workers > 0,
             prefetch_factor=4 if workers > 0 else None,
         )  # fmt: skip
+
+    @cached_property
+    def labels(self) -> torch.Tensor:
+        """Read when asked (head_init): a user's Dataset gives its labels only by loading every item."""
+        return torch.tensor(self._labels_of(), dtype=torch.int64)
 
     def __iter__(self) -> Iterator[Batch]:
         return self._track(self._batches())

@@ -152,6 +152,7 @@ def build_parts(cfg: Config, data: DataBundle, device: torch.device, d: Dist) ->
         t0 = time.perf_counter()
         init_head(model, data, features, step)
         init_seconds += time.perf_counter() - t0
+    model.__dict__.pop("kiln_pretrained_head", None)  # used or not, not carried into EMA's copy and the run
     optimizer = build_optimizer(
         cfg.optimizer, model, cfg.data.batch_size, fused=device.type in ("cuda", "cpu")
     )

@@ -25,7 +25,7 @@ class Outputs:
     indices: torch.Tensor  # [N] positions in the split (for ids and images)
     classes: list[str]
 
-    @property
+    @cached_property
     def probs(self) -> torch.Tensor:
         return self.logits.softmax(1)
 

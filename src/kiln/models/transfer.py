@@ -105,9 +105,8 @@ def prepare(
     head = head_name(model)
     if isinstance(pretrained, str):
         info = load_pretrained(model, pretrained, strict, head)
-        if info.pop("old_head"):  # the pretrained classifier, for model.head_init: pretrained_classes
-            old = read_weights(pretrained)
-            model.kiln_pretrained_head = (old[f"{head}.weight"], old[f"{head}.bias"])  # type: ignore[assignment]
+        if old := info.pop("old_head"):  # the pretrained classifier, for model.head_init: pretrained_classes
+            model.kiln_pretrained_head = tuple(old)  # type: ignore[assignment]
         log(f"kiln: loaded {pretrained} (new head '{head}'; {summary_line(info)})")
     elif pretrained:
         log(f"kiln: pretrained weights from the model library; new head '{head}'")
