@@ -14,6 +14,27 @@ def temp_path(target: Path) -> Path:
     return target.with_name(f".{target.name}.tmp-{os.getpid()}")
 
 
+def remove_stale_temps(folder: Path) -> list[Path]:
+    """The temp files (``temp_path``) of writers that are no longer alive (killed mid-write)."""
+    removed = []
+    for tmp in folder.glob(".*.tmp-*"):
+        pid = tmp.name.rpartition("-")[2]
+        if pid.isdigit() and not _alive(int(pid)):
+            tmp.unlink(missing_ok=True)
+            removed.append(tmp)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # alive, someone else's
+    return True
+
+
 def write_with(target: Path, write: Callable[[BinaryIO], object]) -> None:
     """``write(f)`` into a temp file, then rename it to ``target``; on any failure the temp file goes."""
     tmp = temp_path(target)

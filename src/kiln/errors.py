@@ -1,5 +1,14 @@
 """kiln's one exception family: anything the user can fix is a KilnError, printed as one line, no traceback."""
 
+import difflib
+from collections.abc import Iterable
+
+
+def did_you_mean(name: str, valid: Iterable[str], prefix: str = "") -> str:
+    """ " — did you mean 'prefix<closest>'?" for a mistyped name, or "" when nothing is close."""
+    close = difflib.get_close_matches(name, list(valid), n=1)
+    return f" — did you mean '{prefix}{close[0]}'?" if close else ""
+
 
 class KilnError(Exception):
     """A problem the user can fix (bad config, bad data, bad file). The CLI prints it and exits 2."""

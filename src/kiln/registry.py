@@ -8,7 +8,6 @@ installed plug-in packages."""
 
 from __future__ import annotations
 
-import difflib
 import importlib
 import os
 import sys
@@ -17,14 +16,13 @@ from importlib.metadata import EntryPoint, entry_points
 from pathlib import Path
 from typing import Any, TypeVar
 
-from kiln.errors import ConfigError
+from kiln.errors import ConfigError, did_you_mean
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 
 def unknown_name_error(kind: str, name: str, valid: list[str], key: str) -> ConfigError:
-    close = difflib.get_close_matches(name, valid, n=1)
-    hint = f" — did you mean '{close[0]}'?" if close else ""
+    hint = did_you_mean(name, valid)
     return ConfigError(f"{key}: unknown {kind} '{name}'{hint} (valid: {', '.join(sorted(valid))})")
 
 

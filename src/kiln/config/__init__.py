@@ -6,7 +6,6 @@ closest valid name.
 from __future__ import annotations
 
 import copy
-import difflib
 import json
 from pathlib import Path
 from typing import Any
@@ -41,7 +40,7 @@ from kiln.config.schema import (
     WandbConfig,
     epoch_metric_names,
 )  # fmt: skip
-from kiln.errors import ConfigError
+from kiln.errors import ConfigError, did_you_mean
 
 __all__ = [
     "DATA_SOURCES", "EPOCH_METRICS", "AugmentConfig", "CallbackSpec", "CheckpointConfig", "Config", "CsvConfig",
@@ -112,8 +111,7 @@ def _describe(err: dict[str, Any]) -> str:
     if err["type"] == "extra_forbidden":
         owner = _model_at(loc[:-1])
         valid = sorted(owner.model_fields) if owner else []
-        close = difflib.get_close_matches(str(loc[-1]), valid, n=1)
-        hint = f" — did you mean '{'.'.join([*map(str, loc[:-1]), close[0]])}'?" if close else ""
+        hint = did_you_mean(str(loc[-1]), valid, "".join(f"{p}." for p in loc[:-1]))
         return f"{key}: unknown key{hint} (valid: {', '.join(valid)})"
     msg = err["msg"].removeprefix("Value error, ")
     if not loc:  # a check across sections: its message names its own keys
@@ -121,8 +119,7 @@ def _describe(err: dict[str, Any]) -> str:
     if err["type"] == "literal_error":
         allowed = err.get("ctx", {}).get("expected", "")
         choices = [c.strip().strip("'") for c in allowed.replace(" or ", ", ").split(",")]
-        close = difflib.get_close_matches(str(err.get("input")), choices, n=1)
-        hint = f" — did you mean '{close[0]}'?" if close else ""
+        hint = did_you_mean(str(err.get("input")), choices)
         return f"{key}: {err.get('input')!r} is not allowed{hint} (valid: {', '.join(choices)})"
     return f"{key}: {msg} (got {err.get('input')!r})" if "input" in err and loc else f"{key}: {msg}"
 

@@ -3,7 +3,6 @@ comment on its meaning and units. Validation is strict (``extra="forbid"``): a t
 
 from __future__ import annotations
 
-import difflib
 from pathlib import Path
 from typing import Any, Literal
 
@@ -11,6 +10,7 @@ from pydantic import Field, field_validator, model_validator
 
 from kiln.config.augment import AugmentConfig, ErasingConfig, JitterConfig, ResizedCropConfig  # noqa: F401
 from kiln.config.base import Strict as _Strict
+from kiln.errors import did_you_mean
 
 DATA_SOURCES = ("digits", "cifar10", "cifar100", "mnist", "fashion_mnist", "folder", "csv", "custom")
 
@@ -271,8 +271,7 @@ class Config(_Strict):
             monitors.append(("trainer.early_stopping.monitor", self.trainer.early_stopping.monitor))
         for key, name in monitors:
             if name not in valid:
-                close = difflib.get_close_matches(name, valid, n=1)
-                hint = f" — did you mean '{close[0]}'?" if close else ""
+                hint = did_you_mean(name, valid)
                 raise ValueError(f"{key}: '{name}' is not a metric{hint} (valid: {', '.join(valid)})")
         return self
 

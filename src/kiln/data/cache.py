@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from kiln.atomic import write_atomic, write_with
+from kiln.atomic import remove_stale_temps, write_atomic, write_with
 from kiln.console import warn
 from kiln.data.decode import decode_files
 from kiln.data.spec import ImageSpec
@@ -92,27 +92,6 @@ class Entry:
     def remove(self) -> None:
         for p in (self.meta, self.images, self.extents):
             p.unlink(missing_ok=True)
-
-
-def remove_stale_temps(cache_dir: Path) -> list[Path]:
-    """Temp files of writers that are no longer alive (killed mid-write)."""
-    removed = []
-    for tmp in cache_dir.glob(".*.tmp-*"):
-        pid = tmp.name.rpartition("-")[2]
-        if pid.isdigit() and not _alive(int(pid)):
-            tmp.unlink(missing_ok=True)
-            removed.append(tmp)
-    return removed
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 @contextlib.contextmanager

@@ -16,7 +16,7 @@ from typing import Any
 import yaml
 
 from kiln.config import Config, apply_overrides, read_config_file, validate
-from kiln.errors import ConfigError
+from kiln.errors import ConfigError, did_you_mean
 
 KINDS = ("loguniform", "uniform", "randint", "choice", "grid")
 
@@ -32,10 +32,7 @@ def _check_one(key: str, spec: Any) -> tuple[str, list[Any]]:
                           f"got {spec!r} (kinds: {', '.join(KINDS)})")  # fmt: skip
     kind, args = next(iter(spec.items()))
     if kind not in KINDS:
-        import difflib
-
-        close = difflib.get_close_matches(str(kind), KINDS, n=1)
-        hint = f" — did you mean '{close[0]}'?" if close else ""
+        hint = did_you_mean(str(kind), KINDS)
         raise ConfigError(
             f"search space: {key}: unknown distribution '{kind}'{hint} (valid: {', '.join(KINDS)})"
         )
