@@ -97,7 +97,9 @@ class RunDir:
 
     def hold(self) -> contextlib.AbstractContextManager[None]:
         """The run folder for this process alone while it trains: a second ``kiln train`` into it is
-        refused, naming this one."""
+        refused, naming this one. Checked writable first: a full or read-only folder fails before training,
+        not at the first checkpoint."""
+        self.check_writable()
         return hold(self.root, "run.dir", "a kiln run")
 
     @property

@@ -71,8 +71,6 @@ def _fit(
     seed_everything(cfg.run.seed, cfg.run.deterministic, cfg.run.threads)
     device = distributed.device_for(d, resolve_device(cfg.run.device))
     run = RunDir(cfg.run_dir)
-    if d.is_main:
-        run.check_writable()
     if cfg.data.batch_size % d.world:
         raise KilnError(f"data.batch_size: {cfg.data.batch_size} (the global batch) does not split evenly over "
                         f"{d.world} processes; use a multiple of {d.world}")  # fmt: skip
