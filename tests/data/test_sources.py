@@ -155,6 +155,9 @@ def test_custom_dataset_streams() -> None:
     assert b.classes == ["a", "b"] and b.in_channels == 1
     xs = [x for x, _, _ in b.train]
     assert sum(len(x) for x in xs) == 16 and xs[0].dtype == torch.uint8
+    assert len(set(b.val.ids)) == 4 and all(
+        i.startswith("TinyDataset[") for i in b.val.ids
+    )  # the items' own names
 
 
 class CountingDataset(TinyDataset):

@@ -153,9 +153,10 @@ class FileSplit(Split):
 @dataclass
 class DatasetSplit(Split):
     ds: Any  # a torch Dataset: items (tensor [C, H, W], label)
+    ids: list[str] = field(default_factory=list)  # per item, for reports: "MyDataset[i]" of the whole dataset
 
     def __post_init__(self) -> None:
-        self.ids = [f"{type(self.ds).__name__}[{i}]" for i in range(len(self.ds))]
+        self.ids = self.ids or [f"{type(self.ds).__name__}[{i}]" for i in range(len(self.ds))]
 
     def __len__(self) -> int:
         return len(self.ds)
@@ -165,7 +166,7 @@ class DatasetSplit(Split):
         return [int(self.ds[i][1]) for i in range(len(self.ds))]
 
     def subset(self, index: Sequence[int]) -> DatasetSplit:
-        return DatasetSplit(Subset(self.ds, list(index)))
+        return DatasetSplit(Subset(self.ds, list(index)), [self.ids[i] for i in index])
 
     def probe(self, channels: int | None) -> tuple[int, tuple[int, int]]:
         x = self.ds[0][0]
