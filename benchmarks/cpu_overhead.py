@@ -45,11 +45,23 @@ def main() -> None:
         for _ in range(args.repeats):
             raw_best = max(raw_best, args.images / raw_train(x, y, bs, args.images))
             with tempfile.TemporaryDirectory() as d:
-                m = kiln_run(["data.source=folder", f"data.root={root}", f"data.batch_size={bs}", "trainer.epochs=1",
-                              f"data.train_limit={args.images}", f"run.dir={d}", "data.eval_batch_size=1000"])  # fmt: skip
+                m = kiln_run(
+                    [
+                        "data.source=folder",
+                        f"data.root={root}",
+                        f"data.batch_size={bs}",
+                        "trainer.epochs=1",
+                        f"data.train_limit={args.images}",
+                        f"run.dir={d}",
+                        "data.eval_batch_size=1000",
+                    ]
+                )
             kiln_best = max(kiln_best, m[0]["images_per_s"])
-        print(f"{bs:>5}  {classic:>13,.0f}  {raw_best:>10,.0f}  {kiln_best:>10,.0f}  {kiln_best / raw_best:>8.2f}  "
-              f"{kiln_best / classic:>12.1f}", flush=True)  # fmt: skip
+        print(
+            f"{bs:>5}  {classic:>13,.0f}  {raw_best:>10,.0f}  {kiln_best:>10,.0f}  {kiln_best / raw_best:>8.2f}  "
+            f"{kiln_best / classic:>12.1f}",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -49,8 +49,10 @@ def main() -> None:
         elapsed += m["seconds"]
         print(f"  kiln epoch {m['epoch']}: test accuracy {m['val_acc']:.4f} after {elapsed:.2f} s")
         if m["val_acc"] >= classic_acc:
-            print(f"cifar10_fast reached {classic_acc:.4f} in {elapsed:.2f} s: {classic_s / elapsed:.1f}x faster "
-                  "than the classic loop (target >= 30x)")  # fmt: skip
+            print(
+                f"cifar10_fast reached {classic_acc:.4f} in {elapsed:.2f} s: {classic_s / elapsed:.1f}x faster "
+                "than the classic loop (target >= 30x)"
+            )
             return
     print(f"cifar10_fast did not reach {classic_acc:.4f} in {len(metrics)} epochs ({elapsed:.2f} s)")
 

@@ -58,8 +58,10 @@ def main() -> None:
                 f"{name:>15}: full decode {full:7.1f} img/s, reduced {drafted:7.1f} img/s: {drafted / full:.2f}x"
             )
     if diffs:
-        print(f"pixels of the reduced decode vs the full one: mean abs diff {np.mean(diffs):.2f} grey levels "
-              f"(max over photos {max(diffs):.2f}) of 255")  # fmt: skip
+        print(
+            f"pixels of the reduced decode vs the full one: mean abs diff {np.mean(diffs):.2f} grey levels "
+            f"(max over photos {max(diffs):.2f}) of 255"
+        )
 
 
 if __name__ == "__main__":

@@ -31,14 +31,25 @@ def build_airbench_files(root: Path, out: Path) -> None:
     raw = folder(DataConfig(source="folder", root=str(root)))
     out.mkdir(parents=True, exist_ok=True)
     for name, split in (("train.pt", raw.train), ("test.pt", raw.test)):
-        images = load_images(split.paths, ImageSpec(3, (32, 32)), False, Path("~/.cache/kiln").expanduser(),
-                             os.cpu_count() or 1)[0]  # fmt: skip
+        images = load_images(
+            split.paths,
+            ImageSpec(3, (32, 32)),
+            False,
+            Path("~/.cache/kiln").expanduser(),
+            os.cpu_count() or 1,
+        )[0]
         labels = torch.tensor(split.labels)
         # The folder lists class by class; torchvision's CIFAR-10 arrays are in random order, and airbench
         # whitens from the first 5,000 train images, so keep that order random (fixed) as it expects.
         order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(0))
-        torch.save({"images": images[order].permute(0, 2, 3, 1).contiguous(), "labels": labels[order],
-                    "classes": raw.classes}, out / name)  # fmt: skip
+        torch.save(
+            {
+                "images": images[order].permute(0, 2, 3, 1).contiguous(),
+                "labels": labels[order],
+                "classes": raw.classes,
+            },
+            out / name,
+        )
 
 
 def run_airbench(workdir: Path, runs: int) -> tuple[list[float], list[float]]:
@@ -51,8 +62,9 @@ def run_airbench(workdir: Path, runs: int) -> tuple[list[float], list[float]]:
     os.chdir(workdir)  # airbench reads ./cifar10/{train,test}.pt
     try:
         # the loaders are built once, outside the timing (data load excluded, as for kiln)
-        train = airbench.CifarLoader("cifar10", train=True, batch_size=hyp["opt"]["batch_size"], aug=hyp["aug"],
-                                     altflip=True)  # fmt: skip
+        train = airbench.CifarLoader(
+            "cifar10", train=True, batch_size=hyp["opt"]["batch_size"], aug=hyp["aug"], altflip=True
+        )
         test = airbench.CifarLoader("cifar10", train=False, batch_size=2000)
         airbench.warmup94(train_loader=train, verbose=False)
         accs, secs = [], []
@@ -114,10 +126,14 @@ def main() -> None:
     k_acc, k_s = run_kiln(root, args.runs, args.epochs)
     name = torch.cuda.get_device_name()
     print(f"{name}: {args.runs} runs each on the local CIFAR-10 JPEG copy")
-    print(f"airbench94: accuracy {statistics.mean(ab_acc):.4f} +- {statistics.pstdev(ab_acc):.4f}, "
-          f"{statistics.mean(ab_s):.2f} s")  # fmt: skip
-    print(f"kiln:       accuracy {statistics.mean(k_acc):.4f} +- {statistics.pstdev(k_acc):.4f}, "
-          f"{statistics.mean(k_s):.2f} s")  # fmt: skip
+    print(
+        f"airbench94: accuracy {statistics.mean(ab_acc):.4f} +- {statistics.pstdev(ab_acc):.4f}, "
+        f"{statistics.mean(ab_s):.2f} s"
+    )
+    print(
+        f"kiln:       accuracy {statistics.mean(k_acc):.4f} +- {statistics.pstdev(k_acc):.4f}, "
+        f"{statistics.mean(k_s):.2f} s"
+    )
     print(
         f"kiln / airbench time: {statistics.mean(k_s) / statistics.mean(ab_s):.2f}x (target <= 1.2x at equal accuracy)"
     )

@@ -35,9 +35,27 @@ def _ready(port: int) -> bool:
 
 
 def serve(model: Path, port: int, extra: list[str]) -> subprocess.Popen:
-    proc = subprocess.Popen([sys.executable, "-m", "kiln", "serve", "--model", str(model), "--http-port", str(port),
-                             "--grpc-port", str(free_port()), "--name", "photos", *extra], env=ENV,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "kiln",
+            "serve",
+            "--model",
+            str(model),
+            "--http-port",
+            str(port),
+            "--grpc-port",
+            str(free_port()),
+            "--name",
+            "photos",
+            *extra,
+        ],
+        env=ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.monotonic() + 180
     while not _ready(port):
         if proc.poll() is not None or time.monotonic() > deadline:
@@ -86,9 +104,23 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as work:
         model = Path(args.model) if args.model else Path(work) / "run" / "checkpoints" / "best.pt"
         if not args.model:
-            subprocess.run([sys.executable, "-m", "kiln", "train", "-c", str(ROOT / "configs/photos_fixed.yaml"),
-                            f"run.dir={Path(work) / 'run'}", "trainer.progress=off", "logging.tensorboard=false"],
-                           env=ENV, check=True, capture_output=True, cwd=ROOT)  # fmt: skip
+            subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "kiln",
+                    "train",
+                    "-c",
+                    str(ROOT / "configs/photos_fixed.yaml"),
+                    f"run.dir={Path(work) / 'run'}",
+                    "trainer.progress=off",
+                    "logging.tensorboard=false",
+                ],
+                env=ENV,
+                check=True,
+                capture_output=True,
+                cwd=ROOT,
+            )
         from kiln.export.predict import load_any, predict
 
         loaded = load_any(model)

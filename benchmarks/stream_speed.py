@@ -25,8 +25,15 @@ from kiln.data.decode import decode_files
 
 
 def rates(root: Path, workers: int, batch: int, image_size: int | None) -> tuple[float, float, int]:
-    cfg = DataConfig(source="folder", root=str(root), batch_size=batch, num_workers=workers, image_size=image_size,
-                     loader="stream", val_split=0)  # fmt: skip
+    cfg = DataConfig(
+        source="folder",
+        root=str(root),
+        batch_size=batch,
+        num_workers=workers,
+        image_size=image_size,
+        loader="stream",
+        val_split=0,
+    )
     raw, spec = list_splits(cfg)
     paths = raw.train.paths  # type: ignore[attr-defined]
     t0 = time.perf_counter()
@@ -57,9 +64,18 @@ def main() -> None:
         flush=True,
     )
     with tempfile.TemporaryDirectory() as d:
-        m = kiln_run(["data.source=folder", f"data.root={cifar}", "data.loader=stream", "trainer.epochs=1",
-                      f"run.dir={d}", "data.eval_batch_size=1000", f"data.num_workers={args.workers}",
-                      "data.batch_size=256"])  # fmt: skip
+        m = kiln_run(
+            [
+                "data.source=folder",
+                f"data.root={cifar}",
+                "data.loader=stream",
+                "trainer.epochs=1",
+                f"run.dir={d}",
+                "data.eval_batch_size=1000",
+                f"data.num_workers={args.workers}",
+                "data.batch_size=256",
+            ]
+        )
     print(f"  training LeNet on the stream (batch 256): {m[0]['images_per_s']:,.0f} img/s", flush=True)
     if Path(args.photos).is_dir():
         decode, stream, n = rates(Path(args.photos), args.workers, 32, 224)

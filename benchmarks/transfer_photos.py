@@ -36,8 +36,19 @@ ENV = {**os.environ, "PYTHONPATH": f"{ROOT / 'src'}{os.pathsep}{ROOT}"}
 
 
 def tutorial(mode: str, epochs: int) -> list[dict]:
-    cmd = [sys.executable, "-m", "benchmarks.tutorial_transfer", "--mode", mode, "--root", str(PHOTOS),
-           "--weights", str(WEIGHTS), "--epochs", str(epochs)]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "benchmarks.tutorial_transfer",
+        "--mode",
+        mode,
+        "--root",
+        str(PHOTOS),
+        "--weights",
+        str(WEIGHTS),
+        "--epochs",
+        str(epochs),
+    ]
     out = subprocess.run(cmd, env=ENV, capture_output=True, text=True, check=True, cwd=ROOT).stdout
     return [json.loads(ln) for ln in out.splitlines() if ln.startswith("{")]
 
@@ -45,10 +56,28 @@ def tutorial(mode: str, epochs: int) -> list[dict]:
 def kiln(recipe: str, seed: int, cache: Path) -> tuple[list[dict], float]:
     with tempfile.TemporaryDirectory() as run:
         t0 = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "kiln", "train", "-c", str(ROOT / "configs" / f"{recipe}.yaml"),
-                        f"run.dir={run}", f"run.seed={seed}", f"data.root={PHOTOS}", f"model.pretrained={WEIGHTS}",
-                        f"data.cache_dir={cache}", "trainer.progress=off", "logging.tensorboard=false"],
-                       env=ENV, capture_output=True, text=True, check=True, cwd=ROOT)  # fmt: skip
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "kiln",
+                "train",
+                "-c",
+                str(ROOT / "configs" / f"{recipe}.yaml"),
+                f"run.dir={run}",
+                f"run.seed={seed}",
+                f"data.root={PHOTOS}",
+                f"model.pretrained={WEIGHTS}",
+                f"data.cache_dir={cache}",
+                "trainer.progress=off",
+                "logging.tensorboard=false",
+            ],
+            env=ENV,
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=ROOT,
+        )
         seconds = time.perf_counter() - t0
         return [json.loads(ln) for ln in (Path(run) / "metrics.jsonl").read_text().splitlines()], seconds
 
@@ -74,10 +103,17 @@ def main() -> None:
             warm = kiln(recipe, 0, Path(cache))[1]
         last = [r[0][-1]["val_acc"] for r in runs]
         cold = statistics.mean(r[1] for r in runs)
-        report[mode] = {"tutorial": tut, "tutorial_best": best, "tutorial_last": tut[-1]["val_acc"],
-                        "kiln_epochs": [[m["val_acc"] for m in r[0]] for r in runs], "kiln_last": last,
-                        "kiln_last_mean": statistics.mean(last), "kiln_seconds_cold": [r[1] for r in runs],
-                        "kiln_seconds_warm": warm, "speedup": best["seconds"] / cold}  # fmt: skip
+        report[mode] = {
+            "tutorial": tut,
+            "tutorial_best": best,
+            "tutorial_last": tut[-1]["val_acc"],
+            "kiln_epochs": [[m["val_acc"] for m in r[0]] for r in runs],
+            "kiln_last": last,
+            "kiln_last_mean": statistics.mean(last),
+            "kiln_seconds_cold": [r[1] for r in runs],
+            "kiln_seconds_warm": warm,
+            "speedup": best["seconds"] / cold,
+        }
         r = report[mode]
         print(f"\n{mode}: tutorial val acc per epoch {[e['val_acc'] for e in tut]}", flush=True)
         print(

@@ -36,16 +36,30 @@ def main() -> None:
 
     # the tutorial's transforms, verbatim
     data_transforms = {
-        "train": transforms.Compose([transforms.RandomResizedCrop(224), transforms.RandomHorizontalFlip(),
-                                     transforms.ToTensor(), transforms.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])]),
-        "val": transforms.Compose([transforms.Resize(256), transforms.CenterCrop(224), transforms.ToTensor(),
-                                   transforms.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])]),
-    }  # fmt: skip
+        "train": transforms.Compose(
+            [
+                transforms.RandomResizedCrop(224),
+                transforms.RandomHorizontalFlip(),
+                transforms.ToTensor(),
+                transforms.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]),
+            ]
+        ),
+        "val": transforms.Compose(
+            [
+                transforms.Resize(256),
+                transforms.CenterCrop(224),
+                transforms.ToTensor(),
+                transforms.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]),
+            ]
+        ),
+    }
     image_datasets = {
         x: datasets.ImageFolder(os.path.join(args.root, x), data_transforms[x]) for x in ["train", "val"]
     }
-    dataloaders = {x: torch.utils.data.DataLoader(image_datasets[x], batch_size=4, shuffle=True, num_workers=4)
-                   for x in ["train", "val"]}  # fmt: skip
+    dataloaders = {
+        x: torch.utils.data.DataLoader(image_datasets[x], batch_size=4, shuffle=True, num_workers=4)
+        for x in ["train", "val"]
+    }
     dataset_sizes = {x: len(image_datasets[x]) for x in ["train", "val"]}
 
     import timm
@@ -83,8 +97,16 @@ def main() -> None:
                 scheduler.step()
             else:
                 acc = running_corrects.double() / dataset_sizes[phase]
-                print(json.dumps({"epoch": epoch + 1, "val_acc": round(float(acc), 4),
-                                  "seconds": round(time.perf_counter() - T0, 2)}), flush=True)  # fmt: skip
+                print(
+                    json.dumps(
+                        {
+                            "epoch": epoch + 1,
+                            "val_acc": round(float(acc), 4),
+                            "seconds": round(time.perf_counter() - T0, 2),
+                        }
+                    ),
+                    flush=True,
+                )
 
 
 if __name__ == "__main__":

@@ -17,11 +17,21 @@ ROOT = Path(__file__).resolve().parents[1]
 # Whole modules of subprocess, DDP, real-data and multi-epoch tests: `make test-fast` leaves them out
 # (single slow tests elsewhere carry @pytest.mark.slow themselves).
 SLOW_MODULES = {
-    "test_real_data.py", "test_reliability.py", "cli/test_train.py", "engine/test_distributed.py",
-    "engine/test_trainer.py", "engine/test_loggers.py", "scaffold/test_new.py", "tuning/test_tune.py",
-    "evaluation/test_eval.py", "export/test_cli.py", "export/test_formats.py", "export/test_predict.py",
-    "export/test_torchscript.py", "export/test_triton.py",
-}  # fmt: skip
+    "test_real_data.py",
+    "test_reliability.py",
+    "cli/test_train.py",
+    "engine/test_distributed.py",
+    "engine/test_trainer.py",
+    "engine/test_loggers.py",
+    "scaffold/test_new.py",
+    "tuning/test_tune.py",
+    "evaluation/test_eval.py",
+    "export/test_cli.py",
+    "export/test_formats.py",
+    "export/test_predict.py",
+    "export/test_torchscript.py",
+    "export/test_triton.py",
+}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -58,8 +68,15 @@ def mnist_dir() -> Path:
     return _unpack("mnist", "mnist-png.tar.gz")
 
 
-def write_png_folder(root: Path, classes: list[str], per_class: int, size: int = 12, mode: str = "RGB",
-                     splits: tuple[str, ...] = ("train", "test"), seed: int = 0) -> Path:  # fmt: skip
+def write_png_folder(
+    root: Path,
+    classes: list[str],
+    per_class: int,
+    size: int = 12,
+    mode: str = "RGB",
+    splits: tuple[str, ...] = ("train", "test"),
+    seed: int = 0,
+) -> Path:
     """A tiny, learnable image folder: each class has its own mean colour plus noise."""
     rng = np.random.default_rng(seed)
     channels = 3 if mode == "RGB" else 1
@@ -82,8 +99,9 @@ def png_folder(tmp_path: Path) -> Path:
 def run_kiln(
     *args: str, cwd: Path | None = None, check: bool = True, timeout: int = 300
 ) -> subprocess.CompletedProcess:
-    proc = subprocess.run([sys.executable, "-m", "kiln", *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=timeout)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-m", "kiln", *args], cwd=cwd, capture_output=True, text=True, timeout=timeout
+    )
     if check and proc.returncode != 0:
         raise AssertionError(
             f"kiln {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}"

@@ -17,14 +17,29 @@ SRC = ROOT / "src" / "kiln"
 
 # part (the first name under kiln) -> layer; a part may import only parts of a lower layer
 LAYERS = {
-    "errors": 0, "_version": 0, "atomic": 0,
-    "config": 1, "registry": 1, "console": 1, "paths": 1, "checkpoint": 1,  # the leaf layer
-    "data": 2, "models": 2, "optim": 2, "losses": 2, "metrics": 2,
+    "errors": 0,
+    "_version": 0,
+    "atomic": 0,
+    "config": 1,
+    "registry": 1,
+    "console": 1,
+    "paths": 1,
+    "checkpoint": 1,  # the leaf layer
+    "data": 2,
+    "models": 2,
+    "optim": 2,
+    "losses": 2,
+    "metrics": 2,
     "engine": 3,
-    "evaluation": 4, "export": 4, "tuning": 4, "scaffold": 4,
+    "evaluation": 4,
+    "export": 4,
+    "tuning": 4,
+    "scaffold": 4,
     "serving": 5,
-    "cli": 6, "__init__": 6, "__main__": 7,  # the command line, the public package root, `python -m kiln`
-}  # fmt: skip
+    "cli": 6,
+    "__init__": 6,
+    "__main__": 7,  # the command line, the public package root, `python -m kiln`
+}
 
 
 def module_name(path: Path) -> str:
@@ -145,9 +160,11 @@ def test_the_graph_sees_lazy_and_relative_imports(tmp_path: Path) -> None:
     "command", [[], ["train"], ["eval"], ["export"], ["predict"], ["tune"], ["new"], ["check-data"]]
 )
 def test_help_imports_no_torch(command: list[str]) -> None:
-    code = ("import sys\nfrom kiln.cli import main\ntry:\n    main([*sys.argv[1:], '--help'])\nexcept SystemExit:\n    pass\n"
-            "heavy = sorted(m for m in ('torch', 'numpy', 'pydantic', 'yaml') if m in sys.modules)\n"
-            "print('HEAVY', heavy)")  # fmt: skip
+    code = (
+        "import sys\nfrom kiln.cli import main\ntry:\n    main([*sys.argv[1:], '--help'])\nexcept SystemExit:\n    pass\n"
+        "heavy = sorted(m for m in ('torch', 'numpy', 'pydantic', 'yaml') if m in sys.modules)\n"
+        "print('HEAVY', heavy)"
+    )
     proc = subprocess.run([sys.executable, "-c", code, *command], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert "usage: kiln" in proc.stdout and "HEAVY []" in proc.stdout, proc.stdout[-300:]

@@ -8,9 +8,17 @@ from tests.conftest import ROOT, run_kiln
 
 
 def test_six_documented_override_keys(tmp_path: Path) -> None:
-    cfg = load_config(ROOT / "configs/digits.yaml", [
-        "trainer.epochs=3", "optimizer.lr=0.01", "data.batch_size=128", "data.root=/some/path",
-        f"run.dir={tmp_path}", "run.seed=1"])  # fmt: skip
+    cfg = load_config(
+        ROOT / "configs/digits.yaml",
+        [
+            "trainer.epochs=3",
+            "optimizer.lr=0.01",
+            "data.batch_size=128",
+            "data.root=/some/path",
+            f"run.dir={tmp_path}",
+            "run.seed=1",
+        ],
+    )
     assert (cfg.trainer.epochs, cfg.optimizer.lr, cfg.data.batch_size) == (3, 0.01, 128)
     assert (cfg.data.root, cfg.run.dir, cfg.run.seed) == ("/some/path", str(tmp_path), 1)
     assert cfg.run_dir == tmp_path
@@ -23,13 +31,16 @@ def test_json_config(tmp_path: Path) -> None:
     assert cfg.trainer.epochs == 2 and cfg.model.args == {"hidden": [32]}
 
 
-@pytest.mark.parametrize(("override", "expected"), [
-    ("trainer.epochz=3", "trainer.epochz: unknown key — did you mean 'trainer.epochs'?"),
-    ("optimizer.lr=-1", "optimizer.lr: Input should be greater than 0"),
-    ("data.source=cifar11", "data.source: 'cifar11' is not allowed — did you mean 'cifar10'?"),
-    ("traner.epochs=3", "traner: unknown key — did you mean 'trainer'?"),
-    ("optimizer.name=adamm", "did you mean 'adam'?"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ("trainer.epochz=3", "trainer.epochz: unknown key — did you mean 'trainer.epochs'?"),
+        ("optimizer.lr=-1", "optimizer.lr: Input should be greater than 0"),
+        ("data.source=cifar11", "data.source: 'cifar11' is not allowed — did you mean 'cifar10'?"),
+        ("traner.epochs=3", "traner: unknown key — did you mean 'trainer'?"),
+        ("optimizer.name=adamm", "did you mean 'adam'?"),
+    ],
+)
 def test_bad_values_name_the_key(override: str, expected: str) -> None:
     with pytest.raises(ConfigError) as e:
         load_config(ROOT / "configs/digits.yaml", [override])
@@ -63,10 +74,19 @@ def test_all_example_configs_validate() -> None:
         load_config(p)
 
 
-@pytest.mark.parametrize(("override", "expected"), [
-    ("trainer.early_stopping={monitor: val_los}", "trainer.early_stopping.monitor: 'val_los' is not a metric — did you mean 'val_loss'?"),
-    ("trainer.checkpoint.monitor=val_accc", "trainer.checkpoint.monitor: 'val_accc' is not a metric — did you mean 'val_acc'?"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        (
+            "trainer.early_stopping={monitor: val_los}",
+            "trainer.early_stopping.monitor: 'val_los' is not a metric — did you mean 'val_loss'?",
+        ),
+        (
+            "trainer.checkpoint.monitor=val_accc",
+            "trainer.checkpoint.monitor: 'val_accc' is not a metric — did you mean 'val_acc'?",
+        ),
+    ],
+)
 def test_a_mistyped_monitor_fails_at_load_time_with_the_valid_names(override: str, expected: str) -> None:
     """Checked when the config is loaded, not after the first epoch (it was a KeyError traceback there)."""
     with pytest.raises(ConfigError) as e:
@@ -76,6 +96,8 @@ def test_a_mistyped_monitor_fails_at_load_time_with_the_valid_names(override: st
 
 
 def test_a_user_metric_is_a_valid_monitor() -> None:
-    cfg = load_config(ROOT / "configs/digits.yaml", ["trainer.metrics=[mypkg.metrics:f1]",
-                                                     "trainer.early_stopping={monitor: val_f1, mode: max}"])  # fmt: skip
+    cfg = load_config(
+        ROOT / "configs/digits.yaml",
+        ["trainer.metrics=[mypkg.metrics:f1]", "trainer.early_stopping={monitor: val_f1, mode: max}"],
+    )
     assert cfg.trainer.early_stopping is not None and cfg.trainer.early_stopping.monitor == "val_f1"

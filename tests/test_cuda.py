@@ -14,20 +14,41 @@ from kiln.data import build
 from kiln.engine.trainer import fit
 from tests.conftest import ROOT
 
-pytestmark = [pytest.mark.slow,
-              pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device here: `make bench-gpu` runs these on a GPU machine")]  # fmt: skip
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        not torch.cuda.is_available(),
+        reason="no CUDA device here: `make bench-gpu` runs these on a GPU machine",
+    ),
+]
 
 
 def _fit(tmp_path: Path, *extra: str) -> list[dict]:
-    fit(load_config(ROOT / "configs/digits.yaml", [f"run.dir={tmp_path}", "trainer.progress=off", "run.device=cuda",
-                                                   "logging.tensorboard=false", "trainer.epochs=4", *extra]))  # fmt: skip
+    fit(
+        load_config(
+            ROOT / "configs/digits.yaml",
+            [
+                f"run.dir={tmp_path}",
+                "trainer.progress=off",
+                "run.device=cuda",
+                "logging.tensorboard=false",
+                "trainer.epochs=4",
+                *extra,
+            ],
+        )
+    )
     return [json.loads(s) for s in (tmp_path / "metrics.jsonl").read_text().splitlines()]
 
 
-@pytest.mark.parametrize("extra", [
-    ["trainer.precision=bf16"], ["trainer.precision=bf16", "trainer.channels_last=on", "model.name=resnet_small"],
-    ["trainer.compile=true", "trainer.precision=bf16"], ["trainer.precision=fp16"],
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "extra",
+    [
+        ["trainer.precision=bf16"],
+        ["trainer.precision=bf16", "trainer.channels_last=on", "model.name=resnet_small"],
+        ["trainer.compile=true", "trainer.precision=bf16"],
+        ["trainer.precision=fp16"],
+    ],
+)
 def test_cuda_training_learns(tmp_path: Path, extra: list[str]) -> None:
     m = _fit(tmp_path, *extra)
     assert m[-1]["train_loss"] < m[0]["train_loss"] and m[-1]["val_acc"] > 0.8
@@ -42,12 +63,27 @@ def test_the_dataset_lives_on_the_gpu(tmp_path: Path) -> None:
 
 
 def test_bf16_resume_is_exact(tmp_path: Path) -> None:
-    args = ["trainer.precision=bf16", "trainer.checkpoint.every_n_epochs=1", "trainer.checkpoint.keep=4",
-            "run.deterministic=true"]  # fmt: skip
+    args = [
+        "trainer.precision=bf16",
+        "trainer.checkpoint.every_n_epochs=1",
+        "trainer.checkpoint.keep=4",
+        "run.deterministic=true",
+    ]
     _fit(tmp_path / "a", *args)
-    fit(load_config(ROOT / "configs/digits.yaml", [f"run.dir={tmp_path / 'b'}", "trainer.progress=off", "run.device=cuda",
-                                                   "logging.tensorboard=false", "trainer.epochs=4", *args]),
-        resume=str(tmp_path / "a/checkpoints/epoch-2.pt"))  # fmt: skip
+    fit(
+        load_config(
+            ROOT / "configs/digits.yaml",
+            [
+                f"run.dir={tmp_path / 'b'}",
+                "trainer.progress=off",
+                "run.device=cuda",
+                "logging.tensorboard=false",
+                "trainer.epochs=4",
+                *args,
+            ],
+        ),
+        resume=str(tmp_path / "a/checkpoints/epoch-2.pt"),
+    )
     a = torch.load(tmp_path / "a/checkpoints/last.pt", weights_only=True)["model_state_dict"]
     b = torch.load(tmp_path / "b/checkpoints/last.pt", weights_only=True)["model_state_dict"]
     assert all(torch.equal(a[k], b[k]) for k in a)

@@ -44,8 +44,14 @@ def test_onecycle_defaults_to_30_percent_warmup() -> None:
 
 def test_param_groups_globs_first_match_wins_and_no_decay_for_1d() -> None:
     net = _net()
-    cfg = OptimizerConfig(weight_decay=0.1, no_decay_norm_bias=True, param_groups=[
-        ParamGroupConfig(params="3.*", lr_mult=10), ParamGroupConfig(params="*", lr_mult=0.5, weight_decay=0.2)])  # fmt: skip
+    cfg = OptimizerConfig(
+        weight_decay=0.1,
+        no_decay_norm_bias=True,
+        param_groups=[
+            ParamGroupConfig(params="3.*", lr_mult=10),
+            ParamGroupConfig(params="*", lr_mult=0.5, weight_decay=0.2),
+        ],
+    )
     groups = {(g["lr_mult"], g["weight_decay"]): len(g["params"]) for g in param_groups(cfg, net, 0.01, 0.1)}
     # head (3.*): weight x10 with wd 0.1, bias x10 with wd 0; the rest x0.5: conv weight wd 0.2, 1-D params wd 0
     assert groups == {(10, 0.1): 1, (10, 0.0): 1, (0.5, 0.2): 1, (0.5, 0.0): 3}

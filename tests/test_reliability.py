@@ -32,8 +32,13 @@ SLOW = [
 
 
 def _start(run: Path, *extra: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "kiln", "train", "-c", DIGITS, f"run.dir={run}", *SLOW, *extra],
-                            env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    return subprocess.Popen(
+        [sys.executable, "-m", "kiln", "train", "-c", DIGITS, f"run.dir={run}", *SLOW, *extra],
+        env=ENV,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 60) -> None:
@@ -65,8 +70,13 @@ def test_ctrl_c_saves_prints_resume_and_resumed_run_equals_straight_run(tmp_path
     # resume exactly as printed: the run ends with weights bit-identical to the uninterrupted one
     cmd = err.split("Resume with:")[1].strip().split()
     assert cmd[:2] == ["kiln", "train"]
-    subprocess.run([sys.executable, "-m", "kiln", *cmd[1:], "trainer.progress=off"], env=ENV, check=True,
-                   capture_output=True, timeout=300)  # fmt: skip
+    subprocess.run(
+        [sys.executable, "-m", "kiln", *cmd[1:], "trainer.progress=off"],
+        env=ENV,
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
     a, b = _weights(straight / "checkpoints/last.pt"), _weights(run / "checkpoints/last.pt")
     assert all(torch.equal(a[k], b[k]) for k in a)
 
@@ -90,10 +100,24 @@ class Slow(Callback):
 def test_second_ctrl_c_exits_at_once_and_keeps_the_last_checkpoint(tmp_path: Path) -> None:
     (tmp_path / "slowcb.py").write_text(SLOW_CALLBACK)
     marker, run = tmp_path / "started", tmp_path / "run"
-    proc = subprocess.Popen([sys.executable, "-m", "kiln", "train", "-c", DIGITS, f"run.dir={run}", *SLOW,
-                             "trainer.checkpoint.every_n_steps=1", f"callbacks=[{{name: 'slowcb:Slow', args: {{marker: '{marker}'}}}}]"],
-                            env={**ENV, "PYTHONPATH": f"{ROOT / 'src'}{os.pathsep}{tmp_path}"},
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "kiln",
+            "train",
+            "-c",
+            DIGITS,
+            f"run.dir={run}",
+            *SLOW,
+            "trainer.checkpoint.every_n_steps=1",
+            f"callbacks=[{{name: 'slowcb:Slow', args: {{marker: '{marker}'}}}}]",
+        ],
+        env={**ENV, "PYTHONPATH": f"{ROOT / 'src'}{os.pathsep}{tmp_path}"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     _wait_for(marker, proc)
     time.sleep(0.1)
     proc.send_signal(signal.SIGINT)  # first: stop after this step, checkpoint, print the resume command ...
@@ -130,20 +154,52 @@ def test_kill_9_at_random_moments_never_leaves_a_torn_checkpoint(tmp_path: Path)
         files = list((run / "checkpoints").glob("*.pt")) if (run / "checkpoints").exists() else []
         for f in files:
             checkpoint.load(f)  # every file present is complete (temp files are never named *.pt)
-    done = subprocess.run([sys.executable, "-m", "kiln", "train", "-c", DIGITS, f"run.dir={run}", *SLOW, *args,
-                           "--resume", "auto"], env=ENV, capture_output=True, text=True, timeout=300)  # fmt: skip
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "kiln",
+            "train",
+            "-c",
+            DIGITS,
+            f"run.dir={run}",
+            *SLOW,
+            *args,
+            "--resume",
+            "auto",
+        ],
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr
     assert json.loads((run / "summary.json").read_text())["epochs_run"] == 2
 
 
 def test_resume_auto_falls_back_when_newest_is_damaged(tmp_path: Path) -> None:
-    run_kiln("train", "-c", DIGITS, f"run.dir={tmp_path}", "trainer.epochs=2", "trainer.checkpoint.every_n_epochs=1",
-             "logging.tensorboard=false")  # fmt: skip
+    run_kiln(
+        "train",
+        "-c",
+        DIGITS,
+        f"run.dir={tmp_path}",
+        "trainer.epochs=2",
+        "trainer.checkpoint.every_n_epochs=1",
+        "logging.tensorboard=false",
+    )
     last = tmp_path / "checkpoints/last.pt"
     last.write_bytes(last.read_bytes()[:1000])  # a disk error, say
     os.utime(last)
-    proc = run_kiln("train", "-c", DIGITS, f"run.dir={tmp_path}", "trainer.epochs=3", "--resume", "auto",
-                    "logging.tensorboard=false")  # fmt: skip
+    proc = run_kiln(
+        "train",
+        "-c",
+        DIGITS,
+        f"run.dir={tmp_path}",
+        "trainer.epochs=3",
+        "--resume",
+        "auto",
+        "logging.tensorboard=false",
+    )
     assert "skipping" in proc.stdout and "resuming from" in proc.stdout and "epoch-2.pt" in proc.stdout
 
 
@@ -159,20 +215,45 @@ def nan_after_60(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 
 def test_nan_loss_stops_with_step_and_keeps_good_checkpoints(tmp_path: Path) -> None:
-    proc = run_kiln("train", "-c", DIGITS, f"run.dir={tmp_path}", "trainer.epochs=3", "logging.tensorboard=false",
-                    "trainer.loss=tests.test_reliability:nan_after_60", check=False)  # fmt: skip
+    proc = run_kiln(
+        "train",
+        "-c",
+        DIGITS,
+        f"run.dir={tmp_path}",
+        "trainer.epochs=3",
+        "logging.tensorboard=false",
+        "trainer.loss=tests.test_reliability:nan_after_60",
+        check=False,
+    )
     assert proc.returncode == 3 and "non-finite loss (nan) at epoch 2, step 61" in proc.stderr, proc.stderr
     assert "Traceback" not in proc.stderr
     saved = torch.load(tmp_path / "checkpoints/last.pt", weights_only=True)
     assert saved["epoch"] == 1 and all(torch.isfinite(v).all() for v in saved["model_state_dict"].values())
-    other = run_kiln("train", "-c", DIGITS, f"run.dir={tmp_path}", "optimizer.name=sgd", "--resume",
-                     str(tmp_path / "checkpoints/last.pt"), check=False)  # fmt: skip
+    other = run_kiln(
+        "train",
+        "-c",
+        DIGITS,
+        f"run.dir={tmp_path}",
+        "optimizer.name=sgd",
+        "--resume",
+        str(tmp_path / "checkpoints/last.pt"),
+        check=False,
+    )
     assert other.returncode == 2 and "optimizer.name: 'adamw' -> 'sgd'" in other.stderr
 
 
 def test_nan_skip_mode_finishes_and_counts(tmp_path: Path) -> None:
-    proc = run_kiln("train", "-c", DIGITS, f"run.dir={tmp_path}", "trainer.epochs=2",
-                    "trainer.loss=tests.test_reliability:nan_after_60", "trainer.on_nan=skip", "logging.tensorboard=false", check=False)  # fmt: skip
+    proc = run_kiln(
+        "train",
+        "-c",
+        DIGITS,
+        f"run.dir={tmp_path}",
+        "trainer.epochs=2",
+        "trainer.loss=tests.test_reliability:nan_after_60",
+        "trainer.on_nan=skip",
+        "logging.tensorboard=false",
+        check=False,
+    )
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert proc.returncode == 0 and summary["skipped_steps"] > 0
 
@@ -184,8 +265,14 @@ def test_bad_images_error_skip_and_check_data(tmp_path: Path) -> None:
     Image.new("RGB", (12, 12)).save(
         root / "train/b/notes.png", format="JPEG"
     )  # a JPEG named .png still decodes
-    common = ["data.source=folder", f"data.root={root}", "data.batch_size=8", "trainer.epochs=1",
-              "logging.tensorboard=false", f"data.cache_dir={tmp_path / 'cache'}"]  # fmt: skip
+    common = [
+        "data.source=folder",
+        f"data.root={root}",
+        "data.batch_size=8",
+        "trainer.epochs=1",
+        "logging.tensorboard=false",
+        f"data.cache_dir={tmp_path / 'cache'}",
+    ]
     proc = run_kiln("train", "-c", DIGITS, f"run.dir={tmp_path / 'r1'}", *common, check=False)
     assert (
         proc.returncode == 2 and "3.png: cannot read image" in proc.stderr and "Traceback" not in proc.stderr
@@ -202,8 +289,13 @@ def test_csv_duplicates_and_bad_rows_are_named(tmp_path: Path) -> None:
     rows = "".join(f"train/{c}/{i}.png,{c}\n" for c in "ab" for i in range(10))
     (root / "train.csv").write_text("filepath,label\n" + rows + "train/a/1.png,a\n")
     (root / "test.csv").write_text("filepath,label\ntest/a/0.png,a\ntest/b/0.png,zebra\n")
-    common = ["data.source=csv", f"data.root={root}", "data.batch_size=4", "trainer.epochs=1",
-              "logging.tensorboard=false"]  # fmt: skip
+    common = [
+        "data.source=csv",
+        f"data.root={root}",
+        "data.batch_size=4",
+        "trainer.epochs=1",
+        "logging.tensorboard=false",
+    ]
     proc = run_kiln("train", "-c", DIGITS, f"run.dir={tmp_path / 'r'}", *common, check=False)
     assert proc.returncode == 2 and "train.csv:22: duplicate of row 3" in proc.stderr
     check = run_kiln("check-data", "-c", DIGITS, *common, check=False)
@@ -219,8 +311,15 @@ def test_unwritable_run_dir_fails_before_training(tmp_path: Path) -> None:
 
 def test_dataset_smaller_than_one_batch(tmp_path: Path) -> None:
     root = write_png_folder(tmp_path / "imgs", ["a", "b"], per_class=3)
-    proc = run_kiln("train", "-c", DIGITS, "data.source=folder", f"data.root={root}", f"run.dir={tmp_path / 'r'}",
-                    check=False)  # fmt: skip
+    proc = run_kiln(
+        "train",
+        "-c",
+        DIGITS,
+        "data.source=folder",
+        f"data.root={root}",
+        f"run.dir={tmp_path / 'r'}",
+        check=False,
+    )
     assert proc.returncode == 2 and "fewer than one batch" in proc.stderr
 
 
@@ -240,15 +339,36 @@ def test_a_second_train_into_a_live_run_folder_is_refused_and_a_dead_one_holds_n
 ) -> None:
     first = _start(tmp_path, "trainer.epochs=3")
     _wait_for(tmp_path / "metrics.jsonl", first)
-    second = subprocess.run([sys.executable, "-m", "kiln", "train", "-c", DIGITS, f"run.dir={tmp_path}", *SLOW],
-                            env=ENV, capture_output=True, text=True, timeout=120)  # fmt: skip
+    second = subprocess.run(
+        [sys.executable, "-m", "kiln", "train", "-c", DIGITS, f"run.dir={tmp_path}", *SLOW],
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert second.returncode == 2 and f"pid {first.pid}" in second.stderr and "Traceback" not in second.stderr
     assert second.stderr.strip().count("\n") == 0 and "choose another run.dir" in second.stderr
     first.kill()  # a dead process: the kernel released its lock
     first.wait()
-    resumed = subprocess.run([sys.executable, "-m", "kiln", "train", "-c", DIGITS, f"run.dir={tmp_path}", *SLOW,
-                              "trainer.epochs=1", "--resume", "auto"], env=ENV, capture_output=True, text=True,
-                             timeout=300)  # fmt: skip
+    resumed = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "kiln",
+            "train",
+            "-c",
+            DIGITS,
+            f"run.dir={tmp_path}",
+            *SLOW,
+            "trainer.epochs=1",
+            "--resume",
+            "auto",
+        ],
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert resumed.returncode == 0, resumed.stderr
 
 
@@ -265,8 +385,25 @@ def test_kill_resume_cycles_keep_each_epoch_once_and_end_as_an_uninterrupted_run
         time.sleep(rng.uniform(2.0, 6.0))
         proc.kill()
         proc.wait()
-    done = subprocess.run([sys.executable, "-m", "kiln", "train", "-c", DIGITS, f"run.dir={run}", *SLOW, *args,
-                           "--resume", "auto"], env=ENV, capture_output=True, text=True, timeout=300)  # fmt: skip
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "kiln",
+            "train",
+            "-c",
+            DIGITS,
+            f"run.dir={run}",
+            *SLOW,
+            *args,
+            "--resume",
+            "auto",
+        ],
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr
     epochs = [json.loads(ln)["epoch"] for ln in (run / "metrics.jsonl").read_text().splitlines()]
     assert epochs == [1, 2, 3, 4]
@@ -300,14 +437,24 @@ def test_killed_during_the_final_test_evaluation_reruns_to_the_same_summary(tmp_
     run, marker = tmp_path / "run", tmp_path / "in-test-eval"
     cb = f"callbacks=[{{name: 'slowtest:SlowTest', args: {{marker: '{marker}'}}}}]"
     env = {**ENV, "PYTHONPATH": f"{ROOT / 'src'}{os.pathsep}{tmp_path}"}
-    proc = subprocess.Popen([sys.executable, "-m", "kiln", "train", "-c", DIGITS, f"run.dir={run}", *args, cb],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "kiln", "train", "-c", DIGITS, f"run.dir={run}", *args, cb],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     _wait_for(marker, proc, timeout=120)
     proc.kill()
     proc.wait()
     assert not (run / "summary.json").exists()  # killed before it was written: no torn or stale summary
-    rerun = subprocess.run([sys.executable, "-m", "kiln", "train", "-c", DIGITS, f"run.dir={run}", *args,
-                            "--resume", "auto"], env=ENV, capture_output=True, text=True, timeout=300)  # fmt: skip
+    rerun = subprocess.run(
+        [sys.executable, "-m", "kiln", "train", "-c", DIGITS, f"run.dir={run}", *args, "--resume", "auto"],
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert rerun.returncode == 0 and "resuming from" in rerun.stdout, rerun.stderr
     s1, s2 = (json.loads((r / "summary.json").read_text()) for r in (straight, run))
     assert s2["test"]["accuracy"] == s1["test"]["accuracy"] and s2["epochs_run"] == 2

@@ -19,9 +19,17 @@ from kiln.registry import (
 )
 
 __all__ = [
-    "MODELS", "Callback", "KilnError", "__version__", "create_model", "register_callback", "register_dataset",
-    "register_loss", "register_metric", "register_model",
-]  # fmt: skip
+    "MODELS",
+    "Callback",
+    "KilnError",
+    "__version__",
+    "create_model",
+    "register_callback",
+    "register_dataset",
+    "register_loss",
+    "register_metric",
+    "register_model",
+]
 
 
 def __getattr__(name: str) -> Any:

@@ -70,8 +70,10 @@ def _load_safe(path: Path) -> Any:
             ln.strip() for ln in str(e).splitlines() if "Unsupported global" in ln or "Unsupported" in ln
         ]
         first = lines[0] if lines else type(e).__name__
-        raise CheckpointError(f"{path}: refused, it holds objects other than tensors and plain values "
-                              f"({first}); kiln never unpickles code from a file") from None  # fmt: skip
+        raise CheckpointError(
+            f"{path}: refused, it holds objects other than tensors and plain values "
+            f"({first}); kiln never unpickles code from a file"
+        ) from None
     except (
         Exception
     ) as e:  # RuntimeError, EOFError, BadZipFile, IndexError...: whatever a damaged file raises
@@ -94,15 +96,18 @@ def load_weights(model: nn.Module, state: dict[str, torch.Tensor], source: str |
     missing = sorted(set(model.state_dict()) - set(state))
     unexpected = sorted(set(state) - set(model.state_dict()))
     if missing or unexpected:
-        raise CheckpointError(f"{source}: weights do not fit {type(model).__name__}: missing keys {missing[:5]}"
-                              f"{' ...' if len(missing) > 5 else ''}, unexpected keys {unexpected[:5]}"
-                              f"{' ...' if len(unexpected) > 5 else ''}")  # fmt: skip
+        raise CheckpointError(
+            f"{source}: weights do not fit {type(model).__name__}: missing keys {missing[:5]}"
+            f"{' ...' if len(missing) > 5 else ''}, unexpected keys {unexpected[:5]}"
+            f"{' ...' if len(unexpected) > 5 else ''}"
+        )
     try:
         model.load_state_dict(state)
     except RuntimeError as e:
         detail = [ln.strip() for ln in str(e).splitlines()[1:] if ln.strip()]
-        raise CheckpointError(f"{source}: weights do not fit {type(model).__name__}: "
-                              f"{detail[0] if detail else e}") from None  # fmt: skip
+        raise CheckpointError(
+            f"{source}: weights do not fit {type(model).__name__}: {detail[0] if detail else e}"
+        ) from None
 
 
 def read_weights(path: str | Path, key: str = "model.pretrained") -> dict[str, torch.Tensor]:

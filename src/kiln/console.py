@@ -74,5 +74,7 @@ class EpochBar:
 def epoch_line(m: dict[str, Any], epochs: int, has_val: bool = True) -> str:
     """One line per epoch; a run without a val split shows no val columns (not `val_acc nan`)."""
     val = f"val_loss {m['val_loss']:.4f}  val_acc {m['val_acc']:.4f}  " if has_val else ""
-    return (f"epoch {m['epoch']:>3}/{epochs}  train_loss {m['train_loss']:.4f}  train_acc {m['train_acc']:.4f}  "
-            f"{val}lr {m['lr']:.3g}  {m['images_per_s']:,.0f} img/s  {m['seconds']:.2f}s")  # fmt: skip
+    return (
+        f"epoch {m['epoch']:>3}/{epochs}  train_loss {m['train_loss']:.4f}  train_acc {m['train_acc']:.4f}  "
+        f"{val}lr {m['lr']:.3g}  {m['images_per_s']:,.0f} img/s  {m['seconds']:.2f}s"
+    )

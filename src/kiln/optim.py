@@ -21,8 +21,10 @@ def layer_scales(model: nn.Module, decay: float) -> dict[int, float]:
     except ImportError:
         raise ConfigError("optimizer.layer_decay needs timm: pip install 'torchkiln[timm]'") from None
     if not hasattr(model, "group_matcher"):
-        raise ConfigError("optimizer.layer_decay: the model exposes no layers (timm's group_matcher); use a timm: "
-                          "model or optimizer.param_groups with lr_mult instead")  # fmt: skip
+        raise ConfigError(
+            "optimizer.layer_decay: the model exposes no layers (timm's group_matcher); use a timm: "
+            "model or optimizer.param_groups with lr_mult instead"
+        )
     groups = param_groups_layer_decay(model, weight_decay=0.0, layer_decay=decay)
     return {id(p): g["lr_scale"] for g in groups for p in g["params"]}
 
@@ -124,8 +126,9 @@ def add_param_group(
     """Add a group mid-run (gradual unfreezing) so the scheduler drives it like the others: same curve,
     its own base LR, and its current LR set from the schedule's present position."""
     base = scheduler.base_lrs[0] / optimizer.param_groups[0].get("lr_mult", 1.0) * lr_mult
-    optimizer.add_param_group({"params": params, "lr": base, "initial_lr": base, "weight_decay": weight_decay,
-                               "lr_mult": lr_mult})  # fmt: skip
+    optimizer.add_param_group(
+        {"params": params, "lr": base, "initial_lr": base, "weight_decay": weight_decay, "lr_mult": lr_mult}
+    )
     scheduler.base_lrs.append(base)
     scheduler.lr_lambdas.append(scheduler.lr_lambdas[0])
     optimizer.param_groups[-1]["lr"] = base * scheduler.lr_lambdas[0](scheduler.last_epoch)

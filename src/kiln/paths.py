@@ -44,8 +44,10 @@ def hold(folder: Path, key: str, what: str) -> Iterator[None]:
         except BlockingIOError:
             f.seek(0)
             who = f.read().strip() or "another process"
-            raise KilnError(f"{key}: {folder} is in use by {what} that is still going ({who}); wait for it to "
-                            f"finish, or choose another {key}") from None  # fmt: skip
+            raise KilnError(
+                f"{key}: {folder} is in use by {what} that is still going ({who}); wait for it to "
+                f"finish, or choose another {key}"
+            ) from None
         f.seek(0)
         f.truncate()
         f.write(

@@ -20,8 +20,16 @@ def test_train_digits_end_to_end(tmp_path: Path) -> None:
 
 def test_resume_command(tmp_path: Path) -> None:
     run_kiln("train", "-c", str(ROOT / "configs/digits.yaml"), f"run.dir={tmp_path}", "trainer.epochs=2")
-    proc = run_kiln("train", "-c", str(ROOT / "configs/digits.yaml"), f"run.dir={tmp_path}", "trainer.epochs=3",
-                    "--resume", str(tmp_path / "checkpoints/last.pt"), check=False)  # fmt: skip
+    proc = run_kiln(
+        "train",
+        "-c",
+        str(ROOT / "configs/digits.yaml"),
+        f"run.dir={tmp_path}",
+        "trainer.epochs=3",
+        "--resume",
+        str(tmp_path / "checkpoints/last.pt"),
+        check=False,
+    )
     # a different epoch count changes the schedule: allowed (the model is the same), trains one more epoch
     assert proc.returncode == 0, proc.stderr
     assert [json.loads(s)["epoch"] for s in (tmp_path / "metrics.jsonl").read_text().splitlines()] == [
@@ -33,8 +41,16 @@ def test_resume_command(tmp_path: Path) -> None:
 
 def test_resume_with_other_model_is_refused(tmp_path: Path) -> None:
     run_kiln("train", "-c", str(ROOT / "configs/digits.yaml"), f"run.dir={tmp_path}", "trainer.epochs=1")
-    proc = run_kiln("train", "-c", str(ROOT / "configs/digits.yaml"), f"run.dir={tmp_path}", "model.name=mlp",
-                    "--resume", str(tmp_path / "checkpoints/last.pt"), check=False)  # fmt: skip
+    proc = run_kiln(
+        "train",
+        "-c",
+        str(ROOT / "configs/digits.yaml"),
+        f"run.dir={tmp_path}",
+        "model.name=mlp",
+        "--resume",
+        str(tmp_path / "checkpoints/last.pt"),
+        check=False,
+    )
     assert proc.returncode == 2 and "the model differs" in proc.stderr and "Traceback" not in proc.stderr
 
 

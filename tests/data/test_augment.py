@@ -94,12 +94,19 @@ def test_trivial_augment_draws_ops_and_bins_uniformly() -> None:
 @pytest.mark.parametrize("op", ["Sharpness", "Posterize", "Solarize", "AutoContrast", "Equalize"])
 def test_auto_augment_colour_ops_match_torchvision_pixels(op: str) -> None:
     x = (torch.rand(3, 3, 20, 20, generator=torch.Generator().manual_seed(2)) * 255).round().to(torch.uint8)
-    m = {"Sharpness": torch.tensor([0.5, -0.7, 0.9]), "Posterize": torch.tensor([4.0, 6.0, 2.0]),
-         "Solarize": torch.tensor([128.0, 40.0, 250.0])}.get(op, torch.zeros(3))  # fmt: skip
+    m = {
+        "Sharpness": torch.tensor([0.5, -0.7, 0.9]),
+        "Posterize": torch.tensor([4.0, 6.0, 2.0]),
+        "Solarize": torch.tensor([128.0, 40.0, 250.0]),
+    }.get(op, torch.zeros(3))
     ours = (P.apply_op(x.float() / 255, op, m) * 255).round()
-    fn = {"Sharpness": lambda i, v: TF.adjust_sharpness(i, 1 + v), "Posterize": lambda i, v: TF.posterize(i, int(v)),
-          "Solarize": lambda i, v: TF.solarize(i, v), "AutoContrast": lambda i, v: TF.autocontrast(i),
-          "Equalize": lambda i, v: TF.equalize(i)}[op]  # fmt: skip
+    fn = {
+        "Sharpness": lambda i, v: TF.adjust_sharpness(i, 1 + v),
+        "Posterize": lambda i, v: TF.posterize(i, int(v)),
+        "Solarize": lambda i, v: TF.solarize(i, v),
+        "AutoContrast": lambda i, v: TF.autocontrast(i),
+        "Equalize": lambda i, v: TF.equalize(i),
+    }[op]
     theirs = torch.stack([fn(x[i], float(m[i])) for i in range(3)]).float()
     assert (ours - theirs).abs().max() <= 1.0, op
 
@@ -142,8 +149,13 @@ def _photo_transform(**augment: object) -> BatchTransform:
 
 
 def test_a_view_depends_on_the_image_not_its_batch() -> None:
-    t = _photo_transform(random_resized_crop={"scale": [0.3, 1]}, hflip=True, color_jitter=0.3,
-                         auto_augment="trivial", random_erasing=0.5)  # fmt: skip
+    t = _photo_transform(
+        random_resized_crop={"scale": [0.3, 1]},
+        hflip=True,
+        color_jitter=0.3,
+        auto_augment="trivial",
+        random_erasing=0.5,
+    )
     canvas = torch.randint(
         0, 256, (4, 3, 48, 48), dtype=torch.uint8, generator=torch.Generator().manual_seed(0)
     )

@@ -56,8 +56,9 @@ def truth(folder: Path) -> int:
     return zlib.crc32(x.numpy().tobytes())
 
 
-def _load(folder: Path, cache: Path, *extra: str, wait: bool = True,
-          prefix: tuple[str, ...] = ()) -> subprocess.CompletedProcess | subprocess.Popen:  # fmt: skip
+def _load(
+    folder: Path, cache: Path, *extra: str, wait: bool = True, prefix: tuple[str, ...] = ()
+) -> subprocess.CompletedProcess | subprocess.Popen:
     cmd = [*prefix, sys.executable, "-c", LOADER, str(folder), str(cache), *extra]
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
     if not wait:

@@ -27,8 +27,9 @@ def test_digits_fixed_split() -> None:
 
 
 def test_folder_source(png_folder: Path, tmp_path: Path) -> None:
-    cfg = DataConfig(source="folder", root=str(png_folder), cache_dir=str(tmp_path / "cache"), val_split=0.25,
-                     batch_size=8)  # fmt: skip
+    cfg = DataConfig(
+        source="folder", root=str(png_folder), cache_dir=str(tmp_path / "cache"), val_split=0.25, batch_size=8
+    )
     b = build(cfg, seed=0, device=CPU)
     assert b.classes == ["cat", "dog", "frog"] and b.in_channels == 3 and b.image_size == (12, 12)
     x, y, idx = next(iter(b.train))
@@ -69,11 +70,14 @@ def test_csv_source_names_and_ints(png_folder: Path, tmp_path: Path) -> None:
         list_source(DataConfig(source="csv", root=str(png_folder)))
 
 
-@pytest.mark.parametrize(("row", "message"), [
-    ("train/cat/0.png,bird", r"test.csv:3: label 'bird' is not one of"),
-    ("../outside.png,cat", r"train.csv:3: path '../outside.png' is empty or outside the data root"),
-    ("train/cat/missing.png,cat", r"train.csv:3: image file not found"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("row", "message"),
+    [
+        ("train/cat/0.png,bird", r"test.csv:3: label 'bird' is not one of"),
+        ("../outside.png,cat", r"train.csv:3: path '../outside.png' is empty or outside the data root"),
+        ("train/cat/missing.png,cat", r"train.csv:3: image file not found"),
+    ],
+)
 def test_csv_bad_rows_are_named(png_folder: Path, row: str, message: str) -> None:
     name = "test.csv" if "bird" in row else "train.csv"
     (png_folder / "train.csv").write_text("filepath,label\ntrain/cat/1.png,cat\ntrain/dog/1.png,dog\n")
@@ -149,8 +153,14 @@ class TinyDataset(torch.utils.data.Dataset):
 
 
 def test_custom_dataset_streams() -> None:
-    cfg = DataConfig(source="custom", dataset="tests.data.test_sources:TinyDataset", dataset_args={"n": 20}, batch_size=4,
-                     val_split=0.2, num_workers=0)  # fmt: skip
+    cfg = DataConfig(
+        source="custom",
+        dataset="tests.data.test_sources:TinyDataset",
+        dataset_args={"n": 20},
+        batch_size=4,
+        val_split=0.2,
+        num_workers=0,
+    )
     b = build(cfg, seed=0, device=CPU)
     assert b.classes == ["a", "b"] and b.in_channels == 1
     xs = [x for x, _, _ in b.train]
@@ -170,8 +180,14 @@ class CountingDataset(TinyDataset):
 
 def test_building_a_custom_dataset_reads_no_more_than_it_needs() -> None:
     CountingDataset.reads = 0
-    cfg = DataConfig(source="custom", dataset="tests.data.test_sources:CountingDataset", dataset_args={"n": 20},
-                     batch_size=4, val_split=0, num_workers=0)  # fmt: skip
+    cfg = DataConfig(
+        source="custom",
+        dataset="tests.data.test_sources:CountingDataset",
+        dataset_args={"n": 20},
+        batch_size=4,
+        val_split=0,
+        num_workers=0,
+    )
     b = build(cfg, seed=0, device=CPU)
     assert CountingDataset.reads <= 2  # the first item, to learn the image size: labels are read when asked
     assert b.train.labels.tolist() == [i % 2 for i in range(20)] and CountingDataset.reads > 20

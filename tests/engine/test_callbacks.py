@@ -32,9 +32,16 @@ class CountingStopper(kiln.Callback):
 
 
 def _cfg(run: Path, *extra: str):
-    return load_config(ROOT / "configs/digits.yaml", [
-        f"run.dir={run}", "trainer.progress=off", "logging.tensorboard=false",
-        "callbacks=[{name: 'tests.engine.test_callbacks:CountingStopper', args: {at: 3}}]", *extra])  # fmt: skip
+    return load_config(
+        ROOT / "configs/digits.yaml",
+        [
+            f"run.dir={run}",
+            "trainer.progress=off",
+            "logging.tensorboard=false",
+            "callbacks=[{name: 'tests.engine.test_callbacks:CountingStopper', args: {at: 3}}]",
+            *extra,
+        ],
+    )
 
 
 def test_user_callback_stops_training_and_state_survives_resume(tmp_path: Path) -> None:
@@ -51,9 +58,17 @@ def test_user_callback_stops_training_and_state_survives_resume(tmp_path: Path) 
 
 
 def test_user_loss_and_metric_by_module_name(tmp_path: Path) -> None:
-    cfg = load_config(ROOT / "configs/digits.yaml", [
-        f"run.dir={tmp_path}", "trainer.epochs=1", "logging.tensorboard=false", "trainer.loss=torch.nn:CrossEntropyLoss",
-        "trainer.loss_args={label_smoothing: 0.1}", "trainer.metrics=[tests.engine.test_callbacks:top_class_share]"])  # fmt: skip
+    cfg = load_config(
+        ROOT / "configs/digits.yaml",
+        [
+            f"run.dir={tmp_path}",
+            "trainer.epochs=1",
+            "logging.tensorboard=false",
+            "trainer.loss=torch.nn:CrossEntropyLoss",
+            "trainer.loss_args={label_smoothing: 0.1}",
+            "trainer.metrics=[tests.engine.test_callbacks:top_class_share]",
+        ],
+    )
     fit(cfg)
     m = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[0])
     assert 0 < m["val_top_class_share"] <= 1

@@ -16,8 +16,12 @@ import kiln
 from tests.conftest import ROOT
 
 DIGITS = str(ROOT / "configs/digits.yaml")
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "KILN_DDP_TIMEOUT_S": "60",
-       "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "src")])}  # fmt: skip
+ENV = {
+    **os.environ,
+    "OMP_NUM_THREADS": "1",
+    "KILN_DDP_TIMEOUT_S": "60",
+    "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "src")]),
+}
 
 
 class SaveRankWeights(kiln.Callback):
@@ -44,16 +48,27 @@ class FailOnce(kiln.Callback):
 
 
 def _kiln(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
-    proc = subprocess.run([sys.executable, "-m", "kiln", *args], capture_output=True, text=True, env=ENV,
-                          timeout=timeout)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-m", "kiln", *args], capture_output=True, text=True, env=ENV, timeout=timeout
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     return proc
 
 
 def test_two_gloo_processes_train_alike_and_evaluate_exactly(tmp_path: Path) -> None:
     run = tmp_path / "ddp"
-    _kiln("train", "-c", DIGITS, "--nproc", "2", f"run.dir={run}", "trainer.epochs=2", "trainer.progress=off",
-          "logging.tensorboard=false", "callbacks=[{name: 'tests.engine.test_distributed:SaveRankWeights'}]")  # fmt: skip
+    _kiln(
+        "train",
+        "-c",
+        DIGITS,
+        "--nproc",
+        "2",
+        f"run.dir={run}",
+        "trainer.epochs=2",
+        "trainer.progress=off",
+        "logging.tensorboard=false",
+        "callbacks=[{name: 'tests.engine.test_distributed:SaveRankWeights'}]",
+    )
     w0, w1 = torch.load(run / "rank0.pt", weights_only=True), torch.load(run / "rank1.pt", weights_only=True)
     assert all(torch.equal(w0[k], w1[k]) for k in w0)
     summary = json.loads((run / "summary.json").read_text())
@@ -70,9 +85,21 @@ def test_two_gloo_processes_train_alike_and_evaluate_exactly(tmp_path: Path) -> 
 
 def test_worker_failure_restarts_and_resumes_from_checkpoint(tmp_path: Path) -> None:
     run = tmp_path / "elastic"
-    proc = _kiln("train", "-c", DIGITS, "--nproc", "2", "--max-restarts", "1", f"run.dir={run}", "trainer.epochs=3",
-                 "trainer.progress=off", "logging.tensorboard=false",
-                 "callbacks=[{name: 'tests.engine.test_distributed:FailOnce'}]", timeout=400)  # fmt: skip
+    proc = _kiln(
+        "train",
+        "-c",
+        DIGITS,
+        "--nproc",
+        "2",
+        "--max-restarts",
+        "1",
+        f"run.dir={run}",
+        "trainer.epochs=3",
+        "trainer.progress=off",
+        "logging.tensorboard=false",
+        "callbacks=[{name: 'tests.engine.test_distributed:FailOnce'}]",
+        timeout=400,
+    )
     assert (run / "failed-once").exists()  # it did fail once ...
     summary = json.loads((run / "summary.json").read_text())
     assert summary["epochs_run"] == 3  # ... and still finished every epoch
@@ -81,6 +108,22 @@ def test_worker_failure_restarts_and_resumes_from_checkpoint(tmp_path: Path) -> 
 
 
 def test_global_batch_must_split_evenly(tmp_path: Path) -> None:
-    proc = subprocess.run([sys.executable, "-m", "kiln", "train", "-c", DIGITS, "--nproc", "2", "data.batch_size=33",
-                           f"run.dir={tmp_path}"], capture_output=True, text=True, env=ENV, timeout=300)  # fmt: skip
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "kiln",
+            "train",
+            "-c",
+            DIGITS,
+            "--nproc",
+            "2",
+            "data.batch_size=33",
+            f"run.dir={tmp_path}",
+        ],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=300,
+    )
     assert proc.returncode != 0 and "does not split evenly over 2 processes" in proc.stderr

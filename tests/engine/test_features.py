@@ -18,12 +18,28 @@ def _run(tmp_path: Path, name: str, *extra: str) -> dict[str, torch.Tensor]:
     root = tmp_path / "imgs"
     if not root.exists():
         write_png_folder(root, ["a", "b", "c"], per_class=10, size=20, splits=("train", "val"))
-    cfg = load_config(ROOT / "configs/digits.yaml", [
-        f"run.dir={tmp_path / name}", "trainer.progress=off", "logging.tensorboard=false", "data.source=folder",
-        f"data.root={root}", f"data.cache_dir={tmp_path / 'cache'}", "data.image_size=16", "data.batch_size=8",
-        "model.name=resnet_small", "model.args={widths: [8, 16]}", "model.freeze=backbone", "trainer.epochs=4",
-        "data.augment={random_resized_crop: {scale: [0.5, 1]}, hflip: true, views: 2}", "optimizer.name=sgd",
-        "optimizer.lr=0.1", "scheduler.name=cosine", *extra])  # fmt: skip
+    cfg = load_config(
+        ROOT / "configs/digits.yaml",
+        [
+            f"run.dir={tmp_path / name}",
+            "trainer.progress=off",
+            "logging.tensorboard=false",
+            "data.source=folder",
+            f"data.root={root}",
+            f"data.cache_dir={tmp_path / 'cache'}",
+            "data.image_size=16",
+            "data.batch_size=8",
+            "model.name=resnet_small",
+            "model.args={widths: [8, 16]}",
+            "model.freeze=backbone",
+            "trainer.epochs=4",
+            "data.augment={random_resized_crop: {scale: [0.5, 1]}, hflip: true, views: 2}",
+            "optimizer.name=sgd",
+            "optimizer.lr=0.1",
+            "scheduler.name=cosine",
+            *extra,
+        ],
+    )
     fit(cfg)
     return torch.load(tmp_path / name / "checkpoints/last.pt", weights_only=True)["model_state_dict"]
 

@@ -26,8 +26,17 @@ CPU = torch.device("cpu")
 
 
 def _cfg(run: Path, *extra: str):  # type: ignore[no-untyped-def]
-    return load_config(ROOT / "configs/digits.yaml", [f"run.dir={run}", "trainer.progress=off", "logging.tensorboard=false",
-                                                      "trainer.epochs=2", "trainer.early_stopping={patience: 5}", *extra])  # fmt: skip
+    return load_config(
+        ROOT / "configs/digits.yaml",
+        [
+            f"run.dir={run}",
+            "trainer.progress=off",
+            "logging.tensorboard=false",
+            "trainer.epochs=2",
+            "trainer.early_stopping={patience: 5}",
+            *extra,
+        ],
+    )
 
 
 @pytest.fixture(scope="module")

@@ -15,11 +15,16 @@ def _cfg(tmp_path: Path, *overrides: str):
     return load_config(DIGITS, [f"run.dir={tmp_path}", "trainer.progress=off", *overrides])
 
 
-@pytest.mark.parametrize(("model", "extra"), [
-    ("lenet", []), ("mlp", ["model.args={hidden: [64]}"]), ("resnet_small", ["model.args={widths: [8, 16]}"]),
-    ("torchvision:mobilenet_v3_small", ["data.channels=3", "data.image_size=32"]),
-    ("timm:resnet10t", ["data.image_size=16"]),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("model", "extra"),
+    [
+        ("lenet", []),
+        ("mlp", ["model.args={hidden: [64]}"]),
+        ("resnet_small", ["model.args={widths: [8, 16]}"]),
+        ("torchvision:mobilenet_v3_small", ["data.channels=3", "data.image_size=32"]),
+        ("timm:resnet10t", ["data.image_size=16"]),
+    ],
+)
 def test_one_real_run_per_model_family(tmp_path: Path, model: str, extra: list[str]) -> None:
     if model.startswith("timm:"):
         pytest.importorskip("timm", reason="timm is an optional extra")
@@ -44,13 +49,29 @@ def _weights(path: Path) -> dict[str, torch.Tensor]:
     return torch.load(path, weights_only=True)["model_state_dict"]
 
 
-@pytest.mark.parametrize("extra", [
-    [],  # the config's own scheduler (cosine with warmup)
-    ["model.name=resnet_small", "model.args={widths: [8, 16]}", "data.augment={crop_padding: 1, hflip: true, cutout: 2}",
-     "data.image_size=12", "optimizer.name=sgd", "scheduler.name=onecycle", "data.batch_size=50"],
-    ["trainer.ema={decay: 0.9}", "optimizer.lookahead={k: 3}", "data.augment.mixup=0.4", "trainer.tta=flip",
-     "optimizer.no_decay_norm_bias=true", "trainer.accumulate=2"],
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "extra",
+    [
+        [],  # the config's own scheduler (cosine with warmup)
+        [
+            "model.name=resnet_small",
+            "model.args={widths: [8, 16]}",
+            "data.augment={crop_padding: 1, hflip: true, cutout: 2}",
+            "data.image_size=12",
+            "optimizer.name=sgd",
+            "scheduler.name=onecycle",
+            "data.batch_size=50",
+        ],
+        [
+            "trainer.ema={decay: 0.9}",
+            "optimizer.lookahead={k: 3}",
+            "data.augment.mixup=0.4",
+            "trainer.tta=flip",
+            "optimizer.no_decay_norm_bias=true",
+            "trainer.accumulate=2",
+        ],
+    ],
+)
 def test_resume_from_epoch2_is_bit_identical(tmp_path: Path, extra: list[str]) -> None:
     common = ["trainer.epochs=4", "trainer.checkpoint.every_n_epochs=1", "trainer.checkpoint.keep=4", *extra]
     straight = tmp_path / "straight"
@@ -139,8 +160,14 @@ def test_ema_weights_are_what_is_evaluated_and_saved(tmp_path: Path) -> None:
 
 
 def test_val_every_n_epochs_skips_validation_but_never_the_last(tmp_path: Path) -> None:
-    summary = fit(_cfg(tmp_path, "trainer.epochs=5", "trainer.val_every_n_epochs=2",
-                       "trainer.early_stopping={monitor: val_acc, mode: max, patience: 1}"))  # fmt: skip
+    summary = fit(
+        _cfg(
+            tmp_path,
+            "trainer.epochs=5",
+            "trainer.val_every_n_epochs=2",
+            "trainer.early_stopping={monitor: val_acc, mode: max, patience: 1}",
+        )
+    )
     lines = [json.loads(s) for s in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [m["validated"] for m in lines] == [False, True, False, True, True]
     assert all((m["val_acc"] != m["val_acc"]) != m["validated"] for m in lines)  # NaN exactly when skipped

@@ -94,20 +94,32 @@ def test_topk_loss_ece_and_ap_match_sklearn(trained: Path) -> None:
     # ECE, 15 equal-width bins over the top-1 confidence (Guo et al. 2017)
     conf, pred = probs.max(1), probs.argmax(1)
     bins = np.minimum((conf * 15).astype(int), 14)
-    ece = sum(abs((pred[bins == b] == y[bins == b]).mean() - conf[bins == b].mean()) * (bins == b).mean()
-              for b in range(15) if (bins == b).any())  # fmt: skip
+    ece = sum(
+        abs((pred[bins == b] == y[bins == b]).mean() - conf[bins == b].mean()) * (bins == b).mean()
+        for b in range(15)
+        if (bins == b).any()
+    )
     assert rep["ece"] == pytest.approx(ece, abs=1e-5)
     # PR curves come from scores (many points), not from argmax predictions (a single point)
     (precision, recall), *_ = pr_curves(Outputs(logits, labels, idx, r.classes))
     sk_p, sk_r, _ = skm.precision_recall_curve(y == 0, probs[:, 0])
     assert len(precision) > 10
     assert np.interp(0.5, recall.numpy()[::-1], precision.numpy()[::-1]) == pytest.approx(
-        np.interp(0.5, sk_r[::-1], sk_p[::-1]), abs=1e-3)  # fmt: skip
+        np.interp(0.5, sk_r[::-1], sk_p[::-1]), abs=1e-3
+    )
 
 
 def test_outputs_written(evaluated: Path) -> None:
-    for name in ("report.json", "predictions.csv", "report.html", "confusion_matrix.png", "per_class.png",
-                 "pr_curves.png", "reliability.png", "confident_mistakes.png"):  # fmt: skip
+    for name in (
+        "report.json",
+        "predictions.csv",
+        "report.html",
+        "confusion_matrix.png",
+        "per_class.png",
+        "pr_curves.png",
+        "reliability.png",
+        "confident_mistakes.png",
+    ):
         assert (evaluated / name).stat().st_size > 0, name
     with (evaluated / "predictions.csv").open() as f:
         header = next(csv.reader(f))
@@ -137,10 +149,19 @@ def test_html_renders_offline_in_headless_chromium(evaluated: Path, tmp_path: Pa
 
     opts = webdriver.ChromeOptions()
     opts.binary_location = browser
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-dev-shm-usage",
-                 f"--user-data-dir={tmp_path / 'profile'}", "--proxy-server=127.0.0.1:9",  # no network
-                 "--window-size=1200,900"):  # fmt: skip
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        "--disable-dev-shm-usage",
+        f"--user-data-dir={tmp_path / 'profile'}",
+        "--proxy-server=127.0.0.1:9",  # no network
+        "--window-size=1200,900",
+    ):
         opts.add_argument(flag)
     d = webdriver.Chrome(service=Service(driver), options=opts)
     try:

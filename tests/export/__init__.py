@@ -24,13 +24,25 @@ QUIET = ["trainer.progress=off", "logging.tensorboard=false", "trainer.epochs=1"
 MODELS: dict[str, list[str]] = {
     "lenet": ["data.train_limit=300"],
     "mlp": ["model.name=mlp", "model.args={hidden: [32]}", "data.train_limit=300"],
-    "resnet_small": ["model.name=resnet_small", "model.args={widths: [8, 16]}", "data.source=folder",
-                     "data.root={rgb}", "data.image_size=32", "data.batch_size=8"],
+    "resnet_small": [
+        "model.name=resnet_small",
+        "model.args={widths: [8, 16]}",
+        "data.source=folder",
+        "data.root={rgb}",
+        "data.image_size=32",
+        "data.batch_size=8",
+    ],
     # squeezenet1_1: a real torchvision network that exports in ~3 s (mobilenet_v3_small takes ~10 s to ONNX)
-    "torchvision": ["model.name=torchvision:squeezenet1_1", "data.channels=3", "data.source=folder",
-                    "data.root={rgb}", "data.image_size=32", "data.batch_size=8"],
+    "torchvision": [
+        "model.name=torchvision:squeezenet1_1",
+        "data.channels=3",
+        "data.source=folder",
+        "data.root={rgb}",
+        "data.image_size=32",
+        "data.batch_size=8",
+    ],
     "gated": ["model.name=tests.export:gated_net", "data.train_limit=200"],
-}  # fmt: skip
+}
 
 _CHECKPOINTS: dict[str, Path] = {}
 _EXPORTS: dict[tuple[str, ...], tuple[dict[str, Any], Path]] = {}

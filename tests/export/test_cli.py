@@ -16,10 +16,26 @@ def base(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.getbasetemp() / "export-runs"
 
 
-def test_export_prints_the_check_and_writes_the_report(base: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+def test_export_prints_the_check_and_writes_the_report(
+    base: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     ckpt = trained("mlp", base)
-    assert main(["export", "--checkpoint", str(ckpt), "--format", "onnx", "--out", str(tmp_path),
-                 "--max-batch-size", "8"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "export",
+                "--checkpoint",
+                str(ckpt),
+                "--format",
+                "onnx",
+                "--out",
+                str(tmp_path),
+                "--max-batch-size",
+                "8",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert f"kiln: exported mlp as onnx -> {tmp_path / 'model.onnx'}" in out
     assert "checked on 8 images from digits test split" in out and "batch-8" in out and ": OK" in out
@@ -34,8 +50,20 @@ def test_exit_codes(base: Path, tmp_path: Path, capsys: pytest.CaptureFixture[st
     err = capsys.readouterr().err.strip()
     assert err.startswith("kiln: error: tracing GatedNet hit data-dependent Python") and "\n" not in err
     # the artifact computes something else than the model: exit 4, and by how much
-    code = main(["export", "--checkpoint", ckpt, "--format", "torchscript", "--out", str(tmp_path),
-                 "--allow-tracer-warnings", "--max-batch-size", "4"])  # fmt: skip
+    code = main(
+        [
+            "export",
+            "--checkpoint",
+            ckpt,
+            "--format",
+            "torchscript",
+            "--out",
+            str(tmp_path),
+            "--allow-tracer-warnings",
+            "--max-batch-size",
+            "4",
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 4 and "verification failed on the 'inverted' batch" in err and "max abs diff" in err
     # bad arguments are the user's to fix, too

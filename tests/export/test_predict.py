@@ -90,16 +90,24 @@ def test_cli_csv_and_json(
 
 def test_cli_fails_only_when_no_image_is_readable(artifacts: dict[str, Path], images: Path) -> None:
     # a real subprocess: the exit status and stderr as a user sees them
-    proc = run_kiln("predict", "--model", str(artifacts["torchscript"]), str(images / "broken.png"),
-                    str(images / "notes.txt"), str(images / "missing.png"), check=False)  # fmt: skip
+    proc = run_kiln(
+        "predict",
+        "--model",
+        str(artifacts["torchscript"]),
+        str(images / "broken.png"),
+        str(images / "notes.txt"),
+        str(images / "missing.png"),
+        check=False,
+    )
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "kiln: error: no image could be read (3 input(s) failed" in proc.stderr
     assert [r["error"] != "" for r in json.loads(proc.stdout)] == [True, True, True]
     assert "missing.png: no such file" in proc.stderr and "notes.txt: cannot read image" in proc.stderr
 
 
-def test_cli_refuses_a_broken_triton_config(artifacts: dict[str, Path], images: Path, tmp_path: Path,
-                                            capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+def test_cli_refuses_a_broken_triton_config(
+    artifacts: dict[str, Path], images: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     model_dir = shutil.copytree(artifacts["triton model"], tmp_path / "m")
     cfg = model_dir / "config.pbtxt"
     cfg.write_text(cfg.read_text().replace("dims: [ 1, 8, 8 ]", "dims: [ 3, 8, 8 ]"))

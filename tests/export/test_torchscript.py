@@ -47,11 +47,25 @@ def test_fresh_process_without_kiln_loads_the_export(base: Path, tmp_path: Path)
     _, out = exported("lenet", "torchscript", base, method="trace")
     x = np.random.default_rng(0).standard_normal((5, 1, 8, 8)).astype(np.float32)
     np.save(tmp_path / "x.npy", x)
-    code = ("import sys, warnings; warnings.simplefilter('ignore'); import numpy as np, torch; "
-            "m = torch.jit.load(sys.argv[1]); y = m(torch.from_numpy(np.load(sys.argv[2]))); "
-            "np.save(sys.argv[3], y.detach().numpy()); assert not any(k.startswith('kiln') for k in sys.modules)")  # fmt: skip
-    subprocess.run([sys.executable, "-I", "-c", code, str(out / "model.pt"), str(tmp_path / "x.npy"),
-                    str(tmp_path / "y.npy")], check=True, cwd=tmp_path, timeout=120)  # fmt: skip
+    code = (
+        "import sys, warnings; warnings.simplefilter('ignore'); import numpy as np, torch; "
+        "m = torch.jit.load(sys.argv[1]); y = m(torch.from_numpy(np.load(sys.argv[2]))); "
+        "np.save(sys.argv[3], y.detach().numpy()); assert not any(k.startswith('kiln') for k in sys.modules)"
+    )
+    subprocess.run(
+        [
+            sys.executable,
+            "-I",
+            "-c",
+            code,
+            str(out / "model.pt"),
+            str(tmp_path / "x.npy"),
+            str(tmp_path / "y.npy"),
+        ],
+        check=True,
+        cwd=tmp_path,
+        timeout=120,
+    )
     with torch.no_grad():
         ref = restore(trained("lenet", base)).model(torch.from_numpy(x)).numpy()
     assert float(np.abs(np.load(tmp_path / "y.npy") - ref).max()) <= TOLERANCE
@@ -68,8 +82,9 @@ def test_forced_trace_is_caught_on_the_branch_it_did_not_take(base: Path, tmp_pa
     with pytest.raises(
         VerificationError, match=r"'inverted' batch .* max abs diff .* > tolerance 1e-04"
     ) as e:
-        export_checkpoint(trained("gated", base), "torchscript", tmp_path, method="trace",
-                          allow_tracer_warnings=True)  # fmt: skip
+        export_checkpoint(
+            trained("gated", base), "torchscript", tmp_path, method="trace", allow_tracer_warnings=True
+        )
     assert e.value.exit_code == 4
     report = json.loads((tmp_path / "export.json").read_text())
     by_case = {c["case"]: c["max_abs_diff"] for c in report["cases"]}

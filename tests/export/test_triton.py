@@ -78,8 +78,9 @@ def test_scheduling_options_reach_every_backend() -> None:
         text = tr.config_text("x", backend, [3, 8, 8], 2, ExportOptions(instances=3, dynamic_batching=False))
         cfg = text_format.Parse(text, pb.ModelConfig())
         assert cfg.instance_group[0].count == 3 and not cfg.HasField("dynamic_batching")
-        cfg = text_format.Parse(tr.config_text("x", backend, [3, 8, 8], 2, ExportOptions(queue_delay_us=250)),
-                                pb.ModelConfig())  # fmt: skip
+        cfg = text_format.Parse(
+            tr.config_text("x", backend, [3, 8, 8], 2, ExportOptions(queue_delay_us=250)), pb.ModelConfig()
+        )
         assert cfg.dynamic_batching.max_queue_delay_microseconds == 250
 
 

@@ -75,8 +75,10 @@ def test_pca_init_in_a_real_run_sets_the_first_conv_from_training_images(tmp_pat
     from kiln.engine.distributed import Dist
     from kiln.engine.setup import build_parts, sample_images
 
-    cfg = load_config(ROOT / "configs/digits.yaml", [f"run.dir={tmp_path}", "trainer.progress=off",
-                                                    "trainer.epochs=1", "model.pca_init=true"])  # fmt: skip
+    cfg = load_config(
+        ROOT / "configs/digits.yaml",
+        [f"run.dir={tmp_path}", "trainer.progress=off", "trainer.epochs=1", "model.pca_init=true"],
+    )
     bundle = build(cfg.data, 0, torch.device("cpu"))
     torch.manual_seed(0)
     parts = build_parts(cfg, bundle, torch.device("cpu"), Dist())
@@ -96,8 +98,11 @@ def test_init_samples_spread_over_a_class_sorted_folder(tmp_path: Path) -> None:
     from kiln.engine.setup import sample_images
 
     root = write_png_folder(tmp_path / "imgs", ["a", "b", "c"], per_class=10, size=8)
-    bundle = build(DataConfig(source="folder", root=str(root), val_split=0, batch_size=8, cache_dir=str(tmp_path / "c")),
-                         0, torch.device("cpu"))  # fmt: skip
+    bundle = build(
+        DataConfig(source="folder", root=str(root), val_split=0, batch_size=8, cache_dir=str(tmp_path / "c")),
+        0,
+        torch.device("cpu"),
+    )
     x = sample_images(bundle, 3)
     mean_per_image = x.mean((1, 2, 3))  # the classes differ in brightness (write_png_folder)
     assert len(x) == 3 and bool((mean_per_image.diff() > 0.5).all())

@@ -19,16 +19,36 @@ from tests.conftest import write_png_folder
 
 def test_safetensors_metadata(tmp_path: Path) -> None:
     path = tmp_path / "w.safetensors"
-    save_file({"w": torch.zeros(1)}, str(path), metadata={"input_size": "3,192,160", "crop_pct": "0.9",
-              "interpolation": "bicubic", "mean": "0.5,0.4,0.3", "std": "0.2,0.2,0.2"})  # fmt: skip
+    save_file(
+        {"w": torch.zeros(1)},
+        str(path),
+        metadata={
+            "input_size": "3,192,160",
+            "crop_pct": "0.9",
+            "interpolation": "bicubic",
+            "mean": "0.5,0.4,0.3",
+            "std": "0.2,0.2,0.2",
+        },
+    )
     got = weights_preprocessing(ModelConfig(name="lenet", pretrained=str(path)))
-    assert got == {"source": "w.safetensors (safetensors metadata)", "image_size": (192, 160), "crop_pct": 0.9,
-                   "interpolation": "bicubic", "mean": (0.5, 0.4, 0.3), "std": (0.2, 0.2, 0.2)}  # fmt: skip
+    assert got == {
+        "source": "w.safetensors (safetensors metadata)",
+        "image_size": (192, 160),
+        "crop_pct": 0.9,
+        "interpolation": "bicubic",
+        "mean": (0.5, 0.4, 0.3),
+        "std": (0.2, 0.2, 0.2),
+    }
 
 
 def test_kiln_checkpoint_record_and_library_defaults(tmp_path: Path) -> None:
-    ckpt.save({"model_state_dict": {}, "preprocess": {"image_size": [32, 32], "mean": [0.1], "std": [0.3],
-                                                      "resize": "none"}}, tmp_path / "best.pt")  # fmt: skip
+    ckpt.save(
+        {
+            "model_state_dict": {},
+            "preprocess": {"image_size": [32, 32], "mean": [0.1], "std": [0.3], "resize": "none"},
+        },
+        tmp_path / "best.pt",
+    )
     got = weights_preprocessing(ModelConfig(name="lenet", pretrained=str(tmp_path / "best.pt")))
     assert got == {
         "source": "best.pt (kiln checkpoint)",

@@ -56,9 +56,15 @@ def test_frozen_backbone_and_bn_stats_unchanged_head_trained(source_run: Path, t
 
 
 def test_unfreeze_at_epoch_and_resume_across_it_is_exact(source_run: Path, tmp_path: Path) -> None:
-    common = [*RESNET, f"model.pretrained={source_run}", "model.freeze=[stem.*, layers.0.*]",
-              "trainer.unfreeze={at_epoch: 2, lr_mult: 0.1}", "trainer.epochs=3",
-              "trainer.checkpoint.every_n_epochs=1", "trainer.checkpoint.keep=5"]  # fmt: skip
+    common = [
+        *RESNET,
+        f"model.pretrained={source_run}",
+        "model.freeze=[stem.*, layers.0.*]",
+        "trainer.unfreeze={at_epoch: 2, lr_mult: 0.1}",
+        "trainer.epochs=3",
+        "trainer.checkpoint.every_n_epochs=1",
+        "trainer.checkpoint.keep=5",
+    ]
     fit(_cfg(tmp_path / "a", *common))
     e1 = torch.load(tmp_path / "a/checkpoints/epoch-1.pt", weights_only=True)
     e2 = torch.load(tmp_path / "a/checkpoints/epoch-2.pt", weights_only=True)
@@ -75,8 +81,15 @@ def test_unfreeze_at_epoch_and_resume_across_it_is_exact(source_run: Path, tmp_p
 
 
 def test_discriminative_learning_rates(tmp_path: Path) -> None:
-    fit(_cfg(tmp_path, *RESNET, "trainer.epochs=1", "optimizer.weight_decay=0.01",
-             "optimizer.param_groups=[{params: 'fc.*', lr_mult: 10}, {params: 'layers.*', lr_mult: 0.5, weight_decay: 0}]"))  # fmt: skip
+    fit(
+        _cfg(
+            tmp_path,
+            *RESNET,
+            "trainer.epochs=1",
+            "optimizer.weight_decay=0.01",
+            "optimizer.param_groups=[{params: 'fc.*', lr_mult: 10}, {params: 'layers.*', lr_mult: 0.5, weight_decay: 0}]",
+        )
+    )
     groups = torch.load(tmp_path / "checkpoints/last.pt", weights_only=True)["optimizer_state_dict"][
         "param_groups"
     ]
@@ -92,8 +105,17 @@ def test_weights_saved_by_plain_torchvision_code(tmp_path: Path) -> None:
     torch.manual_seed(0)
     src = torchvision.models.resnet18(weights=None)
     torch.save(src.state_dict(), tmp_path / "resnet18.pth")
-    fit(_cfg(tmp_path / "run", "model.name=torchvision:resnet18", "data.channels=3", "data.image_size=32",
-             f"model.pretrained={tmp_path / 'resnet18.pth'}", "model.freeze=backbone", "trainer.epochs=1"))  # fmt: skip
+    fit(
+        _cfg(
+            tmp_path / "run",
+            "model.name=torchvision:resnet18",
+            "data.channels=3",
+            "data.image_size=32",
+            f"model.pretrained={tmp_path / 'resnet18.pth'}",
+            "model.freeze=backbone",
+            "trainer.epochs=1",
+        )
+    )
     after = _state(tmp_path / "run/checkpoints/last.pt")
     assert after["fc.weight"].shape == (10, 512)  # the head resized to the 10 digit classes
     assert torch.equal(after["layer1.0.conv1.weight"], src.state_dict()["layer1.0.conv1.weight"])
@@ -107,8 +129,16 @@ def test_pretrained_true_without_network_is_a_clear_error(
     with pytest.raises(
         ConfigError, match="could not download pretrained weights for torchvision:resnet18.*model.pretrained"
     ):
-        fit(_cfg(tmp_path / "run", "model.name=torchvision:resnet18", "data.channels=3", "data.image_size=32",
-                 "model.pretrained=true", "trainer.epochs=1"))  # fmt: skip
+        fit(
+            _cfg(
+                tmp_path / "run",
+                "model.name=torchvision:resnet18",
+                "data.channels=3",
+                "data.image_size=32",
+                "model.pretrained=true",
+                "trainer.epochs=1",
+            )
+        )
 
 
 def test_bad_freeze_pattern_and_summary_table(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

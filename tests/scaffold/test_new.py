@@ -37,8 +37,21 @@ def test_template_trains_and_its_smoke_test_passes(tmp_path: Path, template: str
         finally:
             sys.path.remove(str(project))
             sys.modules.pop("make_sample_data", None)
-    _run([sys.executable, "-m", "kiln", "train", "-c", "config.yaml", "trainer.epochs=1", "trainer.progress=off",
-          "logging.tensorboard=false", *extra], cwd=project)  # fmt: skip
+    _run(
+        [
+            sys.executable,
+            "-m",
+            "kiln",
+            "train",
+            "-c",
+            "config.yaml",
+            "trainer.epochs=1",
+            "trainer.progress=off",
+            "logging.tensorboard=false",
+            *extra,
+        ],
+        cwd=project,
+    )
     summary = json.loads((project / "runs" / "demo" / "summary.json").read_text())
     assert summary["epochs_run"] == 1 and ("test" in summary or template == "photos")  # photos: train/ + val/
     _run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests"], cwd=project)
@@ -47,21 +60,49 @@ def test_template_trains_and_its_smoke_test_passes(tmp_path: Path, template: str
 def test_new_project_uses_its_own_plugins(tmp_path: Path) -> None:
     run_kiln("new", str(tmp_path / "demo"))
     project = tmp_path / "demo"
-    _run([sys.executable, "-m", "kiln", "train", "-c", "config.yaml", "trainer.epochs=2", "logging.tensorboard=false"],
-         cwd=project)  # fmt: skip
+    _run(
+        [
+            sys.executable,
+            "-m",
+            "kiln",
+            "train",
+            "-c",
+            "config.yaml",
+            "trainer.epochs=2",
+            "logging.tensorboard=false",
+        ],
+        cwd=project,
+    )
     m = [json.loads(s) for s in (project / "runs/demo/metrics.jsonl").read_text().splitlines()]
     assert "val_balanced_accuracy" in m[0]  # metrics.py
     state = torch.load(project / "runs/demo/checkpoints/last.pt", weights_only=True)
     assert "StopAtAccuracy#0" in state["callbacks"]  # callbacks.py, with its state
     # replace the model in models.py by another one, as a user would, and train again
     models = project / "models.py"
-    models.write_text(models.read_text() + textwrap.dedent('''
+    models.write_text(
+        models.read_text()
+        + textwrap.dedent("""
         @kiln.register_model("tiny_mlp")
         def tiny_mlp(num_classes, in_channels, image_size):
             return nn.Sequential(nn.Flatten(), nn.Linear(in_channels * image_size[0] * image_size[1], num_classes))
-    '''))  # fmt: skip
-    _run([sys.executable, "-m", "kiln", "train", "-c", "config.yaml", "model.name=tiny_mlp", "model.args={}",
-          "trainer.epochs=1", "run.dir=runs/mlp", "logging.tensorboard=false"], cwd=project)  # fmt: skip
+    """)
+    )
+    _run(
+        [
+            sys.executable,
+            "-m",
+            "kiln",
+            "train",
+            "-c",
+            "config.yaml",
+            "model.name=tiny_mlp",
+            "model.args={}",
+            "trainer.epochs=1",
+            "run.dir=runs/mlp",
+            "logging.tensorboard=false",
+        ],
+        cwd=project,
+    )
     assert (project / "runs/mlp/summary.json").is_file()
 
 
@@ -78,27 +119,57 @@ def test_entry_point_plugin_from_installed_package(tmp_path: Path) -> None:
     written on a path of its own, which is what an install leaves behind) is found by name."""
     site = tmp_path / "site"
     (site / "kiln_tinynet").mkdir(parents=True)
-    (site / "kiln_tinynet" / "__init__.py").write_text(textwrap.dedent("""
+    (site / "kiln_tinynet" / "__init__.py").write_text(
+        textwrap.dedent("""
         from torch import nn
         def make(num_classes, in_channels, image_size):
             return nn.Sequential(nn.Flatten(), nn.Linear(in_channels * image_size[0] * image_size[1], num_classes))
-    """))  # fmt: skip
+    """)
+    )
     dist = site / "kiln_tinynet-1.0.dist-info"
     dist.mkdir()
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: kiln-tinynet\nVersion: 1.0\n")
     (dist / "entry_points.txt").write_text("[kiln.models]\ntinynet = kiln_tinynet:make\n")
     env = {**ENV, "PYTHONPATH": f"{site}{os.pathsep}{ROOT / 'src'}"}
-    _run([sys.executable, "-m", "kiln", "train", "-c", str(ROOT / "configs/digits.yaml"), "model.name=tinynet",
-          "trainer.epochs=1", f"run.dir={tmp_path / 'run'}", "logging.tensorboard=false"], cwd=tmp_path, env=env)  # fmt: skip
+    _run(
+        [
+            sys.executable,
+            "-m",
+            "kiln",
+            "train",
+            "-c",
+            str(ROOT / "configs/digits.yaml"),
+            "model.name=tinynet",
+            "trainer.epochs=1",
+            f"run.dir={tmp_path / 'run'}",
+            "logging.tensorboard=false",
+        ],
+        cwd=tmp_path,
+        env=env,
+    )
     assert (tmp_path / "run/summary.json").is_file()
-    bad = subprocess.run([sys.executable, "-m", "kiln", "train", "-c", str(ROOT / "configs/digits.yaml"),
-                          "model.name=tinynett"], cwd=tmp_path, capture_output=True, text=True, env=env)  # fmt: skip
+    bad = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "kiln",
+            "train",
+            "-c",
+            str(ROOT / "configs/digits.yaml"),
+            "model.name=tinynett",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     assert bad.returncode == 2 and "did you mean 'tinynet'" in bad.stderr
 
 
 def test_the_command_line_offers_every_template() -> None:
     from kiln.scaffold import TEMPLATES
 
-    shown = subprocess.run([sys.executable, "-m", "kiln", "new", "--help"], capture_output=True, text=True,
-                           timeout=60).stdout  # fmt: skip
+    shown = subprocess.run(
+        [sys.executable, "-m", "kiln", "new", "--help"], capture_output=True, text=True, timeout=60
+    ).stdout
     assert all(t in shown for t in TEMPLATES), shown

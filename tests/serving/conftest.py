@@ -50,10 +50,24 @@ def photo_model(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
     base = tmp_path_factory.mktemp("serve")
     photos = write_photos(base / "photos")
-    fit(load_config(ROOT / "configs/digits.yaml", [
-        f"run.dir={base / 'run'}", "trainer.progress=off", "logging.tensorboard=false", "trainer.epochs=2",
-        "data.source=folder", f"data.root={photos}", "data.image_size=32", "data.batch_size=10",
-        f"data.cache_dir={base / 'cache'}", "model.name=resnet_small", "model.args={widths: [8, 16]}"]))  # fmt: skip
+    fit(
+        load_config(
+            ROOT / "configs/digits.yaml",
+            [
+                f"run.dir={base / 'run'}",
+                "trainer.progress=off",
+                "logging.tensorboard=false",
+                "trainer.epochs=2",
+                "data.source=folder",
+                f"data.root={photos}",
+                "data.image_size=32",
+                "data.batch_size=10",
+                f"data.cache_dir={base / 'cache'}",
+                "model.name=resnet_small",
+                "model.args={widths: [8, 16]}",
+            ],
+        )
+    )
     return base / "run" / "checkpoints" / "best.pt", photos
 
 

@@ -43,9 +43,26 @@ def test_kiln_serve_answers_like_predict_and_ctrl_c_stops_it(
 ) -> None:
     port, grpc_port = free_port(), free_port()
     env = {**os.environ, "KILN_SERVE_ENV": str(serve_env.root)}
-    proc = subprocess.Popen([sys.executable, "-m", "kiln", "serve", "--model", str(photo_model[0]), "--http-port",
-                             str(port), "--grpc-port", str(grpc_port), "--name", "photos"], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "kiln",
+            "serve",
+            "--model",
+            str(photo_model[0]),
+            "--http-port",
+            str(port),
+            "--grpc-port",
+            str(grpc_port),
+            "--name",
+            "photos",
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 120
         while not _ready(port):
@@ -79,9 +96,24 @@ def test_ctrl_c_while_the_server_starts_leaves_no_server_behind(
 ) -> None:
     port = free_port()
     env = {**os.environ, "KILN_SERVE_ENV": str(serve_env.root)}
-    proc = subprocess.Popen([sys.executable, "-m", "kiln", "serve", "--model", str(photo_model[0]), "--http-port",
-                             str(port), "--grpc-port", str(free_port())], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "kiln",
+            "serve",
+            "--model",
+            str(photo_model[0]),
+            "--http-port",
+            str(port),
+            "--grpc-port",
+            str(free_port()),
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.monotonic() + 60  # the server process is up, its model not yet loaded
     while not _servers(port):
         assert proc.poll() is None and time.monotonic() < deadline, _dead(proc)
@@ -93,9 +125,17 @@ def test_ctrl_c_while_the_server_starts_leaves_no_server_behind(
 
 
 def test_the_server_environment_has_numpy_1_and_leaves_kilns_numpy_alone(serve_env: Any) -> None:
-    theirs = subprocess.run([str(serve_env.python), "-c", "import numpy, torch, kiln; print(numpy.__version__)"],
-                            capture_output=True, text=True, timeout=120)  # fmt: skip
+    theirs = subprocess.run(
+        [str(serve_env.python), "-c", "import numpy, torch, kiln; print(numpy.__version__)"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert theirs.returncode == 0 and theirs.stdout.startswith("1."), theirs.stderr[-2000:]
-    ours = subprocess.run([sys.executable, "-c", "import numpy; print(numpy.__version__)"], capture_output=True,
-                          text=True, timeout=60)  # fmt: skip
+    ours = subprocess.run(
+        [sys.executable, "-c", "import numpy; print(numpy.__version__)"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert ours.stdout.startswith("2."), ours.stdout

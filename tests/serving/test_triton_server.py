@@ -25,8 +25,11 @@ def _images(photos: Path) -> list[Path]:
 
 
 def _client(server: Any, protocol: str) -> Any:
-    return (tritonclient_http.InferenceServerClient(server.http_url) if protocol == "http"
-            else tritonclient_grpc.InferenceServerClient(server.grpc_url))  # fmt: skip
+    return (
+        tritonclient_http.InferenceServerClient(server.http_url)
+        if protocol == "http"
+        else tritonclient_grpc.InferenceServerClient(server.grpc_url)
+    )
 
 
 def _ask(client: Any, protocol: str, files: list[bytes], class_count: int = 0) -> Any:
@@ -87,8 +90,11 @@ def test_8_clients_x_50_requests(triton: Any, photo_model: tuple[Path, Path]) ->
     def client_run(k: int) -> list[bool]:
         client = _client(triton, "http")
         try:
-            return [classes[int(_ask(client, "http", [blobs[(k + i) % len(blobs)]])[0].argmax())]
-                    == expected[(k + i) % len(blobs)] for i in range(50)]  # fmt: skip
+            return [
+                classes[int(_ask(client, "http", [blobs[(k + i) % len(blobs)]])[0].argmax())]
+                == expected[(k + i) % len(blobs)]
+                for i in range(50)
+            ]
         finally:
             client.close()
 
@@ -101,12 +107,15 @@ def test_8_clients_x_50_requests(triton: Any, photo_model: tuple[Path, Path]) ->
 
 
 @pytest.mark.parametrize("protocol", ["http", "grpc"])
-def test_bad_requests_get_clear_errors_and_the_server_stays_up(triton: Any, photo_model: tuple[Path, Path],
-                                                                  protocol: str) -> None:  # fmt: skip
+def test_bad_requests_get_clear_errors_and_the_server_stays_up(
+    triton: Any, photo_model: tuple[Path, Path], protocol: str
+) -> None:
     lib = tritonclient_http if protocol == "http" else tritonclient_grpc
     client = _client(triton, protocol)
-    with pytest.raises(lib.InferenceServerException if protocol == "grpc" else Exception,
-                       match=r"IMAGE\[0\]: cannot read image"):  # fmt: skip
+    with pytest.raises(
+        lib.InferenceServerException if protocol == "grpc" else Exception,
+        match=r"IMAGE\[0\]: cannot read image",
+    ):
         _ask(client, protocol, [b"these bytes are not an image"])
     shape = lib.InferInput("INPUT", [1, 3, 64, 64], "FP32")
     shape.set_data_from_numpy(np.zeros((1, 3, 64, 64), np.float32))

@@ -45,25 +45,57 @@ def test_asha_search_stops_trials_and_best_yaml_reproduces(tmp_path: Path) -> No
     # best.yaml is a complete config: retrain it independently and land near the reported metric
     from kiln.engine.trainer import fit
 
-    summary = fit(load_config(res["best_config"], [f"run.dir={tmp_path / 'retrain'}", "trainer.progress=off",
-                                                   "logging.tensorboard=false"]))  # fmt: skip
+    summary = fit(
+        load_config(
+            res["best_config"],
+            [f"run.dir={tmp_path / 'retrain'}", "trainer.progress=off", "logging.tensorboard=false"],
+        )
+    )
     assert abs(summary["best_metric"] - res["best_metric"]) < 0.03
 
 
-@pytest.mark.parametrize(("space", "message"), [
-    ("optimizer.lrr: {loguniform: [1.0e-4, 1.0e-1]}", "optimizer.lrr: unknown key — did you mean 'optimizer.lr'?"),
-    ("optimizer.lr: {logunifrom: [1.0e-4, 1.0e-1]}", "unknown distribution 'logunifrom' — did you mean 'loguniform'?"),
-    ("optimizer.lr: {loguniform: [-1, 1]}", "loguniform needs low > 0"),
-    ("data.source: {choice: [digits, cifar11]}", "data.source: 'cifar11' is not allowed — did you mean 'cifar10'?"),
-    ("optimizer.lr: 0.1", "expected one distribution"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("space", "message"),
+    [
+        (
+            "optimizer.lrr: {loguniform: [1.0e-4, 1.0e-1]}",
+            "optimizer.lrr: unknown key — did you mean 'optimizer.lr'?",
+        ),
+        (
+            "optimizer.lr: {logunifrom: [1.0e-4, 1.0e-1]}",
+            "unknown distribution 'logunifrom' — did you mean 'loguniform'?",
+        ),
+        ("optimizer.lr: {loguniform: [-1, 1]}", "loguniform needs low > 0"),
+        (
+            "data.source: {choice: [digits, cifar11]}",
+            "data.source: 'cifar11' is not allowed — did you mean 'cifar10'?",
+        ),
+        ("optimizer.lr: 0.1", "expected one distribution"),
+    ],
+)
 def test_space_errors_before_any_trial(tmp_path: Path, space: str, message: str) -> None:
     (tmp_path / "space.yaml").write_text(space + "\n")
     with pytest.raises(ConfigError) as e:
         load_space(tmp_path / "space.yaml", DIGITS, [])
     assert message in str(e.value)
-    proc = subprocess.run([sys.executable, "-m", "kiln", "tune", "-c", DIGITS, "--space", str(tmp_path / "space.yaml"),
-                           "--out", str(tmp_path / "o")], capture_output=True, text=True, env=ENV, timeout=120)  # fmt: skip
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "kiln",
+            "tune",
+            "-c",
+            DIGITS,
+            "--space",
+            str(tmp_path / "space.yaml"),
+            "--out",
+            str(tmp_path / "o"),
+        ],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=120,
+    )
     assert proc.returncode == 2 and message in proc.stderr and not (tmp_path / "o").exists()
 
 
@@ -103,7 +135,8 @@ def test_one_seed_one_search_and_best_yaml_reproduces_its_trial_exactly(tmp_path
     assert [t["best"] for t in a] == [t["best"] for t in b]  # ... with the same results
     other = _tune(tmp_path / "c", "--samples", "3", "--scheduler", "fifo", "--seed", "8", "trainer.epochs=3")
     assert [t["config"] for t in sorted(_results(tmp_path / "c")["trials"], key=lambda t: t["index"])] != [
-        t["config"] for t in a] and other.returncode == 0  # fmt: skip
+        t["config"] for t in a
+    ] and other.returncode == 0
     from kiln.engine.trainer import fit
 
     res = _results(tmp_path / "a")
@@ -142,9 +175,26 @@ def test_failed_trials_are_marked_and_the_search_goes_on(tmp_path: Path) -> None
     (tmp_path / "crash.py").write_text(CRASH)
     (tmp_path / "space.yaml").write_text("optimizer.lr: {grid: [0.01, 0.02, 0.03, 0.04]}\n")
     env = {**ENV, "PYTHONPATH": f"{ROOT / 'src'}{os.pathsep}{tmp_path}"}
-    common = [sys.executable, "-m", "kiln", "tune", "-c", DIGITS, "--space", str(tmp_path / "space.yaml"),
-              "--samples", "1", "--scheduler", "fifo", "--max-concurrent", "1", "trainer.epochs=2",
-              "scheduler.name=none", "callbacks=[{name: 'crash:Crash'}]", "trainer.loss=crash:loss"]  # fmt: skip
+    common = [
+        sys.executable,
+        "-m",
+        "kiln",
+        "tune",
+        "-c",
+        DIGITS,
+        "--space",
+        str(tmp_path / "space.yaml"),
+        "--samples",
+        "1",
+        "--scheduler",
+        "fifo",
+        "--max-concurrent",
+        "1",
+        "trainer.epochs=2",
+        "scheduler.name=none",
+        "callbacks=[{name: 'crash:Crash'}]",
+        "trainer.loss=crash:loss",
+    ]
     proc = subprocess.run(
         [*common, "--out", str(tmp_path / "t")], capture_output=True, text=True, env=env, timeout=300
     )
@@ -156,8 +206,13 @@ def test_failed_trials_are_marked_and_the_search_goes_on(tmp_path: Path) -> None
     assert "non-finite loss" in trials[0.04]["error"]  # kiln's own one-line reason
     assert "3 trial(s) failed" in proc.stdout and "a bug in my callback" in proc.stdout
     assert _results(tmp_path / "t")["best_trial"] == trials[0.01]["trial"]
-    capped = subprocess.run([*common, "--out", str(tmp_path / "capped"), "--max-failures", "1"], capture_output=True,
-                            text=True, env=env, timeout=300)  # fmt: skip
+    capped = subprocess.run(
+        [*common, "--out", str(tmp_path / "capped"), "--max-failures", "1"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert capped.returncode == 0, capped.stderr[-3000:]
     ran = {t["config"]["optimizer.lr"]: t for t in _results(tmp_path / "capped")["trials"]}
     assert ran[0.01]["error"] is None and ran[0.02]["error"]  # the first failure stopped the search there

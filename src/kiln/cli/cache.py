@@ -35,10 +35,13 @@ def run(args: argparse.Namespace) -> int:
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    c = sub.add_parser("cache", help="list or clear the decoded-image cache",
-                       description="The decode cache keeps each dataset's decoded images (data.cache_dir, default "
-                       "~/.cache/kiln). ls: sizes, dataset roots, last use; clear: remove entries (not used for "
-                       "--older-than DAYS) and the temp files of killed writers; entries being built are kept.")  # fmt: skip
+    c = sub.add_parser(
+        "cache",
+        help="list or clear the decoded-image cache",
+        description="The decode cache keeps each dataset's decoded images (data.cache_dir, default "
+        "~/.cache/kiln). ls: sizes, dataset roots, last use; clear: remove entries (not used for "
+        "--older-than DAYS) and the temp files of killed writers; entries being built are kept.",
+    )
     c.add_argument("action", choices=["ls", "clear"])
     c.add_argument("--dir", default="~/.cache/kiln", help="the cache folder (default: ~/.cache/kiln)")
     c.add_argument("-c", "--config", help="use this config's data.cache_dir")

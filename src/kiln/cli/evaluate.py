@@ -10,8 +10,10 @@ def run(args: argparse.Namespace) -> int:
 
     rep = evaluate_checkpoint(args.checkpoint, args.split, args.out, args.overrides, args.config, args.topk)
     top5 = f", top-5 {rep['top5_accuracy']:.4f}" if "top5_accuracy" in rep else ""
-    print(f"{rep['split']}: accuracy {rep['accuracy']:.4f}{top5}, macro F1 {rep['macro']['f1']:.4f}, "
-          f"loss {rep['loss']:.4f}, ECE {rep['ece']:.4f} on {rep['num_samples']:,} images ({rep['seconds']:.1f} s)")  # fmt: skip
+    print(
+        f"{rep['split']}: accuracy {rep['accuracy']:.4f}{top5}, macro F1 {rep['macro']['f1']:.4f}, "
+        f"loss {rep['loss']:.4f}, ECE {rep['ece']:.4f} on {rep['num_samples']:,} images ({rep['seconds']:.1f} s)"
+    )
     return 0
 
 

@@ -47,15 +47,29 @@ def run(args: argparse.Namespace) -> int:
 
     add_project_path(args.config)
     rep = export_checkpoint(
-        args.checkpoint, args.format, args.out, overrides=args.overrides, config=args.config, tolerance=args.tolerance,
-        name=args.name, max_batch_size=args.max_batch_size, method=args.method, backend=args.backend,
-        allow_tracer_warnings=args.allow_tracer_warnings, instance_kind=args.instance_kind, artifact=args.artifact,
-        instances=args.instances, dynamic_batching=args.dynamic_batching, queue_delay_us=args.queue_delay_us,
+        args.checkpoint,
+        args.format,
+        args.out,
+        overrides=args.overrides,
+        config=args.config,
+        tolerance=args.tolerance,
+        name=args.name,
+        max_batch_size=args.max_batch_size,
+        method=args.method,
+        backend=args.backend,
+        allow_tracer_warnings=args.allow_tracer_warnings,
+        instance_kind=args.instance_kind,
+        artifact=args.artifact,
+        instances=args.instances,
+        dynamic_batching=args.dynamic_batching,
+        queue_delay_us=args.queue_delay_us,
         execution_env=args.execution_env,
-    )  # fmt: skip
+    )
     how = {"torchscript": f" ({rep['method']})", "triton": f" ({rep['backend']})"}.get(rep["format"], "")
-    print(f"kiln: exported {rep['model']} as {rep['format']}{how} -> {rep['artifact']} "
-          f"({rep['size_bytes'] / 1024:,.0f} KiB)")  # fmt: skip
+    print(
+        f"kiln: exported {rep['model']} as {rep['format']}{how} -> {rep['artifact']} "
+        f"({rep['size_bytes'] / 1024:,.0f} KiB)"
+    )
     for note in rep["notes"]:
         print(f"  note: {note}")
     loader = rep["loaded_by"].get("loader")
@@ -81,28 +95,71 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--out", help="output folder (default: <run dir>/export-<format>); for triton the repository"
     )
     e.add_argument("--name", help="file stem (default: model); for triton the model name (default: run.name)")
-    e.add_argument("--max-batch-size", type=int, default=64, metavar="N",
-                   help="largest batch verified; Triton's max_batch_size (default: 64)")  # fmt: skip
-    e.add_argument("--method", choices=["trace", "script"], default="trace",
-                   help="TorchScript: trace (default) or script; see above for when to choose which")  # fmt: skip
-    e.add_argument("--backend", choices=["torchscript", "onnx", "python"], default="torchscript",
-                   help="triton: libtorch, onnxruntime or the python backend (default: torchscript)")  # fmt: skip
-    e.add_argument("--artifact", choices=["torchscript", "onnx"], default="torchscript",
-                   help="triton --backend python: the artifact model.py runs (default: torchscript)")  # fmt: skip
-    e.add_argument("--instance-kind", choices=["auto", "gpu", "cpu"], default="auto",
-                   help="triton: instance_group kind (auto: GPU when the server has one)")  # fmt: skip
+    e.add_argument(
+        "--max-batch-size",
+        type=int,
+        default=64,
+        metavar="N",
+        help="largest batch verified; Triton's max_batch_size (default: 64)",
+    )
+    e.add_argument(
+        "--method",
+        choices=["trace", "script"],
+        default="trace",
+        help="TorchScript: trace (default) or script; see above for when to choose which",
+    )
+    e.add_argument(
+        "--backend",
+        choices=["torchscript", "onnx", "python"],
+        default="torchscript",
+        help="triton: libtorch, onnxruntime or the python backend (default: torchscript)",
+    )
+    e.add_argument(
+        "--artifact",
+        choices=["torchscript", "onnx"],
+        default="torchscript",
+        help="triton --backend python: the artifact model.py runs (default: torchscript)",
+    )
+    e.add_argument(
+        "--instance-kind",
+        choices=["auto", "gpu", "cpu"],
+        default="auto",
+        help="triton: instance_group kind (auto: GPU when the server has one)",
+    )
     e.add_argument("--instances", type=int, default=1, help="triton: model instances (default: 1)")
-    e.add_argument("--no-dynamic-batching", dest="dynamic_batching", action="store_false",
-                   help="triton: answer each request alone (default: Triton groups concurrent requests)")  # fmt: skip
-    e.add_argument("--queue-delay-us", type=int, default=500,
-                   help="triton: how long dynamic batching waits for more requests (default: 500 us)")  # fmt: skip
-    e.add_argument("--execution-env", metavar="DIR",
-                   help="triton --backend python: EXECUTION_ENV_PATH, a Python env with numpy<2 and kiln")  # fmt: skip
-    e.add_argument("--tolerance", type=float, default=TOLERANCE,
-                   help=f"max abs logit difference allowed (default: {TOLERANCE:g}, fp32)")  # fmt: skip
-    e.add_argument("--allow-tracer-warnings", action="store_true",
-                   help="trace even when PyTorch warns the trace depends on tensor values")  # fmt: skip
+    e.add_argument(
+        "--no-dynamic-batching",
+        dest="dynamic_batching",
+        action="store_false",
+        help="triton: answer each request alone (default: Triton groups concurrent requests)",
+    )
+    e.add_argument(
+        "--queue-delay-us",
+        type=int,
+        default=500,
+        help="triton: how long dynamic batching waits for more requests (default: 500 us)",
+    )
+    e.add_argument(
+        "--execution-env",
+        metavar="DIR",
+        help="triton --backend python: EXECUTION_ENV_PATH, a Python env with numpy<2 and kiln",
+    )
+    e.add_argument(
+        "--tolerance",
+        type=float,
+        default=TOLERANCE,
+        help=f"max abs logit difference allowed (default: {TOLERANCE:g}, fp32)",
+    )
+    e.add_argument(
+        "--allow-tracer-warnings",
+        action="store_true",
+        help="trace even when PyTorch warns the trace depends on tensor values",
+    )
     e.add_argument("-c", "--config", help="use this config instead of the one stored in the checkpoint")
-    e.add_argument("overrides", nargs="*", metavar="key=value",
-                   help="dotted config overrides, e.g. data.root=/other/copy (data is used for verification)")  # fmt: skip
+    e.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="key=value",
+        help="dotted config overrides, e.g. data.root=/other/copy (data is used for verification)",
+    )
     e.set_defaults(func=run)

@@ -45,6 +45,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="images per forward pass (default: as training evaluates, e.g. 8 photos of 224 px on a CPU)",
     )
-    p.add_argument("--trust", action="store_true",
-                   help="allow loading .pt2 files (torch.export.load unpickles; only for files you trust)")  # fmt: skip
+    p.add_argument(
+        "--trust",
+        action="store_true",
+        help="allow loading .pt2 files (torch.export.load unpickles; only for files you trust)",
+    )
     p.set_defaults(func=run)

@@ -34,8 +34,14 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if bool(args.model) == bool(args.repository):
         raise KilnError("kiln serve: give --model ARTIFACT or --repository REPO (one of them)")
-    opts = ExportOptions(name=args.name, max_batch_size=args.max_batch_size, dynamic_batching=args.dynamic_batching,
-                         queue_delay_us=args.queue_delay_us, instances=args.instances, instance_kind=args.instance_kind)  # fmt: skip
+    opts = ExportOptions(
+        name=args.name,
+        max_batch_size=args.max_batch_size,
+        dynamic_batching=args.dynamic_batching,
+        queue_delay_us=args.queue_delay_us,
+        instances=args.instances,
+        instance_kind=args.instance_kind,
+    )
     with tempfile.TemporaryDirectory(prefix="kiln-serve-") as work:
         repo = Path(args.repository) if args.repository else stage(args.model, Path(work), opts, args.trust)
         env = ensure()  # after the arguments and the model are checked: making it can take a while
@@ -45,9 +51,12 @@ def run(args: argparse.Namespace) -> int:
         try:
             with server:
                 models = sorted(p.name for p in repo.iterdir() if (p / "config.pbtxt").is_file())
-                print(f"kiln: serving {', '.join(models)} from {repo}\n"
-                      f"  HTTP  http://{server.http_url}/v2/models/{models[0]}/infer   (ready: /v2/health/ready)\n"
-                      f"  gRPC  {server.grpc_url}\n  Ctrl-C stops it", flush=True)  # fmt: skip
+                print(
+                    f"kiln: serving {', '.join(models)} from {repo}\n"
+                    f"  HTTP  http://{server.http_url}/v2/models/{models[0]}/infer   (ready: /v2/health/ready)\n"
+                    f"  gRPC  {server.grpc_url}\n  Ctrl-C stops it",
+                    flush=True,
+                )
                 server.proc.wait()  # type: ignore[union-attr]
         except KeyboardInterrupt:  # at any moment, start-up included: leaving `with server` stopped it
             print("\nkiln: stopping the server ... stopped", flush=True)
@@ -57,8 +66,12 @@ def run(args: argparse.Namespace) -> int:
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    s = sub.add_parser("serve", help="serve a model with a real Triton server (HTTP and gRPC)", description=DESCRIPTION,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    s = sub.add_parser(
+        "serve",
+        help="serve a model with a real Triton server (HTTP and gRPC)",
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     s.add_argument("--model", metavar="ARTIFACT", help="a checkpoint, an export file or folder")
     s.add_argument(
         "--repository", metavar="REPO", help="a Triton repository from kiln export --backend python"
@@ -68,8 +81,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--grpc-port", type=int, default=8001)
     s.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback only)")
     s.add_argument("--max-batch-size", type=int, default=64, help="Triton's max_batch_size (default: 64)")
-    s.add_argument("--no-dynamic-batching", dest="dynamic_batching", action="store_false",
-                   help="answer each request alone (default: group concurrent requests)")  # fmt: skip
+    s.add_argument(
+        "--no-dynamic-batching",
+        dest="dynamic_batching",
+        action="store_false",
+        help="answer each request alone (default: group concurrent requests)",
+    )
     s.add_argument(
         "--queue-delay-us", type=int, default=500, help="dynamic batching's wait (default: 500 us)"
     )

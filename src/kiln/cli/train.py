@@ -14,8 +14,16 @@ def torchrun_argv(args: argparse.Namespace) -> list[str]:
     if args.nnodes == 1 and not args.master_addr:
         cmd.append("--standalone")
     else:
-        cmd += ["--nnodes", str(args.nnodes), "--node-rank", str(args.node_rank),
-                "--master-addr", args.master_addr or "127.0.0.1", "--master-port", str(args.master_port)]  # fmt: skip
+        cmd += [
+            "--nnodes",
+            str(args.nnodes),
+            "--node-rank",
+            str(args.node_rank),
+            "--master-addr",
+            args.master_addr or "127.0.0.1",
+            "--master-port",
+            str(args.master_port),
+        ]
     if args.max_restarts:
         cmd += ["--max-restarts", str(args.max_restarts)]
     cmd += ["-m", "kiln", "train", "-c", args.config, *args.overrides]
@@ -60,14 +68,21 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     t.add_argument("-c", "--config", required=True, help="config file (.yaml/.yml/.json)")
     t.add_argument("overrides", nargs="*", metavar="key=value", help="dotted config overrides")
-    t.add_argument("--resume", metavar="PATH|auto",
-                   help="continue from this checkpoint; 'auto': the run dir's newest valid checkpoint, if any")  # fmt: skip
+    t.add_argument(
+        "--resume",
+        metavar="PATH|auto",
+        help="continue from this checkpoint; 'auto': the run dir's newest valid checkpoint, if any",
+    )
     d = t.add_argument_group("distributed (torchrun)")
     d.add_argument("--nproc", type=int, help="processes per node (GPUs per node; CPU: gloo processes)")
     d.add_argument("--nnodes", type=int, default=1, help="number of nodes")
     d.add_argument("--node-rank", type=int, default=0, help="this node's rank (0 .. nnodes-1)")
     d.add_argument("--master-addr", help="address of the rank-0 node (multi-node)")
     d.add_argument("--master-port", type=int, default=29500)
-    d.add_argument("--max-restarts", type=int, default=0,
-                   help="restart all workers up to K times after a failure, resuming from the last checkpoint")  # fmt: skip
+    d.add_argument(
+        "--max-restarts",
+        type=int,
+        default=0,
+        help="restart all workers up to K times after a failure, resuming from the last checkpoint",
+    )
     t.set_defaults(func=run)

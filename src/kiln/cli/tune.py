@@ -24,12 +24,22 @@ def run(args: argparse.Namespace) -> int:
     from kiln.tuning.ray_tune import Search, tune_search
     from kiln.tuning.report import summarize, table
 
-    search = Search(config, list(args.overrides), monitor, mode, math.ceil(cfg.trainer.epochs), args.cpus_per_trial,
-                    args.gpus_per_trial, cfg.run.seed if args.seed is None else args.seed, args.max_failures)  # fmt: skip
+    search = Search(
+        config,
+        list(args.overrides),
+        monitor,
+        mode,
+        math.ceil(cfg.trainer.epochs),
+        args.cpus_per_trial,
+        args.gpus_per_trial,
+        cfg.run.seed if args.seed is None else args.seed,
+        args.max_failures,
+    )
     out = Path(args.out)
     with hold(out, "--out", "a kiln tune search"):  # a second search into the same folder is refused
-        results = tune_search(search, space, args.samples, args.scheduler, args.max_concurrent, args.address, out,
-                              args.resume)  # fmt: skip
+        results = tune_search(
+            search, space, args.samples, args.scheduler, args.max_concurrent, args.address, out, args.resume
+        )
         summary = summarize(results, search, space, out)
     print(table(summary))
     failed = [t for t in summary["trials"] if t["error"]]
@@ -45,9 +55,12 @@ def run(args: argparse.Namespace) -> int:
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    t = sub.add_parser("tune", help="hyperparameter search with Ray Tune (ASHA)",
-                       description="Search the space in SPACE.yaml (config keys -> distributions); every trial is "
-                       "`kiln train -c CONFIG` with the sampled overrides. Needs: pip install 'torchkiln[tune]'.")  # fmt: skip
+    t = sub.add_parser(
+        "tune",
+        help="hyperparameter search with Ray Tune (ASHA)",
+        description="Search the space in SPACE.yaml (config keys -> distributions); every trial is "
+        "`kiln train -c CONFIG` with the sampled overrides. Needs: pip install 'torchkiln[tune]'.",
+    )
     t.add_argument("-c", "--config", required=True)
     t.add_argument(
         "--space", required=True, help="YAML: key: {loguniform|uniform|randint|choice|grid: [...]}"
@@ -60,9 +73,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--address", help="join a Ray cluster: auto, or ray://HEAD:10001 (default: a local Ray)")
     t.add_argument("--out", default="runs/tune", help="results folder (an absolute storage path for Ray)")
     t.add_argument("--resume", action="store_true", help="continue the interrupted search in --out")
-    t.add_argument("--seed", type=int, help="samples the trials and seeds each one (default: the config's run.seed); "
-                   "one seed, one search: the same trials in the same order with the same results on CPU")  # fmt: skip
-    t.add_argument("--max-failures", type=int, default=0,
-                   help="stop the search after this many failed trials (default 0: never stop for failures)")  # fmt: skip
+    t.add_argument(
+        "--seed",
+        type=int,
+        help="samples the trials and seeds each one (default: the config's run.seed); "
+        "one seed, one search: the same trials in the same order with the same results on CPU",
+    )
+    t.add_argument(
+        "--max-failures",
+        type=int,
+        default=0,
+        help="stop the search after this many failed trials (default 0: never stop for failures)",
+    )
     t.add_argument("overrides", nargs="*", metavar="key=value", help="overrides for every trial")
     t.set_defaults(func=run)

@@ -39,16 +39,40 @@ from kiln.config.schema import (
     UnfreezeConfig,
     WandbConfig,
     epoch_metric_names,
-)  # fmt: skip
+)
 from kiln.errors import ConfigError, did_you_mean
 
 __all__ = [
-    "DATA_SOURCES", "EPOCH_METRICS", "AugmentConfig", "CallbackSpec", "CheckpointConfig", "Config", "CsvConfig",
-    "DataConfig", "EarlyStoppingConfig", "EmaConfig", "ErasingConfig", "JitterConfig", "LoggingConfig", "LookaheadConfig", "ModelConfig",
-    "OptimizerConfig", "ParamGroupConfig", "ResizedCropConfig", "RunConfig", "SchedulerConfig", "TrainerConfig", "UnfreezeConfig",
-    "WandbConfig", "apply_overrides", "dump_config", "epoch_metric_names", "load_config", "read_config_file",
+    "DATA_SOURCES",
+    "EPOCH_METRICS",
+    "AugmentConfig",
+    "CallbackSpec",
+    "CheckpointConfig",
+    "Config",
+    "CsvConfig",
+    "DataConfig",
+    "EarlyStoppingConfig",
+    "EmaConfig",
+    "ErasingConfig",
+    "JitterConfig",
+    "LoggingConfig",
+    "LookaheadConfig",
+    "ModelConfig",
+    "OptimizerConfig",
+    "ParamGroupConfig",
+    "ResizedCropConfig",
+    "RunConfig",
+    "SchedulerConfig",
+    "TrainerConfig",
+    "UnfreezeConfig",
+    "WandbConfig",
+    "apply_overrides",
+    "dump_config",
+    "epoch_metric_names",
+    "load_config",
+    "read_config_file",
     "validate",
-]  # fmt: skip
+]
 
 
 def read_config_file(path: str | Path) -> dict[str, Any]:

@@ -79,13 +79,19 @@ class AugmentConfig(_Strict):
     @property
     def photo(self) -> bool:
         """Any of the per-image photo augmentations is on."""
-        return bool(self.random_resized_crop or self.color_jitter or self.auto_augment != "none"
-                    or self.random_erasing)  # fmt: skip
+        return bool(
+            self.random_resized_crop
+            or self.color_jitter
+            or self.auto_augment != "none"
+            or self.random_erasing
+        )
 
     @model_validator(mode="after")
     def _check(self) -> AugmentConfig:
         if self.photo and (self.crop_padding or self.cutout or self.alternating_flip):
-            raise ValueError("crop_padding, cutout and alternating_flip (CIFAR-style, per batch) do not "
-                             "combine with random_resized_crop, color_jitter, auto_augment or random_erasing "
-                             "(photo recipes, per image); use one family")  # fmt: skip
+            raise ValueError(
+                "crop_padding, cutout and alternating_flip (CIFAR-style, per batch) do not "
+                "combine with random_resized_crop, color_jitter, auto_augment or random_erasing "
+                "(photo recipes, per image); use one family"
+            )
         return self

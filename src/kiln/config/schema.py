@@ -123,8 +123,10 @@ class ModelConfig(_Strict):
         if self.pca_init and self.pretrained:
             raise ValueError("model.pca_init would overwrite the pretrained first layer; use one of the two")
         if self.head_init == "pretrained_classes" and not self.pretrained:
-            raise ValueError("model.head_init=pretrained_classes starts from the pretrained classifier: set "
-                             "model.pretrained (true or a weights file)")  # fmt: skip
+            raise ValueError(
+                "model.head_init=pretrained_classes starts from the pretrained classifier: set "
+                "model.pretrained (true or a weights file)"
+            )
         return self
 
 

@@ -50,8 +50,14 @@ class DataBundle:
 
     def preprocess(self) -> dict[str, Any]:
         """What a deployed model needs to see the input it saw in training (``preprocess_spec`` reads it back)."""
-        return {"in_channels": self.in_channels, "image_size": list(self.image_size), **self.spec.record(),
-                "mean": self.transform.mean, "std": self.transform.std, "scale": "0-255 uint8 -> 0-1"}  # fmt: skip
+        return {
+            "in_channels": self.in_channels,
+            "image_size": list(self.image_size),
+            **self.spec.record(),
+            "mean": self.transform.mean,
+            "std": self.transform.std,
+            "scale": "0-255 uint8 -> 0-1",
+        }
 
 
 def from_record(pre: dict[str, Any]) -> tuple[ImageSpec, Preset]:
@@ -66,8 +72,13 @@ def preprocess_spec(pre: dict[str, Any]) -> ImageSpec:
     """The ImageSpec of a preprocessing record (a checkpoint's, preprocess.json); records written before
     photos had their own geometry resized every image to image_size."""
     size = tuple(int(v) for v in pre["image_size"])
-    return ImageSpec(int(pre["in_channels"]), size, pre.get("resize", "squash"), float(pre.get("crop_pct", 1.0)),
-                     pre.get("interpolation", "bilinear"))  # type: ignore[arg-type]  # fmt: skip
+    return ImageSpec(
+        int(pre["in_channels"]),
+        size,
+        pre.get("resize", "squash"),
+        float(pre.get("crop_pct", 1.0)),
+        pre.get("interpolation", "bilinear"),
+    )  # type: ignore[arg-type]
 
 
 def has_test_split(cfg: DataConfig) -> bool:
@@ -126,8 +137,16 @@ def list_splits(
     return RawSplits(train, val, test, raw.classes, skipped), spec  # type: ignore[arg-type]
 
 
-def build(cfg: DataConfig, seed: int, device: torch.device, rank: int = 0, world: int = 1,
-          splits: Sequence[str] = SPLITS, preset: Preset | None = None, spec: ImageSpec | None = None) -> DataBundle:  # fmt: skip
+def build(
+    cfg: DataConfig,
+    seed: int,
+    device: torch.device,
+    rank: int = 0,
+    world: int = 1,
+    splits: Sequence[str] = SPLITS,
+    preset: Preset | None = None,
+    spec: ImageSpec | None = None,
+) -> DataBundle:
     """Loaders for the ``splits`` asked for. Training asks for all three, with the pretrained weights'
     ``preset`` (mean/std measured on train only when neither the config nor the weights give them); eval
     and export ask only for the split they use, with the checkpoint's ``spec`` and mean/std (``from_record``)."""
@@ -135,12 +154,17 @@ def build(cfg: DataConfig, seed: int, device: torch.device, rank: int = 0, world
     parts = {"train": raw.train, "val": raw.val, "test": raw.test}
     bs = cfg.batch_size // world
     if "train" in splits and len(raw.train) < bs:
-        raise DataError(f"data: the train split has {len(raw.train)} images, fewer than one batch of {bs}; "
-                        "lower data.batch_size")  # fmt: skip
+        raise DataError(
+            f"data: the train split has {len(raw.train)} images, fewer than one batch of {bs}; "
+            "lower data.batch_size"
+        )
     wanted = {n: s for n, s in parts.items() if n in splits and s is not None and len(s)}
     cache, workers = (Path(cfg.cache_dir).expanduser() if cfg.cache_dir else None), default_workers(cfg)
-    memory = {n: s.to_memory(spec, cache, workers, n == "train") for n, s in wanted.items()
-              if _in_memory(s, spec, cfg, n == "train")}  # fmt: skip
+    memory = {
+        n: s.to_memory(spec, cache, workers, n == "train")
+        for n, s in wanted.items()
+        if _in_memory(s, spec, cfg, n == "train")
+    }
     if "train" in memory:
         extents = memory["train"][1]
     else:  # streamed (or not asked for): from the files' headers
@@ -171,11 +195,17 @@ def build(cfg: DataConfig, seed: int, device: torch.device, rank: int = 0, world
         )
 
     return DataBundle(
-        train=loader("train"), val=loader("val"), test=loader("test"), classes=raw.classes,
-        transform=BatchTransform(mean, std, cfg.augment, seed, rank, spec, extents, _pair(cfg.train_image_size)),
+        train=loader("train"),
+        val=loader("val"),
+        test=loader("test"),
+        classes=raw.classes,
+        transform=BatchTransform(
+            mean, std, cfg.augment, seed, rank, spec, extents, _pair(cfg.train_image_size)
+        ),
         spec=spec,
-        skipped=raw.skipped, fingerprint=fingerprint([raw.train, raw.val, raw.test], raw.classes),
-    )  # fmt: skip
+        skipped=raw.skipped,
+        fingerprint=fingerprint([raw.train, raw.val, raw.test], raw.classes),
+    )
 
 
 def eval_batch(batch_size: int, spec: ImageSpec, device: torch.device) -> int:
@@ -201,8 +231,9 @@ def _in_memory(split: Split, spec: ImageSpec, cfg: DataConfig, train: bool) -> b
     return cfg.loader == "memory" or n_bytes <= cfg.memory_budget_gb * 2**30
 
 
-def _mean_std(cfg: DataConfig, preset: Preset | None, train: tuple[torch.Tensor, torch.Tensor] | None,
-              channels: int) -> tuple[list[float], list[float]]:  # fmt: skip
+def _mean_std(
+    cfg: DataConfig, preset: Preset | None, train: tuple[torch.Tensor, torch.Tensor] | None, channels: int
+) -> tuple[list[float], list[float]]:
     """The config's mean/std; else the pretrained weights'; else measured on the decoded train images (over
     each photo's own extent on its canvas); else 0.5 (a streamed train split)."""
     if cfg.mean is not None:

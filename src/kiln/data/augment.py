@@ -55,9 +55,17 @@ class BatchTransform:
     augmented and mixed. ``spec``: the stored geometry (photos: evaluation crops the centre of the stored
     square); ``extents``: the (h, w) each train image fills, for crops drawn inside the whole photo."""
 
-    def __init__(self, mean: list[float], std: list[float], augment: AugmentConfig, seed: int, rank: int = 0,
-                 spec: ImageSpec | None = None, extents: torch.Tensor | None = None,
-                 train_size: tuple[int, int] | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        mean: list[float],
+        std: list[float],
+        augment: AugmentConfig,
+        seed: int,
+        rank: int = 0,
+        spec: ImageSpec | None = None,
+        extents: torch.Tensor | None = None,
+        train_size: tuple[int, int] | None = None,
+    ) -> None:
         std_t = torch.tensor(std, dtype=torch.float32)
         # (x/255 - mean)/std folded into one multiply-add: scale = 1/(255 std), shift = -mean/std
         self.scale = (1.0 / (255.0 * std_t)).view(1, -1, 1, 1)

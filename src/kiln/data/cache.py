@@ -84,9 +84,14 @@ class Entry:
     def write(self, arr: np.ndarray, ext: np.ndarray, about: dict[str, Any]) -> None:
         for data, target in ((arr, self.images), (ext, self.extents)):
             write_with(target, lambda f, d=data: np.save(f, d))
-        meta = {"version": CACHE_VERSION, "key": self.key, "created": time.time(), **about,
-                "images": {"dtype": str(arr.dtype), "shape": list(arr.shape), "crc32": crc(arr)},
-                "extents": {"dtype": str(ext.dtype), "shape": list(ext.shape), "crc32": crc(ext)}}  # fmt: skip
+        meta = {
+            "version": CACHE_VERSION,
+            "key": self.key,
+            "created": time.time(),
+            **about,
+            "images": {"dtype": str(arr.dtype), "shape": list(arr.shape), "crc32": crc(arr)},
+            "extents": {"dtype": str(ext.dtype), "shape": list(ext.shape), "crc32": crc(ext)},
+        }
         write_atomic(self.meta, json.dumps(meta, indent=1))  # last: the entry is complete
 
     def remove(self) -> None:
@@ -105,8 +110,9 @@ def _locked(entry: Entry) -> Iterator[None]:
             fcntl.flock(f.fileno(), fcntl.LOCK_UN)
 
 
-def load_images(paths: list[Path], spec: ImageSpec, train: bool, cache_dir: Path | None,
-                workers: int) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+def load_images(
+    paths: list[Path], spec: ImageSpec, train: bool, cache_dir: Path | None, workers: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Decoded images (uint8 ``[N, C, H, W]``) and the (h, w) each fills, from the cache when it holds
     them (verified), else decoded in parallel and cached."""
     shape = (len(paths), spec.channels, *spec.stored(train))
@@ -138,11 +144,19 @@ def load_images(paths: list[Path], spec: ImageSpec, train: bool, cache_dir: Path
 
 def _no_cache(cache_dir: Path, e: OSError) -> None:
     """A read-only, full or size-limited folder (numpy reports a short write without an errno)."""
-    if e.errno is not None and e.errno not in (errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EDQUOT,
-                                               errno.EFBIG):  # fmt: skip
+    if e.errno is not None and e.errno not in (
+        errno.EROFS,
+        errno.EACCES,
+        errno.EPERM,
+        errno.ENOSPC,
+        errno.EDQUOT,
+        errno.EFBIG,
+    ):
         raise e
-    warn(f"cannot use the image cache in {cache_dir} ({e.strerror or e}); decoding into memory this run "
-         "(set data.cache_dir to a writable folder with room for the decoded images)")  # fmt: skip
+    warn(
+        f"cannot use the image cache in {cache_dir} ({e.strerror or e}); decoding into memory this run "
+        "(set data.cache_dir to a writable folder with room for the decoded images)"
+    )
 
 
 def _read(entry: Entry, shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray] | None:
@@ -173,12 +187,30 @@ def entries(cache_dir: Path) -> list[dict[str, Any]]:
             about = json.loads(meta.read_text())
         except (OSError, json.JSONDecodeError):
             about = {"root": "(damaged entry)"}
-        out.append({"key": entry.key, "bytes": size, "root": about.get("root", ""), "files": about.get("files"),
-                    "shape": about.get("images", {}).get("shape"), "last_used": meta.stat().st_mtime,
-                    "created": about.get("created")})  # fmt: skip
+        out.append(
+            {
+                "key": entry.key,
+                "bytes": size,
+                "root": about.get("root", ""),
+                "files": about.get("files"),
+                "shape": about.get("images", {}).get("shape"),
+                "last_used": meta.stat().st_mtime,
+                "created": about.get("created"),
+            }
+        )
     orphans = {p for p in cache_dir.glob("images-*.npy")} - {Entry(cache_dir, e["key"]).images for e in out}
-    out += [{"key": p.stem.removeprefix("images-"), "bytes": p.stat().st_size, "root": "(incomplete: no metadata)",
-             "files": None, "shape": None, "last_used": p.stat().st_mtime, "created": None} for p in orphans]  # fmt: skip
+    out += [
+        {
+            "key": p.stem.removeprefix("images-"),
+            "bytes": p.stat().st_size,
+            "root": "(incomplete: no metadata)",
+            "files": None,
+            "shape": None,
+            "last_used": p.stat().st_mtime,
+            "created": None,
+        }
+        for p in orphans
+    ]
     return sorted(out, key=lambda e: -e["last_used"])
 
 

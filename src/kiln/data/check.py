@@ -24,8 +24,10 @@ def check(cfg: Config) -> CheckReport:
     raw = list_source(cfg.data)
     problems = list(raw.skipped)
     spec = image_spec(cfg.data, raw.train)
-    lines = [f"classes ({len(raw.classes)}): {', '.join(raw.classes[:30])}{' ...' if len(raw.classes) > 30 else ''}",
-             f"images: {spec.channels} channel(s), {spec.size[0]}x{spec.size[1]}{' (resized)' if spec.resize != 'none' else ''}"]  # fmt: skip
+    lines = [
+        f"classes ({len(raw.classes)}): {', '.join(raw.classes[:30])}{' ...' if len(raw.classes) > 30 else ''}",
+        f"images: {spec.channels} channel(s), {spec.size[0]}x{spec.size[1]}{' (resized)' if spec.resize != 'none' else ''}",
+    ]
     header = ["split", "images", *raw.classes[:12], *(["..."] if len(raw.classes) > 12 else [])]
     rows = [header]
     for name, split in (("train", raw.train), ("val", raw.val), ("test", raw.test)):

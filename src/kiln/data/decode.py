@@ -79,8 +79,9 @@ def presized(h: int, w: int, spec: ImageSpec, train: bool) -> tuple[int, int]:
     return max(1, round(h * scale)), max(1, round(w * scale))
 
 
-def open_image(path: Path | BinaryIO, spec: ImageSpec, train: bool = False,
-               name: str | None = None) -> tuple[np.ndarray, tuple[int, int]]:  # fmt: skip
+def open_image(
+    path: Path | BinaryIO, spec: ImageSpec, train: bool = False, name: str | None = None
+) -> tuple[np.ndarray, tuple[int, int]]:
     """One image (a file, or encoded bytes in a file-like object) as stored: uint8 ``[C, H, W]`` of
     ``spec.stored(train)`` and the (h, w) the photo fills (a train canvas holds the whole photo top-left;
     elsewhere the whole array). A DataError names the file (or ``name``)."""
@@ -89,8 +90,10 @@ def open_image(path: Path | BinaryIO, spec: ImageSpec, train: bool = False,
         stored = spec.stored(train)
         im, (h0, w0) = _read(path, spec.channels, max(spec.resize_size) if spec.resize != "none" else None)
         if spec.resize == "none" and (h0, w0) != spec.size:
-            raise DataError(f"{name}: image is {w0}x{h0} but the first one is {spec.size[1]}x{spec.size[0]}; "
-                            "set data.image_size to resize them all")  # fmt: skip
+            raise DataError(
+                f"{name}: image is {w0}x{h0} but the first one is {spec.size[1]}x{spec.size[0]}; "
+                "set data.image_size to resize them all"
+            )
         resample = RESAMPLE[spec.interpolation]
         if spec.resize == "squash" and (h0, w0) != stored:
             im = im.resize((stored[1], stored[0]), resample)

@@ -17,8 +17,13 @@ def _uniform(g: torch.Generator, shape: tuple[int, ...], lo: float, hi: float) -
     return torch.rand(shape, generator=g) * (hi - lo) + lo
 
 
-def rrc_boxes(extents: torch.Tensor, scale: tuple[float, float], ratio: tuple[float, float],
-              g: torch.Generator, attempts: int = 10) -> torch.Tensor:  # fmt: skip
+def rrc_boxes(
+    extents: torch.Tensor,
+    scale: tuple[float, float],
+    ratio: tuple[float, float],
+    g: torch.Generator,
+    attempts: int = 10,
+) -> torch.Tensor:
     """torchvision's RandomResizedCrop.get_params for every image at once: up to ``attempts`` tries of an
     area share in ``scale`` and a log-uniform aspect in ``ratio`` that fit inside the image (h, w), the first
     that fits wins; none: the centre crop of the whole image with its aspect clamped to ``ratio``."""
@@ -95,8 +100,15 @@ def cutout(x: torch.Tensor, size: int, g: torch.Generator) -> torch.Tensor:
     return x.masked_fill(inside[:, None], 0.0)
 
 
-def erasing_boxes(n: int, size: tuple[int, int], p: float, scale: tuple[float, float], ratio: tuple[float, float],
-                  g: torch.Generator, attempts: int = 10) -> torch.Tensor:  # fmt: skip
+def erasing_boxes(
+    n: int,
+    size: tuple[int, int],
+    p: float,
+    scale: tuple[float, float],
+    ratio: tuple[float, float],
+    g: torch.Generator,
+    attempts: int = 10,
+) -> torch.Tensor:
     """torchvision's RandomErasing.get_params for ``n`` images of ``size``: with probability ``p`` a box of
     an area share in ``scale`` and a log-uniform aspect in ``ratio`` (the first of ``attempts`` that fits);
     images not erased get an empty box."""

@@ -105,8 +105,14 @@ class _Resumable:
 class MemoryLoader(_Resumable):
     """Batches gathered from one in-memory uint8 tensor (on the GPU when it is there)."""
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, order: EpochOrder, device: torch.device,
-                 ids: list[str] | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        order: EpochOrder,
+        device: torch.device,
+        ids: list[str] | None = None,
+    ) -> None:
         self.images, self.labels, self.order, self.device = images, labels.to(images.device), order, device
         self.ids = ids
 
@@ -183,14 +189,25 @@ class StreamLoader(_Resumable):
     """A DataLoader with worker processes over a Dataset that decodes per sample, for data that does not
     fit in memory. Same batches, in the same order, as MemoryLoader for the same seed."""
 
-    def __init__(self, ds: Any, labels_of: Callable[[], list[int]], order: EpochOrder, device: torch.device,
-                 workers: int, ids: list[str] | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        ds: Any,
+        labels_of: Callable[[], list[int]],
+        order: EpochOrder,
+        device: torch.device,
+        workers: int,
+        ids: list[str] | None = None,
+    ) -> None:
         self.order, self.device, self.ids, self._labels_of = order, device, ids, labels_of
         self.loader = DataLoader(
-            _Indexed(ds), batch_sampler=_OrderSampler(order), num_workers=workers, collate_fn=_collate,
-            pin_memory=device.type == "cuda", persistent_workers=workers > 0,
+            _Indexed(ds),
+            batch_sampler=_OrderSampler(order),
+            num_workers=workers,
+            collate_fn=_collate,
+            pin_memory=device.type == "cuda",
+            persistent_workers=workers > 0,
             prefetch_factor=4 if workers > 0 else None,
-        )  # fmt: skip
+        )
 
     @cached_property
     def labels(self) -> torch.Tensor:
@@ -205,8 +222,12 @@ class StreamLoader(_Resumable):
         return torch.stack([torch.as_tensor(ds[int(i)][0]) for i in idx])
 
     def in_order(self, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        loader = DataLoader(self.loader.dataset, batch_size=batch_size, num_workers=self.loader.num_workers,
-                            collate_fn=_collate)  # fmt: skip
+        loader = DataLoader(
+            self.loader.dataset,
+            batch_size=batch_size,
+            num_workers=self.loader.num_workers,
+            collate_fn=_collate,
+        )
         for x, _, idx in loader:
             yield x.to(self.device), idx
 

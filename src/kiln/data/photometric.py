@@ -120,8 +120,9 @@ def affine(x: torch.Tensor, matrix: torch.Tensor) -> torch.Tensor:
     """Resample each image through its 2x3 map from output to input pixel coordinates (pixel centres at
     +0.5), bilinear, black outside."""
     _, _, h, w = x.shape
-    ys, xs = torch.meshgrid(torch.arange(h, device=x.device) + 0.5, torch.arange(w, device=x.device) + 0.5,
-                            indexing="ij")  # fmt: skip
+    ys, xs = torch.meshgrid(
+        torch.arange(h, device=x.device) + 0.5, torch.arange(w, device=x.device) + 0.5, indexing="ij"
+    )
     pts = torch.stack([xs, ys, torch.ones_like(xs)], -1).view(1, h * w, 3).to(x.dtype)
     src = pts @ matrix.to(x).transpose(1, 2)  # [B, H*W, 2] input pixel coordinates
     grid = torch.stack([src[..., 0] / w * 2 - 1, src[..., 1] / h * 2 - 1], -1).view(-1, h, w, 2)
@@ -168,8 +169,9 @@ def apply_op(x: torch.Tensor, op: str, m: torch.Tensor) -> torch.Tensor:
     return x
 
 
-def draw_ops(n: int, kind: str, num_ops: int, magnitude: int, size: tuple[int, int],
-             g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+def draw_ops(
+    n: int, kind: str, num_ops: int, magnitude: int, size: tuple[int, int], g: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Per image: ``num_ops`` op indices into OPS and their signed magnitudes. ``trivial``: one op with a
     uniform magnitude bin (TrivialAugmentWide); ``rand``: ``num_ops`` ops at bin ``magnitude`` (RandAugment)."""
     space = _space(kind == "trivial", size)

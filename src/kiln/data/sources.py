@@ -69,8 +69,10 @@ def torchvision_dataset(cfg: DataConfig) -> RawSplits:
                 "or data.root to a folder that holds it"
             ) from None
         except OSError as e:  # no network while downloading
-            raise DataError(f"data.source={cfg.source}: download into {root} failed ({e}); check the network "
-                            "or copy the dataset there and set data.download=false") from None  # fmt: skip
+            raise DataError(
+                f"data.source={cfg.source}: download into {root} failed ({e}); check the network "
+                "or copy the dataset there and set data.download=false"
+            ) from None
         data = torch.as_tensor(np.asarray(ds.data))
         images = data.unsqueeze(1) if data.ndim == 3 else data.permute(0, 3, 1, 2)  # -> N,C,H,W
         labels = torch.as_tensor(np.asarray(ds.targets), dtype=torch.int64)
@@ -131,8 +133,10 @@ def _read_csv(
         reader = csv.DictReader(f)
         missing = [c for c in (col_path, col_label) if c not in (reader.fieldnames or [])]
         if missing:
-            raise DataError(f"{path}: no column {missing} (columns: {reader.fieldnames}); "
-                            "set data.csv.path_column / data.csv.label_column")  # fmt: skip
+            raise DataError(
+                f"{path}: no column {missing} (columns: {reader.fieldnames}); "
+                "set data.csv.path_column / data.csv.label_column"
+            )
         base = os.path.abspath(root)
         for row_no, row in enumerate(reader, start=2):  # row 1 is the header
             rel = (row[col_path] or "").strip()
@@ -223,12 +227,18 @@ def custom(cfg: DataConfig) -> RawSplits:
     if classes is None:
         n = int(max(int(train[i][1]) for i in range(len(train)))) + 1
         classes = [str(i) for i in range(n)]
-    return RawSplits(DatasetSplit(train), None, DatasetSplit(test) if test is not None else None,
-                     [str(c) for c in classes])  # fmt: skip
+    return RawSplits(
+        DatasetSplit(train), None, DatasetSplit(test) if test is not None else None, [str(c) for c in classes]
+    )
 
 
-SOURCES = {"digits": digits, **dict.fromkeys(_TORCHVISION, torchvision_dataset), "folder": folder,
-           "csv": csv_source, "custom": custom}  # fmt: skip
+SOURCES = {
+    "digits": digits,
+    **dict.fromkeys(_TORCHVISION, torchvision_dataset),
+    "folder": folder,
+    "csv": csv_source,
+    "custom": custom,
+}
 
 
 def list_source(cfg: DataConfig) -> RawSplits:

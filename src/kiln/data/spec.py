@@ -41,8 +41,12 @@ class ImageSpec:
 
     def record(self) -> dict[str, object]:
         """The geometry half of preprocess.json and a checkpoint's ``preprocess``."""
-        return {"resize": self.resize, "resize_size": list(self.resize_size), "crop_pct": self.crop_pct,
-                "interpolation": self.interpolation}  # fmt: skip
+        return {
+            "resize": self.resize,
+            "resize_size": list(self.resize_size),
+            "crop_pct": self.crop_pct,
+            "interpolation": self.interpolation,
+        }
 
 
 @dataclass(frozen=True)

@@ -35,8 +35,9 @@ class Features:
 
 
 class FrozenFeatures:
-    def __init__(self, model: nn.Module, data: DataBundle, step: StepOptions, evaluation: EvalOptions,
-                 batch_size: int) -> None:  # fmt: skip
+    def __init__(
+        self, model: nn.Module, data: DataBundle, step: StepOptions, evaluation: EvalOptions, batch_size: int
+    ) -> None:
         self.model, self.data, self.step, self.evaluation, self.batch_size = (
             model,
             data,
@@ -109,18 +110,28 @@ class FrozenFeatures:
         return EvalOptions(metric_fns=self.evaluation.metric_fns)  # test-time views are in the features
 
 
-def frozen_features(cfg: Config, model: nn.Module, data: DataBundle, step: StepOptions, evaluation: EvalOptions,
-                    d: Dist) -> FrozenFeatures | None:  # fmt: skip
+def frozen_features(
+    cfg: Config, model: nn.Module, data: DataBundle, step: StepOptions, evaluation: EvalOptions, d: Dist
+) -> FrozenFeatures | None:
     """The feature path when it applies: a frozen backbone (and BatchNorm), one process, no pair mixing,
     and augmentation drawn per image (the photo pipeline) or none."""
     a, t = cfg.data.augment, cfg.trainer
-    reasons = [why for why, bad in (
-        ("trainer.frozen_features=off", t.frozen_features == "off"),
-        ("model.freeze is not `backbone`", cfg.model.freeze != "backbone"), ("model.freeze_bn is off", not cfg.model.freeze_bn),
-        ("DDP", d.enabled), ("mixup/cutmix mix pairs of a batch", a.mixup > 0 or a.cutmix > 0),
-        ("CIFAR-style augmentation is drawn per batch", bool(a.crop_padding or a.cutout or a.alternating_flip)
-         or (a.hflip and not data.transform.photo)),
-    ) if bad]  # fmt: skip
+    reasons = [
+        why
+        for why, bad in (
+            ("trainer.frozen_features=off", t.frozen_features == "off"),
+            ("model.freeze is not `backbone`", cfg.model.freeze != "backbone"),
+            ("model.freeze_bn is off", not cfg.model.freeze_bn),
+            ("DDP", d.enabled),
+            ("mixup/cutmix mix pairs of a batch", a.mixup > 0 or a.cutmix > 0),
+            (
+                "CIFAR-style augmentation is drawn per batch",
+                bool(a.crop_padding or a.cutout or a.alternating_flip)
+                or (a.hflip and not data.transform.photo),
+            ),
+        )
+        if bad
+    ]
     if cfg.model.freeze == "backbone" and reasons and t.frozen_features == "auto":
         log(f"kiln: frozen backbone, full forward passes ({'; '.join(reasons)})")
     if reasons:
@@ -129,6 +140,8 @@ def frozen_features(cfg: Config, model: nn.Module, data: DataBundle, step: StepO
         model, data, step, evaluation, data.val.order.batch_size if data.val is not None else 8
     )
     views = "one view" if not f.random else f"{a.views} views" if a.views else "a new view each epoch"
-    log(f"kiln: frozen backbone: its features are computed once per image and view ({views}) and the head "
-        "trains on them (trainer.frozen_features=off for full passes)")  # fmt: skip
+    log(
+        f"kiln: frozen backbone: its features are computed once per image and view ({views}) and the head "
+        "trains on them (trainer.frozen_features=off for full passes)"
+    )
     return f

@@ -17,8 +17,10 @@ def build_loggers(cfg: Config, run: RunDir) -> list[Callback]:
             from torch.utils.tensorboard import SummaryWriter  # noqa: F401
         except ImportError:
             # on by default, and tensorboard is an optional extra: a note, not an error
-            log("kiln: logging.tensorboard is on but the tensorboard package is missing; "
-                "pip install 'torchkiln[tensorboard]' (or set logging.tensorboard=false)")  # fmt: skip
+            log(
+                "kiln: logging.tensorboard is on but the tensorboard package is missing; "
+                "pip install 'torchkiln[tensorboard]' (or set logging.tensorboard=false)"
+            )
         else:
             from kiln.engine.tensorboard_logger import TensorBoardLogger
 

@@ -64,12 +64,23 @@ def _never() -> bool:
 
 
 def train_one_epoch(
-    model: nn.Module, criterion: Criterion, optimizer: torch.optim.Optimizer, loader: Any,
-    transform: BatchTransform, state: TrainState, opts: StepOptions, *,
-    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None, scaler: torch.amp.GradScaler | None = None,
-    ema: EMA | None = None, frozen_bn: Sequence[nn.Module] = (), callbacks: CallbackList | None = None,
-    dist: Dist = LOCAL, should_stop: Callable[[], bool] = _never, limit: int | None = None,
-) -> dict[str, Any]:  # fmt: skip
+    model: nn.Module,
+    criterion: Criterion,
+    optimizer: torch.optim.Optimizer,
+    loader: Any,
+    transform: BatchTransform,
+    state: TrainState,
+    opts: StepOptions,
+    *,
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+    scaler: torch.amp.GradScaler | None = None,
+    ema: EMA | None = None,
+    frozen_bn: Sequence[nn.Module] = (),
+    callbacks: CallbackList | None = None,
+    dist: Dist = LOCAL,
+    should_stop: Callable[[], bool] = _never,
+    limit: int | None = None,
+) -> dict[str, Any]:
     """One epoch of training, or its first ``limit`` batches (a fractional last epoch). ``scheduler`` None:
     a constant LR (no per-step call). ``frozen_bn`` stay in eval mode. ``should_stop`` (a signal handler's
     flag) ends the epoch at the next step boundary, with ``interrupted`` set in the result."""
@@ -112,8 +123,12 @@ def train_one_epoch(
         if last or stop:
             break  # a fractional last epoch, or an interrupt, stops here before the loader's end
     seconds, (loss_avg, acc) = time.perf_counter() - t0, tally.running()
-    return {"train_loss": loss_avg, "train_acc": acc, "images_per_s": tally.seen / max(seconds, 1e-9),
-            "interrupted": bool(stop)}  # fmt: skip
+    return {
+        "train_loss": loss_avg,
+        "train_acc": acc,
+        "images_per_s": tally.seen / max(seconds, 1e-9),
+        "interrupted": bool(stop),
+    }
 
 
 def mixed_loss(criterion: Criterion, logits: torch.Tensor, y: torch.Tensor, mix: Mix | None) -> torch.Tensor:
@@ -121,8 +136,12 @@ def mixed_loss(criterion: Criterion, logits: torch.Tensor, y: torch.Tensor, mix:
     return loss if mix is None else mix.lam * loss + (1 - mix.lam) * criterion(logits, y[mix.perm])
 
 
-def optimizer_step(model: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None,
-                   grad_clip: float | None) -> None:  # fmt: skip
+def optimizer_step(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler | None,
+    grad_clip: float | None,
+) -> None:
     """Clip, step (through the fp16 scaler, which skips steps with inf/nan gradients), zero the grads."""
     if grad_clip is not None:
         if scaler is not None:
@@ -210,8 +229,9 @@ def tta_views(x: torch.Tensor, mode: str) -> list[tuple[torch.Tensor, float]]:
 
 
 @torch.no_grad()
-def infer(model: nn.Module, loader: Iterable[Any], transform: BatchTransform,
-          opts: EvalOptions = EvalOptions()) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
+def infer(
+    model: nn.Module, loader: Iterable[Any], transform: BatchTransform, opts: EvalOptions = EvalOptions()
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Logits (float32, on the CPU), labels and sample indices over a whole loader; TTA views averaged."""
     model.eval()
     outs, ys, ids = [], [], []
@@ -228,8 +248,9 @@ def infer(model: nn.Module, loader: Iterable[Any], transform: BatchTransform,
     return torch.cat(outs).cpu(), torch.cat(ys).cpu(), torch.cat(ids).cpu()
 
 
-def predict(model: nn.Module, loader: Any, transform: BatchTransform, opts: EvalOptions,
-            dist: Dist = LOCAL) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
+def predict(
+    model: nn.Module, loader: Any, transform: BatchTransform, opts: EvalOptions, dist: Dist = LOCAL
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``infer`` over a split; under DDP each rank infers its shard and all gather the rest, so every
     sample is counted exactly once (no padding duplicates) and results are in sample order."""
     logits, y, idx = infer(model, loader, transform, opts)
@@ -241,15 +262,19 @@ def predict(model: nn.Module, loader: Any, transform: BatchTransform, opts: Eval
     return logits[order], y[order], idx[order]
 
 
-def evaluate(model: nn.Module, loader: Any, transform: BatchTransform, opts: EvalOptions,
-             dist: Dist = LOCAL) -> dict[str, float]:  # fmt: skip
+def evaluate(
+    model: nn.Module, loader: Any, transform: BatchTransform, opts: EvalOptions, dist: Dist = LOCAL
+) -> dict[str, float]:
     """Loss (plain cross-entropy, no smoothing, so it compares across configs), accuracy, and the
     config's extra metrics (``trainer.metrics``) as ``metric_<name>``."""
     logits, y, _ = predict(model, loader, transform, opts, dist)
     if y.numel() == 0:
         return {"loss": float("nan"), "acc": float("nan"), "n": 0}
-    out = {"loss": F.cross_entropy(logits, y).item(), "acc": (logits.argmax(1) == y).double().mean().item(),
-           "n": int(y.numel())}  # fmt: skip
+    out = {
+        "loss": F.cross_entropy(logits, y).item(),
+        "acc": (logits.argmax(1) == y).double().mean().item(),
+        "n": int(y.numel()),
+    }
     for name, fn in opts.metric_fns.items():
         out[f"metric_{name}"] = float(fn(logits, y))
     return out

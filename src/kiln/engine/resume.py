@@ -21,8 +21,15 @@ from kiln.optim import add_param_group
 from kiln.paths import RunDir
 
 
-def make_checkpoint(cfg: Config, parts: Parts, state: TrainState, callbacks: CallbackList, data: DataBundle,
-                    d: Dist, metrics: dict[str, Any]) -> dict[str, Any]:  # fmt: skip
+def make_checkpoint(
+    cfg: Config,
+    parts: Parts,
+    state: TrainState,
+    callbacks: CallbackList,
+    data: DataBundle,
+    d: Dist,
+    metrics: dict[str, Any],
+) -> dict[str, Any]:
     """The checkpoint payload. Under DDP every rank must call this (it gathers each rank's RNG state)."""
     rngs = gather_objects(d, ckpt.rng_state())
     return {
@@ -32,13 +39,20 @@ def make_checkpoint(cfg: Config, parts: Parts, state: TrainState, callbacks: Cal
         "optimizer_state_dict": parts.optimizer.state_dict(),
         "scheduler_state_dict": parts.scheduler.state_dict(),
         "scaler_state_dict": parts.scaler.state_dict(),
-        "epoch": state.epoch, "step": state.step, "loss": state.last_loss,
+        "epoch": state.epoch,
+        "step": state.step,
+        "loss": state.last_loss,
         "callbacks": callbacks.state_dict(),
-        "rng": rngs[0], "rng_per_rank": rngs if len(rngs) > 1 else None,
+        "rng": rngs[0],
+        "rng_per_rank": rngs if len(rngs) > 1 else None,
         "data_state": data.train.state_dict(),  # type: ignore[union-attr]
-        "config": cfg.to_dict(), "classes": list(data.classes), "preprocess": data.preprocess(),
-        "metrics": metrics, "kiln_version": __version__, "torch_version": str(torch.__version__),
-    }  # fmt: skip
+        "config": cfg.to_dict(),
+        "classes": list(data.classes),
+        "preprocess": data.preprocess(),
+        "metrics": metrics,
+        "kiln_version": __version__,
+        "torch_version": str(torch.__version__),
+    }
 
 
 def unfreeze(cfg: Config, parts: Parts) -> None:
@@ -49,10 +63,13 @@ def unfreeze(cfg: Config, parts: Parts) -> None:
         return
     for p in params:
         p.requires_grad_(True)
-    add_param_group(parts.optimizer, parts.scheduler, params, cfg.trainer.unfreeze.lr_mult,
-                    cfg.optimizer.weight_decay)  # fmt: skip
-    log(f"kiln: unfroze {len(params)} parameter tensors at epoch {cfg.trainer.unfreeze.at_epoch} "
-        f"(lr x {cfg.trainer.unfreeze.lr_mult})")  # fmt: skip
+    add_param_group(
+        parts.optimizer, parts.scheduler, params, cfg.trainer.unfreeze.lr_mult, cfg.optimizer.weight_decay
+    )
+    log(
+        f"kiln: unfroze {len(params)} parameter tensors at epoch {cfg.trainer.unfreeze.at_epoch} "
+        f"(lr x {cfg.trainer.unfreeze.lr_mult})"
+    )
 
 
 def match_param_layout(optimizer: torch.optim.Optimizer) -> None:
@@ -67,21 +84,32 @@ def match_param_layout(optimizer: torch.optim.Optimizer) -> None:
 def check_compatible(path: str, cfg: Config, saved: dict[str, Any], classes: list[str]) -> None:
     """Refuse a checkpoint of another model, optimizer, data source or class list, naming what differs."""
     if saved.get("classes") != list(classes):
-        raise CheckpointError(f"{path}: trained on classes {saved.get('classes')}, but the data now has "
-                              f"{list(classes)}; resume with the same data")  # fmt: skip
+        raise CheckpointError(
+            f"{path}: trained on classes {saved.get('classes')}, but the data now has "
+            f"{list(classes)}; resume with the same data"
+        )
     old = saved.get("config", {})
     for section, keys in (("model", None), ("optimizer", ("name",)), ("data", ("source",))):
         # a key the checkpoint lacks was added to kiln after it was written: that run had the default
         defaults = type(getattr(cfg, section))().model_dump(mode="json")
         diff = config_diff({**defaults, **old.get(section, {})}, cfg.to_dict()[section], section, keys)
         if diff:
-            raise CheckpointError(f"{path}: the {section} differs from the checkpoint's ({'; '.join(diff)}); "
-                                  f"resume with the same {section} settings, or start anew from its weights "
-                                  f"with model.pretrained={path}")  # fmt: skip
+            raise CheckpointError(
+                f"{path}: the {section} differs from the checkpoint's ({'; '.join(diff)}); "
+                f"resume with the same {section} settings, or start anew from its weights "
+                f"with model.pretrained={path}"
+            )
 
 
-def restore(path: str, cfg: Config, parts: Parts, state: TrainState, callbacks: CallbackList,
-            data: DataBundle, d: Dist) -> None:  # fmt: skip
+def restore(
+    path: str,
+    cfg: Config,
+    parts: Parts,
+    state: TrainState,
+    callbacks: CallbackList,
+    data: DataBundle,
+    d: Dist,
+) -> None:
     """Put the run back where the checkpoint was: weights, optimizer, schedule, counters, callback states,
     the position in the epoch and every RNG."""
     saved = ckpt.load(path)

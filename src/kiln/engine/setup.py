@@ -83,8 +83,10 @@ def data_preset(cfg: Config) -> Preset | None:
         k for k in ("image_size", "crop_pct", "interpolation", "mean") if getattr(cfg.data, k) is not None
     ]
     shown = ", ".join(f"{k} {v}" for k, v in w.items() if k != "source")
-    log(f"kiln: preprocessing from {preset.source}: {shown}"
-        + (f" (the config's data.{', data.'.join(given)} win)" if given else ""))  # fmt: skip
+    log(
+        f"kiln: preprocessing from {preset.source}: {shown}"
+        + (f" (the config's data.{', data.'.join(given)} win)" if given else "")
+    )
     return preset
 
 
@@ -107,9 +109,14 @@ def seed_everything(seed: int, deterministic: bool, threads: int | None = None) 
 def build_model(cfg: Config, data: DataBundle, device: torch.device) -> tuple[nn.Module, list[str], float]:
     """The model on ``device``: created, initialised from the data when asked, pretrained weights loaded
     and parameters frozen. Returns (model, frozen parameter names, seconds spent on the data init)."""
-    model = create_model(cfg.model.name, num_classes=len(data.classes), in_channels=data.in_channels,
-                         image_size=data.image_size, pretrained=cfg.model.pretrained is True,
-                         **cfg.model.args).to(device)  # fmt: skip
+    model = create_model(
+        cfg.model.name,
+        num_classes=len(data.classes),
+        in_channels=data.in_channels,
+        image_size=data.image_size,
+        pretrained=cfg.model.pretrained is True,
+        **cfg.model.args,
+    ).to(device)
     t0 = time.perf_counter()
     init = getattr(model, "init_from_data", None)
     if callable(init) and not cfg.model.pretrained:  # data-dependent init (airbench's whitening conv)
@@ -166,12 +173,22 @@ def build_parts(cfg: Config, data: DataBundle, device: torch.device, d: Dist) ->
     if t.compile:
         train_model = torch.compile(train_model)
     return Parts(
-        model=model, train_model=train_model, optimizer=optimizer, scaler=make_scaler(precision, device), ema=ema,
-        scheduler=scheduler, schedule_steps=cfg.scheduler.name != "none" or cfg.scheduler.warmup_epochs > 0,
-        criterion=build_loss(t.loss, t.label_smoothing, t.loss_args), step=step, eval=evaluation, frozen=frozen,
-        freeze_bn=cfg.model.freeze_bn, bn_stats_frozen=cfg.model.bn_stats == "frozen", init_seconds=init_seconds,
+        model=model,
+        train_model=train_model,
+        optimizer=optimizer,
+        scaler=make_scaler(precision, device),
+        ema=ema,
+        scheduler=scheduler,
+        schedule_steps=cfg.scheduler.name != "none" or cfg.scheduler.warmup_epochs > 0,
+        criterion=build_loss(t.loss, t.label_smoothing, t.loss_args),
+        step=step,
+        eval=evaluation,
+        frozen=frozen,
+        freeze_bn=cfg.model.freeze_bn,
+        bn_stats_frozen=cfg.model.bn_stats == "frozen",
+        init_seconds=init_seconds,
         features=features,
-    )  # fmt: skip
+    )
 
 
 @torch.no_grad()
@@ -180,8 +197,10 @@ def init_head(model: nn.Module, data: DataBundle, features: FrozenFeatures | Non
     when there is one, else up to 2,000 train images in the evaluation's view)."""
     old = getattr(model, "kiln_pretrained_head", None)
     if old is None:
-        raise KilnError("model.head_init=pretrained_classes: the pretrained weights have no classifier to start "
-                        "from (the weights file has no head of its own); use model.head_init=random")  # fmt: skip
+        raise KilnError(
+            "model.head_init=pretrained_classes: the pretrained weights have no classifier to start "
+            "from (the weights file has no head of its own); use model.head_init=random"
+        )
     if features is not None:
         feats, labels = features.train_features()
     else:
@@ -191,8 +210,10 @@ def init_head(model: nn.Module, data: DataBundle, features: FrozenFeatures | Non
             feats = torch.cat([backbone(x[i : i + 64]).float() for i in range(0, len(x), 64)])
     head = model.get_submodule(transfer.head_name(model))
     missing = transfer.init_head_from_classes(head, old, feats, labels)  # type: ignore[arg-type]
-    log(f"kiln: head starts from the pretrained classifier, mixed per class by its predictions on {len(labels)} "
-        f"train images" + (f" (classes {missing} have no images: random rows)" if missing else ""))  # fmt: skip
+    log(
+        f"kiln: head starts from the pretrained classifier, mixed per class by its predictions on {len(labels)} "
+        f"train images" + (f" (classes {missing} have no images: random rows)" if missing else "")
+    )
 
 
 def sample_images(data: DataBundle, n: int) -> torch.Tensor:
@@ -253,15 +274,25 @@ def write_run_info(run: RunDir, data: DataBundle) -> None:
     """What it takes to reproduce the run: versions, the project's git commit, and a dataset fingerprint."""
     commit = dirty = None
     with contextlib.suppress(OSError, subprocess.SubprocessError):
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10,
-                                check=True).stdout.strip()  # fmt: skip
-        dirty = bool(subprocess.run(["git", "status", "--porcelain"], capture_output=True, text=True,
-                                    timeout=10).stdout.strip())  # fmt: skip
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, check=True
+        ).stdout.strip()
+        dirty = bool(
+            subprocess.run(
+                ["git", "status", "--porcelain"], capture_output=True, text=True, timeout=10
+            ).stdout.strip()
+        )
     info = {
-        "python": sys.version.split()[0], "platform": platform.platform(), "torch": str(torch.__version__),
-        "cuda": torch.version.cuda, "cudnn": torch.backends.cudnn.version() if torch.cuda.is_available() else None,
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "torch": str(torch.__version__),
+        "cuda": torch.version.cuda,
+        "cudnn": torch.backends.cudnn.version() if torch.cuda.is_available() else None,
         "gpus": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())],
-        "git_commit": commit, "git_dirty": dirty, "cwd": os.getcwd(),
-        "dataset_fingerprint": data.fingerprint, "classes": list(data.classes),
-    }  # fmt: skip
+        "git_commit": commit,
+        "git_dirty": dirty,
+        "cwd": os.getcwd(),
+        "dataset_fingerprint": data.fingerprint,
+        "classes": list(data.classes),
+    }
     write_atomic(run.run_info, json.dumps(info, indent=2))

@@ -26,8 +26,10 @@ class StopRequest:
             sys.stderr.write("\nkiln: second interrupt, exiting now (the last checkpoint written is kept)\n")
             os._exit(EXIT_CODES.get(signal.Signals(signum), 130))
         self.signum = signum
-        sys.stderr.write(f"\nkiln: {signal.Signals(signum).name} received; stopping after this step and saving "
-                         "a checkpoint (interrupt again to exit at once)\n")  # fmt: skip
+        sys.stderr.write(
+            f"\nkiln: {signal.Signals(signum).name} received; stopping after this step and saving "
+            "a checkpoint (interrupt again to exit at once)\n"
+        )
 
     def __enter__(self) -> StopRequest:
         if threading.current_thread() is threading.main_thread():  # handlers can only be set there

@@ -53,8 +53,9 @@ class TensorBoardLogger(Callback):
                 old.unlink()
         self.last_logged = self.step
         # purge_step: on resume, TensorBoard hides what a crashed run logged past the checkpoint
-        self.writer = SummaryWriter(str(self.log_dir), purge_step=self.step + 1 if resuming else None,
-                                    flush_secs=30)  # fmt: skip
+        self.writer = SummaryWriter(
+            str(self.log_dir), purge_step=self.step + 1 if resuming else None, flush_secs=30
+        )
         log(f"kiln: TensorBoard logs in {self.log_dir}; view them with: tensorboard --logdir {self.log_dir}")
         if resuming:
             return  # the images and graph were logged at the start of the first run

@@ -36,7 +36,7 @@ from kiln.engine.setup import (
     sample_images,
     seed_everything,
     write_run_info,
-)  # fmt: skip
+)
 from kiln.engine.signals import EXIT_CODES, StopRequest
 from kiln.errors import Interrupted, KilnError
 from kiln.metrics import Outputs
@@ -59,8 +59,10 @@ def fit(
         distributed.barrier(d)  # no rank tears its process group down while another still talks to it
         return summary
     except torch.OutOfMemoryError:
-        raise KilnError(f"out of GPU memory at data.batch_size={cfg.data.batch_size}; lower data.batch_size "
-                        "(and raise trainer.accumulate to keep the effective batch)") from None  # fmt: skip
+        raise KilnError(
+            f"out of GPU memory at data.batch_size={cfg.data.batch_size}; lower data.batch_size "
+            "(and raise trainer.accumulate to keep the effective batch)"
+        ) from None
     finally:
         distributed.shutdown(d)
 
@@ -72,8 +74,10 @@ def _fit(
     device = distributed.device_for(d, resolve_device(cfg.run.device))
     run = RunDir(cfg.run_dir)
     if cfg.data.batch_size % d.world:
-        raise KilnError(f"data.batch_size: {cfg.data.batch_size} (the global batch) does not split evenly over "
-                        f"{d.world} processes; use a multiple of {d.world}")  # fmt: skip
+        raise KilnError(
+            f"data.batch_size: {cfg.data.batch_size} (the global batch) does not split evenly over "
+            f"{d.world} processes; use a multiple of {d.world}"
+        )
     data = build(cfg.data, cfg.run.seed, device, d.rank, d.world, preset=data_preset(cfg))
     parts = build_parts(cfg, data, device, d)
     if d.rank:
@@ -94,31 +98,53 @@ def _fit(
     if d.is_main:
         dump_config(cfg, run.config)
         write_run_info(run, data)
-    log(f"kiln: training {cfg.model.name} on {cfg.data.source} ({len(data.classes)} classes, "
+    log(
+        f"kiln: training {cfg.model.name} on {cfg.data.source} ({len(data.classes)} classes, "
         f"{data.train.order.n} train images) on {device}{f' x {d.world} processes' if d.enabled else ''}, "
-        f"{cfg.trainer.epochs} epochs -> {run.root}")  # fmt: skip
-    callbacks.fit_start(FitInfo(
-        run_dir=run.root, config=cfg.to_dict(), classes=list(data.classes), start_epoch=state.epoch,
-        start_step=state.step, model=parts.model, sample_images=sample_images(data, 16),
-        augmented_samples=augmented_samples(data, 16), data=data, rank=d.rank, world_size=d.world,
-    ))  # fmt: skip
+        f"{cfg.trainer.epochs} epochs -> {run.root}"
+    )
+    callbacks.fit_start(
+        FitInfo(
+            run_dir=run.root,
+            config=cfg.to_dict(),
+            classes=list(data.classes),
+            start_epoch=state.epoch,
+            start_step=state.step,
+            model=parts.model,
+            sample_images=sample_images(data, 16),
+            augmented_samples=augmented_samples(data, 16),
+            data=data,
+            rank=d.rank,
+            world_size=d.world,
+        )
+    )
     stop_reason = train_epochs(cfg, parts, state, data, callbacks, run, d, stop)
     summary = finish(cfg, parts, state, data, callbacks, run, d, checkpointer, stop_reason)
     callbacks.fit_end(summary)
     return summary
 
 
-def train_epochs(cfg: Config, parts: Parts, state: TrainState, data: DataBundle, callbacks: CallbackList,
-                 run: RunDir, d: distributed.Dist, stop: StopRequest) -> str | None:  # fmt: skip
+def train_epochs(
+    cfg: Config,
+    parts: Parts,
+    state: TrainState,
+    data: DataBundle,
+    callbacks: CallbackList,
+    run: RunDir,
+    d: distributed.Dist,
+    stop: StopRequest,
+) -> str | None:
     """The epoch loop; returns why it stopped early (or None). Ctrl-C: checkpoint, then Interrupted."""
     epochs, stop_reason, init_seconds = math.ceil(cfg.trainer.epochs), None, parts.init_seconds
     for epoch in range(state.epoch, epochs):
         metrics = run_epoch(cfg, parts, state, data, callbacks, epoch, d, stop)
         if metrics.get("interrupted"):
             callbacks.interrupt(epoch, state.step)  # checkpointing writes last.pt
-            raise Interrupted(f"interrupted at epoch {epoch + 1}, step {state.step}; saved {run.last}. Resume with:\n"
-                              f"  kiln train -c {run.config} --resume {run.last}",
-                              EXIT_CODES.get(stop.signum or 2, 130))  # fmt: skip
+            raise Interrupted(
+                f"interrupted at epoch {epoch + 1}, step {state.step}; saved {run.last}. Resume with:\n"
+                f"  kiln train -c {run.config} --resume {run.last}",
+                EXIT_CODES.get(stop.signum or 2, 130),
+            )
         # a data-dependent init (model.pca_init) is training work: the first epoch this process runs includes it
         metrics["seconds"] += init_seconds
         init_seconds = 0.0
@@ -132,8 +158,16 @@ def train_epochs(cfg: Config, parts: Parts, state: TrainState, data: DataBundle,
     return stop_reason
 
 
-def run_epoch(cfg: Config, parts: Parts, state: TrainState, data: DataBundle, callbacks: CallbackList,
-              epoch: int, d: distributed.Dist, stop: StopRequest) -> dict[str, Any]:  # fmt: skip
+def run_epoch(
+    cfg: Config,
+    parts: Parts,
+    state: TrainState,
+    data: DataBundle,
+    callbacks: CallbackList,
+    epoch: int,
+    d: distributed.Dist,
+    stop: StopRequest,
+) -> dict[str, Any]:
     """Train one epoch (or the fraction a fractional trainer.epochs leaves), then validate."""
     epochs, train = math.ceil(cfg.trainer.epochs), data.train
     train.set_epoch(epoch)  # type: ignore[union-attr]
@@ -154,11 +188,22 @@ def run_epoch(cfg: Config, parts: Parts, state: TrainState, data: DataBundle, ca
     else:
         model, loader, transform, opts = parts.train_model, train, data.transform, parts.step
     train_m = train_one_epoch(
-        model, parts.criterion, parts.optimizer, loader, transform, state, opts,  # type: ignore[arg-type]
-        scheduler=parts.scheduler if parts.schedule_steps else None, scaler=parts.scaler, ema=parts.ema,
-        frozen_bn=() if feats else parts.frozen_batchnorms(), callbacks=callbacks, dist=d, should_stop=stop,
+        model,
+        parts.criterion,
+        parts.optimizer,
+        loader,
+        transform,
+        state,
+        opts,  # type: ignore[arg-type]
+        scheduler=parts.scheduler if parts.schedule_steps else None,
+        scaler=parts.scaler,
+        ema=parts.ema,
+        frozen_bn=() if feats else parts.frozen_batchnorms(),
+        callbacks=callbacks,
+        dist=d,
+        should_stop=stop,
         limit=limit,
-    )  # fmt: skip
+    )
     if train_m["interrupted"]:
         return train_m
     # An epoch trainer.val_every_n_epochs skips reports NaN with validated=false, and moves neither best.pt
@@ -173,32 +218,65 @@ def run_epoch(cfg: Config, parts: Parts, state: TrainState, data: DataBundle, ca
     state.epoch = epoch + 1
     if validated:
         callbacks.eval_end("val", {"loss": val["loss"], "acc": val["acc"]})
-    return {"epoch": epoch + 1, "step": state.step, **train_m, "val_loss": val["loss"], "val_acc": val["acc"],
-            **{f"val_{k[7:]}": v for k, v in val.items() if k.startswith("metric_")}, "validated": validated,
-            "lr": parts.optimizer.param_groups[0]["lr"], "seconds": time.perf_counter() - t0}  # fmt: skip
+    return {
+        "epoch": epoch + 1,
+        "step": state.step,
+        **train_m,
+        "val_loss": val["loss"],
+        "val_acc": val["acc"],
+        **{f"val_{k[7:]}": v for k, v in val.items() if k.startswith("metric_")},
+        "validated": validated,
+        "lr": parts.optimizer.param_groups[0]["lr"],
+        "seconds": time.perf_counter() - t0,
+    }
 
 
-def finish(cfg: Config, parts: Parts, state: TrainState, data: DataBundle, callbacks: CallbackList, run: RunDir,
-           d: distributed.Dist, checkpointer: Checkpointing, stop_reason: str | None) -> dict[str, Any]:  # fmt: skip
+def finish(
+    cfg: Config,
+    parts: Parts,
+    state: TrainState,
+    data: DataBundle,
+    callbacks: CallbackList,
+    run: RunDir,
+    d: distributed.Dist,
+    checkpointer: Checkpointing,
+    stop_reason: str | None,
+) -> dict[str, Any]:
     """Measure the test split on the *best* checkpoint (read back from disk) and write summary.json."""
     summary: dict[str, Any] = {
-        "best_epoch": checkpointer.best_epoch, "best_metric": checkpointer.best,
-        "monitor": cfg.trainer.checkpoint.monitor, "epochs_run": state.epoch, "steps": state.step,
-        "stopped_early": stop_reason, "classes": list(data.classes), "best_checkpoint": str(run.best),
-        "world_size": d.world, "skipped_steps": state.skipped_steps, "skipped_samples": data.skipped,
-    }  # fmt: skip
+        "best_epoch": checkpointer.best_epoch,
+        "best_metric": checkpointer.best,
+        "monitor": cfg.trainer.checkpoint.monitor,
+        "epochs_run": state.epoch,
+        "steps": state.step,
+        "stopped_early": stop_reason,
+        "classes": list(data.classes),
+        "best_checkpoint": str(run.best),
+        "world_size": d.world,
+        "skipped_steps": state.skipped_steps,
+        "skipped_samples": data.skipped,
+    }
     distributed.barrier(d)  # rank 0 has finished writing best.pt
     if data.test is not None and run.best.exists():
         ckpt.unwrap(parts.eval_model).load_state_dict(ckpt.load(run.best)["model_state_dict"])
         t0 = time.perf_counter()
         logits, labels, idx = predict(parts.eval_model, data.test, data.transform, parts.eval, d)  # all ranks
-        test = {"loss": F.cross_entropy(logits, labels).item(), "accuracy": (logits.argmax(1) == labels).double().mean().item(),
-                "num_samples": int(labels.numel()), "seconds": time.perf_counter() - t0}  # fmt: skip
+        test = {
+            "loss": F.cross_entropy(logits, labels).item(),
+            "accuracy": (logits.argmax(1) == labels).double().mean().item(),
+            "num_samples": int(labels.numel()),
+            "seconds": time.perf_counter() - t0,
+        }
         summary["test"] = test
-        log(f"kiln: test accuracy {test['accuracy']:.4f} (loss {test['loss']:.4f}, {test['num_samples']} images, "
-            f"best epoch {checkpointer.best_epoch})")  # fmt: skip
-        callbacks.eval_end("test", {"loss": test["loss"], "acc": test["accuracy"]},
-                           Outputs(logits, labels, idx, list(data.classes)))  # fmt: skip
+        log(
+            f"kiln: test accuracy {test['accuracy']:.4f} (loss {test['loss']:.4f}, {test['num_samples']} images, "
+            f"best epoch {checkpointer.best_epoch})"
+        )
+        callbacks.eval_end(
+            "test",
+            {"loss": test["loss"], "acc": test["accuracy"]},
+            Outputs(logits, labels, idx, list(data.classes)),
+        )
     if d.is_main:
         write_atomic(run.summary, json.dumps(summary, indent=2))
     return summary

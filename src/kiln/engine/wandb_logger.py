@@ -26,8 +26,10 @@ def import_wandb(mode: str) -> Any:
     try:
         import wandb
     except ImportError:
-        raise ConfigError("logging.wandb is set but the wandb package is not installed: "
-                          "pip install 'torchkiln[wandb]' (or remove logging.wandb)") from None  # fmt: skip
+        raise ConfigError(
+            "logging.wandb is set but the wandb package is not installed: "
+            "pip install 'torchkiln[wandb]' (or remove logging.wandb)"
+        ) from None
     return wandb
 
 
@@ -63,10 +65,16 @@ class WandbLogger(Callback):
         try:
             with keep_rng():
                 self.run = wandb.init(
-                    project=self.wc.project, entity=self.wc.entity, mode=self.wc.mode, tags=list(self.wc.tags),
-                    dir=str(self.run_dir), name=self.name, config=info.config,
-                    id=resume_id, resume="allow" if resume_id else None,
-                )  # fmt: skip
+                    project=self.wc.project,
+                    entity=self.wc.entity,
+                    mode=self.wc.mode,
+                    tags=list(self.wc.tags),
+                    dir=str(self.run_dir),
+                    name=self.name,
+                    config=info.config,
+                    id=resume_id,
+                    resume="allow" if resume_id else None,
+                )
         except Exception as e:  # noqa: BLE001 - wandb raises its own types (no login, no network, ...)
             first = (str(e).strip().splitlines() or [type(e).__name__])[0]
             raise KilnError(

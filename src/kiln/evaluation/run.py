@@ -27,12 +27,28 @@ def write_predictions(path: Path, out: Outputs, ids: list[str], topk: int) -> No
     top_p, top_i = probs.topk(k, dim=1)
     with path.open("w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["id", "true", "predicted", "confidence", *[f"top{j + 1}" for j in range(k)],
-                    *[f"top{j + 1}_prob" for j in range(k)]])  # fmt: skip
+        w.writerow(
+            [
+                "id",
+                "true",
+                "predicted",
+                "confidence",
+                *[f"top{j + 1}" for j in range(k)],
+                *[f"top{j + 1}_prob" for j in range(k)],
+            ]
+        )
         for r in range(len(out.labels)):
             names = [out.classes[int(i)] for i in top_i[r]]
-            w.writerow([ids[r], out.classes[int(out.labels[r])], names[0], f"{float(top_p[r, 0]):.6f}", *names,
-                        *[f"{float(p):.6f}" for p in top_p[r]]])  # fmt: skip
+            w.writerow(
+                [
+                    ids[r],
+                    out.classes[int(out.labels[r])],
+                    names[0],
+                    f"{float(top_p[r, 0]):.6f}",
+                    *names,
+                    *[f"{float(p):.6f}" for p in top_p[r]],
+                ]
+            )
 
 
 def figures(out: Outputs, rep: dict[str, Any], loader: Any) -> dict[str, bytes]:
@@ -46,17 +62,24 @@ def figures(out: Outputs, rep: dict[str, Any], loader: Any) -> dict[str, bytes]:
         "reliability.png": plots.reliability_diagram(reliability(out), rep["ece"]),
     }
     if len(worst):
-        titles = [f"true {out.classes[int(out.labels[i])]}\npred {out.classes[int(pred[i])]} {float(conf[i]):.2f}"
-                  for i in worst]  # fmt: skip
-        figs["confident_mistakes.png"] = plots.gallery(loader.images_at(out.indices[worst]), titles,
-                                                       "Most confidently wrong")  # fmt: skip
+        titles = [
+            f"true {out.classes[int(out.labels[i])]}\npred {out.classes[int(pred[i])]} {float(conf[i]):.2f}"
+            for i in worst
+        ]
+        figs["confident_mistakes.png"] = plots.gallery(
+            loader.images_at(out.indices[worst]), titles, "Most confidently wrong"
+        )
     return figs
 
 
 def evaluate_checkpoint(
-    checkpoint: str | Path, split: str = "test", out_dir: str | Path | None = None,
-    overrides: list[str] | None = None, config: str | Path | None = None, topk: int = 5,
-) -> dict[str, Any]:  # fmt: skip
+    checkpoint: str | Path,
+    split: str = "test",
+    out_dir: str | Path | None = None,
+    overrides: list[str] | None = None,
+    config: str | Path | None = None,
+    topk: int = 5,
+) -> dict[str, Any]:
     t0 = time.perf_counter()
     r = restore(checkpoint, overrides, config)
     if split == "test" and not has_test_split(

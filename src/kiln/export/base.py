@@ -56,8 +56,14 @@ class Format(ABC):
     suffix: ClassVar[str] = ""  # the model file's suffix, for kiln predict
 
     @abstractmethod
-    def save(self, model: nn.Module, example: torch.Tensor, out_dir: Path, recipe: dict[str, Any],
-             opts: ExportOptions) -> Saved:  # fmt: skip
+    def save(
+        self,
+        model: nn.Module,
+        example: torch.Tensor,
+        out_dir: Path,
+        recipe: dict[str, Any],
+        opts: ExportOptions,
+    ) -> Saved:
         """Write ``model``; ``recipe`` holds model name/args, classes, preprocess and the run name."""
 
     @abstractmethod

@@ -41,8 +41,10 @@ def _read_preprocess(artifact: Path) -> dict[str, Any]:
             except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
                 raise ArtifactError(f"{p}: not a kiln preprocess.json ({type(e).__name__}: {e})") from None
             return pre
-    raise ArtifactError(f"{artifact}: no preprocess.json beside it; kiln export writes one with the input size, "
-                        "mean/std and class names. Copy it along with the model")  # fmt: skip
+    raise ArtifactError(
+        f"{artifact}: no preprocess.json beside it; kiln export writes one with the input size, "
+        "mean/std and class names. Copy it along with the model"
+    )
 
 
 def load_any(path: str | Path, trust: bool = False, device: str = "cpu") -> Loaded:
@@ -59,8 +61,14 @@ def load_any(path: str | Path, trust: bool = False, device: str = "cpu") -> Load
         if form.claims(p):
             if form.name == "safetensors":  # the recipe beside the weights has the preprocessing
                 model, recipe = load_safetensors(p)
-                return Loaded(torch_runner(model, device), dict(recipe["preprocess"]), list(recipe["classes"]),
-                              form.name, p, device)  # fmt: skip
+                return Loaded(
+                    torch_runner(model, device),
+                    dict(recipe["preprocess"]),
+                    list(recipe["classes"]),
+                    form.name,
+                    p,
+                    device,
+                )
             run = form.load(p, trust, device)
             pre = _read_preprocess(p)
             return Loaded(run, pre, list(pre["classes"]), form.name, p, device)
@@ -78,10 +86,13 @@ def _model_in(p: Path) -> Path:
     if len(models) == 1:  # a Triton repository holding one model
         return models[0]
     if models:
-        raise ArtifactError(f"{p}: a Triton repository with {len(models)} models; pass one of "
-                            f"{', '.join(str(m) for m in models[:5])}")  # fmt: skip
+        raise ArtifactError(
+            f"{p}: a Triton repository with {len(models)} models; pass one of "
+            f"{', '.join(str(m) for m in models[:5])}"
+        )
     for stem in ("model.safetensors", "model.onnx", "model.pt", "model.pt2"):  # an export folder's one model
         if (p / stem).is_file():
             return p / stem
-    raise ArtifactError(f"{p}: holds no model kiln knows (config.pbtxt, model.safetensors, model.onnx, "
-                        "model.pt, model.pt2)")  # fmt: skip
+    raise ArtifactError(
+        f"{p}: holds no model kiln knows (config.pbtxt, model.safetensors, model.onnx, model.pt, model.pt2)"
+    )

@@ -29,8 +29,10 @@ def _need(module: str) -> Any:
     try:
         return importlib.import_module(module)
     except ImportError:
-        raise ExportError(f"ONNX needs the '{module}' package: pip install 'torchkiln[export]' "
-                          "(onnx, onnxscript, onnxruntime)") from None  # fmt: skip
+        raise ExportError(
+            f"ONNX needs the '{module}' package: pip install 'torchkiln[export]' "
+            "(onnx, onnxscript, onnxruntime)"
+        ) from None
 
 
 def save(model: nn.Module, example: torch.Tensor, path: Path) -> list[str]:
@@ -43,12 +45,19 @@ def save(model: nn.Module, example: torch.Tensor, path: Path) -> list[str]:
     try:
         with quiet_export():
             program = torch.onnx.export(
-                model.eval(), (example,), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-                dynamic_shapes=({0: batch},), dynamo=True, verbose=False, external_data=False,
-            )  # fmt: skip
+                model.eval(),
+                (example,),
+                input_names=[INPUT_NAME],
+                output_names=[OUTPUT_NAME],
+                dynamic_shapes=({0: batch},),
+                dynamo=True,
+                verbose=False,
+                external_data=False,
+            )
     except Exception as e:  # torch.onnx.errors.* and torch.export's UserError / GuardOnDataDependentSymNode
-        raise ExportError(f"ONNX export of {type(model).__name__} failed: {_first_line(e)}"
-                          f"{_data_dependent_hint(e)}") from None  # fmt: skip
+        raise ExportError(
+            f"ONNX export of {type(model).__name__} failed: {_first_line(e)}{_data_dependent_hint(e)}"
+        ) from None
     if program is None:
         raise ExportError("torch.onnx.export returned no program (is dynamo=True supported by this torch?)")
     # external_data=False: weights inside the file, so model.onnx is all a server needs (limit: 2 GB)
@@ -100,8 +109,10 @@ def quiet_export() -> Iterator[None]:
 def _data_dependent_hint(e: BaseException) -> str:
     text = " ".join(f"{type(c).__name__} {c}" for c in _chain(e))
     if "data-dependent" in text or "DataDependent" in text:
-        return ("; the model branches on tensor values, which torch.export cannot capture: use "
-                "--format torchscript --method script, or rewrite the branch with torch.cond / torch.where")  # fmt: skip
+        return (
+            "; the model branches on tensor values, which torch.export cannot capture: use "
+            "--format torchscript --method script, or rewrite the branch with torch.cond / torch.where"
+        )
     return ""
 
 
@@ -119,18 +130,26 @@ def io_signature(path: Path) -> dict[str, Any]:
     inits = {t.name for t in proto.graph.initializer}
     inputs = [v for v in proto.graph.input if v.name not in inits]
     if len(inputs) != 1 or len(proto.graph.output) < 1:
-        raise ArtifactError(f"{path}: kiln expects one image input and one output, found "
-                            f"{len(inputs)} input(s) and {len(proto.graph.output)} output(s)")  # fmt: skip
+        raise ArtifactError(
+            f"{path}: kiln expects one image input and one output, found "
+            f"{len(inputs)} input(s) and {len(proto.graph.output)} output(s)"
+        )
     i, o = inputs[0], proto.graph.output[0]
-    return {"input": i.name, "input_shape": shape(i), "input_type": i.type.tensor_type.elem_type,
-            "output": o.name, "output_shape": shape(o)}  # fmt: skip
+    return {
+        "input": i.name,
+        "input_shape": shape(i),
+        "input_type": i.type.tensor_type.elem_type,
+        "output": o.name,
+        "output_shape": shape(o),
+    }
 
 
 class Session:
     """An onnxruntime session on the CPU: ``runner(x_float32_nchw) -> logits``."""
 
-    def __init__(self, path: Path, input_name: str | None = None, output_name: str | None = None,
-                 gpu: bool = False) -> None:  # fmt: skip
+    def __init__(
+        self, path: Path, input_name: str | None = None, output_name: str | None = None, gpu: bool = False
+    ) -> None:
         ort = _need("onnxruntime")
         opts = ort.SessionOptions()
         opts.log_severity_level = (
@@ -153,13 +172,25 @@ class Session:
 class Onnx(Format):
     name, suffix = "onnx", ".onnx"
 
-    def save(self, model: nn.Module, example: torch.Tensor, out_dir: Path, recipe: dict[str, Any],
-             opts: ExportOptions) -> Saved:  # fmt: skip
+    def save(
+        self,
+        model: nn.Module,
+        example: torch.Tensor,
+        out_dir: Path,
+        recipe: dict[str, Any],
+        opts: ExportOptions,
+    ) -> Saved:
         path = out_dir / f"{opts.name or 'model'}.onnx"
         notes = save(model, example, path)
         runner = Session(path, INPUT_NAME, OUTPUT_NAME)
-        return Saved(path, out_dir, per_batch(runner), notes, (INPUT_NAME, OUTPUT_NAME),
-                     {"loader": f"onnxruntime {runner.version} (CPUExecutionProvider)"})  # fmt: skip
+        return Saved(
+            path,
+            out_dir,
+            per_batch(runner),
+            notes,
+            (INPUT_NAME, OUTPUT_NAME),
+            {"loader": f"onnxruntime {runner.version} (CPUExecutionProvider)"},
+        )
 
     def load(self, path: Path, trust: bool, device: str = "cpu") -> Runner:
         return Session(path, gpu=device != "cpu")

@@ -26,14 +26,24 @@ def image_files(args: list[str]) -> Iterator[Path]:
     for a in args:
         p = Path(a)
         if p.is_dir():
-            yield from sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS
-                              and not any(part.startswith(".") for part in f.relative_to(p).parts))  # fmt: skip
+            yield from sorted(
+                f
+                for f in p.rglob("*")
+                if f.is_file()
+                and f.suffix.lower() in IMAGE_EXTENSIONS
+                and not any(part.startswith(".") for part in f.relative_to(p).parts)
+            )
         else:
             yield p
 
 
-def predict(classifier: Classifier | Loaded, inputs: list[str], topk: int = 5, batch_size: int | None = None,
-            warn: Callable[[str], None] | None = None) -> list[dict[str, Any]]:  # fmt: skip
+def predict(
+    classifier: Classifier | Loaded,
+    inputs: list[str],
+    topk: int = 5,
+    batch_size: int | None = None,
+    warn: Callable[[str], None] | None = None,
+) -> list[dict[str, Any]]:
     """One result per file, in input order: {"path", "top": [{"class", "prob"}]} or {"path", "error"}.
     ``batch_size`` None: training's evaluation batch rule (small batches of photos on a CPU)."""
     warn = warn or console_warn

@@ -33,8 +33,9 @@ def save_pt2(model: nn.Module, example: torch.Tensor, path: Path) -> list[str]:
         with quiet_export():
             program = torch.export.export(model.eval(), (example,), dynamic_shapes=({0: batch},))
     except Exception as e:  # UserError, GuardOnDataDependentSymNode, Unsupported, ...
-        raise ExportError(f"torch.export of {type(model).__name__} failed: {_first_line(e)}"
-                          f"{_data_dependent_hint(e)}") from None  # fmt: skip
+        raise ExportError(
+            f"torch.export of {type(model).__name__} failed: {_first_line(e)}{_data_dependent_hint(e)}"
+        ) from None
     torch.export.save(program, str(path))
     return ["torch.export program; batch dimension symbolic (Dim 'batch', min 1)"]
 
@@ -90,26 +91,45 @@ def load_safetensors(path: Path) -> tuple[nn.Module, dict[str, Any]]:
 class Pt2(Format):
     name, suffix = "export", ".pt2"
 
-    def save(self, model: nn.Module, example: torch.Tensor, out_dir: Path, recipe: dict[str, Any],
-             opts: ExportOptions) -> Saved:  # fmt: skip
+    def save(
+        self,
+        model: nn.Module,
+        example: torch.Tensor,
+        out_dir: Path,
+        recipe: dict[str, Any],
+        opts: ExportOptions,
+    ) -> Saved:
         path = out_dir / f"{opts.name or 'model'}.pt2"
         notes = save_pt2(model, example, path)
-        return Saved(path, out_dir, per_batch(torch_runner(load_pt2(path))), notes,
-                     loaded_by={"loader": "torch.export.load"})  # fmt: skip
+        return Saved(
+            path,
+            out_dir,
+            per_batch(torch_runner(load_pt2(path))),
+            notes,
+            loaded_by={"loader": "torch.export.load"},
+        )
 
     def load(self, path: Path, trust: bool, device: str = "cpu") -> Runner:
         if not trust:
-            raise ArtifactError(f"{path}: torch.export.load unpickles parts of a .pt2 file, which can run code "
-                                "from it; pass --trust if you made it or trust its source (or share the ONNX "
-                                "or safetensors export instead)")  # fmt: skip
+            raise ArtifactError(
+                f"{path}: torch.export.load unpickles parts of a .pt2 file, which can run code "
+                "from it; pass --trust if you made it or trust its source (or share the ONNX "
+                "or safetensors export instead)"
+            )
         return torch_runner(load_pt2(path), device)
 
 
 class Safetensors(Format):
     name, suffix = "safetensors", ".safetensors"
 
-    def save(self, model: nn.Module, example: torch.Tensor, out_dir: Path, recipe: dict[str, Any],
-             opts: ExportOptions) -> Saved:  # fmt: skip
+    def save(
+        self,
+        model: nn.Module,
+        example: torch.Tensor,
+        out_dir: Path,
+        recipe: dict[str, Any],
+        opts: ExportOptions,
+    ) -> Saved:
         if opts.name not in (None, "model"):  # the loader looks for model.json beside it
             raise ExportError(
                 "--name does not apply to --format safetensors (files are model.safetensors/.json)"
@@ -119,8 +139,13 @@ class Safetensors(Format):
         notes = save_safetensors(
             model, path, {**{k: recipe[k] for k in keep}, "torch_version": torch.__version__}
         )
-        return Saved(path, out_dir, per_batch(torch_runner(load_safetensors(path)[0])), notes,
-                     loaded_by={"loader": "kiln: model rebuilt from model.json, weights from safetensors"})  # fmt: skip
+        return Saved(
+            path,
+            out_dir,
+            per_batch(torch_runner(load_safetensors(path)[0])),
+            notes,
+            loaded_by={"loader": "kiln: model rebuilt from model.json, weights from safetensors"},
+        )
 
     def load(self, path: Path, trust: bool, device: str = "cpu") -> Runner:
         return torch_runner(load_safetensors(path)[0], device)

@@ -30,23 +30,44 @@ def preprocess_record(r: Restored, input_name: str, output_name: str, artifact: 
     pre = r.preprocess
     c, spec = int(pre["in_channels"]), preprocess_spec(pre)
     return {
-        "format": PREPROCESS_FORMAT, "artifact": artifact, "model": r.config.model.name,
-        "input": {"name": input_name, "dtype": "float32", "layout": "NCHW", "shape": ["batch", c, *pre["image_size"]]},
-        "output": {"name": output_name, "dtype": "float32", "shape": ["batch", len(r.classes)],
-                   "meaning": "logits (unnormalised class scores); softmax gives probabilities"},
-        "in_channels": c, "image_size": list(pre["image_size"]),  # [H, W]
+        "format": PREPROCESS_FORMAT,
+        "artifact": artifact,
+        "model": r.config.model.name,
+        "input": {
+            "name": input_name,
+            "dtype": "float32",
+            "layout": "NCHW",
+            "shape": ["batch", c, *pre["image_size"]],
+        },
+        "output": {
+            "name": output_name,
+            "dtype": "float32",
+            "shape": ["batch", len(r.classes)],
+            "meaning": "logits (unnormalised class scores); softmax gives probabilities",
+        },
+        "in_channels": c,
+        "image_size": list(pre["image_size"]),  # [H, W]
         "channel_order": "RGB" if c == 3 else "L (grayscale, ITU-R 601-2 luma)",
-        **spec.record(), "geometry": GEOMETRY[spec.resize].format(s=spec),
+        **spec.record(),
+        "geometry": GEOMETRY[spec.resize].format(s=spec),
         "scale": "uint8 0-255 -> float 0-1 (x / 255)",
-        "mean": list(pre["mean"]), "std": list(pre["std"]),
+        "mean": list(pre["mean"]),
+        "std": list(pre["std"]),
         "normalize": "(x / 255 - mean[c]) / std[c] per channel",
         "classes": list(r.classes),
-    }  # fmt: skip
+    }
 
 
-def export_checkpoint(checkpoint: str | Path, fmt: str, out: str | Path | None = None, *,
-                      overrides: list[str] | None = None, config: str | Path | None = None,
-                      tolerance: float = TOLERANCE, **options: Any) -> dict[str, Any]:  # fmt: skip
+def export_checkpoint(
+    checkpoint: str | Path,
+    fmt: str,
+    out: str | Path | None = None,
+    *,
+    overrides: list[str] | None = None,
+    config: str | Path | None = None,
+    tolerance: float = TOLERANCE,
+    **options: Any,
+) -> dict[str, Any]:
     """Write ``checkpoint`` in format ``fmt`` under ``out``, verify it and return the report (export.json).
     ``options``: the fields of ``ExportOptions`` (name, max_batch_size, method, backend, ...)."""
     t0 = time.perf_counter()
@@ -62,24 +83,40 @@ def export_checkpoint(checkpoint: str | Path, fmt: str, out: str | Path | None =
     out_dir = Path(out) if out else RunDir.of_checkpoint(checkpoint).export_dir(fmt)
     out_dir.mkdir(parents=True, exist_ok=True)
     batches = V.build_batches(r.config, r.preprocess, opts.max_batch_size)
-    recipe = {"model": {"name": r.config.model.name, "args": dict(r.config.model.args)}, "imports": list(r.config.imports),
-              "classes": list(r.classes), "preprocess": dict(r.preprocess), "run_name": r.config.run.name}  # fmt: skip
+    recipe = {
+        "model": {"name": r.config.model.name, "args": dict(r.config.model.args)},
+        "imports": list(r.config.imports),
+        "classes": list(r.classes),
+        "preprocess": dict(r.preprocess),
+        "run_name": r.config.run.name,
+    }
     saved = form.save(model, batches.example, out_dir, recipe, opts)
     record = preprocess_record(r, *saved.names, str(saved.path.relative_to(saved.folder)))
     (saved.folder / "preprocess.json").write_text(json.dumps(record, indent=2))
     check = V.verify(model, batches, saved.run, tolerance)
     in_shape = [int(r.preprocess["in_channels"]), *map(int, r.preprocess["image_size"])]
     report: dict[str, Any] = {
-        "format": fmt, "artifact": str(saved.path), "checkpoint": str(checkpoint), "model": r.config.model.name,
-        "method": saved.details.get("method"), "backend": saved.details.get("backend"),
-        "max_batch_size": opts.max_batch_size, "input_shape": ["batch", *in_shape], "num_classes": len(r.classes),
-        "torch_version": torch.__version__, "size_bytes": saved.path.stat().st_size, "loaded_by": saved.loaded_by,
-        "notes": saved.notes, **check,
-    }  # fmt: skip
+        "format": fmt,
+        "artifact": str(saved.path),
+        "checkpoint": str(checkpoint),
+        "model": r.config.model.name,
+        "method": saved.details.get("method"),
+        "backend": saved.details.get("backend"),
+        "max_batch_size": opts.max_batch_size,
+        "input_shape": ["batch", *in_shape],
+        "num_classes": len(r.classes),
+        "torch_version": torch.__version__,
+        "size_bytes": saved.path.stat().st_size,
+        "loaded_by": saved.loaded_by,
+        "notes": saved.notes,
+        **check,
+    }
     report["seconds"] = round(time.perf_counter() - t0, 3)
     report_file = saved.folder / "export.json"
-    report["files"] = sorted({str(p.relative_to(out_dir)) for p in out_dir.rglob("*") if p.is_file()}
-                             | {str(report_file.relative_to(out_dir))})  # fmt: skip
+    report["files"] = sorted(
+        {str(p.relative_to(out_dir)) for p in out_dir.rglob("*") if p.is_file()}
+        | {str(report_file.relative_to(out_dir))}
+    )
     report_file.write_text(json.dumps(report, indent=2))
     V.raise_if_failed(check, str(saved.path))
     return report

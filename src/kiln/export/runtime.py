@@ -66,8 +66,10 @@ class Classifier:
         parts = [np.asarray(self.loaded.run(x[i : i + n]), dtype=np.float32) for i in range(0, len(x), n)]
         logits = np.concatenate(parts) if parts else np.zeros((0, len(self.classes)), np.float32)
         if logits.shape != (len(x), len(self.classes)):
-            raise ArtifactError(f"{self.loaded.path}: gave outputs of shape {list(logits.shape)} for {len(x)} "
-                                f"images and {len(self.classes)} classes")  # fmt: skip
+            raise ArtifactError(
+                f"{self.loaded.path}: gave outputs of shape {list(logits.shape)} for {len(x)} "
+                f"images and {len(self.classes)} classes"
+            )
         return logits
 
 

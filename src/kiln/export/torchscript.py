@@ -61,9 +61,11 @@ def quiet_jit() -> Iterator[Silenced]:
 
 
 def deprecation_note(n: int) -> str:
-    return (f"TorchScript is deprecated in torch {torch.__version__.split('+')[0]}; kiln silenced its {n} "
-            "deprecation warning(s). Triton's libtorch backend still loads it; for new deployments prefer "
-            "--format onnx or --format export")  # fmt: skip
+    return (
+        f"TorchScript is deprecated in torch {torch.__version__.split('+')[0]}; kiln silenced its {n} "
+        "deprecation warning(s). Triton's libtorch backend still loads it; for new deployments prefer "
+        "--format onnx or --format export"
+    )
 
 
 def save(
@@ -84,8 +86,11 @@ def save(
                 module = torch.jit.script(model)
         except Exception as e:  # torch raises RuntimeError, NotSupportedError, FrontendError, TypeError...
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            hint = ("; try --method trace (it records one run and needs no type annotations)" if method == "script"
-                    else "; try --method script")  # fmt: skip
+            hint = (
+                "; try --method trace (it records one run and needs no type annotations)"
+                if method == "script"
+                else "; try --method script"
+            )
             raise ExportError(
                 f"torch.jit.{method} failed for {type(model).__name__}: {first}{hint}"
             ) from None
@@ -133,7 +138,9 @@ print(json.dumps({"torch": torch.__version__, "python": sys.version.split()[0],
 """
 
 
-def run_fresh(path: Path, batches: dict[str, np.ndarray], timeout: float = 300) -> tuple[dict[str, np.ndarray], dict[str, Any]]:  # fmt: skip
+def run_fresh(
+    path: Path, batches: dict[str, np.ndarray], timeout: float = 300
+) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """Outputs of the TorchScript file at ``path`` for each named batch, computed by a new Python process,
     plus what that process reported about itself."""
     with tempfile.TemporaryDirectory(prefix="kiln-ts-") as tmp:
@@ -175,8 +182,11 @@ def fresh_runner(path: Path, loaded_by: dict[str, Any]) -> Any:
 
     def run_many(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         outputs, info = run_fresh(path, inputs)
-        loaded_by.update(loader="torch.jit.load in a fresh Python process (python -I, kiln not imported)",
-                         process_torch=info["torch"], process_python=info["python"])  # fmt: skip
+        loaded_by.update(
+            loader="torch.jit.load in a fresh Python process (python -I, kiln not imported)",
+            process_torch=info["torch"],
+            process_python=info["python"],
+        )
         return outputs
 
     return run_many
@@ -185,14 +195,26 @@ def fresh_runner(path: Path, loaded_by: dict[str, Any]) -> Any:
 class TorchScript(Format):
     name = "torchscript"
 
-    def save(self, model: nn.Module, example: torch.Tensor, out_dir: Path, recipe: dict[str, Any],
-             opts: ExportOptions) -> Saved:  # fmt: skip
+    def save(
+        self,
+        model: nn.Module,
+        example: torch.Tensor,
+        out_dir: Path,
+        recipe: dict[str, Any],
+        opts: ExportOptions,
+    ) -> Saved:
         path = out_dir / f"{opts.name or 'model'}.pt"
         notes = save(model, example, path, opts.method, opts.allow_tracer_warnings)
         loaded_by: dict[str, Any] = {}
-        return Saved(path, out_dir, fresh_runner(path, loaded_by), notes, loaded_by=loaded_by,
-                     names=("input 0 (TorchScript tensors are positional)", "output 0"),
-                     details={"method": opts.method})  # fmt: skip
+        return Saved(
+            path,
+            out_dir,
+            fresh_runner(path, loaded_by),
+            notes,
+            loaded_by=loaded_by,
+            names=("input 0 (TorchScript tensors are positional)", "output 0"),
+            details={"method": opts.method},
+        )
 
     def load(self, path: Path, trust: bool, device: str = "cpu") -> Runner:
         return torch_runner(load(path), device)

@@ -83,8 +83,9 @@ output [
 {scheduling(opts)}"""
 
 
-def write_repository(repo: Path, name: str, backend: str, in_shape: list[int], classes: list[str],
-                     opts: ExportOptions) -> tuple[Path, Path]:  # fmt: skip
+def write_repository(
+    repo: Path, name: str, backend: str, in_shape: list[int], classes: list[str], opts: ExportOptions
+) -> tuple[Path, Path]:
     """Create REPO/NAME/{config.pbtxt, labels.txt, 1/}; returns (model dir, path the model file goes to)."""
     if backend not in BACKENDS:
         raise ArtifactError(f"--backend {backend!r}: choose one of {', '.join(BACKENDS)}")
@@ -112,8 +113,10 @@ def parse_config(path: Path) -> Any:
         from google.protobuf import text_format
         from tritonclient.grpc import model_config_pb2
     except ImportError:
-        raise TritonConfigError("checking a Triton config needs tritonclient: pip install 'torchkiln[export]' "
-                                "(tritonclient[grpc], protobuf>=6.33.5,<7)") from None  # fmt: skip
+        raise TritonConfigError(
+            "checking a Triton config needs tritonclient: pip install 'torchkiln[export]' "
+            "(tritonclient[grpc], protobuf>=6.33.5,<7)"
+        ) from None
     if not path.is_file():
         raise TritonConfigError(f"{path}: missing; a Triton model folder needs config.pbtxt")
     try:
@@ -142,8 +145,10 @@ def check_model_dir(model_dir: Path, run_probe: bool = True) -> TritonModel:
         cfg.backend
     )
     if backend is None:
-        raise bad(f'platform "{cfg.platform}" / backend "{cfg.backend}": kiln writes and checks only '
-                  f"{' and '.join(by_platform)}")  # fmt: skip
+        raise bad(
+            f'platform "{cfg.platform}" / backend "{cfg.backend}": kiln writes and checks only '
+            f"{' and '.join(by_platform)}"
+        )
     versions = sorted(
         (p for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit()), key=lambda p: int(p.name)
     )
@@ -154,8 +159,10 @@ def check_model_dir(model_dir: Path, run_probe: bool = True) -> TritonModel:
     if cfg.max_batch_size < 0:
         raise bad(f"max_batch_size {cfg.max_batch_size} must be >= 0")
     if len(cfg.input) != 1 or len(cfg.output) != 1:
-        raise bad(f"kiln models take one input and give one output; config lists {len(cfg.input)} input(s) "
-                  f"and {len(cfg.output)} output(s)")  # fmt: skip
+        raise bad(
+            f"kiln models take one input and give one output; config lists {len(cfg.input)} input(s) "
+            f"and {len(cfg.output)} output(s)"
+        )
     from tritonclient.grpc import model_config_pb2 as pb
 
     inp, out = cfg.input[0], cfg.output[0]
@@ -168,8 +175,10 @@ def check_model_dir(model_dir: Path, run_probe: bool = True) -> TritonModel:
             raise bad("max_batch_size 0: dims must start with -1 for the batch dimension")
         in_dims, out_dims = in_dims[1:], out_dims[1:]
     if any(d <= 0 for d in in_dims) or len(out_dims) != 1 or out_dims[0] <= 0:
-        raise bad(f'dims {list(inp.dims)} -> {list(out.dims)}: expected [C, H, W] -> [num_classes] '
-                  f"{'(batch dimension left out since max_batch_size > 0)' if cfg.max_batch_size else ''}")  # fmt: skip
+        raise bad(
+            f"dims {list(inp.dims)} -> {list(out.dims)}: expected [C, H, W] -> [num_classes] "
+            f"{'(batch dimension left out since max_batch_size > 0)' if cfg.max_batch_size else ''}"
+        )
     if not out.label_filename:
         raise bad(f'output "{out.name}" has no label_filename; kiln writes {LABELS} for class names')
     label_path = model_dir / out.label_filename
@@ -190,18 +199,24 @@ def _check_names_and_shapes(m: TritonModel, bad: Any, run_probe: bool) -> None:
     if m.backend == "onnx":
         sig = io_signature(m.model_file)
         if (m.input_name, m.output_name) != (sig["input"], sig["output"]):
-            raise bad(f'input/output names "{m.input_name}"/"{m.output_name}" do not match the ONNX graph\'s '
-                      f'"{sig["input"]}"/"{sig["output"]}" in {m.model_file}')  # fmt: skip
+            raise bad(
+                f'input/output names "{m.input_name}"/"{m.output_name}" do not match the ONNX graph\'s '
+                f'"{sig["input"]}"/"{sig["output"]}" in {m.model_file}'
+            )
         graph_in = [d for d in sig["input_shape"][1:]]
         if graph_in != m.in_shape:
             raise bad(f"input dims {m.in_shape} differ from the ONNX graph's {graph_in} (batch left out)")
         if isinstance(sig["input_shape"][0], int) and m.config.max_batch_size > 0:
-            raise bad(f"the ONNX graph's batch dimension is fixed to {sig['input_shape'][0]}, so max_batch_size "
-                      "must be 0 or the model re-exported with a dynamic batch")  # fmt: skip
+            raise bad(
+                f"the ONNX graph's batch dimension is fixed to {sig['input_shape'][0]}, so max_batch_size "
+                "must be 0 or the model re-exported with a dynamic batch"
+            )
     elif not (re.fullmatch(r".+__\d+", m.input_name) and re.fullmatch(r".+__\d+", m.output_name)):
         # libtorch has no tensor names: Triton maps NAME__<index> to forward() argument / output positions
-        raise bad(f'TorchScript tensors are named by position: use "INPUT__0" / "OUTPUT__0", '
-                  f'not "{m.input_name}" / "{m.output_name}"')  # fmt: skip
+        raise bad(
+            f'TorchScript tensors are named by position: use "INPUT__0" / "OUTPUT__0", '
+            f'not "{m.input_name}" / "{m.output_name}"'
+        )
     if run_probe:  # run the file once on a batch of 2 zeros: the output must be [2, num_classes]
         import numpy as np
 
@@ -210,11 +225,15 @@ def _check_names_and_shapes(m: TritonModel, bad: Any, run_probe: bool) -> None:
             y = runner(np.zeros((2, *m.in_shape), dtype=np.float32))
         except Exception as e:  # torch.jit.Error, onnxruntime's Fail/InvalidArgument...
             first = next((ln.strip() for ln in str(e).splitlines() if ln.strip()), type(e).__name__)
-            raise bad(f"the model in {m.model_file.name} cannot run on input dims {m.in_shape} ({first[:200]}); "
-                      "the dims must be the model's [C, H, W]") from None  # fmt: skip
+            raise bad(
+                f"the model in {m.model_file.name} cannot run on input dims {m.in_shape} ({first[:200]}); "
+                "the dims must be the model's [C, H, W]"
+            ) from None
         if list(y.shape) != [2, len(m.classes)]:
-            raise bad(f"the model maps [2, {', '.join(map(str, m.in_shape))}] to {list(y.shape)}, but the config "
-                      f"declares output dims [{len(m.classes)}]")  # fmt: skip
+            raise bad(
+                f"the model maps [2, {', '.join(map(str, m.in_shape))}] to {list(y.shape)}, but the config "
+                f"declares output dims [{len(m.classes)}]"
+            )
 
 
 def load_runner(m: TritonModel) -> Runner:

@@ -26,8 +26,11 @@ ARTIFACTS = {"torchscript": "model.pt", "onnx": "model.onnx"}
 def config_text(name: str, in_shape: list[int], num_classes: int, opts: ExportOptions, artifact: str) -> str:
     """config.pbtxt; with max_batch_size > 0 Triton adds the batch dimension itself, so dims leave it out."""
     batch = [] if opts.max_batch_size > 0 else [-1]
-    env = ("" if not opts.execution_env else
-           f'parameters: {{\n  key: "EXECUTION_ENV_PATH"\n  value: {{ string_value: "{opts.execution_env}" }}\n}}\n')  # fmt: skip
+    env = (
+        ""
+        if not opts.execution_env
+        else f'parameters: {{\n  key: "EXECUTION_ENV_PATH"\n  value: {{ string_value: "{opts.execution_env}" }}\n}}\n'
+    )
     return f"""# written by kiln export; Triton python backend (model.py runs the kiln artifact {artifact})
 name: "{name}"
 backend: "python"
@@ -71,20 +74,32 @@ def write(model: Any, example: Any, model_dir: Path, recipe: dict[str, Any], opt
     version = model_dir / "1"
     version.mkdir(parents=True, exist_ok=True)
     inner = (TorchScript() if opts.artifact == "torchscript" else Onnx()).save(
-        model, example, version, recipe, ExportOptions(name="model", method=opts.method,
-                                                       allow_tracer_warnings=opts.allow_tracer_warnings))  # fmt: skip
+        model,
+        example,
+        version,
+        recipe,
+        ExportOptions(name="model", method=opts.method, allow_tracer_warnings=opts.allow_tracer_warnings),
+    )
     in_shape = [int(recipe["preprocess"]["in_channels"]), *map(int, recipe["preprocess"]["image_size"])]
     write_model_dir(model_dir, recipe["classes"], in_shape, opts, inner.path.name)
-    inner.notes.append(f"Triton python backend: model.py runs {inner.path.name} with kiln's preprocessing; inputs "
-                       f"{IMAGE} (BYTES, encoded images) or {INPUT} (FP32 {in_shape}), output {OUTPUT} with {LABELS}; "
-                       f"max_batch_size {opts.max_batch_size}, dynamic batching "
-                       f"{'on' if opts.dynamic_batching and opts.max_batch_size else 'off'}, "
-                       f"{opts.instances} x {KINDS[opts.instance_kind]}")  # fmt: skip
+    inner.notes.append(
+        f"Triton python backend: model.py runs {inner.path.name} with kiln's preprocessing; inputs "
+        f"{IMAGE} (BYTES, encoded images) or {INPUT} (FP32 {in_shape}), output {OUTPUT} with {LABELS}; "
+        f"max_batch_size {opts.max_batch_size}, dynamic batching "
+        f"{'on' if opts.dynamic_batching and opts.max_batch_size else 'off'}, "
+        f"{opts.instances} x {KINDS[opts.instance_kind]}"
+    )
     return inner
 
 
-def write_model_dir(model_dir: Path, classes: list[str], in_shape: list[int], opts: ExportOptions, artifact: str,
-                    trust: bool = False) -> None:  # fmt: skip
+def write_model_dir(
+    model_dir: Path,
+    classes: list[str],
+    in_shape: list[int],
+    opts: ExportOptions,
+    artifact: str,
+    trust: bool = False,
+) -> None:
     """Around an artifact already in ``model_dir/1``: model.py, labels.txt and config.pbtxt (``trust``: model.py
     may load an artifact that unpickles, such as .pt2, because the user said so)."""
     write_labels(model_dir, classes)

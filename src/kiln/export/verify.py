@@ -51,8 +51,11 @@ def _uint8_images(cfg: Config, pre: dict[str, Any]) -> tuple[torch.Tensor | None
         return None, {"source": "synthetic", "reason": "the data has no images"}
     x = data.transform.eval_view(next(iter(loader))[0][:DATA_IMAGES].cpu())  # what the model is given
     if tuple(x.shape[1:]) != want or x.dtype != torch.uint8:
-        return None, {"source": "synthetic", "reason": f"the data's images are {tuple(x.shape[1:])} "
-                      f"{x.dtype}, the checkpoint's model takes {want} uint8"}  # fmt: skip
+        return None, {
+            "source": "synthetic",
+            "reason": f"the data's images are {tuple(x.shape[1:])} "
+            f"{x.dtype}, the checkpoint's model takes {want} uint8",
+        }
     return x, {"source": f"{cfg.data.source} {split} split", "images": int(x.shape[0])}
 
 
@@ -73,8 +76,12 @@ def build_batches(cfg: Config, pre: dict[str, Any], max_batch_size: int) -> Batc
 
     data = images[:max_batch_size]  # never more than the artifact is meant to take at once
     source["images"] = int(data.shape[0])
-    inputs = {"data": f(data), "batch-1": f(data[:1]), f"batch-{max_batch_size}": f(_cycle(data, max_batch_size)),
-              "inverted": f(255 - data)}  # fmt: skip
+    inputs = {
+        "data": f(data),
+        "batch-1": f(data[:1]),
+        f"batch-{max_batch_size}": f(_cycle(data, max_batch_size)),
+        "inverted": f(255 - data),
+    }
     return Batches(inputs, torch.from_numpy(f(_cycle(data, 2))), source)
 
 
@@ -90,8 +97,10 @@ def compare(reference: dict[str, np.ndarray], got: dict[str, np.ndarray]) -> lis
         out = got.get(name)
         case: dict[str, Any] = {"case": name, "batch": int(ref.shape[0])}
         if out is None or out.shape != ref.shape:
-            case.update(max_abs_diff=math.inf, error=f"output shape {None if out is None else list(out.shape)}, "
-                        f"expected {list(ref.shape)}")  # fmt: skip
+            case.update(
+                max_abs_diff=math.inf,
+                error=f"output shape {None if out is None else list(out.shape)}, expected {list(ref.shape)}",
+            )
         elif not np.isfinite(out).all():
             case.update(max_abs_diff=math.inf, error="non-finite outputs")
         else:
@@ -106,9 +115,14 @@ def verify(model: nn.Module, batches: Batches, run_many: RunMany, tolerance: flo
     reference = eager_outputs(model, batches.inputs)
     cases = compare(reference, run_many(batches.inputs))
     worst = max(cases, key=lambda c: c["max_abs_diff"])
-    return {"passed": worst["max_abs_diff"] <= tolerance, "tolerance": tolerance,
-            "max_abs_diff": worst["max_abs_diff"], "worst_case": worst["case"], "cases": cases,
-            "data": batches.source}  # fmt: skip
+    return {
+        "passed": worst["max_abs_diff"] <= tolerance,
+        "tolerance": tolerance,
+        "max_abs_diff": worst["max_abs_diff"],
+        "worst_case": worst["case"],
+        "cases": cases,
+        "data": batches.source,
+    }
 
 
 def raise_if_failed(check: dict[str, Any], artifact: str) -> None:
@@ -118,16 +132,24 @@ def raise_if_failed(check: dict[str, Any], artifact: str) -> None:
     why = (
         worst.get("error") or f"max abs diff {worst['max_abs_diff']:.3g} > tolerance {check['tolerance']:.0e}"
     )
-    hint = (" (the 'inverted' images take other branches: the export froze data-dependent control flow; "
-            "use --method script)" if worst["case"] == "inverted" else "")  # fmt: skip
-    raise VerificationError(f"{artifact}: verification failed on the '{worst['case']}' batch "
-                            f"({worst['batch']} images): {why}{hint}; see export.json beside it")  # fmt: skip
+    hint = (
+        " (the 'inverted' images take other branches: the export froze data-dependent control flow; "
+        "use --method script)"
+        if worst["case"] == "inverted"
+        else ""
+    )
+    raise VerificationError(
+        f"{artifact}: verification failed on the '{worst['case']}' batch "
+        f"({worst['batch']} images): {why}{hint}; see export.json beside it"
+    )
 
 
 def format_check(check: dict[str, Any]) -> list[str]:
     src = check["data"]
-    lines = [f"  checked on {src.get('images', '?')} images from {src['source']}"
-             + (f" ({src['reason']})" if "reason" in src else "")]  # fmt: skip
+    lines = [
+        f"  checked on {src.get('images', '?')} images from {src['source']}"
+        + (f" ({src['reason']})" if "reason" in src else "")
+    ]
     for c in check["cases"]:
         detail = (
             c.get("error")

@@ -38,8 +38,10 @@ class Outputs:
         """The confusion matrix and the PR curves as PNG bytes."""
         from kiln.metrics import plots
 
-        return {"confusion_matrix": plots.confusion_matrix(self.report["confusion_matrix"], list(self.classes)),
-                "pr_curves": plots.pr_curves(pr_curves(self), self.report["average_precision"])}  # fmt: skip
+        return {
+            "confusion_matrix": plots.confusion_matrix(self.report["confusion_matrix"], list(self.classes)),
+            "pr_curves": plots.pr_curves(pr_curves(self), self.report["average_precision"]),
+        }
 
 
 def compute(out: Outputs) -> dict[str, Any]:

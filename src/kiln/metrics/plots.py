@@ -43,16 +43,28 @@ def confusion_matrix(cm: list[list[int]], classes: list[str]) -> bytes:
         ):
             ax = plt.subplot(1, 2, j + 1)
             ax.imshow(mat, cmap="Blues", vmin=0)
-            ax.set(title=f"Confusion matrix ({title})", xlabel="predicted", ylabel="true",
-                   xticks=range(k), yticks=range(k))  # fmt: skip
+            ax.set(
+                title=f"Confusion matrix ({title})",
+                xlabel="predicted",
+                ylabel="true",
+                xticks=range(k),
+                yticks=range(k),
+            )
             ax.set_xticklabels(classes, rotation=60, ha="right", fontsize=8)
             ax.set_yticklabels(classes, fontsize=8)
             if show_text:
                 hi = mat.max() / 2 if mat.max() else 1
                 for r in range(k):
                     for c in range(k):
-                        ax.text(c, r, fmt.format(mat[r, c]), ha="center", va="center", fontsize=7,
-                                color="white" if mat[r, c] > hi else "black")  # fmt: skip
+                        ax.text(
+                            c,
+                            r,
+                            fmt.format(mat[r, c]),
+                            ha="center",
+                            va="center",
+                            fontsize=7,
+                            color="white" if mat[r, c] > hi else "black",
+                        )
 
     return _png(draw, (2 * _side(k), _side(k)))
 
@@ -82,10 +94,21 @@ def pr_curves(curves: list[tuple[torch.Tensor, torch.Tensor]], ap: dict[str, flo
         ax = plt.gca()
         cmap = plt.get_cmap("tab20")
         for i, ((precision, recall), (name, a)) in enumerate(zip(curves, ap.items(), strict=True)):
-            ax.step(recall.numpy(), precision.numpy(), where="post", color=cmap(i % 20), lw=1.2,
-                    label=f"{name} (AP {a:.3f})")  # fmt: skip
-        ax.set(xlim=(0, 1), ylim=(0, 1.02), xlabel="recall", ylabel="precision",
-               title="Precision-recall, one class vs rest")  # fmt: skip
+            ax.step(
+                recall.numpy(),
+                precision.numpy(),
+                where="post",
+                color=cmap(i % 20),
+                lw=1.2,
+                label=f"{name} (AP {a:.3f})",
+            )
+        ax.set(
+            xlim=(0, 1),
+            ylim=(0, 1.02),
+            xlabel="recall",
+            ylabel="precision",
+            title="Precision-recall, one class vs rest",
+        )
         ax.legend(fontsize=7, loc="lower left", ncol=1 if len(ap) <= 12 else 2)
         ax.grid(alpha=0.3)
 
@@ -100,13 +123,30 @@ def reliability_diagram(rel: dict[str, torch.Tensor], ece: float) -> bytes:
 
     def draw() -> None:
         ax = plt.gca()
-        ax.bar(centres[filled], rel["accuracy"].numpy()[filled], width=1 / bins, edgecolor="k", alpha=0.8,
-               label="accuracy")  # fmt: skip
+        ax.bar(
+            centres[filled],
+            rel["accuracy"].numpy()[filled],
+            width=1 / bins,
+            edgecolor="k",
+            alpha=0.8,
+            label="accuracy",
+        )
         ax.plot([0, 1], [0, 1], "--", color="gray", label="perfect calibration")
-        ax.plot(rel["confidence"].numpy()[filled], rel["accuracy"].numpy()[filled], "o-", color="C3", ms=3,
-                label="mean confidence vs accuracy")  # fmt: skip
-        ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence", ylabel="accuracy",
-               title=f"Reliability diagram (ECE {ece:.4f}, {bins} bins)")  # fmt: skip
+        ax.plot(
+            rel["confidence"].numpy()[filled],
+            rel["accuracy"].numpy()[filled],
+            "o-",
+            color="C3",
+            ms=3,
+            label="mean confidence vs accuracy",
+        )
+        ax.set(
+            xlim=(0, 1),
+            ylim=(0, 1),
+            xlabel="confidence",
+            ylabel="accuracy",
+            title=f"Reliability diagram (ECE {ece:.4f}, {bins} bins)",
+        )
         ax.legend(loc="upper left", fontsize=8)
 
     return _png(draw, (6, 5.5))
@@ -123,8 +163,11 @@ def gallery(images: torch.Tensor, titles: list[str], title: str) -> bytes:
         for i in range(n):
             ax = plt.subplot(rows, cols, i + 1)
             img = images[i].permute(1, 2, 0).numpy()
-            ax.imshow(img.squeeze(-1) if img.shape[-1] == 1 else img, cmap="gray" if img.shape[-1] == 1 else None,
-                      interpolation="nearest")  # fmt: skip
+            ax.imshow(
+                img.squeeze(-1) if img.shape[-1] == 1 else img,
+                cmap="gray" if img.shape[-1] == 1 else None,
+                interpolation="nearest",
+            )
             ax.set_title(titles[i], fontsize=7)
             ax.axis("off")
 

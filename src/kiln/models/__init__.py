@@ -22,8 +22,10 @@ from kiln.models.zoo import hub_model, timm_model, torchvision_model
 from kiln.registry import MODELS, import_user_modules
 
 PREFIXES: dict[str, Callable[..., nn.Module]] = {
-    "torchvision": torchvision_model, "timm": timm_model, "hub": hub_model,
-}  # fmt: skip
+    "torchvision": torchvision_model,
+    "timm": timm_model,
+    "hub": hub_model,
+}
 
 
 def parse_name(name: str) -> tuple[str | None, str]:
@@ -32,15 +34,23 @@ def parse_name(name: str) -> tuple[str | None, str]:
     return (prefix, rest) if sep and prefix in PREFIXES else (None, name)
 
 
-def create_model(name: str, num_classes: int, in_channels: int = 3, image_size: Any = (32, 32),
-                 pretrained: bool = False, **args: Any) -> nn.Module:  # fmt: skip
+def create_model(
+    name: str,
+    num_classes: int,
+    in_channels: int = 3,
+    image_size: Any = (32, 32),
+    pretrained: bool = False,
+    **args: Any,
+) -> nn.Module:
     """``pretrained=True`` asks the library for its default weights (a download)."""
     prefix, rest = parse_name(name)
     if prefix is not None:
         return PREFIXES[prefix](rest, num_classes, in_channels, pretrained, **args)
     if pretrained:
-        raise ConfigError(f"model.pretrained: '{name}' has no downloadable default weights; give a weights "
-                          "file instead (model.pretrained: /path/to/weights.pt)")  # fmt: skip
+        raise ConfigError(
+            f"model.pretrained: '{name}' has no downloadable default weights; give a weights "
+            "file instead (model.pretrained: /path/to/weights.pt)"
+        )
     factory = MODELS.get(name)  # a registered name, or "module:callable" for a user's own
     try:
         model = factory(
@@ -64,5 +74,10 @@ def rebuild(recipe: dict[str, Any]) -> nn.Module:
     checkpoint and a safetensors export's model.json both hold one."""
     import_user_modules(list(recipe.get("imports") or []))
     spec, pre = recipe["model"], recipe["preprocess"]
-    return create_model(spec["name"], num_classes=len(recipe["classes"]), in_channels=int(pre["in_channels"]),
-                        image_size=tuple(pre["image_size"]), **dict(spec.get("args") or {}))  # fmt: skip
+    return create_model(
+        spec["name"],
+        num_classes=len(recipe["classes"]),
+        in_channels=int(pre["in_channels"]),
+        image_size=tuple(pre["image_size"]),
+        **dict(spec.get("args") or {}),
+    )

@@ -150,9 +150,10 @@ class AirbenchNet(nn.Module):
         self.whiten.weight.requires_grad_(False)
         self.act = nn.GELU()
         self.groups = nn.Sequential(
-            _ConvGroup(ww, widths[0], bn_momentum), _ConvGroup(widths[0], widths[1], bn_momentum),
+            _ConvGroup(ww, widths[0], bn_momentum),
+            _ConvGroup(widths[0], widths[1], bn_momentum),
             _ConvGroup(widths[1], widths[2], bn_momentum),
-        )  # fmt: skip
+        )
         self.pool = nn.Sequential(nn.AdaptiveMaxPool2d(1), nn.Flatten())
         self.head = nn.Linear(widths[2], num_classes, bias=False)
         self.scale = 1 / 9  # keeps the logits small at init, as airbench does
@@ -177,6 +178,8 @@ def airbench(
     bn_momentum: float = 0.6,
 ) -> nn.Module:
     if min(image_size) < 16:  # whitening conv + three 2x poolings need at least 16 px
-        raise ConfigError(f"model.name: airbench needs images of at least 16x16, got {tuple(image_size)}; "
-                          "set data.image_size=32")  # fmt: skip
+        raise ConfigError(
+            f"model.name: airbench needs images of at least 16x16, got {tuple(image_size)}; "
+            "set data.image_size=32"
+        )
     return AirbenchNet(num_classes, in_channels, widths, bn_momentum)

@@ -36,8 +36,10 @@ def images_for_pca(kernel: tuple[int, int], size: tuple[int, int]) -> int:
 def first_conv(model: nn.Module) -> nn.Conv2d:
     conv = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
     if conv is None:
-        raise ConfigError(f"model.pca_init: {type(model).__name__} has no Conv2d layer to initialise; "
-                          "set model.pca_init=false")  # fmt: skip
+        raise ConfigError(
+            f"model.pca_init: {type(model).__name__} has no Conv2d layer to initialise; "
+            "set model.pca_init=false"
+        )
     return conv
 
 
@@ -47,8 +49,10 @@ def pca_init(conv: nn.Conv2d, images: torch.Tensor, eps: float = 1e-2) -> None:
     unit-variance outputs (``eps`` damps the smallest components: 1e-2 measured best for LeNet on CIFAR-10,
     1e-3 amplified pixel noise and cost ~1.5 points of accuracy after one epoch). Biases start at zero."""
     if conv.groups != 1 or conv.dilation != (1, 1):
-        raise ConfigError("model.pca_init: the first Conv2d is grouped or dilated, which patch PCA cannot "
-                          "initialise; set model.pca_init=false")  # fmt: skip
+        raise ConfigError(
+            "model.pca_init: the first Conv2d is grouped or dilated, which patch PCA cannot "
+            "initialise; set model.pca_init=false"
+        )
     eigval, eigvec = patch_pca(images, conv.kernel_size)  # type: ignore[arg-type]
     k = min(conv.out_channels, len(eigval))
     weight = torch.zeros_like(conv.weight)

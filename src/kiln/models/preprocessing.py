@@ -65,8 +65,16 @@ def _from_library(name: str) -> tuple[dict[str, Any], str]:
         t = weights.transforms()
         resize, crop = t.resize_size[0], t.crop_size[0]
         interp = "bicubic" if "BICUBIC" in str(t.interpolation) else "bilinear"
-        return ({"image_size": (crop, crop), "crop_pct": crop / resize, "interpolation": interp,
-                 "mean": tuple(t.mean), "std": tuple(t.std)}, f"torchvision's {weights}")  # fmt: skip
+        return (
+            {
+                "image_size": (crop, crop),
+                "crop_pct": crop / resize,
+                "interpolation": interp,
+                "mean": tuple(t.mean),
+                "std": tuple(t.std),
+            },
+            f"torchvision's {weights}",
+        )
     return {}, ""
 
 

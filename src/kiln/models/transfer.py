@@ -48,16 +48,25 @@ def load_pretrained(model: nn.Module, path: str | Path, strict: bool, head: str)
     skipped = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
     bad = [k for k in skipped if not k.startswith(head + ".")]
     if bad:
-        raise ConfigError(f"model.pretrained: shapes differ outside the head for {bad[:5]}; is this the same "
-                          f"architecture as model.name?")  # fmt: skip
+        raise ConfigError(
+            f"model.pretrained: shapes differ outside the head for {bad[:5]}; is this the same "
+            f"architecture as model.name?"
+        )
     result = model.load_state_dict({k: v for k, v in state.items() if k not in skipped}, strict=False)
     missing = [k for k in result.missing_keys if not k.startswith(head + ".")]
     if strict and (missing or result.unexpected_keys):
-        raise ConfigError(f"model.pretrained: {path} does not match the model: missing {missing[:5]}, "
-                          f"unexpected {result.unexpected_keys[:5]} (set model.strict=false to load anyway)")  # fmt: skip
-    return {"missing": missing, "unexpected": list(result.unexpected_keys), "head_reset": skipped,
-            "old_head": [state[f"{head}.weight"], state[f"{head}.bias"]] if f"{head}.weight" in skipped
-            and f"{head}.bias" in state else []}  # fmt: skip
+        raise ConfigError(
+            f"model.pretrained: {path} does not match the model: missing {missing[:5]}, "
+            f"unexpected {result.unexpected_keys[:5]} (set model.strict=false to load anyway)"
+        )
+    return {
+        "missing": missing,
+        "unexpected": list(result.unexpected_keys),
+        "head_reset": skipped,
+        "old_head": [state[f"{head}.weight"], state[f"{head}.bias"]]
+        if f"{head}.weight" in skipped and f"{head}.bias" in state
+        else [],
+    }
 
 
 def select(model: nn.Module, freeze: list[str] | str, head: str) -> list[str]:
@@ -74,8 +83,11 @@ def select(model: nn.Module, freeze: list[str] | str, head: str) -> list[str]:
 
 def frozen_batchnorms(model: nn.Module) -> list[nn.Module]:
     """BatchNorm layers whose parameters are all frozen: kept in eval mode while training."""
-    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
-            and all(not p.requires_grad for p in m.parameters())]  # fmt: skip
+    return [
+        m
+        for m in model.modules()
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and all(not p.requires_grad for p in m.parameters())
+    ]
 
 
 def param_table(model: nn.Module) -> str:
@@ -137,8 +149,9 @@ def without_head(model: nn.Module) -> Iterator[nn.Module]:
 
 
 @torch.no_grad()
-def init_head_from_classes(head: nn.Linear, old: tuple[torch.Tensor, torch.Tensor], features: torch.Tensor,
-                           labels: torch.Tensor) -> list[int]:  # fmt: skip
+def init_head_from_classes(
+    head: nn.Linear, old: tuple[torch.Tensor, torch.Tensor], features: torch.Tensor, labels: torch.Tensor
+) -> list[int]:
     """A new head from the pretrained classifier, found from the data: each class takes the pretrained row
     of the pretrained class its training images are most often predicted as (their mean softmax's top); two
     classes that would share a row take their mean-softmax mixes of rows instead. The model starts from what
@@ -146,8 +159,11 @@ def init_head_from_classes(head: nn.Linear, old: tuple[torch.Tensor, torch.Tenso
     images (their rows keep the default init)."""
     weight, bias = (t.to(features) for t in old)
     probs = torch.softmax(features @ weight.T + bias, 1)
-    mixes = {k: probs[labels.to(probs.device) == k].mean(0) for k in range(head.out_features)
-             if bool((labels == k).any())}  # fmt: skip
+    mixes = {
+        k: probs[labels.to(probs.device) == k].mean(0)
+        for k in range(head.out_features)
+        if bool((labels == k).any())
+    }
     tops = [int(m.argmax()) for m in mixes.values()]
     for k, mix in mixes.items():
         shared = tops.count(int(mix.argmax())) > 1

@@ -80,8 +80,10 @@ def hub_model(
 
     repo, sep, entry = spec.rpartition(":")
     if not sep or not repo or not entry:
-        raise ConfigError(f"model.name: 'hub:{spec}' is not of the form hub:owner/repo:entrypoint "
-                          "(or hub:/path/to/local/repo:entrypoint)")  # fmt: skip
+        raise ConfigError(
+            f"model.name: 'hub:{spec}' is not of the form hub:owner/repo:entrypoint "
+            "(or hub:/path/to/local/repo:entrypoint)"
+        )
     local = repo.startswith(("/", ".", "~"))
     if local:
         from pathlib import Path
@@ -94,8 +96,10 @@ def hub_model(
     try:
         model = torch.hub.load(repo, entry, source="local" if local else "github", trust_repo=True, **kwargs)
     except (OSError, RuntimeError, ValueError) as e:  # no network, no such repo/ref
-        raise ConfigError(f"model.name: hub:{spec} could not be loaded ({str(e).splitlines()[0] if str(e) else e}); "
-                          "with no network, clone the repo and use hub:/path/to/repo:entrypoint") from None  # fmt: skip
+        raise ConfigError(
+            f"model.name: hub:{spec} could not be loaded ({str(e).splitlines()[0] if str(e) else e}); "
+            "with no network, clone the repo and use hub:/path/to/repo:entrypoint"
+        ) from None
     except (AttributeError, TypeError) as e:  # no such entrypoint, or arguments it does not take
         raise ConfigError(f"model.name: hub:{spec}: {e} (model.args are passed to the entrypoint)") from None
     if not isinstance(model, nn.Module):

@@ -36,8 +36,12 @@ def create_project(dest: str | Path, template: str = "basic", data: str | None =
     name = re.sub(r"\W", "_", dest.name).strip("_").lower() or "project"
     if name[0].isdigit():
         name = f"p_{name}"
-    values = {"name": name, "Name": "".join(p.capitalize() for p in name.split("_")), "template": template,
-              "data": data or "data"}  # fmt: skip
+    values = {
+        "name": name,
+        "Name": "".join(p.capitalize() for p in name.split("_")),
+        "template": template,
+        "data": data or "data",
+    }
     written = []
     for src, rel, used_by in [(f"{template}/config.yaml.tmpl", "config.yaml", TEMPLATES), *_FILES]:
         if template not in used_by:

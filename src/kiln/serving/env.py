@@ -82,8 +82,10 @@ def _run(cmd: list[str], what: str) -> None:
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         tail = (proc.stderr.strip().splitlines() or proc.stdout.strip().splitlines() or ["no output"])[-1]
-        raise KilnError(f"serving environment: {what} failed ({tail}); check the network to PyPI, or set "
-                        "KILN_SERVE_ENV to a writable folder")  # fmt: skip
+        raise KilnError(
+            f"serving environment: {what} failed ({tail}); check the network to PyPI, or set "
+            "KILN_SERVE_ENV to a writable folder"
+        )
 
 
 def create(root: Path) -> ServeEnv:

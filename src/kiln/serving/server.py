@@ -34,8 +34,16 @@ def ready(http_url: str) -> bool:
 
 
 class TritonServer:
-    def __init__(self, env: ServeEnv, repository: Path, http_port: int = 8000, grpc_port: int = 8001,
-                 metrics_port: int | None = None, host: str = "127.0.0.1", log_file: Path | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        env: ServeEnv,
+        repository: Path,
+        http_port: int = 8000,
+        grpc_port: int = 8001,
+        metrics_port: int | None = None,
+        host: str = "127.0.0.1",
+        log_file: Path | None = None,
+    ) -> None:
         self.env, self.repository, self.host = env, Path(repository), host
         self.http_port, self.grpc_port = http_port, grpc_port
         self.metrics_port = metrics_port or free_port(host)
@@ -52,19 +60,34 @@ class TritonServer:
 
     def command(self) -> list[str]:
         return [
-            str(self.env.tritonserver), f"--model-repository={self.repository}", f"--backend-directory={self.env.backends}",
+            str(self.env.tritonserver),
+            f"--model-repository={self.repository}",
+            f"--backend-directory={self.env.backends}",
             f"--cache-directory={self.env.tritonserver.parent.parent / 'caches'}",
-            f"--http-address={self.host}", f"--http-port={self.http_port}",
-            f"--grpc-address={self.host}", f"--grpc-port={self.grpc_port}",
-            f"--metrics-address={self.host}", f"--metrics-port={self.metrics_port}", "--allow-gpu-metrics=false",
-            "--exit-timeout-secs=10", "--pinned-memory-pool-byte-size=0", "--disable-auto-complete-config",
-            "--strict-readiness=true", "--log-verbose=0",
-        ]  # fmt: skip
+            f"--http-address={self.host}",
+            f"--http-port={self.http_port}",
+            f"--grpc-address={self.host}",
+            f"--grpc-port={self.grpc_port}",
+            f"--metrics-address={self.host}",
+            f"--metrics-port={self.metrics_port}",
+            "--allow-gpu-metrics=false",
+            "--exit-timeout-secs=10",
+            "--pinned-memory-pool-byte-size=0",
+            "--disable-auto-complete-config",
+            "--strict-readiness=true",
+            "--log-verbose=0",
+        ]
 
     def start(self, timeout: float = 180) -> TritonServer:
         with self.log_file.open("wb") as log:
-            self.proc = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                         env=self.env.server_environ(), start_new_session=True)  # fmt: skip
+            self.proc = subprocess.Popen(
+                self.command(),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=self.env.server_environ(),
+                start_new_session=True,
+            )
         try:  # the server has a session of its own (Ctrl-C does not reach it): stopped here on any failure
             self._wait_ready(timeout)
         except BaseException:
@@ -76,8 +99,10 @@ class TritonServer:
         deadline = time.monotonic() + timeout
         while not self.ready():
             if self.proc.poll() is not None:  # type: ignore[union-attr]
-                raise KilnError(f"the Triton server exited ({self.proc.returncode}) before it was ready: "  # type: ignore[union-attr]
-                                f"{self.log_tail()}; whole log: {self.log_file}")  # fmt: skip
+                raise KilnError(
+                    f"the Triton server exited ({self.proc.returncode}) before it was ready: "  # type: ignore[union-attr]
+                    f"{self.log_tail()}; whole log: {self.log_file}"
+                )
             if time.monotonic() > deadline:
                 raise KilnError(
                     f"the Triton server was not ready after {timeout:.0f} s; log: {self.log_file}"

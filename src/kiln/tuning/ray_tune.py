@@ -40,8 +40,12 @@ class Search:
         """What turns the base config into a trial's: its sampled values, the seed and the CPU threads it
         trains with (both fix its floating-point results, so best.yaml reproduces it exactly on CPU)."""
         threads = max(1, int(self.cpus_per_trial))
-        return [*self.overrides, *(override(k, v) for k, v in sampled.items()), f"run.seed={self.seed}",
-                f"run.threads={threads}"]  # fmt: skip
+        return [
+            *self.overrides,
+            *(override(k, v) for k, v in sampled.items()),
+            f"run.seed={self.seed}",
+            f"run.threads={threads}",
+        ]
 
 
 class ReportToTune(Callback):
@@ -69,8 +73,12 @@ def run_trial(sampled: dict[str, Any], search: Search) -> None:
     from kiln.engine.trainer import fit
 
     trial_dir = Path(tune.get_context().get_trial_dir())
-    overrides = [*search.trial_overrides(sampled), f"run.dir={trial_dir / 'run'}", "trainer.progress=off",
-                 "logging.tensorboard=false"]  # fmt: skip
+    overrides = [
+        *search.trial_overrides(sampled),
+        f"run.dir={trial_dir / 'run'}",
+        "trainer.progress=off",
+        "logging.tensorboard=false",
+    ]
     cfg = resolved(search.config, overrides)
     resume = None
     ckpt = tune.get_checkpoint()
@@ -82,48 +90,83 @@ def run_trial(sampled: dict[str, Any], search: Search) -> None:
 
 
 def tune_search(
-    search: Search, space: dict[str, tuple[str, list[Any]]], samples: int, scheduler: str, max_concurrent: int,
-    address: str | None, out: Path, resume: bool,
-) -> Any:  # fmt: skip
+    search: Search,
+    space: dict[str, tuple[str, list[Any]]],
+    samples: int,
+    scheduler: str,
+    max_concurrent: int,
+    address: str | None,
+    out: Path,
+    resume: bool,
+) -> Any:
     ray, tune = import_ray()
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
     from ray.tune.search import BasicVariantGenerator
 
-    dists = {"loguniform": lambda a: tune.loguniform(*a), "uniform": lambda a: tune.uniform(*a),
-             "randint": lambda a: tune.randint(a[0], a[1] + 1),  # Ray's upper end is exclusive
-             "choice": tune.choice, "grid": tune.grid_search}  # fmt: skip
+    dists = {
+        "loguniform": lambda a: tune.loguniform(*a),
+        "uniform": lambda a: tune.uniform(*a),
+        "randint": lambda a: tune.randint(a[0], a[1] + 1),  # Ray's upper end is exclusive
+        "choice": tune.choice,
+        "grid": tune.grid_search,
+    }
     param_space = {k: dists[kind](args) for k, (kind, args) in space.items()}
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     if not ray.is_initialized():
         # "local": a Ray of our own on this machine; "auto" / "ray://host:10001": join a cluster
-        ray.init(address=address or "local", include_dashboard=False, log_to_driver=False,
-                 **({"num_cpus": os.cpu_count()} if not address else {}))  # fmt: skip
-    sched = (ASHAScheduler(max_t=search.epochs, grace_period=1, reduction_factor=2) if scheduler == "asha"
-             else FIFOScheduler())  # fmt: skip
-    trainable = tune.with_resources(tune.with_parameters(run_trial, search=search),
-                                    {"cpu": search.cpus_per_trial, "gpu": search.gpus_per_trial})  # fmt: skip
+        ray.init(
+            address=address or "local",
+            include_dashboard=False,
+            log_to_driver=False,
+            **({"num_cpus": os.cpu_count()} if not address else {}),
+        )
+    sched = (
+        ASHAScheduler(max_t=search.epochs, grace_period=1, reduction_factor=2)
+        if scheduler == "asha"
+        else FIFOScheduler()
+    )
+    trainable = tune.with_resources(
+        tune.with_parameters(run_trial, search=search),
+        {"cpu": search.cpus_per_trial, "gpu": search.gpus_per_trial},
+    )
     storage, name = str(out.resolve()), "search"
     if resume:
         if not tune.Tuner.can_restore(str(out.resolve() / name)):
             raise ConfigError(f"--resume: no interrupted search in {out / name}")
-        tuner = tune.Tuner.restore(str(out.resolve() / name), trainable=trainable, resume_unfinished=True,
-                                   resume_errored=True, param_space=param_space)  # fmt: skip
+        tuner = tune.Tuner.restore(
+            str(out.resolve() / name),
+            trainable=trainable,
+            resume_unfinished=True,
+            resume_errored=True,
+            param_space=param_space,
+        )
     else:
         if (out / name).exists():
-            raise ConfigError(f"--out {out}: it already holds a search; continue it with --resume, or choose "
-                              "another --out (two searches in one folder would mix their trials)")  # fmt: skip
+            raise ConfigError(
+                f"--out {out}: it already holds a search; continue it with --resume, or choose "
+                "another --out (two searches in one folder would mix their trials)"
+            )
         failures = FailureCount(search.max_failures)
         tuner = tune.Tuner(
-            trainable, param_space=param_space,
-            tune_config=tune.TuneConfig(metric=search.monitor, mode=search.mode, scheduler=sched,
-                                        num_samples=samples,
-                                        # seeded sampling: the same trials, in the same order, every time
-                                        # (a search_alg takes the concurrency limit; Tune's own is ignored)
-                                        search_alg=BasicVariantGenerator(random_state=search.seed,
-                                                                         max_concurrent=max_concurrent)),
-            run_config=tune.RunConfig(name=name, storage_path=storage, verbose=0, callbacks=[failures.callback],
-                                      stop=failures.stopper()),
-        )  # fmt: skip
+            trainable,
+            param_space=param_space,
+            tune_config=tune.TuneConfig(
+                metric=search.monitor,
+                mode=search.mode,
+                scheduler=sched,
+                num_samples=samples,
+                # seeded sampling: the same trials, in the same order, every time
+                # (a search_alg takes the concurrency limit; Tune's own is ignored)
+                search_alg=BasicVariantGenerator(random_state=search.seed, max_concurrent=max_concurrent),
+            ),
+            run_config=tune.RunConfig(
+                name=name,
+                storage_path=storage,
+                verbose=0,
+                callbacks=[failures.callback],
+                stop=failures.stopper(),
+            ),
+        )
     return tuner.fit()
 
 

@@ -52,16 +52,29 @@ def _row(r: Any, search: Search, space: dict[str, Any]) -> dict[str, Any]:
     if run.summary.is_file():  # the trial's own verdict: what `kiln train -c best.yaml` reports too
         best = json.loads(run.summary.read_text()).get("best_metric", best)
     index = _index(r)
-    return {"trial": f"trial_{index:05d}", "index": index, "config": {k: r.config[k] for k in space if k in r.config},
-            "best": best, "epochs": len(history), "stopped_early": len(history) < search.epochs and r.error is None,
-            "error": _error(r.error), "history": history, "run_dir": str(run.root)}  # fmt: skip
+    return {
+        "trial": f"trial_{index:05d}",
+        "index": index,
+        "config": {k: r.config[k] for k in space if k in r.config},
+        "best": best,
+        "epochs": len(history),
+        "stopped_early": len(history) < search.epochs and r.error is None,
+        "error": _error(r.error),
+        "history": history,
+        "run_dir": str(run.root),
+    }
 
 
 def summarize(results: Any, search: Search, space: dict[str, Any], out: Path) -> dict[str, Any]:
     rows = [_row(r, search, space) for r in results if r.config is not None]  # None: never started
     sign = -1 if search.mode == "max" else 1
-    rows.sort(key=lambda row: (math.isnan(row["best"]), sign * row["best"] if row["best"] == row["best"] else 0,
-                               row["index"]))  # fmt: skip
+    rows.sort(
+        key=lambda row: (
+            math.isnan(row["best"]),
+            sign * row["best"] if row["best"] == row["best"] else 0,
+            row["index"],
+        )
+    )
     out.mkdir(parents=True, exist_ok=True)
     # best.yaml: the best trial that trained to the end (a stopped one's metric came from fewer epochs)
     finished = [r for r in rows if not r["error"] and not r["stopped_early"] and r["best"] == r["best"]]
@@ -69,9 +82,16 @@ def summarize(results: Any, search: Search, space: dict[str, Any], out: Path) ->
     cfg = resolved(search.config, search.trial_overrides(best["config"]))
     cfg = cfg.model_copy(update={"run": cfg.run.model_copy(update={"dir": None, "name": "tuned"})})
     dump_config(cfg, out / "best.yaml")
-    summary = {"monitor": search.monitor, "mode": search.mode, "seed": search.seed, "best_trial": best["trial"],
-               "best_metric": best["best"], "best_checkpoint": str(RunDir(Path(best["run_dir"])).best),
-               "best_config": str(out / "best.yaml"), "trials": rows}  # fmt: skip
+    summary = {
+        "monitor": search.monitor,
+        "mode": search.mode,
+        "seed": search.seed,
+        "best_trial": best["trial"],
+        "best_metric": best["best"],
+        "best_checkpoint": str(RunDir(Path(best["run_dir"])).best),
+        "best_config": str(out / "best.yaml"),
+        "trials": rows,
+    }
     write_atomic(out / "results.json", json.dumps(summary, indent=2, default=str))
     plot(rows, search, out / "trials.png")
     return summary
@@ -83,8 +103,10 @@ def table(summary: dict[str, Any]) -> str:
     head = ["rank", "trial", *keys, summary["monitor"], "epochs", "stopped early", "error"]
     lines = [head]
     for i, r in enumerate(rows, 1):
-        vals = [yaml.safe_dump(r["config"].get(k), default_flow_style=True).strip().removesuffix("...").strip()
-                for k in keys]  # fmt: skip
+        vals = [
+            yaml.safe_dump(r["config"].get(k), default_flow_style=True).strip().removesuffix("...").strip()
+            for k in keys
+        ]
         status = "failed" if r["error"] else ("yes" if r["stopped_early"] else "no")
         err = (r["error"] or "")[:100]
         lines.append([str(i), r["trial"], *vals, f"{r['best']:.4f}", str(r["epochs"]), status, err])
@@ -102,8 +124,14 @@ def plot(rows: list[dict[str, Any]], search: Search, path: Path) -> None:
     for i, r in enumerate(rows):
         if r["history"]:
             style = "--" if r["stopped_early"] else "-"
-            ax.plot(range(1, len(r["history"]) + 1), r["history"], style, marker="o", ms=3,
-                    label=f"#{i + 1} {r['trial']}" + (" (stopped)" if r["stopped_early"] else ""))  # fmt: skip
+            ax.plot(
+                range(1, len(r["history"]) + 1),
+                r["history"],
+                style,
+                marker="o",
+                ms=3,
+                label=f"#{i + 1} {r['trial']}" + (" (stopped)" if r["stopped_early"] else ""),
+            )
     ax.set(
         xlabel="epoch",
         ylabel=search.monitor,

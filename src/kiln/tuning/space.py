@@ -28,8 +28,10 @@ def override(key: str, value: Any) -> str:
 
 def _check_one(key: str, spec: Any) -> tuple[str, list[Any]]:
     if not isinstance(spec, dict) or len(spec) != 1:
-        raise ConfigError(f"search space: {key}: expected one distribution like {{loguniform: [1e-4, 1e-1]}}, "
-                          f"got {spec!r} (kinds: {', '.join(KINDS)})")  # fmt: skip
+        raise ConfigError(
+            f"search space: {key}: expected one distribution like {{loguniform: [1e-4, 1e-1]}}, "
+            f"got {spec!r} (kinds: {', '.join(KINDS)})"
+        )
     kind, args = next(iter(spec.items()))
     if kind not in KINDS:
         hint = did_you_mean(str(kind), KINDS)
