@@ -13,7 +13,7 @@ from benchmarks.common import cifar10_dir
 from kiln.config import DataConfig
 from kiln.data.cache import load_images
 from kiln.data.sources import folder
-from kiln.data.spec import ImageSpec
+from kiln.spec import ImageSpec
 
 
 def main() -> None:

@@ -111,7 +111,7 @@ def preloaded_cifar(root: Path) -> tuple[torch.Tensor, torch.Tensor]:
     from kiln.config import DataConfig
     from kiln.data.cache import load_images
     from kiln.data.sources import folder
-    from kiln.data.spec import ImageSpec
+    from kiln.spec import ImageSpec
 
     raw = folder(DataConfig(source="folder", root=str(root)))
     images = load_images(

@@ -17,7 +17,7 @@ from PIL import Image
 
 from benchmarks.common import ROOT
 from kiln.data.decode import RESAMPLE, _read, presized
-from kiln.data.spec import ImageSpec
+from kiln.spec import ImageSpec
 
 SPEC = ImageSpec(3, (224, 224), "crop", crop_pct=0.875)
 

@@ -26,7 +26,7 @@ def build_airbench_files(root: Path, out: Path) -> None:
     from kiln.config import DataConfig
     from kiln.data.cache import load_images
     from kiln.data.sources import folder
-    from kiln.data.spec import ImageSpec
+    from kiln.spec import ImageSpec
 
     raw = folder(DataConfig(source="folder", root=str(root)))
     out.mkdir(parents=True, exist_ok=True)

@@ -17,28 +17,35 @@ SRC = ROOT / "src" / "kiln"
 
 # part (the first name under kiln) -> layer; a part may import only parts of a lower layer
 LAYERS = {
+    # errors, the version and the process's signal state: what everything may use
     "errors": 0,
     "_version": 0,
-    "atomic": 0,
-    "config": 1,
-    "registry": 1,
-    "console": 1,
-    "paths": 1,
-    "checkpoint": 1,  # the leaf layer
-    "data": 2,
-    "models": 2,
-    "optim": 2,
-    "losses": 2,
-    "metrics": 2,
-    "engine": 3,
-    "evaluation": 4,
-    "export": 4,
-    "tuning": 4,
-    "scaffold": 4,
-    "serving": 5,
-    "cli": 6,
-    "__init__": 6,
-    "__main__": 7,  # the command line, the public package root, `python -m kiln`
+    "signals": 0,
+    "atomic": 1,  # atomic file writes (a write is a critical section for signals)
+    # the leaf layer
+    "config": 2,
+    "registry": 2,
+    "console": 2,
+    "paths": 2,
+    "checkpoint": 2,
+    "spec": 2,
+    # the parts, independent of each other
+    "data": 3,
+    "models": 3,
+    "optim": 3,
+    "losses": 3,
+    "metrics": 3,
+    "engine": 4,
+    "evaluation": 5,
+    "export": 5,
+    "tuning": 5,
+    "scaffold": 5,
+    "inference": 6,  # loading any artifact and running it on image files (predict, Triton, serve)
+    "serving": 7,
+    # the command line, the public package root, `python -m kiln`
+    "cli": 8,
+    "__init__": 8,
+    "__main__": 9,
 }
 
 

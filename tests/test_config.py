@@ -36,7 +36,6 @@ def test_json_config(tmp_path: Path) -> None:
     [
         ("trainer.epochz=3", "trainer.epochz: unknown key — did you mean 'trainer.epochs'?"),
         ("optimizer.lr=-1", "optimizer.lr: Input should be greater than 0"),
-        ("data.source=cifar11", "data.source: 'cifar11' is not allowed — did you mean 'cifar10'?"),
         ("traner.epochs=3", "traner: unknown key — did you mean 'trainer'?"),
         ("optimizer.name=adamm", "did you mean 'adam'?"),
     ],
@@ -72,32 +71,3 @@ def test_cli_config_error_is_one_line_without_traceback() -> None:
 def test_all_example_configs_validate() -> None:
     for p in sorted((ROOT / "configs").glob("*.yaml")):
         load_config(p)
-
-
-@pytest.mark.parametrize(
-    ("override", "expected"),
-    [
-        (
-            "trainer.early_stopping={monitor: val_los}",
-            "trainer.early_stopping.monitor: 'val_los' is not a metric — did you mean 'val_loss'?",
-        ),
-        (
-            "trainer.checkpoint.monitor=val_accc",
-            "trainer.checkpoint.monitor: 'val_accc' is not a metric — did you mean 'val_acc'?",
-        ),
-    ],
-)
-def test_a_mistyped_monitor_fails_at_load_time_with_the_valid_names(override: str, expected: str) -> None:
-    """Checked when the config is loaded, not after the first epoch (it was a KeyError traceback there)."""
-    with pytest.raises(ConfigError) as e:
-        load_config(ROOT / "configs/digits.yaml", [override])
-    assert str(e.value) == f"invalid config: {expected} (valid: " + str(e.value).split("(valid: ")[1]
-    assert "train_loss" in str(e.value) and "\n" not in str(e.value)
-
-
-def test_a_user_metric_is_a_valid_monitor() -> None:
-    cfg = load_config(
-        ROOT / "configs/digits.yaml",
-        ["trainer.metrics=[mypkg.metrics:f1]", "trainer.early_stopping={monitor: val_f1, mode: max}"],
-    )
-    assert cfg.trainer.early_stopping is not None and cfg.trainer.early_stopping.monitor == "val_f1"

@@ -325,8 +325,8 @@ def test_dataset_smaller_than_one_batch(tmp_path: Path) -> None:
 
 def test_decompression_bomb_is_refused(tmp_path: Path) -> None:
     from kiln.data.decode import open_image
-    from kiln.data.spec import ImageSpec
     from kiln.errors import DataError
+    from kiln.spec import ImageSpec
 
     big = tmp_path / "bomb.png"
     Image.new("L", (12_000, 8_000)).save(big)  # 96 Mpx > PIL's bound; compresses to a few kB

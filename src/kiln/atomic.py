@@ -4,10 +4,13 @@ the writer's pid, so a dead writer's leftovers can be recognised), fsynced, rena
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
+
+from kiln import signals
 
 
 def temp_path(target: Path) -> Path:
@@ -35,8 +38,15 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def write_with(target: Path, write: Callable[[BinaryIO], object]) -> None:
-    """``write(f)`` into a temp file, then rename it to ``target``; on any failure the temp file goes."""
+def write_with(target: Path, write: Callable[[BinaryIO], object], critical: bool = True) -> None:
+    """``write(f)`` into a temp file, then rename it to ``target``; on any failure the temp file goes.
+    ``critical``: a signal waits until the write is complete (checkpoints, summaries); a long cache write
+    passes False and may be abandoned (its temp file goes, nothing half-written is trusted)."""
+    with signals.critical() if critical else contextlib.nullcontext():
+        _write(target, write)
+
+
+def _write(target: Path, write: Callable[[BinaryIO], object]) -> None:
     tmp = temp_path(target)
     try:
         with open(tmp, "wb") as f:

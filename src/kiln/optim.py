@@ -133,3 +133,22 @@ def add_param_group(
     scheduler.lr_lambdas.append(scheduler.lr_lambdas[0])
     optimizer.param_groups[-1]["lr"] = base * scheduler.lr_lambdas[0](scheduler.last_epoch)
     scheduler._last_lr = [g["lr"] for g in optimizer.param_groups]  # noqa: SLF001
+
+
+def unfreeze(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LambdaLR,
+    names: list[str],
+    lr_mult: float,
+    weight_decay: float,
+) -> int:
+    """Gradual unfreezing: the frozen parameters ``names`` train again, as a new optimizer group (lr x
+    ``lr_mult``) driven by the same schedule. Returns how many tensors joined (0 when done already)."""
+    wanted = set(names)
+    params = [p for n, p in model.named_parameters() if n in wanted and not p.requires_grad]
+    for p in params:
+        p.requires_grad_(True)
+    if params:
+        add_param_group(optimizer, scheduler, params, lr_mult, weight_decay)
+    return len(params)

@@ -4,6 +4,7 @@
 <run dir>/metrics.jsonl         one JSON line per epoch
 <run dir>/summary.json          best epoch and metric, test results
 <run dir>/run_info.json         versions, git commit, dataset fingerprint
+<run dir>/train.log             every line the run printed (progress too), with timestamps
 <run dir>/checkpoints/last.pt   after every epoch (and every N steps, and on Ctrl-C)
 <run dir>/checkpoints/best.pt   the best epoch by trainer.checkpoint.monitor
 <run dir>/checkpoints/epoch-N.pt  every trainer.checkpoint.every_n_epochs
@@ -84,6 +85,11 @@ class RunDir:
     @property
     def run_info(self) -> Path:
         return self.root / "run_info.json"
+
+    @property
+    def log(self) -> Path:
+        """Every line the run printed, progress included, with timestamps."""
+        return self.root / "train.log"
 
     @property
     def checkpoints(self) -> Path:

@@ -132,3 +132,5 @@ METRICS = Registry("metric", "trainer.metrics", group="kiln.metrics")
 register_metric = METRICS.register
 CALLBACKS = Registry("callback", "callbacks", group="kiln.callbacks")
 register_callback = CALLBACKS.register
+SOURCES = Registry("data source", "data.source", group="kiln.sources")
+register_source = SOURCES.register

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from kiln.cli import main
 from kiln.data.cache import entries, load_images
-from kiln.data.spec import ImageSpec
+from kiln.spec import ImageSpec
 from tests.conftest import write_png_folder
 
 

@@ -16,7 +16,7 @@ from kiln.data import geometry as G
 from kiln.data import photometric as P
 from kiln.data.augment import BatchTransform
 from kiln.data.mixing import cutmix
-from kiln.data.spec import ImageSpec
+from kiln.spec import ImageSpec
 
 N = 4000  # draws per distribution
 

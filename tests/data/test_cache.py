@@ -7,8 +7,8 @@ import torch
 from PIL import Image
 
 from kiln.data.cache import load_images
-from kiln.data.spec import ImageSpec
 from kiln.errors import DataError
+from kiln.spec import ImageSpec
 
 AS_IS, SQUASH = ImageSpec(3, (12, 12)), ImageSpec(3, (12, 12), "squash")
 

@@ -19,8 +19,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from kiln.data.cache import Entry, entries, fingerprint, load_images
-from kiln.data.spec import ImageSpec
+from kiln.data.cache import Entry, entries, image_key, load_images
+from kiln.spec import ImageSpec
 from tests.conftest import ROOT
 
 pytestmark = pytest.mark.slow
@@ -31,7 +31,7 @@ LOADER = textwrap.dedent("""
     import sys, zlib, resource, signal
     from pathlib import Path
     from kiln.data.cache import load_images
-    from kiln.data.spec import ImageSpec
+    from kiln.spec import ImageSpec
     folder, cache = Path(sys.argv[1]), Path(sys.argv[2])
     if len(sys.argv) > 3:  # a file-size limit, as a full disk: EFBIG instead of being killed by SIGXFSZ
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
@@ -66,6 +66,9 @@ def _load(
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
 
 
+NAMES = ("images", "extents")
+
+
 def _crc(out: str) -> int:
     return int(next(ln.split()[1] for ln in out.splitlines() if ln.startswith("CRC")))
 
@@ -78,7 +81,7 @@ def test_killed_at_random_moments_then_reused(folder: Path, truth: int, tmp_path
         proc.kill()
         proc.wait()
         for meta in tmp_path.glob("meta-*.json"):  # whatever is marked complete is complete and correct
-            Entry(tmp_path, meta.stem[5:]).read((300, 3, 96, 96))
+            Entry(tmp_path, meta.stem[5:], NAMES).read()
     done = _load(folder, tmp_path)
     assert done.returncode == 0 and _crc(done.stdout) == truth, done.stderr
     again = _load(folder, tmp_path)
@@ -126,7 +129,7 @@ def test_read_only_folder_decodes_into_memory_with_one_warning(folder: Path, tru
         (base / "ro").mkdir(mode=0o555)
         out = _load(base / "imgs", base / "ro", prefix=prefix)
         assert _crc(out.stdout) == truth, out.stderr
-        assert out.stderr.count("cannot use the image cache") == 1 and not list((base / "ro").iterdir())
+        assert out.stderr.count("cannot use the cache folder") == 1 and not list((base / "ro").iterdir())
     finally:
         shutil.rmtree(base, ignore_errors=True)
 
@@ -136,9 +139,9 @@ def test_a_write_under_a_file_size_limit_leaves_nothing_trusted(
 ) -> None:
     limited = _load(folder, tmp_path, str(1_000_000))  # 1 MB: the 8 MB entry cannot be written
     assert limited.returncode == 0 and _crc(limited.stdout) == truth, limited.stderr
-    assert limited.stderr.count("cannot use the image cache") == 1
+    assert limited.stderr.count("cannot use the cache folder") == 1
     assert not list(tmp_path.glob("meta-*.json")) and not list(tmp_path.glob(".*.tmp-*"))
-    key = fingerprint(sorted(folder.glob("*.png")), SPEC, False)
-    assert not Entry(tmp_path, key).meta.exists()
+    key = image_key(sorted(folder.glob("*.png")), SPEC, False)
+    assert not Entry(tmp_path, key, NAMES).meta.exists()
     full = _load(folder, tmp_path)  # with room again: built, complete, reused
-    assert _crc(full.stdout) == truth and Entry(tmp_path, key).meta.exists()
+    assert _crc(full.stdout) == truth and Entry(tmp_path, key, NAMES).meta.exists()

@@ -11,8 +11,8 @@ import pytest
 from PIL import Image
 
 from kiln.data.decode import open_image, probe_file, to_mode
-from kiln.data.spec import ImageSpec
 from kiln.errors import DataError
+from kiln.spec import ImageSpec
 
 
 def _gradient(w: int, h: int) -> Image.Image:

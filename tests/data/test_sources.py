@@ -31,7 +31,7 @@ def test_folder_source(png_folder: Path, tmp_path: Path) -> None:
         source="folder", root=str(png_folder), cache_dir=str(tmp_path / "cache"), val_split=0.25, batch_size=8
     )
     b = build(cfg, seed=0, device=CPU)
-    assert b.classes == ["cat", "dog", "frog"] and b.in_channels == 3 and b.image_size == (12, 12)
+    assert b.classes == ["cat", "dog", "frog"] and b.spec.channels == 3 and b.spec.size == (12, 12)
     x, y, idx = next(iter(b.train))
     assert x.dtype == torch.uint8 and x.shape[1:] == (3, 12, 12)
     assert len(b.train.order.indices()) == 27 and len(b.val.order.indices()) == 9
@@ -162,7 +162,7 @@ def test_custom_dataset_streams() -> None:
         num_workers=0,
     )
     b = build(cfg, seed=0, device=CPU)
-    assert b.classes == ["a", "b"] and b.in_channels == 1
+    assert b.classes == ["a", "b"] and b.spec.channels == 1
     xs = [x for x, _, _ in b.train]
     assert sum(len(x) for x in xs) == 16 and xs[0].dtype == torch.uint8
     assert len(set(b.val.ids)) == 4 and all(
@@ -205,6 +205,6 @@ def test_grayscale_folder_and_channel_conversion(tmp_path: Path) -> None:
         seed=0,
         device=CPU,
     )
-    assert b.in_channels == 3 and next(iter(b.train))[0].shape[1] == 3
+    assert b.spec.channels == 3 and next(iter(b.train))[0].shape[1] == 3
     d = build(DataConfig(channels=3, image_size=16), seed=0, device=CPU)
     assert next(iter(d.train))[0].shape[1:] == (3, 16, 16)

@@ -48,7 +48,7 @@ def test_cached_features_train_the_head_as_full_passes_do(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     cached = _run(tmp_path, "cached")
-    assert "features are computed once per image and view (2 views)" in capsys.readouterr().out
+    assert "features are computed once per image for 2 augmentation views" in capsys.readouterr().out
     live = _run(tmp_path, "live", "trainer.frozen_features=off")
     assert torch.allclose(cached["fc.weight"], live["fc.weight"], atol=1e-5)
     assert torch.allclose(cached["fc.bias"], live["fc.bias"], atol=1e-5)

@@ -1,5 +1,5 @@
-"""What a checkpoint holds and what `restore` puts back, in process (the bit-identical end-to-end resumes
-are in test_trainer.py and test_reliability.py)."""
+"""What a checkpoint holds and what ``Run.load_state_dict`` puts back, in process (the bit-identical
+end-to-end resumes are in test_trainer.py and test_reliability.py)."""
 
 from __future__ import annotations
 
@@ -10,17 +10,17 @@ import torch
 
 from kiln import checkpoint as ckpt
 from kiln.config import load_config
-from kiln.data import build
-from kiln.engine.callbacks import CallbackList, EarlyStopping
 from kiln.engine.checkpointing import Checkpointing
 from kiln.engine.distributed import Dist
-from kiln.engine.loop import TrainState
-from kiln.engine.resume import find_resume, restore
-from kiln.engine.setup import build_parts
+from kiln.engine.resume import check_compatible, find_resume
+from kiln.engine.run import Run
+from kiln.engine.setup import build_run
 from kiln.engine.trainer import fit
 from kiln.errors import CheckpointError
 from kiln.paths import RunDir
 from tests.conftest import ROOT
+
+pytestmark = pytest.mark.slow  # trains a real run once for the module
 
 CPU = torch.device("cpu")
 
@@ -49,48 +49,58 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_checkpoint_contents(run: Path) -> None:
     # 1,293 train images at batch 32: 41 optimizer steps per epoch
     saved = ckpt.load(RunDir(run).last)
-    assert (
-        saved["epoch"] == 2
-        and saved["step"] == 2 * 41
-        and saved["data_state"] == {"epoch": 1, "position": 41}  # all of epoch index 1
-    )
+    assert saved["epoch"] == 2
+    assert saved["step"] == 2 * 41
+    assert saved["data_state"] == {"epoch": 1, "position": 41}  # all of epoch index 1
     assert set(saved["callbacks"]) == {"MetricsLog#0", "ProgressBar#0", "EarlyStopping#0", "Checkpointing#0"}
     assert saved["callbacks"]["Checkpointing#0"] == {
         "best": saved["best_metric"],
         "best_epoch": saved["best_epoch"],
     }
-    assert saved["classes"] == [str(i) for i in range(10)] and saved["preprocess"]["image_size"] == [8, 8]
-    assert saved["rng_per_rank"] is None and isinstance(saved["rng"]["torch"], torch.Tensor)
-    assert saved["config"]["trainer"]["epochs"] == 2 and saved["kiln_version"]
+    assert saved["classes"] == [str(i) for i in range(10)]
+    assert saved["preprocess"]["image_size"] == [8, 8]
+    assert saved["rng_per_rank"] is None
+    assert isinstance(saved["rng"]["torch"], torch.Tensor)
+    assert saved["config"]["trainer"]["epochs"] == 2
+    assert saved["kiln_version"]
 
 
-def _fresh(run: Path, *extra: str) -> tuple[object, ...]:
-    cfg = _cfg(run, *extra)
-    data = build(cfg.data, 0, CPU)
-    parts = build_parts(cfg, data, CPU, Dist())
-    state = TrainState()
-    es, cp = (
-        EarlyStopping("val_loss", "min", 5, 0.0),
-        Checkpointing(RunDir(run), dict, cfg.trainer.checkpoint, False),
-    )
-    return cfg, data, parts, state, CallbackList([es, cp]), es, cp
+def _fresh(run: Path, *extra: str) -> Run:
+    return build_run(_cfg(run, *extra), Dist(), CPU, [])
 
 
-def test_restore_puts_everything_back(run: Path) -> None:
-    cfg, data, parts, state, callbacks, es, cp = _fresh(run)
+def _callback(run: Run, kind: type) -> object:
+    return next(cb for cb in run.callbacks.items if isinstance(cb, kind))
+
+
+def test_load_state_dict_puts_everything_back(run: Path) -> None:
+    from kiln.engine.callbacks import EarlyStopping
+
+    fresh = _fresh(run)
     saved = ckpt.load(RunDir(run).last)
-    restore(str(RunDir(run).last), cfg, parts, state, callbacks, data, Dist())  # type: ignore[arg-type]
-    assert (state.epoch, state.step) == (2, 82) and data.train.state_dict() == saved["data_state"]  # type: ignore[attr-defined]
-    assert (es.best, es.wait) == (
+    fresh.load_state_dict(saved, str(RunDir(run).last))
+    assert (fresh.state.epoch, fresh.state.step) == (2, 82)
+    assert fresh.feed.state_dict() == saved["data_state"]
+    es = _callback(fresh, EarlyStopping)
+    assert (es.best, es.wait) == (  # type: ignore[attr-defined]
         saved["callbacks"]["EarlyStopping#0"]["best"],
         saved["callbacks"]["EarlyStopping#0"]["wait"],
     )
-    assert (cp.best, cp.best_epoch) == (saved["best_metric"], saved["best_epoch"])
-    assert all(
-        torch.equal(a, b)
-        for a, b in zip(parts.model.state_dict().values(), saved["model_state_dict"].values(), strict=True)
-    )
-    assert parts.scheduler.last_epoch == 82 and torch.equal(torch.get_rng_state(), saved["rng"]["torch"])  # type: ignore[attr-defined]
+    cp = _callback(fresh, Checkpointing)
+    assert (cp.best, cp.best_epoch) == (saved["best_metric"], saved["best_epoch"])  # type: ignore[attr-defined]
+    for a, b in zip(fresh.model.state_dict().values(), saved["model_state_dict"].values(), strict=True):
+        assert torch.equal(a, b)
+    assert fresh.scheduler.last_epoch == 82
+    assert torch.equal(torch.get_rng_state(), saved["rng"]["torch"])
+
+
+def test_state_dict_round_trips(run: Path) -> None:
+    fresh = _fresh(run)
+    saved = ckpt.load(RunDir(run).last)
+    fresh.load_state_dict(saved, str(RunDir(run).last))
+    again = fresh.state_dict(saved["metrics"])
+    for key in ("epoch", "step", "data_state", "callbacks", "classes", "preprocess"):
+        assert again[key] == saved[key], key
 
 
 def test_a_checkpoint_from_before_checkpointing_was_a_callback_keeps_its_best(
@@ -98,22 +108,25 @@ def test_a_checkpoint_from_before_checkpointing_was_a_callback_keeps_its_best(
 ) -> None:
     saved = ckpt.load(RunDir(run).last)
     del saved["callbacks"]["Checkpointing#0"]
-    old = tmp_path / "old.pt"
-    ckpt.save(saved, old)
-    cfg, data, parts, state, callbacks, _, cp = _fresh(run)
-    restore(str(old), cfg, parts, state, callbacks, data, Dist())  # type: ignore[arg-type]
-    assert (cp.best, cp.best_epoch) == (saved["best_metric"], saved["best_epoch"])
+    fresh = _fresh(run)
+    fresh.load_state_dict(saved, "old.pt")
+    cp = _callback(fresh, Checkpointing)
+    assert (cp.best, cp.best_epoch) == (saved["best_metric"], saved["best_epoch"])  # type: ignore[attr-defined]
 
 
-def test_other_classes_or_model_are_refused_naming_the_difference(run: Path) -> None:
-    cfg, data, parts, state, callbacks, _, _ = _fresh(run, "model.name=mlp")
+def test_another_model_is_refused_naming_the_difference(run: Path) -> None:
+    cfg = _cfg(run, "model.name=mlp")
+    saved = ckpt.load(RunDir(run).last)
     with pytest.raises(
         CheckpointError, match=r"the model differs from the checkpoint's \(model.name: 'lenet' -> 'mlp'\)"
     ):
-        restore(str(RunDir(run).last), cfg, parts, state, callbacks, data, Dist())  # type: ignore[arg-type]
-    data.classes = ["a", "b"]  # type: ignore[attr-defined]
+        check_compatible(str(RunDir(run).last), cfg, saved, [str(i) for i in range(10)])
+
+
+def test_other_classes_are_refused(run: Path) -> None:
+    saved = ckpt.load(RunDir(run).last)
     with pytest.raises(CheckpointError, match="trained on classes"):
-        restore(str(RunDir(run).last), cfg, parts, state, callbacks, data, Dist())  # type: ignore[arg-type]
+        check_compatible(str(RunDir(run).last), _cfg(run), saved, ["a", "b"])
 
 
 def test_resume_auto_skips_a_damaged_newest_file(
@@ -123,4 +136,5 @@ def test_resume_auto_skips_a_damaged_newest_file(
     r.checkpoints.mkdir()
     r.epoch_checkpoint(1).write_bytes(RunDir(run).last.read_bytes())
     r.last.write_bytes(b"torn")
-    assert find_resume(r) == str(r.epoch_checkpoint(1)) and "skipping" in capsys.readouterr().out
+    assert find_resume(r) == str(r.epoch_checkpoint(1))
+    assert "skipping" in capsys.readouterr().out

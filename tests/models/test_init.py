@@ -73,7 +73,7 @@ def test_lenet_forward_is_the_tutorial_function_with_the_same_gradients() -> Non
 def test_pca_init_in_a_real_run_sets_the_first_conv_from_training_images(tmp_path: Path) -> None:
     from kiln.data import build
     from kiln.engine.distributed import Dist
-    from kiln.engine.setup import build_parts, sample_images
+    from kiln.engine.setup import build_run, sample_images
 
     cfg = load_config(
         ROOT / "configs/digits.yaml",
@@ -81,14 +81,15 @@ def test_pca_init_in_a_real_run_sets_the_first_conv_from_training_images(tmp_pat
     )
     bundle = build(cfg.data, 0, torch.device("cpu"))
     torch.manual_seed(0)
-    parts = build_parts(cfg, bundle, torch.device("cpu"), Dist())
+    run = build_run(cfg, Dist(), torch.device("cpu"), [])
     expected = nn.Conv2d(1, 6, 5, padding=2)
-    pca_init(expected, sample_images(bundle, images_for_pca((5, 5), bundle.image_size)))
-    assert torch.allclose(parts.model.conv1.weight, expected.weight)
-    assert parts.init_seconds > 0
+    pca_init(expected, sample_images(bundle, images_for_pca((5, 5), bundle.spec.size)))
+    assert torch.allclose(run.model.conv1.weight, expected.weight)
+    assert run.init_seconds > 0
     fit(cfg)
     first = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[0])
-    assert first["seconds"] > 0 and first["validated"]
+    assert first["seconds"] > 0
+    assert first["validated"]
 
 
 def test_init_samples_spread_over_a_class_sorted_folder(tmp_path: Path) -> None:

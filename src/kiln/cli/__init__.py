@@ -11,6 +11,8 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from kiln import signals
+from kiln._version import __version__
 from kiln.cli import cache, check_data, evaluate, export, new, predict, serve, train, tune
 from kiln.errors import KilnError
 
@@ -21,6 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="kiln", description="Train, evaluate, export and tune image classifiers."
     )
+    p.add_argument("--version", action="version", version=f"kiln {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for command in COMMANDS:
         command.add_parser(sub)
@@ -36,13 +39,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
         args.overrides = [*args.overrides, *extra]
     try:
-        return int(args.func(args) or 0)
+        # one handler for SIGINT, SIGTERM and SIGUSR1 around every command (see kiln/signals.py)
+        with signals.install():
+            return int(args.func(args) or 0)
     except KilnError as e:
         print(f"kiln: error: {e}", file=sys.stderr)
         return e.exit_code
-    except KeyboardInterrupt:
-        print("kiln: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt:  # a signal in a phase with nothing to save: what was finished is kept
+        print(
+            f"kiln: interrupted ({signals.received_name()}); finished work (checkpoints, cached images and "
+            "features) is kept",
+            file=sys.stderr,
+        )
+        return signals.exit_code()
 
 
 if __name__ == "__main__":

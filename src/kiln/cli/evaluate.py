@@ -7,12 +7,17 @@ import argparse
 
 def run(args: argparse.Namespace) -> int:
     from kiln.evaluation.run import evaluate_checkpoint
+    from kiln.registry import add_project_path
 
+    add_project_path(args.config)  # a project's own modules (imports:): beside its config or in the cwd
     rep = evaluate_checkpoint(args.checkpoint, args.split, args.out, args.overrides, args.config, args.topk)
     top5 = f", top-5 {rep['top5_accuracy']:.4f}" if "top5_accuracy" in rep else ""
     print(
         f"{rep['split']}: accuracy {rep['accuracy']:.4f}{top5}, macro F1 {rep['macro']['f1']:.4f}, "
         f"loss {rep['loss']:.4f}, ECE {rep['ece']:.4f} on {rep['num_samples']:,} images ({rep['seconds']:.1f} s)"
+    )
+    print(
+        f"report: {rep['report_html']}  (and report.json, predictions.csv, mistakes.csv, PNGs in {rep['out_dir']})"
     )
     return 0
 

@@ -15,7 +15,6 @@ from pydantic import BaseModel, ValidationError
 
 from kiln.atomic import write_atomic
 from kiln.config.schema import (
-    DATA_SOURCES,
     EPOCH_METRICS,
     AugmentConfig,
     CallbackSpec,
@@ -43,7 +42,6 @@ from kiln.config.schema import (
 from kiln.errors import ConfigError, did_you_mean
 
 __all__ = [
-    "DATA_SOURCES",
     "EPOCH_METRICS",
     "AugmentConfig",
     "CallbackSpec",

@@ -10,10 +10,6 @@ from pydantic import Field, field_validator, model_validator
 
 from kiln.config.augment import AugmentConfig, ErasingConfig, JitterConfig, ResizedCropConfig  # noqa: F401
 from kiln.config.base import Strict as _Strict
-from kiln.errors import did_you_mean
-
-DATA_SOURCES = ("digits", "cifar10", "cifar100", "mnist", "fashion_mnist", "folder", "csv", "custom")
-
 
 # the numbers of every metrics.jsonl line (trainer.metrics add val_<name> for each of theirs)
 EPOCH_METRICS = (
@@ -30,6 +26,7 @@ EPOCH_METRICS = (
 
 
 def epoch_metric_names(metrics: list[str]) -> list[str]:
+    """The names of a metrics.jsonl line: kiln's own and val_<name> for each metric given."""
     return [*EPOCH_METRICS, *(f"val_{m.rpartition(':')[2]}" for m in metrics)]
 
 
@@ -51,7 +48,7 @@ class CsvConfig(_Strict):
 
 
 class DataConfig(_Strict):
-    source: Literal[DATA_SOURCES] = "digits"  # type: ignore[valid-type]
+    source: str = "digits"  # a registered data source (kiln's: digits, cifar10, ..., folder, csv, custom)
     root: str | None = None  # default: data/<source>
     download: bool = False
     batch_size: int = Field(64, gt=0)
@@ -88,6 +85,9 @@ class DataConfig(_Strict):
     dataset_args: dict[str, Any] = {}
     on_bad_sample: Literal["error", "skip"] = "error"  # unreadable image / bad CSV row: stop, or skip + count
     train_limit: int | None = Field(None, gt=0)  # train on a fixed random subset of N images (quick runs)
+    # display names for class ids (folders named by WordNet id or product code): a .txt ("ID NAME" lines,
+    # or one name per line in label order), a .csv (id,name) or a mapping {id: name}
+    class_names: str | dict[str, str] | None = None
 
     @model_validator(mode="after")
     def _check(self) -> DataConfig:
@@ -263,19 +263,6 @@ class Config(_Strict):
     @property
     def run_dir(self) -> Path:
         return Path(self.run.dir) if self.run.dir else Path("runs") / self.run.name
-
-    @model_validator(mode="after")
-    def _check_monitors(self) -> Config:
-        """A mistyped monitor fails here, before any data is read, not after the first epoch."""
-        valid = epoch_metric_names(self.trainer.metrics)
-        monitors = [("trainer.checkpoint.monitor", self.trainer.checkpoint.monitor)]
-        if self.trainer.early_stopping:
-            monitors.append(("trainer.early_stopping.monitor", self.trainer.early_stopping.monitor))
-        for key, name in monitors:
-            if name not in valid:
-                hint = did_you_mean(name, valid)
-                raise ValueError(f"{key}: '{name}' is not a metric{hint} (valid: {', '.join(valid)})")
-        return self
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")

@@ -15,15 +15,15 @@ No per-sample Python. Two ways of drawing random numbers, both resumable exactly
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
 from kiln.config import AugmentConfig
-from kiln.data import geometry as G
-from kiln.data import photometric as P
+from kiln.data import geometry, photometric
 from kiln.data.mixing import Mix, cutmix, mixup
-from kiln.data.spec import ImageSpec
+from kiln.spec import ImageSpec
 
 
 def seeded_generator(device: torch.device, *keys: int) -> torch.Generator:
@@ -63,7 +63,7 @@ class BatchTransform:
         seed: int,
         rank: int = 0,
         spec: ImageSpec | None = None,
-        extents: torch.Tensor | None = None,
+        extents: torch.Tensor | Callable[[], torch.Tensor] | None = None,
         train_size: tuple[int, int] | None = None,
     ) -> None:
         std_t = torch.tensor(std, dtype=torch.float32)
@@ -73,10 +73,18 @@ class BatchTransform:
         self.augment, self.seed = augment, seed  # the augmentation settings (data.augment) and run.seed
         self.rank_key = (rank,) if rank else ()  # under DDP each rank draws its own batch augmentations
         self.mean, self.std = list(mean), list(std)
-        self.spec, self.extents = spec, extents
+        self.spec, self._extents = spec, extents
         self.train_size = train_size or (spec.size if spec is not None else None)  # photo training crops
         self.photo = augment.photo or (spec is not None and spec.resize == "crop")
         self._views: dict[int, ViewParams] = {}  # a pure function of (seed, view): cached, never stale
+
+    @property
+    def extents(self) -> torch.Tensor | None:
+        """The (h, w) each train image fills on its canvas; read (from the decoded images or the files'
+        headers) only when a photo augmentation first needs it."""
+        if callable(self._extents):
+            self._extents = self._extents()
+        return self._extents
 
     # ---- evaluation: the centre view, normalised
 
@@ -137,16 +145,16 @@ class BatchTransform:
             return x
         g = seeded_generator(x.device, self.seed, epoch, step, *self.rank_key)
         if a.crop_padding:
-            x = G.random_crop(x, a.crop_padding, g)
+            x = geometry.random_crop(x, a.crop_padding, g)
         if a.alternating_flip:
             # airbench: a per-sample coin decides epoch 0; afterwards each sample alternates, so every
             # image is seen both ways in any two consecutive epochs.
             base = ((idx.to(x.device) * 0x9E3779B1 + self.seed * 0x85EBCA6B) >> 16) % 2 == 1
-            x = G.flip(x, base ^ bool(epoch % 2))
+            x = geometry.flip(x, base ^ bool(epoch % 2))
         elif a.hflip:
-            x = G.flip(x, torch.rand(x.shape[0], generator=g, device=x.device) < 0.5)
+            x = geometry.flip(x, torch.rand(x.shape[0], generator=g, device=x.device) < 0.5)
         if a.cutout:
-            x = G.cutout(x, a.cutout, g)
+            x = geometry.cutout(x, a.cutout, g)
         return x
 
     def view_of(self, epoch: int) -> int:
@@ -159,19 +167,19 @@ class BatchTransform:
         )
         p, i = self.view_params(view), idx.cpu()
         boxes = p.boxes[i] if p.boxes is not None else self.centre_boxes(self.extents[i])
-        xf = G.resample(x.float(), boxes, self.train_size)  # type: ignore[arg-type]  # 0..255 scale
+        xf = geometry.resample(x.float(), boxes, self.train_size)  # type: ignore[arg-type]  # 0..255 scale
         if p.jitter is not None or p.ops is not None:
             xf = xf / 255
             if p.jitter is not None:
-                xf = P.color_jitter(xf, p.jitter[i], p.order)
+                xf = photometric.color_jitter(xf, p.jitter[i], p.order)
             if p.ops is not None:
-                xf = P.auto_augment(xf, p.ops[i], p.mags[i])  # type: ignore[index]
+                xf = photometric.auto_augment(xf, p.ops[i], p.mags[i])  # type: ignore[index]
             xf = xf * 255
         xf = self._scaled(xf)
         if p.flip is not None:
-            xf = G.flip(xf, p.flip[i])
+            xf = geometry.flip(xf, p.flip[i])
         if p.erase is not None:
-            xf = xf.masked_fill(G.box_mask(p.erase[i], self.train_size, xf.device), 0.0)  # type: ignore[arg-type]
+            xf = xf.masked_fill(geometry.box_mask(p.erase[i], self.train_size, xf.device), 0.0)  # type: ignore[arg-type]
         return xf
 
     def train_centre(self, x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
@@ -179,12 +187,16 @@ class BatchTransform:
         if not self.photo:
             return self.normalize(x)
         assert self.spec is not None and self.extents is not None
-        return self._scaled(G.resample(x.float(), self.centre_boxes(self.extents[idx.cpu()]), self.spec.size))
+        return self._scaled(
+            geometry.resample(x.float(), self.centre_boxes(self.extents[idx.cpu()]), self.spec.size)
+        )
 
     def centre_boxes(self, extents: torch.Tensor) -> torch.Tensor:
         """The evaluation view of each stored train photo: its centre at crop_pct of the shorter side."""
         assert self.spec is not None
-        return G.centre_boxes(extents, self.spec.size, extents.min(1).values / min(self.spec.resize_size))
+        return geometry.centre_boxes(
+            extents, self.spec.size, extents.min(1).values / min(self.spec.resize_size)
+        )
 
     def view_params(self, view: int) -> ViewParams:
         if view not in self._views:
@@ -198,14 +210,18 @@ class BatchTransform:
         a, n, size = self.augment, len(self.extents), self.train_size
         g = seeded_generator(torch.device("cpu"), self.seed, view, PHOTO_STREAM)
         rrc = a.random_resized_crop
-        boxes = G.rrc_boxes(self.extents, rrc.scale, rrc.ratio, g) if rrc else None
+        boxes = geometry.rrc_boxes(self.extents, rrc.scale, rrc.ratio, g) if rrc else None
         flip = torch.rand(n, generator=g) < 0.5 if a.hflip else None
         cj = a.color_jitter
-        jitter = P.jitter_factors(n, cj.brightness, cj.contrast, cj.saturation, cj.hue, g) if cj else None
+        jitter = (
+            photometric.jitter_factors(n, cj.brightness, cj.contrast, cj.saturation, cj.hue, g)
+            if cj
+            else None
+        )
         order = torch.randperm(4, generator=g).tolist()
         ops = mags = None
         if a.auto_augment != "none":
-            ops, mags = P.draw_ops(n, a.auto_augment, a.rand_ops, a.rand_magnitude, size, g)
+            ops, mags = photometric.draw_ops(n, a.auto_augment, a.rand_ops, a.rand_magnitude, size, g)
         re = a.random_erasing
-        erase = G.erasing_boxes(n, size, re.p, re.scale, re.ratio, g) if re else None
+        erase = geometry.erasing_boxes(n, size, re.p, re.scale, re.ratio, g) if re else None
         return ViewParams(boxes, flip, jitter, order, ops, mags, erase)

@@ -1,5 +1,5 @@
-"""``check(cfg)``: every data check over the whole dataset without training (``kiln check-data``): counts
-per class and split, and every bad file or row, named."""
+"""``check(cfg)``: every data check over the whole dataset without training (``kiln check-data``): counts per
+class and split, the class balance, and every bad file or row, named, all of them (not the first only)."""
 
 from __future__ import annotations
 
@@ -7,43 +7,68 @@ import collections
 from dataclasses import dataclass
 
 from kiln.config import Config
-from kiln.data import default_workers, image_spec
-from kiln.data.sources import list_source
+from kiln.data.build import plan
+
+SKEW = 3.0  # largest / smallest class above this: the report names the options for imbalanced data
 
 
 @dataclass
 class CheckReport:
     text: str  # the table and the problems, as printed
     problems: list[str]
+    warnings: list[str]
+
+
+def balance(counts: list[int], classes: list[str]) -> tuple[str, list[str]]:
+    """A line on the class distribution, and a warning when it is skewed."""
+    present = [c for c in counts if c]
+    if not present:
+        return "class balance: no images", []
+    ratio = max(present) / min(present)
+    big, small = counts.index(max(present)), counts.index(min(present))
+    line = (
+        f"class balance (train): largest {classes[big]} {max(present):,}, smallest {classes[small]} "
+        f"{min(present):,} (ratio {ratio:.1f}:1)"
+    )
+    if ratio < SKEW:
+        return line, []
+    return line, [
+        f"train classes are skewed {ratio:.1f}:1; consider trainer.class_weights: balanced, "
+        "data.sampler: balanced, trainer.loss: logit_adjusted (or balanced_softmax), and "
+        "trainer.checkpoint.monitor: val_balanced_accuracy (or val_macro_f1)"
+    ]
 
 
 def check(cfg: Config) -> CheckReport:
-    cfg = cfg.model_copy(
-        update={"data": cfg.data.model_copy(update={"on_bad_sample": "skip"})}
-    )  # collect, don't stop
-    raw = list_source(cfg.data)
-    problems = list(raw.skipped)
-    spec = image_spec(cfg.data, raw.train)
+    # collect, don't stop: every problem of the whole dataset is listed
+    cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"on_bad_sample": "skip"})})
+    data_plan = plan(cfg.data)
+    raw, spec = data_plan.splits, data_plan.spec
+    problems = list(raw.skipped)  # listing problems, and every unreadable file (plan() scans with skip)
+    classes = data_plan.class_names
+    resized = " (resized)" if spec.resize != "none" else ""
     lines = [
-        f"classes ({len(raw.classes)}): {', '.join(raw.classes[:30])}{' ...' if len(raw.classes) > 30 else ''}",
-        f"images: {spec.channels} channel(s), {spec.size[0]}x{spec.size[1]}{' (resized)' if spec.resize != 'none' else ''}",
+        f"classes ({len(classes)}): {', '.join(classes[:30])}{' ...' if len(classes) > 30 else ''}",
+        f"images: {spec.channels} channel(s), {spec.size[0]}x{spec.size[1]}{resized}",
+        *raw.notes,
     ]
-    header = ["split", "images", *raw.classes[:12], *(["..."] if len(raw.classes) > 12 else [])]
+    header = ["split", "images", *classes[:12], *(["..."] if len(classes) > 12 else [])]
     rows = [header]
-    for name, split in (("train", raw.train), ("val", raw.val), ("test", raw.test)):
+    for name in ("train", "val", "test"):
+        split = data_plan.split(name)
         if split is None:
             continue
-        problems += [msg for _, msg in split.scan(spec, default_workers(cfg.data))]
         counts = collections.Counter(split.labels)
-        rows.append(
-            [name, str(len(split)), *[str(counts.get(i, 0)) for i in range(min(12, len(raw.classes)))]]
-        )
-        empty = [c for i, c in enumerate(raw.classes) if counts.get(i, 0) == 0]
+        rows.append([name, str(len(split)), *[str(counts.get(i, 0)) for i in range(min(12, len(classes)))]])
+        empty = [c for i, c in enumerate(classes) if counts.get(i, 0) == 0]
         if empty and name == "train":
-            problems.append(f"{name}: classes with no images: {empty}")
+            problems.append(f"{name}: classes with no images: {empty[:20]}")
     if len(raw.train) < cfg.data.batch_size:
         problems.append(f"train: {len(raw.train)} images, fewer than one batch ({cfg.data.batch_size})")
     widths = [max(len(r[c]) if c < len(r) else 0 for r in rows) for c in range(len(header))]
     lines += ["  ".join(v.rjust(w) for v, w in zip(r, widths, strict=False)) for r in rows]
+    line, warnings = balance(data_plan.counts("train"), classes)
+    lines.append(line)
+    lines += [f"warning: {w}" for w in warnings]
     lines.append(f"problems: {len(problems)}" + "".join(f"\n  {p}" for p in problems))
-    return CheckReport("\n".join(lines), problems)
+    return CheckReport("\n".join(lines), problems, warnings)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator
 from functools import cached_property
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch.utils.data import DataLoader, Dataset, default_collate
@@ -102,24 +102,56 @@ class _Resumable:
         self.order.epoch, self.order.position = int(state["epoch"]), int(state["position"])
 
 
+class Deferred(Protocol):
+    """Images decoded when first needed (``data/build.py:Stored``): the whole split, or a few on their own."""
+
+    def tensor(self) -> torch.Tensor: ...
+    def decoded(self) -> bool: ...
+    def some(self, idx: torch.Tensor) -> torch.Tensor: ...
+
+
 class MemoryLoader(_Resumable):
-    """Batches gathered from one in-memory uint8 tensor (on the GPU when it is there)."""
+    """Batches gathered from one in-memory tensor (on the GPU when it is there): uint8 images as stored,
+    decoded the first time a batch is asked for (``Deferred``), or a frozen backbone's features."""
 
     def __init__(
         self,
-        images: torch.Tensor,
+        images: torch.Tensor | Deferred,
         labels: torch.Tensor,
         order: EpochOrder,
         device: torch.device,
         ids: list[str] | None = None,
     ) -> None:
-        self.images, self.labels, self.order, self.device = images, labels.to(images.device), order, device
+        self._images, self._labels, self.order, self.device = images, labels, order, device
         self.ids = ids
+
+    @property
+    def images(self) -> torch.Tensor:
+        if not isinstance(self._images, torch.Tensor):
+            self._images = self._images.tensor()  # decoded (or read from the cache) now, once
+        return self._images
+
+    @property
+    def labels(self) -> torch.Tensor:
+        if self._labels.device != self.images.device:
+            self._labels = self._labels.to(self.images.device)
+        return self._labels
+
+    @property
+    def raw_labels(self) -> torch.Tensor:
+        """The labels without decoding anything (class counts, samplers)."""
+        return self._labels
+
+    def materialize(self) -> None:
+        """Decode now (a phase of its own, with its own progress), not inside the first batch."""
+        _ = self.images
 
     def __iter__(self) -> Iterator[Batch]:
         return self._track(self._batches())
 
     def images_at(self, idx: torch.Tensor) -> torch.Tensor:
+        if not isinstance(self._images, torch.Tensor) and not self._images.decoded():
+            return self._images.some(idx)  # a gallery's few images: no need to decode the whole split
         return self.images.index_select(0, idx.to(self.images.device)).cpu()
 
     def in_order(self, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -213,6 +245,13 @@ class StreamLoader(_Resumable):
     def labels(self) -> torch.Tensor:
         """Read when asked (head_init): a user's Dataset gives its labels only by loading every item."""
         return torch.tensor(self._labels_of(), dtype=torch.int64)
+
+    @property
+    def raw_labels(self) -> torch.Tensor:
+        return self.labels
+
+    def materialize(self) -> None:
+        """Nothing to do: a stream decodes as it goes."""
 
     def __iter__(self) -> Iterator[Batch]:
         return self._track(self._batches())

@@ -1,7 +1,8 @@
 """Data sources: each lists samples (or hands over arrays it already has) and class names as ``Split``s.
 
 Decoding, caching, splitting and loading are shared (``splits.py``, ``cache.py``, ``loaders.py``). A new
-source is one function here, listed in ``SOURCES`` (and its name in ``config.DATA_SOURCES``).
+source is one function registered with ``@register_source("name")`` (here, or in a user's module listed
+under ``imports:``); ``data.source`` names it.
 """
 
 from __future__ import annotations
@@ -16,9 +17,10 @@ import numpy as np
 import torch
 
 from kiln.config import DataConfig
+from kiln.console import log
 from kiln.data.splits import DatasetSplit, FileSplit, RawSplits, TensorSplit
 from kiln.errors import DataError
-from kiln.registry import DATASETS
+from kiln.registry import DATASETS, SOURCES, register_source
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
 
@@ -27,6 +29,7 @@ def data_root(cfg: DataConfig) -> Path:
     return Path(cfg.root).expanduser() if cfg.root else Path("data") / cfg.source
 
 
+@register_source("digits")
 def digits(cfg: DataConfig) -> RawSplits:
     """scikit-learn's bundled 8x8 digits (1,797 images, no download), with a fixed stratified test split."""
     from sklearn.datasets import load_digits
@@ -53,6 +56,10 @@ _TORCHVISION = {
 }
 
 
+@register_source("cifar10")
+@register_source("cifar100")
+@register_source("mnist")
+@register_source("fashion_mnist")
 def torchvision_dataset(cfg: DataConfig) -> RawSplits:
     """CIFAR-10/100, MNIST, FashionMNIST through torchvision's own classes and `download` flag."""
     import torchvision
@@ -82,37 +89,64 @@ def torchvision_dataset(cfg: DataConfig) -> RawSplits:
     return RawSplits(sets[0], None, sets[1], list(ds.classes))
 
 
-def _list_folder(split_dir: Path, classes: list[str] | None) -> tuple[FileSplit, list[str]]:
+def _list_folder(
+    split_dir: Path, classes: list[str] | None, problems: list[str] | None, others: list[Path]
+) -> tuple[FileSplit, list[str]]:
+    """A split folder's images by class folder. ``problems``: None raises at the first problem, a list
+    collects them all (kiln check-data, data.on_bad_sample=skip). Files that are not images go to
+    ``others``."""
     found = sorted(p.name for p in split_dir.iterdir() if p.is_dir())
     if classes is None:
         classes = found
     unknown = sorted(set(found) - set(classes))
     if unknown:
-        raise DataError(f"{split_dir}: class folders {unknown} are not in the train classes {classes}")
+        raise DataError(
+            f"{split_dir}: class folders {unknown[:10]} are not in the train classes {classes[:20]}"
+        )
     index = {c: i for i, c in enumerate(classes)}
     paths, labels = [], []
     for c in found:
-        files = sorted(p for p in (split_dir / c).iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
+        entries = sorted(p for p in (split_dir / c).iterdir() if not p.name.startswith("."))
+        files = [p for p in entries if p.suffix.lower() in IMAGE_EXTENSIONS]
+        others += [p for p in entries if p not in files and p.is_file()]
         if not files:
-            raise DataError(
-                f"{split_dir / c}: class folder has no images ({', '.join(sorted(IMAGE_EXTENSIONS))})"
-            )
+            msg = f"{split_dir / c}: class folder has no images ({', '.join(sorted(IMAGE_EXTENSIONS))})"
+            if problems is None:
+                raise DataError(msg)
+            problems.append(msg)
         paths += files
         labels += [index[c]] * len(files)
     return FileSplit(paths, labels, [str(p) for p in paths]), classes
 
 
+def note_others(others: list[Path], root: Path) -> str | None:
+    """One line about files in class folders that are not images (left out), or None."""
+    if not others:
+        return None
+    kinds = sorted({p.suffix.lower() or "(no extension)" for p in others})
+    return (
+        f"{root}: left out {len(others)} file(s) that are not images ({', '.join(kinds[:6])}), "
+        f"e.g. {others[0]}"
+    )
+
+
+@register_source("folder")
 def folder(cfg: DataConfig) -> RawSplits:
     """An image folder: ROOT/train/<class>/*.png, ROOT/test/<class>/..., optional ROOT/val/<class>/..."""
     root = data_root(cfg)
     if not (root / "train").is_dir():
         raise DataError(f"data.root: {root} has no train/ folder (expected {root}/train/<class>/<image>)")
-    train, classes = _list_folder(root / "train", None)
+    problems: list[str] | None = [] if cfg.on_bad_sample == "skip" else None
+    others: list[Path] = []
+    train, classes = _list_folder(root / "train", None, problems, others)
     if not classes:
         raise DataError(f"{root / 'train'}: no class folders")
-    val = _list_folder(root / "val", classes)[0] if (root / "val").is_dir() else None
-    test = _list_folder(root / "test", classes)[0] if (root / "test").is_dir() else None
-    return RawSplits(train, val, test, classes)
+    val = _list_folder(root / "val", classes, problems, others)[0] if (root / "val").is_dir() else None
+    test = _list_folder(root / "test", classes, problems, others)[0] if (root / "test").is_dir() else None
+    note = note_others(others, root)
+    if note:
+        log(f"kiln: {note}")
+    return RawSplits(train, val, test, classes, problems or [], notes=[note] if note else [])
 
 
 def _read_csv(
@@ -160,6 +194,7 @@ def _read_csv(
     return paths, labels, where
 
 
+@register_source("csv")
 def csv_source(cfg: DataConfig) -> RawSplits:
     """An image directory plus CSV annotations (columns path,label; labels as ints or class names)."""
     root = data_root(cfg)
@@ -198,6 +233,7 @@ def csv_source(cfg: DataConfig) -> RawSplits:
     return RawSplits(out["train"], out.get("val"), out.get("test"), classes, skipped)
 
 
+@register_source("custom")
 def custom(cfg: DataConfig) -> RawSplits:
     """A user's Dataset class, `module:ClassName`; called with split=/train= when it takes them."""
     cls = DATASETS.get(cfg.dataset or "")  # a name from @kiln.register_dataset, or "module:ClassName"
@@ -232,14 +268,6 @@ def custom(cfg: DataConfig) -> RawSplits:
     )
 
 
-SOURCES = {
-    "digits": digits,
-    **dict.fromkeys(_TORCHVISION, torchvision_dataset),
-    "folder": folder,
-    "csv": csv_source,
-    "custom": custom,
-}
-
-
 def list_source(cfg: DataConfig) -> RawSplits:
-    return SOURCES[cfg.source](cfg)
+    """The splits the config's data.source lists (an unknown name: the registry's one-line error)."""
+    return SOURCES.get(cfg.source)(cfg)

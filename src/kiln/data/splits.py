@@ -20,10 +20,10 @@ import torch
 from torch.utils.data import Dataset, Subset
 
 from kiln.data.decode import decode_batch, open_image, presized, probe_file, scan_files
-from kiln.data.spec import ImageSpec
 from kiln.errors import DataError
+from kiln.spec import ImageSpec
 
-Stored = tuple[torch.Tensor, torch.Tensor]  # uint8 images [N, C, H, W], and the (h, w) each fills [N, 2]
+Decoded = tuple[torch.Tensor, torch.Tensor]  # uint8 images [N, C, H, W], and the (h, w) each fills [N, 2]
 
 
 class Split(ABC):
@@ -51,7 +51,9 @@ class Split(ABC):
         return len(self) * spec.channels * math.prod(spec.stored(train))
 
     @abstractmethod
-    def to_memory(self, spec: ImageSpec, cache_dir: Path | None, workers: int, train: bool) -> Stored:
+    def to_memory(
+        self, spec: ImageSpec, cache_dir: Path | None, workers: int, train: bool, what: str = "images"
+    ) -> Decoded:
         """All images as stored (``ImageSpec.stored``), decoded once and cached on disk for files."""
 
     @abstractmethod
@@ -65,6 +67,11 @@ class Split(ABC):
     @abstractmethod
     def fingerprint(self, h: Any) -> None:
         """Feed what identifies the samples (files and labels, or pixels) into the hash ``h``."""
+
+    def content_key(self, spec: ImageSpec, train: bool) -> str | None:
+        """A key for the stored pixels of every sample, in order (cached features are keyed by it); None
+        when nothing stable identifies them (a user's Dataset may change what it returns)."""
+        return None
 
     def scan(self, spec: ImageSpec, workers: int) -> list[tuple[int, str]]:
         """Unreadable or misshapen samples as (index, message); only files can be bad."""
@@ -92,7 +99,9 @@ class TensorSplit(Split):
     def probe(self, channels: int | None) -> tuple[int, tuple[int, int]]:
         return channels or int(self.images.shape[1]), tuple(self.images.shape[2:])  # type: ignore[return-value]
 
-    def to_memory(self, spec: ImageSpec, cache_dir: Path | None, workers: int, train: bool) -> Stored:
+    def to_memory(
+        self, spec: ImageSpec, cache_dir: Path | None, workers: int, train: bool, what: str = "images"
+    ) -> Decoded:
         return adapt(self.images, spec, train)
 
     def dataset(self, spec: ImageSpec, train: bool) -> Dataset:
@@ -104,6 +113,11 @@ class TensorSplit(Split):
     def fingerprint(self, h: Any) -> None:
         h.update(self.images.numpy().tobytes())
         h.update(self.label_tensor.numpy().tobytes())
+
+    def content_key(self, spec: ImageSpec, train: bool) -> str | None:
+        h = hashlib.sha256(f"{spec}|{train}|{tuple(self.images.shape)}".encode())
+        h.update(self.images.contiguous().numpy().tobytes())
+        return h.hexdigest()[:32]
 
 
 @dataclass
@@ -129,10 +143,12 @@ class FileSplit(Split):
     def probe(self, channels: int | None) -> tuple[int, tuple[int, int]]:
         return probe_file(self.paths[0], channels)
 
-    def to_memory(self, spec: ImageSpec, cache_dir: Path | None, workers: int, train: bool) -> Stored:
+    def to_memory(
+        self, spec: ImageSpec, cache_dir: Path | None, workers: int, train: bool, what: str = "images"
+    ) -> Decoded:
         from kiln.data.cache import load_images
 
-        return load_images(self.paths, spec, train, cache_dir, workers)
+        return load_images(self.paths, spec, train, cache_dir, workers, what)
 
     def dataset(self, spec: ImageSpec, train: bool) -> Dataset:
         return _Files(self.paths, self.file_labels, spec, train)
@@ -145,6 +161,11 @@ class FileSplit(Split):
 
     def fingerprint(self, h: Any) -> None:
         h.update("\n".join(f"{p}|{y}" for p, y in zip(self.paths, self.file_labels, strict=True)).encode())
+
+    def content_key(self, spec: ImageSpec, train: bool) -> str | None:
+        from kiln.data.cache import image_key
+
+        return image_key(self.paths, spec, train)  # the files with their sizes and mtimes
 
     def scan(self, spec: ImageSpec, workers: int) -> list[tuple[int, str]]:
         return scan_files(self.paths, spec, workers)
@@ -177,7 +198,9 @@ class DatasetSplit(Split):
     def memory_bytes(self, spec: ImageSpec, train: bool) -> int | None:
         return None  # a user's Dataset may transform on the fly: always streamed
 
-    def to_memory(self, spec: ImageSpec, cache_dir: Path | None, workers: int, train: bool) -> Stored:
+    def to_memory(
+        self, spec: ImageSpec, cache_dir: Path | None, workers: int, train: bool, what: str = "images"
+    ) -> Decoded:
         raise DataError("data.loader=memory: a custom Dataset is always streamed; use data.loader=auto")
 
     def dataset(self, spec: ImageSpec, train: bool) -> Dataset:
@@ -204,7 +227,7 @@ def _resize(images: torch.Tensor, size: tuple[int, int], mode: str) -> torch.Ten
     return out.round().clamp(0, 255).to(torch.uint8)
 
 
-def adapt(images: torch.Tensor, spec: ImageSpec, train: bool) -> Stored:
+def adapt(images: torch.Tensor, spec: ImageSpec, train: bool) -> Decoded:
     """Channel conversion and the spec's geometry for images already in memory (digits, torchvision):
     the arithmetic of ``decode.open_image`` on uint8 tensors of one size."""
     if images.shape[1] != spec.channels:
@@ -274,3 +297,4 @@ class RawSplits:
     test: Split | None
     classes: list[str]
     skipped: list[str] = field(default_factory=list)  # bad samples left out (data.on_bad_sample=skip)
+    notes: list[str] = field(default_factory=list)  # things left out that are not problems (non-image files)

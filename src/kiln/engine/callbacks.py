@@ -12,6 +12,7 @@ import json
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -33,11 +34,17 @@ class FitInfo:
     start_epoch: int  # epochs already done (> 0 when resuming)
     start_step: int  # optimizer steps already done
     model: nn.Module  # the plain module (no DDP/compile wrapper)
-    sample_images: torch.Tensor  # a few normalised training images (e.g. to trace the model's graph)
+    samples: Callable[[], torch.Tensor]  # a few normalised training images, read when asked
     augmented_samples: Callable[[], torch.Tensor]  # the same images through the training augmentation
-    data: Any  # kiln.data.DataBundle
+    data: Any  # kiln.data.TrainData
     rank: int
     world_size: int
+    run: Any = None  # kiln.engine.run.Run: the whole run (its state_dict() is the checkpoint)
+
+    @cached_property
+    def sample_images(self) -> torch.Tensor:
+        """A few normalised training images (e.g. to trace the model's graph); decoded on first use only."""
+        return self.samples()
 
     def __getitem__(self, key: str) -> Any:  # callbacks written for the earlier dict: info["model"]
         return getattr(self, key)

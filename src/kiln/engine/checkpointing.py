@@ -5,32 +5,34 @@
 - ``best.pt`` when ``trainer.checkpoint.monitor`` improves (epochs whose validation was skipped never count);
 - ``epoch-N.pt`` every ``every_n_epochs`` epochs, keeping the newest ``keep``.
 
-It runs after every other callback (``order``), so the states it saves are the ones after this epoch. Under
-DDP every rank builds the payload (it gathers each rank's RNG state); rank 0 alone writes.
+It runs after every other callback (``order``), so the states it saves are the ones after this epoch. The
+payload is the run's ``state_dict()`` (``FitInfo.run``). Under DDP every rank builds it (it gathers each
+rank's RNG state); rank 0 alone writes.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from typing import Any
 
 import kiln.checkpoint as ckpt
 from kiln.config import CheckpointConfig
-from kiln.engine.callbacks import Callback, is_better, skipped_validation
+from kiln.engine.callbacks import Callback, FitInfo, is_better, skipped_validation
 from kiln.paths import RunDir
-
-Snapshot = Callable[[dict[str, Any]], dict[str, Any]]  # metrics -> the checkpoint payload
 
 
 class Checkpointing(Callback):
     order = 1000
 
-    def __init__(self, run: RunDir, snapshot: Snapshot, cfg: CheckpointConfig, writes: bool) -> None:
-        self.run, self.snapshot, self.cfg, self.writes = run, snapshot, cfg, writes
+    def __init__(self, run: RunDir, cfg: CheckpointConfig, writes: bool) -> None:
+        self.run, self.cfg, self.writes = run, cfg, writes
+        self.owner: Any = None  # the Run whose state_dict() is written (from on_fit_start)
         self.best: float | None = None  # the monitored metric's best value, and its epoch
         self.best_epoch: int | None = None
         self.last_step = -1
+
+    def on_fit_start(self, info: FitInfo) -> None:
+        self.owner = info.run
 
     def state_dict(self) -> dict[str, Any]:
         return {"best": self.best, "best_epoch": self.best_epoch}
@@ -67,7 +69,7 @@ class Checkpointing(Callback):
 
     def _payload(self, metrics: dict[str, Any]) -> dict[str, Any]:
         # the tutorial's top-level keys, kept for code that reads them directly
-        return {**self.snapshot(metrics), "best_metric": self.best, "best_epoch": self.best_epoch}
+        return {**self.owner.state_dict(metrics), "best_metric": self.best, "best_epoch": self.best_epoch}
 
     def _write(self, path: Any, payload: dict[str, Any]) -> None:
         if self.writes:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from kiln import signals
+from kiln.console import Progress
 from kiln.data.augment import BatchTransform, Mix
 from kiln.engine.callbacks import CallbackList
 from kiln.engine.distributed import LOCAL, Dist, all_sum, gather_cat
@@ -35,6 +37,7 @@ class TrainState:
     step: int = 0  # optimizer steps taken
     last_loss: float | None = None  # last finite train loss read back
     skipped_steps: int = 0  # batches dropped for a non-finite loss (trainer.on_nan=skip)
+    pending: dict[str, Any] | None = None  # train metrics of an epoch interrupted during its validation
 
 
 @dataclass(frozen=True)
@@ -47,6 +50,9 @@ class StepOptions:
     skip_nan: bool = False  # drop a batch with a non-finite loss instead of stopping
     channels_last: bool = False
     autocast: Autocast = contextlib.nullcontext
+    # also read the running loss back after this many seconds (one process only: under DDP the ranks must
+    # agree on when, so only log_every counts there), so progress lines come at least every ~15 s
+    report_every_s: float = 5.0
 
 
 @dataclass(frozen=True)
@@ -88,9 +94,10 @@ def train_one_epoch(
     model.train()
     for bn in frozen_bn:
         bn.eval()  # frozen BatchNorm: running statistics must not move either
-    tally = _Tally(state, dist, loader.device)
+    tally = _Tally(dist, loader.device)
     use_scaler = scaler is not None and scaler.is_enabled()
     n_batches, t0, stop = min(len(loader), limit or len(loader)), time.perf_counter(), False
+    last_read = t0
     start = loader.state_dict()["position"]  # > 0 when resuming mid-epoch
     for i, (xb, y, idx) in enumerate(loader, start=start):
         x, mix = transform.train(xb, idx, state.epoch, i)
@@ -116,9 +123,14 @@ def train_one_epoch(
                 ema.update()
             stop = not dist.enabled and should_stop()  # Ctrl-C: stop at a step boundary
         callbacks.batch_end(state.step, loss.detach(), optimizer.param_groups[0]["lr"])
-        if (stepped and state.step % opts.log_every == 0) or last or stop:
+        due = stepped and (
+            state.step % opts.log_every == 0
+            or (not dist.enabled and time.perf_counter() - last_read >= opts.report_every_s)
+        )
+        if due or last or stop:
             # under DDP the ranks agree here (the flag is reduced with the loss), so all stop together
-            stop = tally.flush(state.epoch, state.step, should_stop()) or stop
+            stopped, last_loss = tally.flush(state.epoch, state.step, should_stop(), state.last_loss)
+            stop, state.last_loss, last_read = stopped or stop, last_loss, time.perf_counter()
             callbacks.progress(state.epoch, i + 1, n_batches, *tally.running())
         if last or stop:
             break  # a fractional last epoch, or an interrupt, stops here before the loader's end
@@ -127,6 +139,7 @@ def train_one_epoch(
         "train_loss": loss_avg,
         "train_acc": acc,
         "images_per_s": tally.seen / max(seconds, 1e-9),
+        "train_seconds": seconds,
         "interrupted": bool(stop),
     }
 
@@ -159,8 +172,8 @@ class _Tally:
     """Per-step losses, logits and labels kept on the device and reduced at each flush: one host sync per
     flush instead of several tensor ops (and, on GPUs, a sync) per step."""
 
-    def __init__(self, state: TrainState, dist: Dist, device: torch.device) -> None:
-        self.state, self.dist, self.device = state, dist, device
+    def __init__(self, dist: Dist, device: torch.device) -> None:
+        self.dist, self.device = dist, device
         self.losses: list[torch.Tensor] = []
         self.logits: list[torch.Tensor] = []
         self.labels: list[torch.Tensor] = []
@@ -176,14 +189,15 @@ class _Tally:
         seen = max(self.seen, 1)
         return self.loss_sum / seen, self.correct / seen
 
-    def flush(self, epoch: int, step: int, stop: bool = False) -> bool:
-        """Reduce what was added (over ranks too); returns True if any rank asked to stop."""
+    def flush(self, epoch: int, step: int, stop: bool, last_loss: float | None) -> tuple[bool, float | None]:
+        """Reduce what was added (over ranks too); returns (whether any rank asked to stop, the last finite
+        loss). Raises TrainingStopped on a non-finite loss."""
         if not self.losses and not self.dist.enabled:
-            return stop
+            return stop, last_loss
         if self.losses:
             losses = torch.stack(self.losses).float()
             sizes = torch.tensor([len(y) for y in self.labels], device=losses.device, dtype=torch.float32)
-            correct = (torch.cat(self.logits).argmax(1) == torch.cat(self.labels)).sum()
+            correct = (torch.cat(self.logits).argmax(1) == _class_of(torch.cat(self.labels))).sum()
             local = [(losses * sizes).sum().double(), correct.double(), sizes.sum().double()]
         else:  # every batch since the last flush was skipped: still join the collective below
             losses = torch.zeros(0, device=self.device)
@@ -192,26 +206,32 @@ class _Tally:
         # summed over ranks under DDP: every rank sees a NaN on any rank, so all stop at the same step
         loss_sum, correct_n, seen, stop_votes = all_sum(self.dist, torch.stack([*local, flag])).tolist()
         if loss_sum != loss_sum or abs(loss_sum) == float("inf"):
-            self._raise_non_finite(losses, epoch, step)
+            self._raise_non_finite(losses, epoch, step, last_loss)
         if len(losses):
-            self.state.last_loss = float(losses[-1])
+            last_loss = float(losses[-1])
         self.loss_sum += loss_sum
         self.correct += int(correct_n)
         self.seen += int(seen)
         self.losses, self.logits, self.labels = [], [], []
-        return stop_votes > 0
+        return stop_votes > 0, last_loss
 
-    def _raise_non_finite(self, losses: torch.Tensor, epoch: int, step: int) -> None:
+    def _raise_non_finite(self, losses: torch.Tensor, epoch: int, step: int, last_loss: float | None) -> None:
         finite = torch.isfinite(losses)
-        bad = (
-            int((~finite).nonzero()[0]) if len(losses) and not bool(finite.all()) else max(len(losses) - 1, 0)
-        )
+        if len(losses) and not bool(finite.all()):
+            bad = int((~finite).nonzero()[0])
+        else:
+            bad = max(len(losses) - 1, 0)
         value = float(losses[bad]) if len(losses) else float("nan")
         raise TrainingStopped(
             f"non-finite loss ({value}) at epoch {epoch + 1}, step {step - len(losses) + bad + 1}; "
-            f"last finite loss {self.state.last_loss}. Lower optimizer.lr, set trainer.grad_clip, or "
+            f"last finite loss {last_loss}. Lower optimizer.lr, set trainer.grad_clip, or "
             "trainer.on_nan=skip; checkpoints keep their last good contents"
         )
+
+
+def _class_of(labels: torch.Tensor) -> torch.Tensor:
+    """Class indices of targets: as they are, or the strongest of a probability/multi-hot row."""
+    return labels if labels.ndim == 1 else labels.argmax(1)
 
 
 def tta_views(x: torch.Tensor, mode: str) -> list[tuple[torch.Tensor, float]]:
@@ -230,19 +250,32 @@ def tta_views(x: torch.Tensor, mode: str) -> list[tuple[torch.Tensor, float]]:
 
 @torch.no_grad()
 def infer(
-    model: nn.Module, loader: Iterable[Any], transform: BatchTransform, opts: EvalOptions = EvalOptions()
+    model: nn.Module,
+    loader: Any,
+    transform: BatchTransform,
+    opts: EvalOptions = EvalOptions(),
+    desc: str = "evaluating",
+    interruptible: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Logits (float32, on the CPU), labels and sample indices over a whole loader; TTA views averaged."""
+    """Logits (float32, on the CPU), labels and sample indices over a whole loader; TTA views averaged.
+    ``interruptible``: a stop request ends it between batches (not under DDP, where the ranks must reach
+    their collectives together)."""
     model.eval()
     outs, ys, ids = [], [], []
-    for xb, y, idx in loader:
-        x = transform.eval(xb)
-        if opts.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        with opts.autocast():
-            outs.append(sum(weight * model(v).float() for v, weight in tta_views(x, opts.tta)))
-        ys.append(y)
-        ids.append(idx)
+    with Progress(
+        f"{desc} {loader.order.n:,} images", len(loader), "img", scale=loader.order.batch_size, announce=False
+    ) as progress:
+        for xb, y, idx in loader:
+            if interruptible:
+                signals.check()  # Ctrl-C during a validation: stop within a batch (the trainer saves)
+            x = transform.eval(xb)
+            if opts.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with opts.autocast():
+                outs.append(sum(weight * model(v).float() for v, weight in tta_views(x, opts.tta)))
+            ys.append(y)
+            ids.append(idx)
+            progress.update()
     if not outs:
         return torch.empty(0, 0), torch.empty(0, dtype=torch.int64), torch.empty(0, dtype=torch.int64)
     return torch.cat(outs).cpu(), torch.cat(ys).cpu(), torch.cat(ids).cpu()
@@ -253,7 +286,7 @@ def predict(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``infer`` over a split; under DDP each rank infers its shard and all gather the rest, so every
     sample is counted exactly once (no padding duplicates) and results are in sample order."""
-    logits, y, idx = infer(model, loader, transform, opts)
+    logits, y, idx = infer(model, loader, transform, opts, interruptible=not dist.enabled)
     if not dist.enabled:
         return logits, y, idx
     dev = loader.device  # nccl gathers CUDA tensors, gloo CPU ones

@@ -1,28 +1,34 @@
-"""Progress on the console as a callback: a tqdm bar per epoch on a terminal (trainer.progress), and one
-line per epoch always."""
+"""Training progress as a callback: each epoch a bar on a terminal (trainer.progress), otherwise a plain line
+at least every 15 s with the rate, the ETA and the running loss (in the run's train.log either way), and
+one line per epoch always."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from kiln.console import EpochBar, epoch_line, log
+from kiln.console import Progress, epoch_line, log
 from kiln.engine.callbacks import Callback
 
 
 class ProgressBar(Callback):
-    def __init__(self, epochs: int, bar: bool, has_val: bool) -> None:
-        self.epochs, self.use_bar, self.has_val = epochs, bar, has_val
-        self.bar: EpochBar | None = None
+    def __init__(self, epochs: int, bar: bool, has_val: bool, batch_size: int) -> None:
+        self.epochs, self.use_bar, self.has_val, self.batch_size = epochs, bar, has_val, batch_size
+        self.progress: Progress | None = None
         self.epoch = -1
 
     def on_progress(self, epoch: int, batch: int, batches: int, loss: float, acc: float) -> None:
-        if not self.use_bar:
-            return
-        if self.bar is None or self.epoch != epoch:
+        if self.progress is None or self.epoch != epoch:
             self._close()
             self.epoch = epoch
-            self.bar = EpochBar(f"epoch {epoch + 1}/{self.epochs}", batches, start=0)
-        self.bar.update(batch, loss=loss, acc=acc)
+            self.progress = Progress(
+                f"epoch {epoch + 1}/{self.epochs}",
+                batches,
+                "img",
+                bar=self.use_bar,
+                scale=self.batch_size,
+                announce=False,
+            )
+        self.progress.set(batch, loss=loss, acc=acc)
 
     def on_epoch_end(self, epoch: int, metrics: dict[str, Any]) -> str | None:
         self._close()
@@ -36,6 +42,6 @@ class ProgressBar(Callback):
         self._close()
 
     def _close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-            self.bar = None
+        if self.progress is not None:
+            self.progress.close(summary=False)
+            self.progress = None

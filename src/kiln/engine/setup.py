@@ -1,92 +1,61 @@
-"""Building a run from the config: seeding, the model with its optimizer, schedule and wrappers (``Parts``),
-the callbacks, and run_info.json."""
+"""Building a ``Run`` from the config, cheapest checks first: the names the config uses, the data's sample
+lists and spec, the model with its pretrained weights, frozen parts and optimizer groups, the loss and the
+callbacks are all checked before a single image is decoded; then the data-dependent work (mean/std, the
+first layer's PCA, the head's start, a frozen backbone's features), the schedule, EMA, DDP and compile."""
 
 from __future__ import annotations
 
-import contextlib
-import json
 import math
 import os
-import platform
 import random
-import subprocess
-import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from kiln.atomic import write_atomic
 from kiln.config import Config
 from kiln.console import bar_enabled, log
-from kiln.data import DataBundle, Preset
-from kiln.engine.callbacks import Callback, EarlyStopping, MetricsLog
+from kiln.data import DataPlan, Preset, TrainData, load_train, plan
+from kiln.engine.callbacks import Callback, CallbackList, EarlyStopping, MetricsLog
+from kiln.engine.checkpointing import Checkpointing
+from kiln.engine.checks import check_config
 from kiln.engine.distributed import Dist
 from kiln.engine.ema import EMA
-from kiln.engine.features import FrozenFeatures, frozen_features
+from kiln.engine.features import feature_path, views_for
+from kiln.engine.feeds import CachedFeatures, LiveImages, make_feed
 from kiln.engine.loggers import build_loggers
 from kiln.engine.lookahead import Lookahead
-from kiln.engine.loop import Criterion, EvalOptions, StepOptions
+from kiln.engine.loop import EvalOptions, StepOptions
 from kiln.engine.precision import autocast_factory, make_scaler, resolve_precision
 from kiln.engine.progress import ProgressBar
+from kiln.engine.run import Run
 from kiln.errors import KilnError
 from kiln.losses import build_loss
-from kiln.models import create_model, transfer
+from kiln.models import build as build_network
+from kiln.models import transfer
 from kiln.models.init import first_conv, images_for_pca, pca_init
 from kiln.models.preprocessing import weights_preprocessing
 from kiln.optim import build_optimizer, build_scheduler
 from kiln.paths import RunDir
-from kiln.registry import CALLBACKS, METRICS
-
-
-@dataclass(frozen=True)
-class Parts:
-    """Everything built once from the config that a training step uses; nothing here is replaced later."""
-
-    model: nn.Module  # the plain module: weights, checkpoints, EMA and Lookahead hold its parameters
-    train_model: nn.Module  # what the step calls: ``model`` under DDP and/or torch.compile
-    criterion: Criterion
-    optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LambdaLR
-    schedule_steps: bool  # False for a constant LR: no Python-heavy scheduler call per step
-    scaler: torch.amp.GradScaler
-    ema: EMA | None
-    step: StepOptions
-    eval: EvalOptions
-    frozen: list[str]  # parameter names frozen by model.freeze (trainer.unfreeze brings them back)
-    freeze_bn: bool  # BatchNorm layers whose parameters are all frozen stay in eval mode
-    bn_stats_frozen: bool  # every BatchNorm layer stays in eval mode (model.bn_stats: frozen)
-    init_seconds: float  # spent on a data-dependent init: training work, counted in the first epoch
-    features: FrozenFeatures | None  # a frozen backbone computed once (trainer.frozen_features)
-
-    @property
-    def eval_model(self) -> nn.Module:
-        return self.ema.module if self.ema is not None else self.train_model
-
-    def frozen_batchnorms(self) -> list[nn.Module]:
-        if self.bn_stats_frozen:
-            return [m for m in self.model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-        return transfer.frozen_batchnorms(self.model) if self.freeze_bn else []
+from kiln.registry import CALLBACKS
 
 
 def data_preset(cfg: Config) -> Preset | None:
     """The pretrained weights' preprocessing (None from scratch), said in the log with where it came from."""
-    w = weights_preprocessing(cfg.model)
-    if w is None:
+    found = weights_preprocessing(cfg.model)
+    if found is None:
         return None
-    preset = Preset(**w)
+    preset = Preset(**found)
     given = [
         k for k in ("image_size", "crop_pct", "interpolation", "mean") if getattr(cfg.data, k) is not None
     ]
-    shown = ", ".join(f"{k} {v}" for k, v in w.items() if k != "source")
-    log(
-        f"kiln: preprocessing from {preset.source}: {shown}"
-        + (f" (the config's data.{', data.'.join(given)} win)" if given else "")
-    )
+    shown = ", ".join(f"{k} {v}" for k, v in found.items() if k != "source")
+    wins = f" (the config's data.{', data.'.join(given)} win)" if given else ""
+    log(f"kiln: preprocessing from {preset.source}: {shown}{wins}")
     return preset
 
 
@@ -106,29 +75,6 @@ def seed_everything(seed: int, deterministic: bool, threads: int | None = None) 
         torch.backends.cudnn.allow_tf32 = True
 
 
-def build_model(cfg: Config, data: DataBundle, device: torch.device) -> tuple[nn.Module, list[str], float]:
-    """The model on ``device``: created, initialised from the data when asked, pretrained weights loaded
-    and parameters frozen. Returns (model, frozen parameter names, seconds spent on the data init)."""
-    model = create_model(
-        cfg.model.name,
-        num_classes=len(data.classes),
-        in_channels=data.in_channels,
-        image_size=data.image_size,
-        pretrained=cfg.model.pretrained is True,
-        **cfg.model.args,
-    ).to(device)
-    t0 = time.perf_counter()
-    init = getattr(model, "init_from_data", None)
-    if callable(init) and not cfg.model.pretrained:  # data-dependent init (airbench's whitening conv)
-        init(sample_images(data, 5000))
-    if cfg.model.pca_init:
-        conv = first_conv(model)
-        pca_init(conv, sample_images(data, images_for_pca(conv.kernel_size, data.image_size)))  # type: ignore[arg-type]
-    init_seconds = time.perf_counter() - t0
-    frozen = transfer.prepare(model, cfg.model.pretrained, cfg.model.strict, cfg.model.freeze)
-    return model, frozen, init_seconds
-
-
 def use_channels_last(setting: str, model: nn.Module, device: torch.device) -> bool:
     # CPU: LeNet trains at ~18,000 vs ~14,500 images/s at batch 256 in channels_last; but with BatchNorm,
     # torch 2.14's CPU channels_last kernels corrupted memory in our tests (resnet_small, 8 channels), so
@@ -140,9 +86,55 @@ def use_channels_last(setting: str, model: nn.Module, device: torch.device) -> b
     return convs and (device.type == "cuda" or (device.type == "cpu" and not bn))
 
 
-def build_parts(cfg: Config, data: DataBundle, device: torch.device, d: Dist) -> Parts:
-    model, frozen, init_seconds = build_model(cfg, data, device)
+def build_model(
+    cfg: Config, data: DataPlan, device: torch.device
+) -> tuple[nn.Module, list[str], transfer.Head | None]:
+    """The model on ``device``, its pretrained weights loaded and parameters frozen (no data needed yet).
+    Returns (model, frozen parameter names, the pretrained classifier for model.head_init)."""
+    model, head = build_network(
+        cfg.model.name,
+        num_classes=len(data.classes),
+        in_channels=data.spec.channels,
+        image_size=data.spec.size,
+        pretrained=cfg.model.pretrained is True,
+        **cfg.model.args,
+    )
+    frozen, file_head = transfer.prepare(
+        model.to(device), cfg.model.pretrained, cfg.model.strict, cfg.model.freeze
+    )
+    return model, frozen, file_head or head
+
+
+def frozen_batchnorms(cfg: Config, model: nn.Module) -> list[nn.Module]:
+    if cfg.model.bn_stats == "frozen":
+        return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    return transfer.frozen_batchnorms(model) if cfg.model.freeze_bn else []
+
+
+def with_feature_views(cfg: Config, data: DataPlan, distributed: bool) -> Config:
+    """With a frozen backbone and random photo augmentation, a bounded set of views (data.augment.views)
+    drawn once: written into the config, so config.yaml and the checkpoint say how the run was fed."""
+    aug = cfg.data.augment
+    photo = aug.photo or data.spec.resize == "crop"
+    random_views = photo and (aug.photo or aug.hflip)
+    if aug.views or not random_views or not feature_path(cfg, photo, distributed)[0]:
+        return cfg
+    views = views_for(cfg, True)
+    data_cfg = cfg.data.model_copy(update={"augment": aug.model_copy(update={"views": views})})
+    return cfg.model_copy(update={"data": data_cfg})
+
+
+def build_run(cfg: Config, dist: Dist, device: torch.device, extra: list[Callback]) -> Run:
     t = cfg.trainer
+    metric_fns = check_config(cfg)  # names, metrics and monitors: before anything is read
+    if cfg.data.batch_size % dist.world:
+        raise KilnError(
+            f"data.batch_size: {cfg.data.batch_size} (the global batch) does not split evenly over "
+            f"{dist.world} processes; use a multiple of {dist.world}"
+        )
+    preset = data_preset(cfg)
+    data_plan = plan(cfg.data, preset)
+    model, frozen, old_head = build_model(cfg, data_plan, device)
     channels_last = use_channels_last(t.channels_last, model, device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -151,85 +143,114 @@ def build_parts(cfg: Config, data: DataBundle, device: torch.device, d: Dist) ->
     step = StepOptions(
         t.accumulate, t.grad_clip, t.log_every_n_steps, t.on_nan == "skip", channels_last, autocast
     )
-    evaluation = EvalOptions(
-        t.tta, channels_last, autocast, {n.rpartition(":")[2]: METRICS.get(n) for n in t.metrics}
-    )
-    features = frozen_features(cfg, model, data, step, evaluation, d)
-    if cfg.model.head_init == "pretrained_classes":  # data-dependent, like pca_init: counted as training time
-        t0 = time.perf_counter()
-        init_head(model, data, features, step)
-        init_seconds += time.perf_counter() - t0
-    model.__dict__.pop("kiln_pretrained_head", None)  # used or not, not carried into EMA's copy and the run
+    evaluation = EvalOptions(t.tta, channels_last, autocast, metric_fns)
     optimizer = build_optimizer(
         cfg.optimizer, model, cfg.data.batch_size, fused=device.type in ("cuda", "cpu")
     )
-    steps_per_epoch = math.ceil(len(data.train) / t.accumulate)  # type: ignore[arg-type]  # per rank = global
-    scheduler = build_scheduler(cfg.scheduler, optimizer, t.epochs, steps_per_epoch)
-    ema = EMA(model, t.ema.decay, t.ema.warmup) if t.ema else None
+    criterion = build_loss(t.loss, t.label_smoothing, t.loss_args)
+    callbacks = build_callbacks(cfg, RunDir(cfg.run_dir), model, dist, data_plan.split("val") is not None)
+    # the expensive part: nothing above read an image
+    cfg = with_feature_views(cfg, data_plan, dist.enabled)
+    data = load_train(data_plan, cfg.data, cfg.run.seed, device, dist.rank, dist.world, preset)
+    init_seconds = data_init(cfg, model, data)
     # DDP, then compile, last: EMA and Lookahead hold the plain module's parameters, which both share
     train_model: nn.Module = model
-    if d.enabled:
+    if dist.enabled:
         train_model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
     if t.compile:
         train_model = torch.compile(train_model)
-    return Parts(
+    live = LiveImages(train_model, data, step, evaluation, frozen_batchnorms(cfg, model))
+    cache_dir = Path(cfg.data.cache_dir).expanduser() if cfg.data.cache_dir else None
+    feed = make_feed(live, model, data, cfg, cache_dir, precision, dist.enabled)
+    if cfg.model.head_init == "pretrained_classes":  # data-dependent, like pca_init: training work
+        t0 = time.perf_counter()
+        init_head(model, data, feed, step, old_head)
+        init_seconds += time.perf_counter() - t0
+    ema = EMA(model, t.ema.decay, t.ema.warmup) if t.ema else None
+    steps_per_epoch = math.ceil(len(data.train) / t.accumulate)  # per rank = global
+    scheduler = build_scheduler(cfg.scheduler, optimizer, t.epochs, steps_per_epoch)
+    return Run(
+        cfg=cfg,
+        dir=RunDir(cfg.run_dir),
+        dist=dist,
+        device=device,
+        data=data,
         model=model,
         train_model=train_model,
+        criterion=criterion,
         optimizer=optimizer,
-        scaler=make_scaler(precision, device),
-        ema=ema,
         scheduler=scheduler,
         schedule_steps=cfg.scheduler.name != "none" or cfg.scheduler.warmup_epochs > 0,
-        criterion=build_loss(t.loss, t.label_smoothing, t.loss_args),
+        scaler=make_scaler(precision, device),
+        ema=ema,
         step=step,
-        eval=evaluation,
+        evaluation=evaluation,
         frozen=frozen,
-        freeze_bn=cfg.model.freeze_bn,
-        bn_stats_frozen=cfg.model.bn_stats == "frozen",
+        feed=feed,
+        callbacks=CallbackList(
+            [*callbacks, *extra, Checkpointing(RunDir(cfg.run_dir), t.checkpoint, dist.is_main)]
+        ),
         init_seconds=init_seconds,
-        features=features,
     )
 
 
+def data_init(cfg: Config, model: nn.Module, data: TrainData) -> float:
+    """A data-dependent start (airbench's whitening conv, model.pca_init); returns its seconds."""
+    t0 = time.perf_counter()
+    init = getattr(model, "init_from_data", None)
+    if callable(init) and not cfg.model.pretrained:
+        init(sample_images(data, 5000))
+    if cfg.model.pca_init:
+        conv = first_conv(model)
+        pca_init(conv, sample_images(data, images_for_pca(conv.kernel_size, data.spec.size)))  # type: ignore[arg-type]
+    return time.perf_counter() - t0
+
+
 @torch.no_grad()
-def init_head(model: nn.Module, data: DataBundle, features: FrozenFeatures | None, step: StepOptions) -> None:
-    """model.head_init: pretrained_classes, from the train images' features (the frozen backbone's cache
-    when there is one, else up to 2,000 train images in the evaluation's view)."""
-    old = getattr(model, "kiln_pretrained_head", None)
+def init_head(
+    model: nn.Module,
+    data: TrainData,
+    feed: LiveImages | CachedFeatures,
+    step: StepOptions,
+    old: transfer.Head | None,
+) -> None:
+    """model.head_init: pretrained_classes, from the train images' features (the frozen backbone's, when
+    the run trains on them, else up to 2,000 train images in the evaluation's view)."""
     if old is None:
         raise KilnError(
             "model.head_init=pretrained_classes: the pretrained weights have no classifier to start "
             "from (the weights file has no head of its own); use model.head_init=random"
         )
-    if features is not None:
-        feats, labels = features.train_features()
+    if isinstance(feed, CachedFeatures):
+        feats, labels = feed.train_features()[0], data.train.raw_labels
     else:
-        idx = data.train.spread(2000)  # type: ignore[union-attr]
-        x, labels = sample_images(data, 2000), data.train.labels[idx]  # type: ignore[union-attr]
+        idx = data.train.spread(2000)
+        x, labels = sample_images(data, 2000), data.train.raw_labels[idx]
         with transfer.without_head(model) as backbone, step.autocast():
             feats = torch.cat([backbone(x[i : i + 64]).float() for i in range(0, len(x), 64)])
     head = model.get_submodule(transfer.head_name(model))
     missing = transfer.init_head_from_classes(head, old, feats, labels)  # type: ignore[arg-type]
+    empty = f" (classes {missing} have no images: random rows)" if missing else ""
     log(
         f"kiln: head starts from the pretrained classifier, mixed per class by its predictions on {len(labels)} "
-        f"train images" + (f" (classes {missing} have no images: random rows)" if missing else "")
+        f"train images{empty}"
     )
 
 
-def sample_images(data: DataBundle, n: int) -> torch.Tensor:
+def sample_images(data: TrainData, n: int) -> torch.Tensor:
     """Up to ``n`` normalised train images spread over the split, read without moving the loader."""
-    idx = data.train.spread(n)  # type: ignore[union-attr]
-    return data.transform.train_centre(data.train.images_at(idx).to(data.train.device), idx)  # type: ignore[union-attr]
+    idx = data.train.spread(n)
+    return data.transform.train_centre(data.train.images_at(idx).to(data.train.device), idx)
 
 
-def augmented_samples(data: DataBundle, n: int) -> Callable[[], torch.Tensor]:
+def augmented_samples(data: TrainData, n: int) -> Callable[[], torch.Tensor]:
     """A function giving ``n`` training images spread over the classes after the training augmentation, on
     the 0..1 scale for display (epoch 0, step 0: drawn from its own seeded generator, not the global RNGs)."""
 
     def make() -> torch.Tensor:
         train = data.train
-        idx = train.spread(n)  # type: ignore[union-attr]
-        x = train.images_at(idx).to(train.device)  # type: ignore[union-attr]
+        idx = train.spread(n)
+        x = train.images_at(idx).to(train.device)
         out = data.transform.augmented(x, idx.to(x.device), 0, 0)
         return data.transform.denormalize(out) if x.dtype == torch.uint8 else out  # float data: as it came
 
@@ -242,7 +263,9 @@ def user_callbacks(cfg: Config) -> list[Callback]:
         try:
             cb = CALLBACKS.get(spec.name)(**spec.args)
         except TypeError as e:
-            raise KilnError(f"callbacks: {spec.name} does not accept args {spec.args} ({e})") from None
+            raise KilnError(
+                f"callbacks: {spec.name} does not accept args {str(spec.args)[:200]} ({e})"
+            ) from None
         if not isinstance(cb, Callback):
             raise KilnError(
                 f"callbacks: {spec.name} made a {type(cb).__name__}, not a kiln.Callback subclass"
@@ -251,48 +274,21 @@ def user_callbacks(cfg: Config) -> list[Callback]:
     return out
 
 
-def build_callbacks(cfg: Config, run: RunDir, parts: Parts, data: DataBundle, d: Dist) -> list[Callback]:
+def build_callbacks(cfg: Config, run: RunDir, model: nn.Module, dist: Dist, has_val: bool) -> list[Callback]:
     """kiln's own callbacks (files, console and loggers on rank 0 only), then the config's."""
     t = cfg.trainer
     callbacks: list[Callback] = []
-    if d.is_main:
+    if dist.is_main:
+        bar = bar_enabled(t.progress)
         callbacks += [
             MetricsLog(run.metrics),
-            ProgressBar(math.ceil(t.epochs), bar_enabled(t.progress), data.val is not None),
+            ProgressBar(math.ceil(t.epochs), bar, has_val, cfg.data.batch_size),
         ]
     if t.early_stopping:
         es = t.early_stopping
         callbacks.append(EarlyStopping(es.monitor, es.mode, es.patience, es.min_delta))
     if cfg.optimizer.lookahead:
-        callbacks.append(Lookahead(parts.model, cfg.optimizer.lookahead.k, cfg.optimizer.lookahead.alpha))
-    if d.is_main:
+        callbacks.append(Lookahead(model, cfg.optimizer.lookahead.k, cfg.optimizer.lookahead.alpha))
+    if dist.is_main:
         callbacks += build_loggers(cfg, run)
     return callbacks + user_callbacks(cfg)
-
-
-def write_run_info(run: RunDir, data: DataBundle) -> None:
-    """What it takes to reproduce the run: versions, the project's git commit, and a dataset fingerprint."""
-    commit = dirty = None
-    with contextlib.suppress(OSError, subprocess.SubprocessError):
-        commit = subprocess.run(
-            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, check=True
-        ).stdout.strip()
-        dirty = bool(
-            subprocess.run(
-                ["git", "status", "--porcelain"], capture_output=True, text=True, timeout=10
-            ).stdout.strip()
-        )
-    info = {
-        "python": sys.version.split()[0],
-        "platform": platform.platform(),
-        "torch": str(torch.__version__),
-        "cuda": torch.version.cuda,
-        "cudnn": torch.backends.cudnn.version() if torch.cuda.is_available() else None,
-        "gpus": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())],
-        "git_commit": commit,
-        "git_dirty": dirty,
-        "cwd": os.getcwd(),
-        "dataset_fingerprint": data.fingerprint,
-        "classes": list(data.classes),
-    }
-    write_atomic(run.run_info, json.dumps(info, indent=2))

@@ -1,7 +1,8 @@
-"""``fit(cfg)``: build data, model and optimizer from the config, train with checkpoints, resume, report.
+"""``fit(cfg)``: build the run from the config, train with checkpoints, resume, report.
 
-Reads top to bottom: set up -> (resume) -> epochs -> test on the best checkpoint -> summary.json.
-Under torchrun every rank runs this; rank 0 alone writes files and prints.
+Reads top to bottom: build the run (``setup.build_run``: every check before the data) -> (resume) ->
+epochs -> test on the best checkpoint -> summary.json. Under torchrun every rank runs this; rank 0 alone
+writes files and prints.
 """
 
 from __future__ import annotations
@@ -9,6 +10,10 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
+import platform
+import subprocess
+import sys
 import time
 from typing import Any
 
@@ -16,28 +21,17 @@ import torch
 import torch.nn.functional as F
 
 import kiln.checkpoint as ckpt
+from kiln import signals
 from kiln.atomic import write_atomic
 from kiln.config import Config, dump_config
-from kiln.console import log, quiet
-from kiln.data import DataBundle, build
+from kiln.console import log, log_file, quiet
 from kiln.engine import distributed
-from kiln.engine.callbacks import Callback, CallbackList, FitInfo
-from kiln.engine.checkpointing import Checkpointing
-from kiln.engine.features import Features
-from kiln.engine.loop import TrainState, evaluate, predict, train_one_epoch
+from kiln.engine.callbacks import Callback, FitInfo
+from kiln.engine.loop import evaluate, predict, train_one_epoch
 from kiln.engine.precision import resolve_device
-from kiln.engine.resume import find_resume, make_checkpoint, restore, unfreeze
-from kiln.engine.setup import (
-    Parts,
-    augmented_samples,
-    build_callbacks,
-    build_parts,
-    data_preset,
-    sample_images,
-    seed_everything,
-    write_run_info,
-)
-from kiln.engine.signals import EXIT_CODES, StopRequest
+from kiln.engine.resume import check_compatible, find_resume
+from kiln.engine.run import Run
+from kiln.engine.setup import augmented_samples, build_run, sample_images, seed_everything
 from kiln.errors import Interrupted, KilnError
 from kiln.metrics import Outputs
 from kiln.paths import RunDir
@@ -49,14 +43,19 @@ def fit(
 ) -> dict[str, Any]:
     """Train as the config says. ``resume``: a checkpoint path, or "auto" (the run dir's newest valid one)."""
     import_user_modules(cfg.imports)
-    d = distributed.init(resolve_device(cfg.run.device).type)
+    dist = distributed.init(resolve_device(cfg.run.device).type)
     try:
-        # from the start: a Ctrl-C during set-up still ends in a checkpoint at the first step boundary
         # rank 0 holds the run folder: a second `kiln train` into it is refused while this one lives
-        held = RunDir(cfg.run_dir).hold() if d.is_main else contextlib.nullcontext()
-        with quiet(not d.is_main), held, StopRequest() as stop:
-            summary = _fit(cfg, d, resume, extra_callbacks or [], stop)
-        distributed.barrier(d)  # no rank tears its process group down while another still talks to it
+        run_dir = RunDir(cfg.run_dir)
+        held = run_dir.hold() if dist.is_main else contextlib.nullcontext()
+        with (
+            quiet(not dist.is_main),
+            held,
+            signals.install(),
+            log_file(run_dir.log if dist.is_main else None),
+        ):
+            summary = _fit(cfg, dist, resume, extra_callbacks or [])
+        distributed.barrier(dist)  # no rank tears its process group down while another still talks to it
         return summary
     except torch.OutOfMemoryError:
         raise KilnError(
@@ -64,203 +63,214 @@ def fit(
             "(and raise trainer.accumulate to keep the effective batch)"
         ) from None
     finally:
-        distributed.shutdown(d)
+        distributed.shutdown(dist)
 
 
-def _fit(
-    cfg: Config, d: distributed.Dist, resume: str | None, extra: list[Callback], stop: StopRequest
-) -> dict[str, Any]:
+def _fit(cfg: Config, dist: distributed.Dist, resume: str | None, extra: list[Callback]) -> dict[str, Any]:
     seed_everything(cfg.run.seed, cfg.run.deterministic, cfg.run.threads)
-    device = distributed.device_for(d, resolve_device(cfg.run.device))
-    run = RunDir(cfg.run_dir)
-    if cfg.data.batch_size % d.world:
-        raise KilnError(
-            f"data.batch_size: {cfg.data.batch_size} (the global batch) does not split evenly over "
-            f"{d.world} processes; use a multiple of {d.world}"
-        )
-    data = build(cfg.data, cfg.run.seed, device, d.rank, d.world, preset=data_preset(cfg))
-    parts = build_parts(cfg, data, device, d)
-    if d.rank:
-        torch.manual_seed(cfg.run.seed + d.rank)  # weights were made alike on every rank; now dropout differs
-    state = TrainState()
-
-    def snapshot(metrics: dict[str, Any]) -> dict[str, Any]:  # the payload, with every callback's state
-        return make_checkpoint(cfg, parts, state, callbacks, data, d, metrics)
-
-    checkpointer = Checkpointing(run, snapshot, cfg.trainer.checkpoint, writes=d.is_main)
-    callbacks = CallbackList([*build_callbacks(cfg, run, parts, data, d), *extra, checkpointer])
+    device = distributed.device_for(dist, resolve_device(cfg.run.device))
+    run = build_run(cfg, dist, device, extra)
+    if dist.rank:
+        torch.manual_seed(
+            cfg.run.seed + dist.rank
+        )  # weights were made alike on every rank; now dropout differs
     if resume == "auto":
-        resume = find_resume(run)
-        if resume:
-            log(f"kiln: resuming from {resume}")
+        resume = find_resume(run.dir)
     if resume:
-        restore(resume, cfg, parts, state, callbacks, data, d)
-    if d.is_main:
-        dump_config(cfg, run.config)
-        write_run_info(run, data)
+        saved = ckpt.load(resume)
+        check_compatible(resume, run.cfg, saved, run.data.classes)
+        run.load_state_dict(saved, resume)
+        log(f"kiln: resuming from {resume}: {resume_point(run)}")
+    if dist.is_main:
+        dump_config(run.cfg, run.dir.config)
+        write_run_info(run)
+    on = f" x {dist.world} processes" if dist.enabled else ""
     log(
-        f"kiln: training {cfg.model.name} on {cfg.data.source} ({len(data.classes)} classes, "
-        f"{data.train.order.n} train images) on {device}{f' x {d.world} processes' if d.enabled else ''}, "
-        f"{cfg.trainer.epochs} epochs -> {run.root}"
+        f"kiln: training {run.cfg.model.name} on {run.cfg.data.source} ({len(run.data.classes)} classes, "
+        f"{run.data.train.order.n:,} train images) on {device}{on}, {run.cfg.trainer.epochs} epochs -> {run.dir.root}"
     )
-    callbacks.fit_start(
+    data = run.data
+    run.callbacks.fit_start(
         FitInfo(
-            run_dir=run.root,
-            config=cfg.to_dict(),
+            run_dir=run.dir.root,
+            config=run.cfg.to_dict(),
             classes=list(data.classes),
-            start_epoch=state.epoch,
-            start_step=state.step,
-            model=parts.model,
-            sample_images=sample_images(data, 16),
+            start_epoch=run.state.epoch,
+            start_step=run.state.step,
+            model=run.model,
+            samples=lambda: sample_images(data, 16),
             augmented_samples=augmented_samples(data, 16),
             data=data,
-            rank=d.rank,
-            world_size=d.world,
+            rank=dist.rank,
+            world_size=dist.world,
+            run=run,
         )
     )
-    stop_reason = train_epochs(cfg, parts, state, data, callbacks, run, d, stop)
-    summary = finish(cfg, parts, state, data, callbacks, run, d, checkpointer, stop_reason)
-    callbacks.fit_end(summary)
+    stop_reason = train_epochs(run)
+    try:
+        summary = finish(run, stop_reason)
+    except signals.Interrupt:
+        raise Interrupted(
+            f"interrupted during the final test evaluation; training is complete and saved in "
+            f"{run.dir.last}. Finish it with:\n  kiln train -c {run.dir.config} --resume auto",
+            signals.exit_code(),
+        ) from None
+    run.callbacks.fit_end(summary)
     return summary
 
 
-def train_epochs(
-    cfg: Config,
-    parts: Parts,
-    state: TrainState,
-    data: DataBundle,
-    callbacks: CallbackList,
-    run: RunDir,
-    d: distributed.Dist,
-    stop: StopRequest,
-) -> str | None:
+def resume_point(run: Run) -> str:
+    """Where a resumed run continues, in words."""
+    epochs, state = math.ceil(run.cfg.trainer.epochs), run.state
+    position = run.feed.state_dict()["position"]
+    where = f"{position} of {len(run.data.train)} batches into epoch {state.epoch + 1}" if position else ""
+    if state.pending is not None:
+        where = f"epoch {state.epoch + 1} trained, its validation next"
+    return f"{state.epoch} of {epochs} epochs done, step {state.step:,}" + (f", {where}" if where else "")
+
+
+def resume_hint(run: Run) -> str:
+    return f"Resume with:\n  kiln train -c {run.dir.config} --resume {run.dir.last}"
+
+
+def train_epochs(run: Run) -> str | None:
     """The epoch loop; returns why it stopped early (or None). Ctrl-C: checkpoint, then Interrupted."""
-    epochs, stop_reason, init_seconds = math.ceil(cfg.trainer.epochs), None, parts.init_seconds
-    for epoch in range(state.epoch, epochs):
-        metrics = run_epoch(cfg, parts, state, data, callbacks, epoch, d, stop)
-        if metrics.get("interrupted"):
-            callbacks.interrupt(epoch, state.step)  # checkpointing writes last.pt
-            raise Interrupted(
-                f"interrupted at epoch {epoch + 1}, step {state.step}; saved {run.last}. Resume with:\n"
-                f"  kiln train -c {run.config} --resume {run.last}",
-                EXIT_CODES.get(stop.signum or 2, 130),
+    stop_reason = None
+    for epoch in range(run.state.epoch, math.ceil(run.cfg.trainer.epochs)):
+        try:
+            metrics = run_epoch(run, epoch)
+        except signals.Interrupt:  # in a phase that cannot stop at a step (a feature pass, a decode)
+            kept = (
+                f"the last checkpoint ({run.dir.last}) is kept. {resume_hint(run)}"
+                if run.dir.last.exists()
+                else (
+                    "no checkpoint was written yet; the decoded images and features finished so far are cached"
+                )
             )
-        # a data-dependent init (model.pca_init) is training work: the first epoch this process runs includes it
-        metrics["seconds"] += init_seconds
-        init_seconds = 0.0
-        stop_reason = callbacks.epoch_end(epoch + 1, metrics)  # checkpointing runs last: last.pt, best.pt
-        if distributed.any_flag(d, stop_reason is not None, data.train.device):  # type: ignore[union-attr]  # all ranks stop together
-            stop_reason = stop_reason or "another process asked to stop"
-        callbacks.checkpoint(epoch + 1, run.last)
+            raise Interrupted(f"interrupted at epoch {epoch + 1}; {kept}", signals.exit_code()) from None
+        if metrics.get("interrupted"):
+            run.callbacks.interrupt(epoch, run.state.step)  # checkpointing writes last.pt
+            raise Interrupted(
+                f"interrupted at epoch {epoch + 1}, step {run.state.step}; saved {run.dir.last}. "
+                f"{resume_hint(run)}",
+                signals.exit_code(),
+            )
+        with signals.graceful():  # the epoch's end (metrics.jsonl, loggers, last.pt) completes first
+            stop_reason = run.callbacks.epoch_end(epoch + 1, metrics)  # checkpointing runs last
+            if distributed.any_flag(run.dist, stop_reason is not None, run.device):  # all ranks stop together
+                stop_reason = stop_reason or "another process asked to stop"
+            run.callbacks.checkpoint(epoch + 1, run.dir.last)
+        if signals.requested():
+            raise Interrupted(
+                f"interrupted after epoch {epoch + 1}; saved {run.dir.last}. {resume_hint(run)}",
+                signals.exit_code(),
+            )
         if stop_reason:
             log(f"kiln: {stop_reason}")
             break
     return stop_reason
 
 
-def run_epoch(
-    cfg: Config,
-    parts: Parts,
-    state: TrainState,
-    data: DataBundle,
-    callbacks: CallbackList,
-    epoch: int,
-    d: distributed.Dist,
-    stop: StopRequest,
-) -> dict[str, Any]:
+def run_epoch(run: Run, epoch: int) -> dict[str, Any]:
     """Train one epoch (or the fraction a fractional trainer.epochs leaves), then validate."""
-    epochs, train = math.ceil(cfg.trainer.epochs), data.train
-    train.set_epoch(epoch)  # type: ignore[union-attr]
+    cfg, epochs = run.cfg, math.ceil(run.cfg.trainer.epochs)
     if cfg.trainer.unfreeze and epoch + 1 == cfg.trainer.unfreeze.at_epoch:
-        unfreeze(cfg, parts)
-    callbacks.epoch_start(epoch)
+        run.unfreeze()
+    run.callbacks.epoch_start(epoch)
     t0 = time.perf_counter()
-    limit = math.ceil((cfg.trainer.epochs - epoch) * len(train)) if epoch + 1 == epochs else None  # type: ignore[arg-type]
-    unfrozen = cfg.trainer.unfreeze is not None and epoch + 1 >= cfg.trainer.unfreeze.at_epoch
-    feats = parts.features if parts.features is not None and not unfrozen else None
-    if feats is not None:  # a frozen backbone: the head trains on features computed once per view
-        model, loader, transform, opts = (
-            feats.head_of(parts.model),
-            feats.train_loader(epoch),
-            Features(),
-            feats.step_options,
-        )
+    inputs = run.feed.epoch_inputs(epoch)  # a decode or a feature pass happens here, the first time
+    prepare_seconds = time.perf_counter() - t0
+    inputs.loader.set_epoch(epoch)
+    limit = math.ceil((cfg.trainer.epochs - epoch) * len(inputs.loader)) if epoch + 1 == epochs else None
+    if run.state.pending is not None:  # trained before an interrupted validation: validate it now
+        train, run.state.pending = run.state.pending, None
     else:
-        model, loader, transform, opts = parts.train_model, train, data.transform, parts.step
-    train_m = train_one_epoch(
-        model,
-        parts.criterion,
-        parts.optimizer,
-        loader,
-        transform,
-        state,
-        opts,  # type: ignore[arg-type]
-        scheduler=parts.scheduler if parts.schedule_steps else None,
-        scaler=parts.scaler,
-        ema=parts.ema,
-        frozen_bn=() if feats else parts.frozen_batchnorms(),
-        callbacks=callbacks,
-        dist=d,
-        should_stop=stop,
-        limit=limit,
-    )
-    if train_m["interrupted"]:
-        return train_m
+        with signals.graceful():
+            train = train_one_epoch(
+                inputs.model,
+                run.criterion,
+                run.optimizer,
+                inputs.loader,
+                inputs.transform,
+                run.state,
+                inputs.options,
+                scheduler=run.scheduler if run.schedule_steps else None,
+                scaler=run.scaler,
+                ema=run.ema,
+                frozen_bn=inputs.frozen_bn,
+                callbacks=run.callbacks,
+                dist=run.dist,
+                should_stop=signals.requested,
+                limit=limit,
+            )
+        if train["interrupted"]:
+            return train
     # An epoch trainer.val_every_n_epochs skips reports NaN with validated=false, and moves neither best.pt
     # nor early stopping. A run without a val split reports NaN on every epoch.
     validated = (epoch + 1) % cfg.trainer.val_every_n_epochs == 0 or epoch + 1 == epochs
-    val = {"loss": math.nan, "acc": math.nan}
-    if validated and data.val is not None and feats is not None:
-        head = feats.head_of(ckpt.unwrap(parts.eval_model))
-        val = evaluate(head, feats.val_loader(), Features(), feats.eval_options, d)  # type: ignore[arg-type]
-    elif validated and data.val is not None:
-        val = evaluate(parts.eval_model, data.val, data.transform, parts.eval, d)
-    state.epoch = epoch + 1
+    val: dict[str, float] = {"loss": math.nan, "acc": math.nan}
+    t1 = time.perf_counter()
     if validated:
-        callbacks.eval_end("val", {"loss": val["loss"], "acc": val["acc"]})
+        try:
+            evaluation = run.feed.eval_inputs("val", run.eval_model)
+            if evaluation is not None:
+                with signals.graceful():
+                    val = evaluate(
+                        evaluation.model,
+                        evaluation.loader,
+                        evaluation.transform,
+                        evaluation.options,
+                        run.dist,
+                    )
+        except signals.Interrupt:  # the epoch's training is kept: the checkpoint resumes at its validation
+            run.state.pending = {k: v for k, v in train.items() if k != "interrupted"}
+            return {"interrupted": True}
+        run.callbacks.eval_end("val", {"loss": val["loss"], "acc": val["acc"]})
+    run.state.epoch = epoch + 1
+    extra = {f"val_{k[7:]}": v for k, v in val.items() if k.startswith("metric_")}
     return {
         "epoch": epoch + 1,
-        "step": state.step,
-        **train_m,
+        "step": run.state.step,
+        **{k: v for k, v in train.items() if k != "interrupted"},
         "val_loss": val["loss"],
         "val_acc": val["acc"],
-        **{f"val_{k[7:]}": v for k, v in val.items() if k.startswith("metric_")},
+        **extra,
         "validated": validated,
-        "lr": parts.optimizer.param_groups[0]["lr"],
+        "lr": run.optimizer.param_groups[0]["lr"],
+        "prepare_seconds": prepare_seconds,
+        "val_seconds": time.perf_counter() - t1,
         "seconds": time.perf_counter() - t0,
     }
 
 
-def finish(
-    cfg: Config,
-    parts: Parts,
-    state: TrainState,
-    data: DataBundle,
-    callbacks: CallbackList,
-    run: RunDir,
-    d: distributed.Dist,
-    checkpointer: Checkpointing,
-    stop_reason: str | None,
-) -> dict[str, Any]:
+def finish(run: Run, stop_reason: str | None) -> dict[str, Any]:
     """Measure the test split on the *best* checkpoint (read back from disk) and write summary.json."""
+    from kiln.engine.checkpointing import Checkpointing
+
+    checkpointer = next(cb for cb in run.callbacks.items if isinstance(cb, Checkpointing))
     summary: dict[str, Any] = {
         "best_epoch": checkpointer.best_epoch,
         "best_metric": checkpointer.best,
-        "monitor": cfg.trainer.checkpoint.monitor,
-        "epochs_run": state.epoch,
-        "steps": state.step,
+        "monitor": run.cfg.trainer.checkpoint.monitor,
+        "epochs_run": run.state.epoch,
+        "steps": run.state.step,
         "stopped_early": stop_reason,
-        "classes": list(data.classes),
-        "best_checkpoint": str(run.best),
-        "world_size": d.world,
-        "skipped_steps": state.skipped_steps,
-        "skipped_samples": data.skipped,
+        "classes": list(run.data.classes),
+        "best_checkpoint": str(run.dir.best),
+        "world_size": run.dist.world,
+        "skipped_steps": run.state.skipped_steps,
+        "skipped_samples": run.data.skipped,
+        "init_seconds": run.init_seconds,
     }
-    distributed.barrier(d)  # rank 0 has finished writing best.pt
-    if data.test is not None and run.best.exists():
-        ckpt.unwrap(parts.eval_model).load_state_dict(ckpt.load(run.best)["model_state_dict"])
+    distributed.barrier(run.dist)  # rank 0 has finished writing best.pt
+    if run.data.test is not None and run.dir.best.exists():
+        ckpt.unwrap(run.eval_model).load_state_dict(ckpt.load(run.dir.best)["model_state_dict"])
         t0 = time.perf_counter()
-        logits, labels, idx = predict(parts.eval_model, data.test, data.transform, parts.eval, d)  # all ranks
+        evaluation = run.feed.eval_inputs("test", run.eval_model)
+        assert evaluation is not None
+        logits, labels, idx = predict(
+            evaluation.model, evaluation.loader, evaluation.transform, evaluation.options, run.dist
+        )  # all ranks
         test = {
             "loss": F.cross_entropy(logits, labels).item(),
             "accuracy": (logits.argmax(1) == labels).double().mean().item(),
@@ -272,11 +282,39 @@ def finish(
             f"kiln: test accuracy {test['accuracy']:.4f} (loss {test['loss']:.4f}, {test['num_samples']} images, "
             f"best epoch {checkpointer.best_epoch})"
         )
-        callbacks.eval_end(
+        run.callbacks.eval_end(
             "test",
             {"loss": test["loss"], "acc": test["accuracy"]},
-            Outputs(logits, labels, idx, list(data.classes)),
+            Outputs(logits, labels, idx, list(run.data.classes)),
         )
-    if d.is_main:
-        write_atomic(run.summary, json.dumps(summary, indent=2))
+    if run.dist.is_main:
+        write_atomic(run.dir.summary, json.dumps(summary, indent=2))
     return summary
+
+
+def write_run_info(run: Run) -> None:
+    """What it takes to reproduce the run: versions, the project's git commit, and a dataset fingerprint."""
+    commit = dirty = None
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, check=True
+        ).stdout.strip()
+        dirty = bool(
+            subprocess.run(
+                ["git", "status", "--porcelain"], capture_output=True, text=True, timeout=10
+            ).stdout.strip()
+        )
+    info = {
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "torch": str(torch.__version__),
+        "cuda": torch.version.cuda,
+        "cudnn": torch.backends.cudnn.version() if torch.cuda.is_available() else None,
+        "gpus": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())],
+        "git_commit": commit,
+        "git_dirty": dirty,
+        "cwd": os.getcwd(),
+        "dataset_fingerprint": run.data.fingerprint,
+        "classes": list(run.data.classes),
+    }
+    write_atomic(run.dir.run_info, json.dumps(info, indent=2))

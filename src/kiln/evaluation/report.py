@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import html as _html
+import json
 from typing import Any
 
 CSS = """
@@ -24,27 +25,73 @@ def _card(value: str, label: str) -> str:
     return f'<div class="card"><b>{value}</b><span>{_html.escape(label)}</span></div>'
 
 
+def _header(rep: dict[str, Any]) -> str:
+    e = _html.escape
+    best = rep.get("best_metric")
+    trained = [
+        f"epoch {rep['epoch']}" if rep.get("epoch") is not None else "",
+        f"step {rep['step']:,}" if rep.get("step") is not None else "",
+        f"best {rep.get('monitor')} {best:.4f}" if isinstance(best, float) else "",
+    ]
+    parts = [
+        e(str(rep.get("checkpoint", ""))),
+        e(str(rep.get("model", ""))),
+        *filter(None, trained),
+        f"{rep['num_samples']:,} images",
+        f"{len(rep['classes'])} classes",
+        f"test-time augmentation: {e(str(rep.get('tta', 'none')))}",
+    ]
+    return " · ".join(p for p in parts if p)
+
+
+def _class_rows(rep: dict[str, Any]) -> str:
+    e = _html.escape
+    names = rep.get("class_names") or rep["classes"]
+    shown = {c: (n if n == c else f"{n} ({c})") for c, n in zip(rep["classes"], names, strict=True)}
+    counts = dict(zip(rep["classes"], rep.get("train_counts") or [None] * len(names), strict=True))
+    rows = sorted(rep["per_class"].items(), key=lambda kv: kv[1]["f1"])
+    return "".join(
+        f"<tr><td>{e(shown[name])}</td><td>{m['precision']:.3f}</td><td>{m['recall']:.3f}</td><td>{m['f1']:.3f}</td>"
+        f"<td>{rep['average_precision'][name]:.3f}</td><td>{m['support']:,}</td>"
+        f"<td>{'' if counts[name] is None else f'{counts[name]:,}'}</td>"
+        f'<td class="bar"><div class="b" style="width:{100 * m["f1"]:.1f}%"></div></td></tr>'
+        for name, m in rows
+    )
+
+
+def _mistakes(rep: dict[str, Any]) -> str:
+    e = _html.escape
+    rows = rep.get("mistakes") or []
+    if not rows:
+        return ""
+    body = "".join(
+        f"<tr><td>{m['rank']}</td><td>{e(m['id'])}</td><td>{e(m['true'])}</td><td>{e(m['predicted'])}</td>"
+        f"<td>{m['confidence']:.3f}</td></tr>"
+        for m in rows
+    )
+    return (
+        f"<h2>Most confident mistakes (all {rep.get('mistakes_total', len(rows)):,} in mistakes.csv)</h2>"
+        "<table><thead><tr><th>#</th><th>file</th><th>true</th><th>predicted</th><th>confidence</th></tr>"
+        f"</thead><tbody>{body}</tbody></table>"
+    )
+
+
 def html(rep: dict[str, Any], figures: dict[str, bytes]) -> str:
     e = _html.escape
     cards = [_card(f"{rep['accuracy']:.2%}", "accuracy")]
     if "top5_accuracy" in rep:
         cards.append(_card(f"{rep['top5_accuracy']:.2%}", "top-5 accuracy"))
+    if "balanced_accuracy" in rep:
+        cards.append(_card(f"{rep['balanced_accuracy']:.2%}", "balanced accuracy"))
     cards += [
         _card(f"{rep['macro']['f1']:.3f}", "macro F1"),
         _card(f"{rep['loss']:.4f}", "cross-entropy loss"),
         _card(f"{rep['ece']:.4f}", "expected calibration error"),
         _card(f"{rep['num_samples']:,}", "images"),
     ]
-    rows = sorted(rep["per_class"].items(), key=lambda kv: kv[1]["f1"])
-    body = "".join(
-        f"<tr><td>{e(name)}</td><td>{m['precision']:.3f}</td><td>{m['recall']:.3f}</td><td>{m['f1']:.3f}</td>"
-        f"<td>{rep['average_precision'][name]:.3f}</td><td>{m['support']:,}</td>"
-        f'<td class="bar"><div class="b" style="width:{100 * m["f1"]:.1f}%"></div></td></tr>'
-        for name, m in rows
-    )
     avg = "".join(
         f"<tr><td><i>{label}</i></td><td>{rep[key]['precision']:.3f}</td><td>{rep[key]['recall']:.3f}</td>"
-        f"<td>{rep[key]['f1']:.3f}</td><td></td><td></td><td></td></tr>"
+        f"<td>{rep[key]['f1']:.3f}</td><td></td><td></td><td></td><td></td></tr>"
         for key, label in (("macro", "macro average"), ("weighted", "weighted average"))
     )
     titles = {
@@ -59,15 +106,18 @@ def html(rep: dict[str, Any], figures: dict[str, bytes]) -> str:
         f'{base64.b64encode(png).decode()}">'
         for name, png in figures.items()
     )
+    config = e(json.dumps(rep.get("config") or {}, indent=2))
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>kiln evaluation</title>
 <style>{CSS}</style></head><body>
 <h1>Evaluation: {e(rep.get("split", ""))} split</h1>
-<p class="sub">{e(str(rep.get("checkpoint", "")))} · {rep["num_samples"]:,} images · {len(rep["classes"])} classes
-· test-time augmentation: {e(str(rep.get("tta", "none")))}</p>
+<p class="sub">{_header(rep)}</p>
+<details><summary>the run's config</summary><pre>{config}</pre></details>
 <div class="cards">{"".join(cards)}</div>
 <h2>Per class (worst F1 first)</h2>
-<table><thead><tr><th>class</th><th>precision</th><th>recall</th><th>F1</th><th>AP</th><th>support</th><th></th></tr>
-</thead><tbody>{body}{avg}</tbody></table>
+<table><thead><tr><th>class</th><th>precision</th><th>recall</th><th>F1</th><th>AP</th><th>support</th>
+<th>train images</th><th></th></tr>
+</thead><tbody>{_class_rows(rep)}{avg}</tbody></table>
+{_mistakes(rep)}
 {imgs}
 </body></html>
 """

@@ -74,7 +74,12 @@ def load_any(path: str | Path, trust: bool = False, device: str = "cpu") -> Load
             return Loaded(run, pre, list(pre["classes"]), form.name, p, device)
     r = restore(p)  # a kiln checkpoint: torch.load(weights_only=True) only
     return Loaded(
-        torch_runner(r.model.float(), device), dict(r.preprocess), list(r.classes), "checkpoint", p, device
+        torch_runner(r.model.float(), device),
+        r.preprocess.to_json(),
+        list(r.classes),
+        "checkpoint",
+        p,
+        device,
     )
 
 

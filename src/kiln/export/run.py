@@ -9,7 +9,6 @@ from typing import Any
 
 import torch
 
-from kiln.data import preprocess_spec
 from kiln.export import TOLERANCE, ExportError
 from kiln.export import verify as V
 from kiln.export.base import ExportOptions
@@ -28,7 +27,7 @@ GEOMETRY = {  # how a decoded image (EXIF orientation applied, RGB or L) becomes
 def preprocess_record(r: Restored, input_name: str, output_name: str, artifact: str) -> dict[str, Any]:
     """Everything a deployment needs to feed the model what it saw in training, in plain JSON."""
     pre = r.preprocess
-    c, spec = int(pre["in_channels"]), preprocess_spec(pre)
+    c, spec = pre.spec.channels, pre.spec
     return {
         "format": PREPROCESS_FORMAT,
         "artifact": artifact,
@@ -37,7 +36,7 @@ def preprocess_record(r: Restored, input_name: str, output_name: str, artifact: 
             "name": input_name,
             "dtype": "float32",
             "layout": "NCHW",
-            "shape": ["batch", c, *pre["image_size"]],
+            "shape": ["batch", *pre.input_shape],
         },
         "output": {
             "name": output_name,
@@ -46,15 +45,16 @@ def preprocess_record(r: Restored, input_name: str, output_name: str, artifact: 
             "meaning": "logits (unnormalised class scores); softmax gives probabilities",
         },
         "in_channels": c,
-        "image_size": list(pre["image_size"]),  # [H, W]
+        "image_size": list(spec.size),  # [H, W]
         "channel_order": "RGB" if c == 3 else "L (grayscale, ITU-R 601-2 luma)",
         **spec.record(),
         "geometry": GEOMETRY[spec.resize].format(s=spec),
         "scale": "uint8 0-255 -> float 0-1 (x / 255)",
-        "mean": list(pre["mean"]),
-        "std": list(pre["std"]),
+        "mean": list(pre.mean),
+        "std": list(pre.std),
         "normalize": "(x / 255 - mean[c]) / std[c] per channel",
         "classes": list(r.classes),
+        "class_names": list(r.class_names),  # what predict, Triton's labels.txt and serve show
     }
 
 
@@ -87,14 +87,15 @@ def export_checkpoint(
         "model": {"name": r.config.model.name, "args": dict(r.config.model.args)},
         "imports": list(r.config.imports),
         "classes": list(r.classes),
-        "preprocess": dict(r.preprocess),
+        "preprocess": r.preprocess.to_json(),
+        "class_names": list(r.class_names),
         "run_name": r.config.run.name,
     }
     saved = form.save(model, batches.example, out_dir, recipe, opts)
     record = preprocess_record(r, *saved.names, str(saved.path.relative_to(saved.folder)))
     (saved.folder / "preprocess.json").write_text(json.dumps(record, indent=2))
     check = V.verify(model, batches, saved.run, tolerance)
-    in_shape = [int(r.preprocess["in_channels"]), *map(int, r.preprocess["image_size"])]
+    in_shape = list(r.preprocess.input_shape)
     report: dict[str, Any] = {
         "format": fmt,
         "artifact": str(saved.path),

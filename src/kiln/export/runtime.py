@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from kiln.config import AugmentConfig
-from kiln.data import eval_batch, preprocess_spec
+from kiln.data import Preprocess, eval_batch
 from kiln.data.augment import BatchTransform
 from kiln.data.decode import open_image
 from kiln.export import ArtifactError
@@ -24,13 +24,13 @@ from kiln.export.loading import Loaded, load_any
 class Classifier:
     def __init__(self, loaded: Loaded) -> None:
         self.loaded, self.classes = loaded, list(loaded.classes)
-        pre = loaded.preprocess
-        spec = preprocess_spec(pre)
+        pre = Preprocess.from_json(loaded.preprocess, f"{loaded.path} (its preprocessing record)")
+        spec = pre.spec
         if spec.resize == "none":  # trained on images of one size: any other file is resized to it
             spec = replace(spec, resize="squash")
         self.spec = spec
         # the geometry of training's evaluation and its arithmetic: decode as the cache does, then the centre
-        self.transform = BatchTransform(list(pre["mean"]), list(pre["std"]), AugmentConfig(), 0, spec=spec)
+        self.transform = BatchTransform(list(pre.mean), list(pre.std), AugmentConfig(), 0, spec=spec)
         self.input_shape = (spec.channels, *spec.size)  # what `logits_of_tensors` takes (normalised floats)
         # forward passes of at most this many images: training's evaluation rule (photos on a CPU run
         # fastest a few at a time, while their activations stay in cache)

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from kiln.config import AugmentConfig, Config
-from kiln.data import build, from_record
+from kiln.data import Preprocess, plan
 from kiln.data.augment import BatchTransform
 from kiln.errors import KilnError
 from kiln.export import VerificationError
@@ -33,28 +33,30 @@ class Batches:
     source: dict[str, Any]  # where the images came from, for the report
 
 
-def _uint8_images(cfg: Config, pre: dict[str, Any]) -> tuple[torch.Tensor | None, dict[str, Any]]:
+def _uint8_images(cfg: Config, pre: Preprocess) -> tuple[torch.Tensor | None, dict[str, Any]]:
     """Up to DATA_IMAGES uint8 images of the checkpoint's data, or None and why not."""
-    want = (int(pre["in_channels"]), *map(int, pre["image_size"]))
+    try:
+        data_plan = plan(cfg.data, spec=pre.spec)
+    except KilnError as e:  # data moved or not on this machine: say so, verify on synthetic images
+        return None, {"source": "synthetic", "reason": f"the training data could not be loaded ({e})"}
     for split in ("test", "val", "train"):  # the first split there is: only that one is loaded
-        try:
-            spec, preset = from_record(pre)
-            data = build(
-                cfg.data, cfg.run.seed, torch.device("cpu"), splits=(split,), preset=preset, spec=spec
-            )
-        except KilnError as e:  # data moved or not on this machine: say so, verify on synthetic images
-            return None, {"source": "synthetic", "reason": f"the training data could not be loaded ({e})"}
-        loader = getattr(data, split)
-        if loader is not None and len(loader):
+        source = data_plan.split(split)
+        if source is not None and len(source):
             break
     else:
         return None, {"source": "synthetic", "reason": "the data has no images"}
-    x = data.transform.eval_view(next(iter(loader))[0][:DATA_IMAGES].cpu())  # what the model is given
-    if tuple(x.shape[1:]) != want or x.dtype != torch.uint8:
+    try:  # decoded as evaluation stores them (the centre crop for photos), whatever the split
+        few = source.subset(list(range(min(DATA_IMAGES, len(source)))))
+        images = few.to_memory(pre.spec, None, 1, False, f"{split} images")[0]
+    except KilnError as e:
+        return None, {"source": "synthetic", "reason": f"the training data could not be read ({e})"}
+    transform = BatchTransform(list(pre.mean), list(pre.std), AugmentConfig(), 0, spec=pre.spec)
+    x = transform.eval_view(images)  # what the model is given
+    if tuple(x.shape[1:]) != pre.input_shape or x.dtype != torch.uint8:
         return None, {
             "source": "synthetic",
             "reason": f"the data's images are {tuple(x.shape[1:])} "
-            f"{x.dtype}, the checkpoint's model takes {want} uint8",
+            f"{x.dtype}, the checkpoint's model takes {pre.input_shape} uint8",
         }
     return x, {"source": f"{cfg.data.source} {split} split", "images": int(x.shape[0])}
 
@@ -63,13 +65,12 @@ def _cycle(x: torch.Tensor, n: int) -> torch.Tensor:
     return x.repeat(math.ceil(n / len(x)), 1, 1, 1)[:n]
 
 
-def build_batches(cfg: Config, pre: dict[str, Any], max_batch_size: int) -> Batches:
+def build_batches(cfg: Config, pre: Preprocess, max_batch_size: int) -> Batches:
     images, source = _uint8_images(cfg, pre)
     if images is None:
-        shape = (DATA_IMAGES, int(pre["in_channels"]), *map(int, pre["image_size"]))
         g = torch.Generator().manual_seed(0)
-        images = torch.randint(0, 256, shape, generator=g, dtype=torch.uint8)
-    norm = BatchTransform(list(pre["mean"]), list(pre["std"]), AugmentConfig(), 0)  # training's arithmetic
+        images = torch.randint(0, 256, (DATA_IMAGES, *pre.input_shape), generator=g, dtype=torch.uint8)
+    norm = BatchTransform(list(pre.mean), list(pre.std), AugmentConfig(), 0)  # training's arithmetic
 
     def f(x: torch.Tensor) -> np.ndarray:
         return norm.normalize(x.contiguous()).numpy()

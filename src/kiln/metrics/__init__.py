@@ -12,6 +12,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from kiln.metrics import builtin  # noqa: F401  (defining kiln's own metrics registers them)
+
 ECE_BINS = 15
 
 
@@ -68,6 +70,10 @@ def compute(out: Outputs) -> dict[str, Any]:
         for i, name in enumerate(out.classes)
     }
     report["macro"] = {m: float(v.double().mean()) for m, v in per.items()}
+    present = support > 0  # sklearn's balanced_accuracy_score: mean recall over the classes present
+    report["balanced_accuracy"] = (
+        float(per["recall"].double()[present].mean()) if bool(present.any()) else 0.0
+    )
     report["weighted"] = {m: float((v.double() * support).sum() / support.sum()) for m, v in per.items()}
     report["confusion_matrix"] = C.multiclass_confusion_matrix(preds, y, k).tolist()  # rows: true class
     report["ece"] = float(C.multiclass_calibration_error(probs, y, k, n_bins=ECE_BINS, norm="l1"))

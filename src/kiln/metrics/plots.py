@@ -116,14 +116,17 @@ def pr_curves(curves: list[tuple[torch.Tensor, torch.Tensor]], ap: dict[str, flo
 
 
 def reliability_diagram(rel: dict[str, torch.Tensor], ece: float) -> bytes:
+    """Accuracy per confidence bin against the diagonal, each bar labelled with its image count, and the
+    counts below: a bin of 2 images is not drawn as if it were as sure as one of 2,000."""
     bins = len(rel["count"])
     edges = np.linspace(0, 1, bins + 1)
     centres = (edges[:-1] + edges[1:]) / 2
-    filled = rel["count"].numpy() > 0
+    counts = rel["count"].numpy()
+    filled = counts > 0
 
     def draw() -> None:
-        ax = plt.gca()
-        ax.bar(
+        top = plt.subplot2grid((4, 1), (0, 0), rowspan=3)
+        bars = top.bar(
             centres[filled],
             rel["accuracy"].numpy()[filled],
             width=1 / bins,
@@ -131,8 +134,18 @@ def reliability_diagram(rel: dict[str, torch.Tensor], ece: float) -> bytes:
             alpha=0.8,
             label="accuracy",
         )
-        ax.plot([0, 1], [0, 1], "--", color="gray", label="perfect calibration")
-        ax.plot(
+        for bar, n in zip(bars, counts[filled], strict=True):
+            top.annotate(
+                f"{int(n):,}",
+                (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                ha="center",
+                va="bottom",
+                fontsize=6,
+                xytext=(0, 1),
+                textcoords="offset points",
+            )
+        top.plot([0, 1], [0, 1], "--", color="gray", label="perfect calibration")
+        top.plot(
             rel["confidence"].numpy()[filled],
             rel["accuracy"].numpy()[filled],
             "o-",
@@ -140,16 +153,22 @@ def reliability_diagram(rel: dict[str, torch.Tensor], ece: float) -> bytes:
             ms=3,
             label="mean confidence vs accuracy",
         )
-        ax.set(
+        top.set(
             xlim=(0, 1),
-            ylim=(0, 1),
-            xlabel="confidence",
+            ylim=(0, 1.08),
             ylabel="accuracy",
-            title=f"Reliability diagram (ECE {ece:.4f}, {bins} bins)",
+            title=f"Reliability diagram (ECE {ece:.4f}, {bins} bins; images per bin on each bar)",
         )
-        ax.legend(loc="upper left", fontsize=8)
+        top.legend(loc="upper left", fontsize=8)
+        bottom = plt.subplot2grid((4, 1), (3, 0), sharex=top)
+        bottom.bar(centres, counts, width=1 / bins, color="gray", edgecolor="k")
+        bottom.set(
+            xlabel="confidence",
+            ylabel="images",
+            yscale="log" if counts.max() > 50 * max(counts.min(), 1) else "linear",
+        )
 
-    return _png(draw, (6, 5.5))
+    return _png(draw, (6, 6.5))
 
 
 def gallery(images: torch.Tensor, titles: list[str], title: str) -> bytes:

@@ -18,10 +18,11 @@ from torch import nn
 
 from kiln.errors import ConfigError
 from kiln.models import builtin  # noqa: F401  (defining kiln's own models registers them)
-from kiln.models.zoo import hub_model, timm_model, torchvision_model
+from kiln.models.zoo import Built, hub_model, timm_model, torchvision_model
 from kiln.registry import MODELS, import_user_modules
+from kiln.spec import Preprocess
 
-PREFIXES: dict[str, Callable[..., nn.Module]] = {
+PREFIXES: dict[str, Callable[..., Built]] = {
     "torchvision": torchvision_model,
     "timm": timm_model,
     "hub": hub_model,
@@ -43,6 +44,18 @@ def create_model(
     **args: Any,
 ) -> nn.Module:
     """``pretrained=True`` asks the library for its default weights (a download)."""
+    return build(name, num_classes, in_channels, image_size, pretrained, **args)[0]
+
+
+def build(
+    name: str,
+    num_classes: int,
+    in_channels: int = 3,
+    image_size: Any = (32, 32),
+    pretrained: bool = False,
+    **args: Any,
+) -> Built:
+    """``create_model``, and the classifier the library's pretrained weights came with (None without)."""
     prefix, rest = parse_name(name)
     if prefix is not None:
         return PREFIXES[prefix](rest, num_classes, in_channels, pretrained, **args)
@@ -60,7 +73,7 @@ def create_model(
         raise ConfigError(f"model.args: {name} does not accept these arguments ({e})") from None
     if not isinstance(model, nn.Module):
         raise ConfigError(f"model.name: '{name}' returned {type(model).__name__}, not a torch.nn.Module")
-    return model
+    return model, None
 
 
 def list_models() -> list[str]:
@@ -73,11 +86,12 @@ def rebuild(recipe: dict[str, Any]) -> nn.Module:
     config (name, args), ``classes``, ``preprocess`` (in_channels, image_size) and ``imports``. A
     checkpoint and a safetensors export's model.json both hold one."""
     import_user_modules(list(recipe.get("imports") or []))
-    spec, pre = recipe["model"], recipe["preprocess"]
+    spec = recipe["model"]
+    channels, height, width = Preprocess.from_json(recipe["preprocess"]).input_shape
     return create_model(
         spec["name"],
         num_classes=len(recipe["classes"]),
-        in_channels=int(pre["in_channels"]),
-        image_size=tuple(pre["image_size"]),
+        in_channels=channels,
+        image_size=(height, width),
         **dict(spec.get("args") or {}),
     )

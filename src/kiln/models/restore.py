@@ -10,8 +10,9 @@ from torch import nn
 
 import kiln.checkpoint as ckpt
 from kiln.config import Config, apply_overrides, read_config_file, validate
-from kiln.errors import CheckpointError
+from kiln.errors import CheckpointError, KilnError
 from kiln.models import rebuild
+from kiln.spec import Preprocess
 
 
 @dataclass
@@ -19,8 +20,9 @@ class Restored:
     model: nn.Module  # in eval mode, on the CPU, with the checkpoint's (EMA, when used) weights
     config: Config  # the checkpoint's resolved config (or the one given), overrides applied
     classes: list[str]
-    preprocess: dict[str, Any]  # in_channels, image_size, mean, std
+    preprocess: Preprocess
     checkpoint: dict[str, Any]
+    class_names: list[str]  # display names in label order (the ids when the run had none)
 
 
 def restore(
@@ -32,11 +34,18 @@ def restore(
         raise CheckpointError(f"{path}: holds no config; pass one with -c CONFIG")
     cfg = validate(apply_overrides(raw, list(overrides or [])))
     classes = list(saved.get("classes") or [])
-    pre = dict(saved.get("preprocess") or {})
-    if not classes or not pre:
+    record = saved.get("preprocess") or {}
+    if not classes or not record:
         raise CheckpointError(f"{path}: has no class list or preprocessing record; was it written by kiln?")
+    try:
+        preprocess = Preprocess.from_json(record, f"{path} (its preprocess record)")
+    except KilnError as e:
+        raise CheckpointError(str(e)) from None
     model = rebuild(
-        {"model": cfg.model.model_dump(), "classes": classes, "preprocess": pre, "imports": cfg.imports}
+        {"model": cfg.model.model_dump(), "classes": classes, "preprocess": record, "imports": cfg.imports}
     )
     ckpt.load_weights(model, saved["model_state_dict"], path)
-    return Restored(model.eval(), cfg, classes, pre, saved)
+    names = list(saved.get("class_names") or classes)
+    return Restored(
+        model.eval(), cfg, classes, preprocess, saved, names if len(names) == len(classes) else classes
+    )

@@ -16,6 +16,8 @@ from kiln.checkpoint import read_weights
 from kiln.console import log
 from kiln.errors import ConfigError
 
+Head = tuple[torch.Tensor, torch.Tensor]  # a classifier's (weight, bias)
+
 
 def head_name(model: nn.Module) -> str:
     """The classifier's module name: timm's get_classifier(), else the last nn.Linear registered."""
@@ -109,16 +111,18 @@ def summary_line(info: dict[str, Any]) -> str:
 
 def prepare(
     model: nn.Module, pretrained: bool | str, strict: bool, freeze: list[str] | str | None
-) -> list[str]:
-    """Load a weights file and freeze parameters as the config says; print what was done.
-    Returns the names of the frozen parameters (for gradual unfreezing)."""
+) -> tuple[list[str], Head | None]:
+    """Load a weights file and freeze parameters as the config says; print what was done. Returns the
+    names of the frozen parameters (for gradual unfreezing) and the weights file's own classifier (weight,
+    bias) when the new head replaced one of another size (for model.head_init: pretrained_classes)."""
     if not pretrained and not freeze:
-        return []
+        return [], None
     head = head_name(model)
+    old_head = None
     if isinstance(pretrained, str):
         info = load_pretrained(model, pretrained, strict, head)
-        if old := info.pop("old_head"):  # the pretrained classifier, for model.head_init: pretrained_classes
-            model.kiln_pretrained_head = tuple(old)  # type: ignore[assignment]
+        old = info.pop("old_head")
+        old_head = (old[0], old[1]) if old else None
         log(f"kiln: loaded {pretrained} (new head '{head}'; {summary_line(info)})")
     elif pretrained:
         log(f"kiln: pretrained weights from the model library; new head '{head}'")
@@ -128,7 +132,7 @@ def prepare(
         if n in names:
             p.requires_grad_(False)
     log(param_table(model))
-    return frozen
+    return frozen, old_head
 
 
 @contextlib.contextmanager

@@ -9,7 +9,7 @@ from typing import Any
 from torch import nn
 
 from kiln.errors import ConfigError
-from kiln.models.transfer import head_name, replace_head
+from kiln.models.transfer import Head, head_name, replace_head
 from kiln.registry import unknown_name_error
 
 NO_NETWORK = (
@@ -18,9 +18,12 @@ NO_NETWORK = (
 )
 
 
+Built = tuple[nn.Module, Head | None]  # the model, and the classifier its pretrained weights came with
+
+
 def torchvision_model(
     name: str, num_classes: int, in_channels: int, pretrained: bool = False, **kwargs: Any
-) -> nn.Module:
+) -> Built:
     import torchvision
 
     valid = torchvision.models.list_models(module=torchvision.models)
@@ -33,21 +36,21 @@ def torchvision_model(
         )
     if not pretrained:
         kwargs.setdefault("weights", None)
-        return torchvision.models.get_model(name, num_classes=num_classes, **kwargs)
+        return torchvision.models.get_model(name, num_classes=num_classes, **kwargs), None
     try:  # the real download path (torch hub cache): the library's default weights, then a new head
         model = torchvision.models.get_model(name, weights="DEFAULT", **kwargs)
     except (OSError, RuntimeError, ValueError) as e:
         raise ConfigError(
             "model.pretrained: " + NO_NETWORK.format(what=f"torchvision:{name}", err=e)
         ) from None
-    keep_pretrained_head(model)
+    head = pretrained_head(model)
     replace_head(model, num_classes)
-    return model
+    return model, head
 
 
 def timm_model(
     name: str, num_classes: int, in_channels: int, pretrained: bool = False, **kwargs: Any
-) -> nn.Module:
+) -> Built:
     try:
         import timm
     except ImportError:
@@ -59,11 +62,11 @@ def timm_model(
         raise unknown_name_error("timm model", name, valid, "model.name")
     try:  # timm resizes the head (and the stem for other channel counts) itself
         if not pretrained:
-            return timm.create_model(name, num_classes=num_classes, in_chans=in_channels, **kwargs)
+            return timm.create_model(name, num_classes=num_classes, in_chans=in_channels, **kwargs), None
         model = timm.create_model(name, pretrained=True, in_chans=in_channels, **kwargs)
-        keep_pretrained_head(model)
+        head = pretrained_head(model)
         model.reset_classifier(num_classes)
-        return model
+        return model, head
     except (OSError, RuntimeError) as e:
         if not pretrained:
             raise
@@ -72,7 +75,7 @@ def timm_model(
 
 def hub_model(
     spec: str, num_classes: int, in_channels: int, pretrained: bool = False, **kwargs: Any
-) -> nn.Module:
+) -> Built:
     """``owner/repo[:ref]:entrypoint`` from GitHub through torch.hub (the real download path), or
     ``/path/to/repo:entrypoint`` from a local folder holding a hubconf.py (``source='local'``). The repo's
     code runs: it is trusted because the config names it, as with ``module:callable``."""
@@ -104,12 +107,14 @@ def hub_model(
         raise ConfigError(f"model.name: hub:{spec}: {e} (model.args are passed to the entrypoint)") from None
     if not isinstance(model, nn.Module):
         raise ConfigError(f"model.name: hub:{spec} returned {type(model).__name__}, not a torch.nn.Module")
+    head = pretrained_head(model) if pretrained else None
     replace_head(model, num_classes)
-    return model
+    return model, head
 
 
-def keep_pretrained_head(model: nn.Module) -> None:
-    """Keep the library's classifier (weight, bias) for model.head_init: pretrained_classes."""
+def pretrained_head(model: nn.Module) -> Head | None:
+    """The library's classifier (weight, bias), for model.head_init: pretrained_classes."""
     layer = model.get_submodule(head_name(model))
     if isinstance(layer, nn.Linear) and layer.bias is not None:
-        model.kiln_pretrained_head = (layer.weight.detach().clone(), layer.bias.detach().clone())  # type: ignore[assignment]
+        return layer.weight.detach().clone(), layer.bias.detach().clone()
+    return None

@@ -1,0 +1,139 @@
+"""``Run``: one training run, owned in one place: the config, the run folder, the processes, the model with
+its optimizer, schedule and wrappers, the data and how it feeds an epoch, the callbacks and the counters.
+Its ``state_dict()`` is the checkpoint, and ``load_state_dict()`` puts a run back where a checkpoint was:
+they sit side by side, so what is saved is what is restored. The checkpointing callback is handed the run
+(``FitInfo.run``), as Lightning hands its callbacks the trainer."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+import kiln.checkpoint as ckpt
+from kiln._version import __version__
+from kiln.config import Config
+from kiln.console import log
+from kiln.data import TrainData
+from kiln.engine.callbacks import CallbackList
+from kiln.engine.distributed import Dist, gather_objects
+from kiln.engine.ema import EMA
+from kiln.engine.feeds import CachedFeatures, LiveImages
+from kiln.engine.loop import Criterion, EvalOptions, StepOptions, TrainState
+from kiln.errors import CheckpointError
+from kiln.optim import unfreeze
+from kiln.paths import RunDir
+
+
+@dataclass
+class Run:
+    cfg: Config
+    dir: RunDir
+    dist: Dist
+    device: torch.device
+    data: TrainData
+    model: nn.Module  # the plain module: weights, checkpoints, EMA and Lookahead hold its parameters
+    train_model: nn.Module  # what the step calls: ``model`` under DDP and/or torch.compile
+    criterion: Criterion
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    schedule_steps: bool  # False for a constant LR: no Python-heavy scheduler call per step
+    scaler: torch.amp.GradScaler
+    ema: EMA | None
+    step: StepOptions
+    evaluation: EvalOptions
+    frozen: list[str]  # parameter names frozen by model.freeze (trainer.unfreeze brings them back)
+    feed: LiveImages | CachedFeatures
+    callbacks: CallbackList
+    state: TrainState = field(default_factory=TrainState)
+    init_seconds: float = 0.0  # a data-dependent init (pca_init, head_init): training work, said apart
+
+    @property
+    def eval_model(self) -> nn.Module:
+        return self.ema.module if self.ema is not None else self.train_model
+
+    def unfreeze(self) -> None:
+        """trainer.unfreeze: the frozen parameters join the optimizer (at its epoch, or on resume past it)."""
+        spec = self.cfg.trainer.unfreeze
+        if spec is None:
+            return
+        joined = unfreeze(
+            self.model,
+            self.optimizer,
+            self.scheduler,
+            self.frozen,
+            spec.lr_mult,
+            self.cfg.optimizer.weight_decay,
+        )
+        if joined:
+            log(f"kiln: unfroze {joined} parameter tensors at epoch {spec.at_epoch} (lr x {spec.lr_mult})")
+
+    def state_dict(self, metrics: dict[str, Any]) -> dict[str, Any]:
+        """The checkpoint: PyTorch's tutorial keys, and everything a resume needs. Under DDP every rank
+        calls this (it gathers each rank's RNG state)."""
+        rngs = gather_objects(self.dist, ckpt.rng_state())
+        return {
+            "model_state_dict": ckpt.unwrap(self.eval_model).state_dict(),  # EMA weights when EMA is on
+            "train_state_dict": self.model.state_dict() if self.ema is not None else None,
+            "ema_state_dict": self.ema.state_dict() if self.ema is not None else None,
+            "optimizer_state_dict": self.optimizer.state_dict(),
+            "scheduler_state_dict": self.scheduler.state_dict(),
+            "scaler_state_dict": self.scaler.state_dict(),
+            "epoch": self.state.epoch,
+            "step": self.state.step,
+            "loss": self.state.last_loss,
+            "pending_epoch": self.state.pending,  # an epoch trained but not yet validated (interrupted)
+            "callbacks": self.callbacks.state_dict(),
+            "rng": rngs[0],
+            "rng_per_rank": rngs if len(rngs) > 1 else None,
+            "data_state": self.feed.state_dict(),
+            "config": self.cfg.to_dict(),
+            "classes": list(self.data.classes),
+            "class_names": list(self.data.class_names),
+            "train_counts": list(self.data.counts),  # images per class in the train split
+            "preprocess": self.data.preprocess.to_json(),
+            "metrics": metrics,
+            "kiln_version": __version__,
+            "torch_version": str(torch.__version__),
+        }
+
+    def load_state_dict(self, saved: dict[str, Any], path: str) -> None:
+        """Put the run back where the checkpoint ``saved`` (read from ``path``) was: weights, optimizer,
+        schedule, counters, callback states, the position in the epoch and every RNG."""
+        if self.cfg.trainer.unfreeze and saved.get("epoch", 0) >= self.cfg.trainer.unfreeze.at_epoch:
+            self.unfreeze()  # the checkpoint's optimizer already has the unfrozen group
+        ckpt.load_weights(self.model, saved.get("train_state_dict") or saved["model_state_dict"], path)
+        try:
+            self.optimizer.load_state_dict(saved["optimizer_state_dict"])
+            match_param_layout(self.optimizer)
+            if self.ema is not None and saved.get("ema_state_dict"):
+                self.ema.load_state_dict(saved["ema_state_dict"])
+        except (RuntimeError, ValueError, KeyError) as e:
+            raise CheckpointError(
+                f"{path}: does not fit this model/optimizer: {str(e).splitlines()[0]}"
+            ) from None
+        self.scheduler.load_state_dict(saved["scheduler_state_dict"])
+        self.scaler.load_state_dict(saved["scaler_state_dict"])
+        self.state.epoch, self.state.step = saved["epoch"], saved["step"]
+        self.state.last_loss, self.state.pending = saved.get("loss"), saved.get("pending_epoch")
+        states = dict(saved.get("callbacks", {}))
+        # checkpoints written before checkpointing was a callback kept the best metric at the top level only
+        states.setdefault(
+            "Checkpointing#0", {"best": saved.get("best_metric"), "best_epoch": saved.get("best_epoch")}
+        )
+        self.callbacks.load_state_dict(states)
+        self.feed.load_state_dict(saved["data_state"])
+        per_rank = saved.get("rng_per_rank") or []
+        # last: nothing after this may draw random numbers before training
+        ckpt.set_rng_state(per_rank[self.dist.rank] if self.dist.rank < len(per_rank) else saved["rng"])
+
+
+def match_param_layout(optimizer: torch.optim.Optimizer) -> None:
+    """Give loaded optimizer state the memory layout (e.g. channels_last) of its parameter: fused kernels
+    assume they match, and a checkpoint stores contiguous tensors (mismatch = wrong results or a crash)."""
+    for p, st in optimizer.state.items():
+        for k, v in st.items():
+            if isinstance(v, torch.Tensor) and v.shape == p.shape and v.stride() != p.stride():
+                st[k] = torch.empty_like(p, dtype=v.dtype).copy_(v)
