@@ -88,9 +88,10 @@ class ReweightableLoss:
     def weight_for(self, logits: torch.Tensor) -> torch.Tensor | None:
         if self.weights is None:
             return None
-        if len(self.weights) != logits.shape[1]:
+        classes = logits.shape[1]
+        if len(self.weights) != classes:
             raise ConfigError(
-                f"trainer.loss_args: {len(self.weights)} class weights for a model of {logits.shape[1]} classes"
+                f"trainer.loss_args: {len(self.weights)} class weights for a model of {classes} classes"
             )
         return self.weights.to(logits.device, logits.dtype)
 
