@@ -241,6 +241,15 @@ def test_lenet_maps_come_from_its_last_pooling_and_batch_like_single_images() ->
     assert torch.allclose(maps, single, atol=1e-5)
 
 
+def test_kilns_resnet_small_maps_are_grad_cam_of_its_last_stage() -> None:
+    torch.manual_seed(0)
+    model = create_model("resnet_small", num_classes=10, in_channels=3, image_size=(32, 32)).eval()
+    x = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(4))
+    maps = gradcam(model, x)
+    assert maps.shape == (3, 8, 8)  # strides 1, 2, 2
+    assert torch.allclose(maps, _grad_cam(model, model.layers, x), atol=1e-5)
+
+
 def test_a_frozen_model_works() -> None:
     torch.manual_seed(0)
     lenet = create_model("lenet", num_classes=10, in_channels=3, image_size=(32, 32)).requires_grad_(False)
