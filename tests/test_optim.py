@@ -60,7 +60,7 @@ def test_param_groups_globs_first_match_wins_and_no_decay_for_1d() -> None:
 def test_param_group_errors() -> None:
     net = _net()
     with pytest.raises(
-        ConfigError, match=r"optimizer.param_groups: \['nope\.\*'\] match no trainable parameter"
+        ConfigError, match=r"optimizer.param_groups: \['nope\.\*'\] match no parameter of the model"
     ):
         param_groups(OptimizerConfig(param_groups=[ParamGroupConfig(params="nope.*")]), net, 0.1, 0.0)
     net.requires_grad_(False)
@@ -99,3 +99,14 @@ def test_an_added_group_follows_the_schedule_from_where_it_is() -> None:
     opt.step()
     sched.step()
     assert opt.param_groups[1]["lr"] == pytest.approx(0.1 * opt.param_groups[0]["lr"])
+
+
+def test_a_glob_over_frozen_parameters_only_is_not_an_error(capsys: pytest.CaptureFixture[str]) -> None:
+    """The photos template's `*` group (the backbone at lr x 0.1) in a run that freezes the backbone."""
+    net = _net()
+    for name, p in net.named_parameters():
+        p.requires_grad_(name.startswith("3."))  # only the head trains
+    cfg = OptimizerConfig(param_groups=[ParamGroupConfig(params="3.*"), ParamGroupConfig(params="*", lr_mult=0.1)])
+    groups = param_groups(cfg, net, 0.1, 0.0)
+    assert sum(len(g["params"]) for g in groups) == 2
+    assert "match only frozen parameters" in capsys.readouterr().out

@@ -96,7 +96,7 @@ def test_discriminative_learning_rates(tmp_path: Path) -> None:
     by_mult = {g["lr_mult"]: g for g in groups}
     assert set(by_mult) == {10, 0.5, 1.0}
     assert by_mult[0.5]["weight_decay"] == 0 and by_mult[10]["weight_decay"] == 0.01
-    with pytest.raises(ConfigError, match="match no trainable parameter"):
+    with pytest.raises(ConfigError, match="match no parameter of the model"):
         fit(_cfg(tmp_path / "x", *RESNET, "optimizer.param_groups=[{params: 'nothing.*', lr_mult: 2}]"))
 
 

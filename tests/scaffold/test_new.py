@@ -74,7 +74,9 @@ def test_new_project_uses_its_own_plugins(tmp_path: Path) -> None:
         cwd=project,
     )
     m = [json.loads(s) for s in (project / "runs/demo/metrics.jsonl").read_text().splitlines()]
-    assert "val_balanced_accuracy" in m[0]  # metrics.py
+    assert "val_worst_class_recall" in m[0]  # metrics.py
+    assert "val_balanced_accuracy" in m[0]  # kiln's own
+
     state = torch.load(project / "runs/demo/checkpoints/last.pt", weights_only=True)
     assert "StopAtAccuracy#0" in state["callbacks"]  # callbacks.py, with its state
     # replace the model in models.py by another one, as a user would, and train again

@@ -24,6 +24,8 @@ _FILES = [
     ("common/test_smoke.py.tmpl", "tests/test_smoke.py", TEMPLATES),
     ("common/make_sample_data.py.tmpl", "make_sample_data.py", ("folder", "csv")),
     ("photos/make_sample_data.py.tmpl", "make_sample_data.py", ("photos",)),
+    ("photos/space.yaml.tmpl", "space.yaml", ("photos",)),
+
 ]
 
 
