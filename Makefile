@@ -29,12 +29,16 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks
 	$(VENV)/bin/ruff format --check src tests benchmarks
 
-# Unpack the local copies of CIFAR-10, MNIST and the tutorial's ant/bee photos (../shared/data) into data/ (git-ignored).
+# Unpack the local copies of CIFAR-10, MNIST, the tutorial's ant/bee photos and imagenette (../shared/data) into
+# data/ (git-ignored), with the ImageNet weights of tf_efficientnet_lite0 the photo recipes start from.
 data:
 	mkdir -p data
 	test -d data/cifar10 || tar -xzf ../shared/data/cifar10-jpeg.tar.gz -C data/
 	test -d data/mnist || tar -xzf ../shared/data/mnist-png.tar.gz -C data/
 	test -d data/hymenoptera_data || tar -xzf ../shared/data/hymenoptera-jpeg.tar.gz -C data/
+	test -d data/imagenette || tar -xzf ../shared/data/imagenette-jpeg.tar.gz -C data/
+	test -f data/tf_efficientnet_lite0_imagenet.safetensors || cp ../shared/data/tf_efficientnet_lite0_imagenet.safetensors data/
+
 
 bench: $(STAMP) data
 	$(PY) -m benchmarks.cpu_overhead

@@ -68,6 +68,41 @@ def mnist_dir() -> Path:
     return _unpack("mnist", "mnist-png.tar.gz")
 
 
+@pytest.fixture(scope="session")
+def hymenoptera_dir() -> Path:
+    return _unpack("hymenoptera_data", "hymenoptera-jpeg.tar.gz")
+
+
+@pytest.fixture(scope="session")
+def imagenette_dir() -> Path:
+    return _unpack("imagenette", "imagenette-jpeg.tar.gz")
+
+
+@pytest.fixture(scope="session")
+def imagenet_weights() -> Path:
+    """Real ImageNet weights of timm's tf_efficientnet_lite0 (safetensors, with timm's key names)."""
+    path = SHARED / "tf_efficientnet_lite0_imagenet.safetensors"
+    if not path.is_file():
+        pytest.skip(f"{path} is absent (it ships beside the project in CI only); real-weights test skipped")
+    return path
+
+
+def photo_subset(source: Path, dest: Path, classes: int, per_class: int, splits: tuple[str, ...] = ("train", "val"),
+                 gray: bool = False) -> Path:
+    """A smaller photo folder made of real photos (symlinks, or grayscale copies with ``gray``)."""
+    for split in splits:
+        for cls in sorted(p.name for p in (source / split).iterdir() if p.is_dir())[:classes]:
+            (dest / split / cls).mkdir(parents=True, exist_ok=True)
+            for photo in sorted((source / split / cls).iterdir())[:per_class]:
+                target = dest / split / cls / photo.name
+                if gray:
+                    Image.open(photo).convert("L").save(target.with_suffix(".png"))
+                else:
+                    target.symlink_to(photo)
+    return dest
+
+
+
 def write_png_folder(
     root: Path,
     classes: list[str],

@@ -12,7 +12,6 @@ from torch import nn
 
 from kiln.config import OptimizerConfig, SchedulerConfig
 from kiln.console import log
-
 from kiln.errors import ConfigError
 
 
@@ -59,10 +58,14 @@ def param_groups(
     names = [n for n, _ in model.named_parameters()]
     typos = [glob for glob in unused if not any(fnmatch.fnmatchcase(n, glob) for n in names)]
     if typos:
-        raise ConfigError(f"optimizer.param_groups: {typos} match no parameter of the model (its names look "
-                          f"like {names[:3]}, ..., {names[-1:]})")
+        raise ConfigError(
+            f"optimizer.param_groups: {typos} match no parameter of the model (its names look "
+            f"like {names[:3]}, ..., {names[-1:]})"
+        )
     if unused:  # globs for parts model.freeze froze (the photos template's backbone, in a frozen run)
-        log(f"kiln: optimizer.param_groups {unused} match only frozen parameters; no effect while they are frozen")
+        log(
+            f"kiln: optimizer.param_groups {unused} match only frozen parameters; no effect while they are frozen"
+        )
 
     if not groups:
         raise ConfigError("model.freeze: every parameter is frozen; nothing to train")

@@ -79,7 +79,7 @@ def test_topk_loss_ece_and_ap_match_sklearn(trained: Path) -> None:
 
     r = restore(trained)
     bundle = build(r.config.data, 0, torch.device("cpu"))
-    t = BatchTransform(r.preprocess["mean"], r.preprocess["std"], r.config.data.augment, 0)
+    t = BatchTransform(list(r.preprocess.mean), list(r.preprocess.std), r.config.data.augment, 0)
     logits, labels, idx = infer(r.model, bundle.test, t)
     rep = compute(Outputs(logits, labels, idx, r.classes))
     probs, y = logits.softmax(1).double().numpy(), labels.numpy()

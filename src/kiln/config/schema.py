@@ -44,7 +44,24 @@ class CsvConfig(_Strict):
     val: str | None = None
     test: str | None = "test.csv"
     path_column: str = "filepath"
-    label_column: str = "label"
+    # the label: one class per row (an int or a name); with multi_label, several names in one cell split on
+    # label_separator (an empty cell: no label); or a list of columns, one 0/1 column per class (multi-label)
+    label_column: str | list[str] = "label"
+    multi_label: bool = False
+    label_separator: str = " "
+
+    @model_validator(mode="after")
+    def _check(self) -> CsvConfig:
+        if isinstance(self.label_column, list) and not self.label_column:
+            raise ValueError("data.csv.label_column: an empty list; name one 0/1 column per class")
+        if not self.label_separator:
+            raise ValueError("data.csv.label_separator: empty; use e.g. ' ' or ';'")
+        return self
+
+    @property
+    def multi(self) -> bool:
+        """Multi-label: several names in one cell, or one 0/1 column per class."""
+        return self.multi_label or isinstance(self.label_column, list)
 
 
 class DataConfig(_Strict):
@@ -84,6 +101,9 @@ class DataConfig(_Strict):
     dataset: str | None = None  # source=custom: "module:ClassName"
     dataset_args: dict[str, Any] = {}
     on_bad_sample: Literal["error", "skip"] = "error"  # unreadable image / bad CSV row: stop, or skip + count
+    # the order of an epoch: a shuffle of every image once, or class-balanced (each class equally often in
+    # expectation, drawn with replacement: rare classes repeat, frequent ones are partly left out each epoch)
+    sampler: Literal["shuffle", "balanced"] = "shuffle"
     train_limit: int | None = Field(None, gt=0)  # train on a fixed random subset of N images (quick runs)
     # display names for class ids (folders named by WordNet id or product code): a .txt ("ID NAME" lines,
     # or one name per line in label order), a .csv (id,name) or a mapping {id: name}
@@ -194,7 +214,13 @@ class TrainerConfig(_Strict):
     grad_clip: float | None = Field(None, gt=0)
     accumulate: int = Field(1, gt=0)  # optimizer step every N batches
     label_smoothing: float = Field(0.0, ge=0, lt=1)
-    loss: str = "cross_entropy"  # a registered loss, or "module:function" / "module:Class" of your own
+    # a registered loss, or "module:function" / "module:Class" of your own; auto: cross_entropy, or bce for
+    # multi-label data. Imbalance: weighted_cross_entropy, logit_adjusted, balanced_softmax, ldam (+ DRW);
+    # multi-label: bce, asymmetric
+    loss: str = "auto"
+    # class weights in the loss: balanced (inverse class frequency, mean 1) or one weight per class
+    class_weights: Literal["balanced"] | list[float] | None = None
+
     loss_args: dict[str, Any] = {}
     metrics: list[
         str

@@ -11,18 +11,16 @@ decoded:
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
-from pathlib import Path
 
 import torch
 
 from kiln.config import DataConfig
 from kiln.console import log
 from kiln.data.augment import BatchTransform
-from kiln.data.loaders import EpochOrder, MemoryLoader, StreamLoader
+from kiln.data.memory import Loader, default_workers, loaders_for
 from kiln.data.names import read_class_names
 from kiln.data.sources import list_source
 from kiln.data.splits import RawSplits, Split, fingerprint
@@ -30,7 +28,6 @@ from kiln.data.stats import mean_std
 from kiln.errors import DataError
 from kiln.spec import ImageSpec, Preprocess, Preset
 
-Loader = MemoryLoader | StreamLoader
 SPLITS = ("train", "val", "test")
 
 
@@ -49,17 +46,22 @@ class DataPlan:
     def split(self, name: str) -> Split | None:
         return {"train": self.splits.train, "val": self.splits.val, "test": self.splits.test}[name]
 
+    def wanted(self, names: Sequence[str]) -> dict[str, Split]:
+        """The splits of ``names`` that the data has."""
+        return {n: s for n in names if (s := self.split(n)) is not None}
+
+    @property
+    def multi_label(self) -> bool:
+        return self.splits.train.multi_label
+
     def counts(self, name: str = "train") -> list[int]:
-        """Images per class in a split (from the sample lists: nothing is decoded)."""
+        """Images per class in a split (multi-label: images with that label), from the sample lists."""
         split = self.split(name)
         counts = [0] * len(self.classes)
         for y in split.labels if split is not None else []:
-            counts[y] += 1
+            for k in y if isinstance(y, tuple) else (y,):
+                counts[k] += 1
         return counts
-
-
-def default_workers(cfg: DataConfig) -> int:
-    return cfg.num_workers if cfg.num_workers is not None else min(8, os.cpu_count() or 1)
 
 
 def carve(train: Split, frac: float, seed: int) -> tuple[Split, Split | None]:
@@ -115,54 +117,6 @@ def plan(cfg: DataConfig, preset: Preset | None = None, spec: ImageSpec | None =
     return DataPlan(RawSplits(train, val, test, raw.classes, skipped), spec, names)  # type: ignore[arg-type]
 
 
-class Stored:
-    """A split's images as stored, decoded (through the cache) the first time the pixels are needed; a few
-    images for a gallery or a graph are decoded on their own before that."""
-
-    def __init__(
-        self,
-        split: Split,
-        spec: ImageSpec,
-        train: bool,
-        cfg: DataConfig,
-        name: str,
-        device: torch.device | None = None,
-    ) -> None:
-        self.split, self.spec, self.train, self.cfg, self.name, self.device = (
-            split,
-            spec,
-            train,
-            cfg,
-            name,
-            device,
-        )
-
-    @cached_property
-    def arrays(self) -> tuple[torch.Tensor, torch.Tensor]:
-        cache = Path(self.cfg.cache_dir).expanduser() if self.cfg.cache_dir else None
-        images, extents = self.split.to_memory(
-            self.spec, cache, default_workers(self.cfg), self.train, f"{self.name} images"
-        )
-        return (images.to(self.device) if self.device is not None else images), extents
-
-    def tensor(self) -> torch.Tensor:
-        return self.arrays[0]
-
-    def decoded(self) -> bool:
-        return "arrays" in self.__dict__
-
-    def some(self, idx: torch.Tensor) -> torch.Tensor:
-        return self.split.subset(idx.tolist()).to_memory(self.spec, None, 1, self.train, "images")[0]
-
-    def extents(self) -> torch.Tensor:
-        """The (h, w) each image fills: from the decoded arrays, else from the files' headers."""
-        return self.arrays[1] if self.decoded() else self.split.extents(self.spec, self.train)
-
-    @property
-    def nbytes(self) -> int:
-        return int(self.split.memory_bytes(self.spec, self.train) or 0)
-
-
 @dataclass
 class TrainData:
     """What training reads: the train loader (always), val and test (when the data has them)."""
@@ -187,6 +141,10 @@ class TrainData:
         """Train images per class (read when asked: a user's Dataset gives labels only item by item)."""
         return self.plan.counts("train")
 
+    @property
+    def multi_label(self) -> bool:
+        return self.plan.multi_label
+
     def content_key(self, split: str) -> str | None:
         """What identifies a split's stored pixels (cached features are keyed by it)."""
         source = self.plan.split(split)
@@ -194,46 +152,6 @@ class TrainData:
 
     def loader(self, split: str) -> Loader | None:
         return {"train": self.train, "val": self.val, "test": self.test}[split]
-
-
-def _loaders(
-    plan: DataPlan,
-    cfg: DataConfig,
-    names: Sequence[str],
-    seed: int,
-    device: torch.device,
-    rank: int,
-    world: int,
-) -> tuple[dict[str, Loader], dict[str, Stored]]:
-    spec, bs = plan.spec, cfg.batch_size // world
-    wanted = {n: s for n in names if (s := plan.split(n)) is not None and len(s)}
-    stored = {
-        n: Stored(s, spec, n == "train", cfg, n) for n, s in wanted.items() if _in_memory(s, spec, cfg, n)
-    }
-    # the whole dataset on the GPU when it fits: no host->device copy per batch
-    if (
-        device.type == "cuda"
-        and sum(s.nbytes for s in stored.values()) < 0.5 * torch.cuda.mem_get_info(device)[0]
-    ):
-        stored = {n: replace_device(s, device) for n, s in stored.items()}
-    eval_bs = cfg.eval_batch_size or eval_batch(cfg.batch_size, spec, device)
-    loaders: dict[str, Loader] = {}
-    workers = default_workers(cfg)
-    for name, split in wanted.items():
-        train = name == "train"
-        order = EpochOrder(len(split), bs if train else eval_bs, train, seed, rank, world)
-        if name in stored:
-            labels = torch.tensor(split.labels, dtype=torch.int64)
-            loaders[name] = MemoryLoader(stored[name], labels, order, device, split.ids)
-        else:
-            loaders[name] = StreamLoader(
-                split.dataset(spec, train), lambda s=split: s.labels, order, device, workers, split.ids
-            )
-    return loaders, stored
-
-
-def replace_device(stored: Stored, device: torch.device) -> Stored:
-    return Stored(stored.split, stored.spec, stored.train, stored.cfg, stored.name, device)
 
 
 def load_train(
@@ -253,7 +171,7 @@ def load_train(
             f"data: the train split has {len(plan.splits.train)} images, fewer than one batch of "
             f"{bs}; lower data.batch_size"
         )
-    loaders, stored = _loaders(plan, cfg, SPLITS, seed, device, rank, world)
+    loaders, stored = loaders_for(plan.wanted(SPLITS), plan.spec, cfg, seed, device, rank, world)
     train = stored.get("train")
     mean, std = mean_std(cfg, preset, train.arrays if train is not None else None, plan.spec.channels)
     extents = train.extents if train is not None else (lambda: plan.splits.train.extents(plan.spec, True))
@@ -279,7 +197,7 @@ def load_split(
 ) -> tuple[Loader | None, BatchTransform]:
     """One split's loader (evaluation, export checks), normalised as the model was trained (the
     checkpoint's record, not statistics measured on today's data)."""
-    loaders, _ = _loaders(plan, cfg, (split,), 0, device, 0, 1)
+    loaders, _ = loaders_for(plan.wanted((split,)), plan.spec, cfg, 0, device, 0, 1)
     transform = BatchTransform(list(preprocess.mean), list(preprocess.std), cfg.augment, 0, spec=plan.spec)
     return loaders.get(split), transform
 
@@ -296,16 +214,6 @@ def build(
     return load_train(plan(cfg, preset), cfg, seed, device, rank, world, preset)
 
 
-def eval_batch(batch_size: int, spec: ImageSpec, device: torch.device) -> int:
-    """data.eval_batch_size when unset: large for small images or on a GPU; for photos on a CPU small, where
-    the activations of a few images stay in cache (tf_efficientnet_lite0 at 224 px, 2 cores: 7 ms per image
-    in batches of 4, 26 in batches of 32, 92 in batches of 128)."""
-    big = max(batch_size, 256)
-    if device.type == "cuda":
-        return big
-    return min(big, max(4, 2**19 // (spec.channels * spec.size[0] * spec.size[1])))
-
-
 def as_pair(size: int | Sequence[int] | None) -> tuple[int, int] | None:
     if size is None:
         return None
@@ -313,15 +221,6 @@ def as_pair(size: int | Sequence[int] | None) -> tuple[int, int] | None:
         return (size, size)
     height, width = size
     return (int(height), int(width))
-
-
-def _in_memory(split: Split, spec: ImageSpec, cfg: DataConfig, name: str) -> bool:
-    if split.in_memory:
-        return True
-    n_bytes = split.memory_bytes(spec, name == "train")
-    if n_bytes is None or cfg.loader == "stream":
-        return False
-    return cfg.loader == "memory" or n_bytes <= cfg.memory_budget_gb * 2**30
 
 
 def _drop_bad(split: Split | None, spec: ImageSpec, workers: int, skipped: list[str]) -> Split | None:

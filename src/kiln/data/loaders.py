@@ -16,6 +16,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, default_collate
 
 from kiln.data.augment import seeded_generator
+from kiln.data.sampling import balanced_order
 
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 
@@ -24,17 +25,26 @@ class EpochOrder:
     """Which sample indices make up each batch of an epoch (shuffled or not, sharded under DDP)."""
 
     def __init__(
-        self, n: int, batch_size: int, shuffle: bool, seed: int, rank: int = 0, world: int = 1
+        self,
+        n: int,
+        batch_size: int,
+        shuffle: bool,
+        seed: int,
+        rank: int = 0,
+        world: int = 1,
+        balanced: torch.Tensor | None = None,
     ) -> None:
+        """``balanced``: the train labels, for class-balanced epochs (data.sampler: balanced)."""
         self.n, self.batch_size, self.shuffle, self.seed = n, batch_size, shuffle, seed
-        self.rank, self.world = rank, world
+        self.rank, self.world, self.balanced = rank, world, balanced
         self.epoch, self.position = 0, 0  # position: batches of this epoch already handed out
 
     def indices(self) -> torch.Tensor:
-        if self.shuffle:
-            order = torch.randperm(
-                self.n, generator=seeded_generator(torch.device("cpu"), self.seed, self.epoch)
-            )
+        generator = seeded_generator(torch.device("cpu"), self.seed, self.epoch)
+        if self.shuffle and self.balanced is not None:  # drawn from (seed, epoch) alone: resumes exactly
+            order = balanced_order(self.balanced, generator, self.n)
+        elif self.shuffle:
+            order = torch.randperm(self.n, generator=generator)
         else:
             order = torch.arange(self.n)
         if self.world > 1:
@@ -185,7 +195,8 @@ class _Indexed(Dataset):
 
     def __getitem__(self, i: int) -> tuple[Any, Any, int]:
         x, y = self.ds[i][:2]
-        return x, torch.as_tensor(y, dtype=torch.int64), i
+        y = torch.as_tensor(y)
+        return x, (y.long() if y.ndim == 0 else y.float()), i  # a class index, or a multi-label 0/1 row
 
     def __getitems__(self, idx: list[int]) -> Any:
         """A whole batch in the worker: a dataset that decodes batches (kiln's files) fills one array, with
@@ -224,7 +235,7 @@ class StreamLoader(_Resumable):
     def __init__(
         self,
         ds: Any,
-        labels_of: Callable[[], list[int]],
+        labels_of: Callable[[], torch.Tensor],
         order: EpochOrder,
         device: torch.device,
         workers: int,
@@ -244,7 +255,7 @@ class StreamLoader(_Resumable):
     @cached_property
     def labels(self) -> torch.Tensor:
         """Read when asked (head_init): a user's Dataset gives its labels only by loading every item."""
-        return torch.tensor(self._labels_of(), dtype=torch.int64)
+        return self._labels_of()
 
     @property
     def raw_labels(self) -> torch.Tensor:

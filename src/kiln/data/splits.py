@@ -50,6 +50,15 @@ class Split(ABC):
         """Size of the split decoded into memory; None when it can only be streamed."""
         return len(self) * spec.channels * math.prod(spec.stored(train))
 
+    @property
+    def multi_label(self) -> bool:
+        """Each sample has any number of labels (a tuple of class indices) instead of one."""
+        return False
+
+    def label_tensor(self) -> torch.Tensor:
+        """The labels for training: int64 [N], or (multi-label) 0/1 float32 [N, K]."""
+        return torch.tensor(self.labels, dtype=torch.int64)
+
     @abstractmethod
     def to_memory(
         self, spec: ImageSpec, cache_dir: Path | None, workers: int, train: bool, what: str = "images"
@@ -81,20 +90,20 @@ class Split(ABC):
 @dataclass
 class TensorSplit(Split):
     images: torch.Tensor  # uint8 [N, C, H, W]
-    label_tensor: torch.Tensor  # int64 [N]
+    targets: torch.Tensor  # int64 [N]
     ids: list[str] = field(default_factory=list)
     in_memory = True
 
     def __len__(self) -> int:
-        return int(self.label_tensor.shape[0])
+        return int(self.targets.shape[0])
 
     @property
     def labels(self) -> list[int]:
-        return self.label_tensor.tolist()
+        return self.targets.tolist()
 
     def subset(self, index: Sequence[int]) -> TensorSplit:
         i = torch.as_tensor(list(index), dtype=torch.int64)
-        return TensorSplit(self.images[i], self.label_tensor[i], [self.ids[j] for j in i.tolist()])
+        return TensorSplit(self.images[i], self.targets[i], [self.ids[j] for j in i.tolist()])
 
     def probe(self, channels: int | None) -> tuple[int, tuple[int, int]]:
         return channels or int(self.images.shape[1]), tuple(self.images.shape[2:])  # type: ignore[return-value]
@@ -105,14 +114,14 @@ class TensorSplit(Split):
         return adapt(self.images, spec, train)
 
     def dataset(self, spec: ImageSpec, train: bool) -> Dataset:
-        return _Pairs(adapt(self.images, spec, train)[0], self.label_tensor)
+        return _Pairs(adapt(self.images, spec, train)[0], self.targets)
 
     def extents(self, spec: ImageSpec, train: bool) -> torch.Tensor:
         return adapt(self.images[:1], spec, train)[1].expand(len(self), 2)
 
     def fingerprint(self, h: Any) -> None:
         h.update(self.images.numpy().tobytes())
-        h.update(self.label_tensor.numpy().tobytes())
+        h.update(self.targets.numpy().tobytes())
 
     def content_key(self, spec: ImageSpec, train: bool) -> str | None:
         h = hashlib.sha256(f"{spec}|{train}|{tuple(self.images.shape)}".encode())
@@ -123,8 +132,9 @@ class TensorSplit(Split):
 @dataclass
 class FileSplit(Split):
     paths: list[Path]
-    file_labels: list[int]
+    file_labels: list[int] | list[tuple[int, ...]]  # a class index, or (multi-label) a tuple of them
     where: list[str] = field(default_factory=list)  # per sample: "file" or "file.csv:row" for error messages
+    num_classes: int | None = None  # multi-label: the labels are tuples of class indices out of this many
 
     def __post_init__(self) -> None:
         self.ids = [str(p) for p in self.paths]
@@ -134,11 +144,21 @@ class FileSplit(Split):
 
     @property
     def labels(self) -> list[int]:
-        return list(self.file_labels)
+        return list(self.file_labels)  # type: ignore[arg-type]
+
+    @property
+    def multi_label(self) -> bool:
+        return self.num_classes is not None
+
+    def label_tensor(self) -> torch.Tensor:
+        if self.num_classes is None:
+            return super().label_tensor()
+        return multi_hot(self.file_labels, self.num_classes)  # type: ignore[arg-type]
 
     def subset(self, index: Sequence[int]) -> FileSplit:
         where = [self.where[i] for i in index] if self.where else []
-        return FileSplit([self.paths[i] for i in index], [self.file_labels[i] for i in index], where)
+        labels = [self.file_labels[i] for i in index]
+        return FileSplit([self.paths[i] for i in index], labels, where, self.num_classes)  # type: ignore[arg-type]
 
     def probe(self, channels: int | None) -> tuple[int, tuple[int, int]]:
         return probe_file(self.paths[0], channels)
@@ -151,7 +171,7 @@ class FileSplit(Split):
         return load_images(self.paths, spec, train, cache_dir, workers, what)
 
     def dataset(self, spec: ImageSpec, train: bool) -> Dataset:
-        return _Files(self.paths, self.file_labels, spec, train)
+        return _Files(self.paths, self.label_tensor(), spec, train)
 
     def extents(self, spec: ImageSpec, train: bool) -> torch.Tensor:
         if not (train and spec.resize == "crop"):
@@ -270,13 +290,13 @@ class _Pairs(Dataset):
 class _Files(Dataset):
     """Decodes one file per item (the stream path), exactly as the memory path's cache does."""
 
-    def __init__(self, paths: list[Path], labels: list[int], spec: ImageSpec, train: bool) -> None:
+    def __init__(self, paths: list[Path], labels: torch.Tensor, spec: ImageSpec, train: bool) -> None:
         self.paths, self.labels, self.spec, self.train = paths, labels, spec, train
 
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         arr, _ = open_image(self.paths[i], self.spec, self.train)
         if not arr.flags.writeable:  # PIL's pixels as they are: read-only, which torch warns about
             arr = arr.copy()
@@ -285,7 +305,7 @@ class _Files(Dataset):
     def batch(self, idx: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
         """Images ``idx`` decoded into one array (the memory path's decoder, a batch at a time)."""
         out, _ = decode_batch([self.paths[i] for i in idx], self.spec, self.train)
-        return torch.from_numpy(out), torch.tensor([self.labels[i] for i in idx], dtype=torch.int64)
+        return torch.from_numpy(out), self.labels[torch.as_tensor(idx)]
 
 
 @dataclass
@@ -298,3 +318,11 @@ class RawSplits:
     classes: list[str]
     skipped: list[str] = field(default_factory=list)  # bad samples left out (data.on_bad_sample=skip)
     notes: list[str] = field(default_factory=list)  # things left out that are not problems (non-image files)
+
+
+def multi_hot(labels: Sequence[tuple[int, ...]], num_classes: int) -> torch.Tensor:
+    """Tuples of class indices as 0/1 rows: float32 [N, K] (what BCE and mixing take)."""
+    out = torch.zeros((len(labels), num_classes), dtype=torch.float32)
+    for row, classes in enumerate(labels):
+        out[row, list(classes)] = 1.0
+    return out

@@ -27,7 +27,9 @@ def check_config(cfg: Config) -> dict[str, MetricFn]:
     SOURCES.get(cfg.data.source)
     if cfg.data.source == "custom":
         DATASETS.get(cfg.data.dataset or "")
-    LOSSES.get(cfg.trainer.loss)
+    if cfg.trainer.loss != "auto":  # auto: cross_entropy, or bce for multi-label data
+        LOSSES.get(cfg.trainer.loss)
+
     for spec in cfg.callbacks:
         CALLBACKS.get(spec.name)
     metrics = {metric_name(spec): METRICS.get(spec) for spec in cfg.trainer.metrics}

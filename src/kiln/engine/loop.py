@@ -197,7 +197,7 @@ class _Tally:
         if self.losses:
             losses = torch.stack(self.losses).float()
             sizes = torch.tensor([len(y) for y in self.labels], device=losses.device, dtype=torch.float32)
-            correct = (torch.cat(self.logits).argmax(1) == _class_of(torch.cat(self.labels))).sum()
+            correct = hits(torch.cat(self.logits), torch.cat(self.labels)).sum()
             local = [(losses * sizes).sum().double(), correct.double(), sizes.sum().double()]
         else:  # every batch since the last flush was skipped: still join the collective below
             losses = torch.zeros(0, device=self.device)
@@ -229,9 +229,20 @@ class _Tally:
         )
 
 
-def _class_of(labels: torch.Tensor) -> torch.Tensor:
-    """Class indices of targets: as they are, or the strongest of a probability/multi-hot row."""
-    return labels if labels.ndim == 1 else labels.argmax(1)
+def hits(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Per image, how right the prediction is: 1/0 for one class per image (the argmax); multi-label (y a
+    0/1 row), the share of the K labels whose sigmoid at 0.5 agrees (1 - the Hamming loss)."""
+    if y.ndim == 1:
+        return (logits.argmax(1) == y).double()
+    return ((logits > 0) == (y > 0.5)).double().mean(1)
+
+
+def plain_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """The loss validation and test report, whatever the training loss: cross-entropy (no smoothing), or
+    for multi-label targets binary cross-entropy; so runs compare across configs."""
+    if y.ndim == 1:
+        return F.cross_entropy(logits, y)
+    return F.binary_cross_entropy_with_logits(logits, y.float())
 
 
 def tta_views(x: torch.Tensor, mode: str) -> list[tuple[torch.Tensor, float]]:
@@ -298,16 +309,14 @@ def predict(
 def evaluate(
     model: nn.Module, loader: Any, transform: BatchTransform, opts: EvalOptions, dist: Dist = LOCAL
 ) -> dict[str, float]:
-    """Loss (plain cross-entropy, no smoothing, so it compares across configs), accuracy, and the
-    config's extra metrics (``trainer.metrics``) as ``metric_<name>``."""
+    """Loss (``plain_loss``: it compares across configs), accuracy (``hits``), and the config's extra
+    metrics (``trainer.metrics``) as ``metric_<name>``."""
+
     logits, y, _ = predict(model, loader, transform, opts, dist)
     if y.numel() == 0:
         return {"loss": float("nan"), "acc": float("nan"), "n": 0}
-    out = {
-        "loss": F.cross_entropy(logits, y).item(),
-        "acc": (logits.argmax(1) == y).double().mean().item(),
-        "n": int(y.numel()),
-    }
+    out = {"loss": plain_loss(logits, y).item(), "acc": hits(logits, y).mean().item(), "n": int(len(y))}
+
     for name, fn in opts.metric_fns.items():
         out[f"metric_{name}"] = float(fn(logits, y))
     return out

@@ -5,6 +5,7 @@ first layer's PCA, the head's start, a frozen backbone's features), the schedule
 
 from __future__ import annotations
 
+import inspect
 import math
 import os
 import random
@@ -29,11 +30,11 @@ from kiln.engine.features import feature_path, views_for
 from kiln.engine.feeds import CachedFeatures, LiveImages, make_feed
 from kiln.engine.loggers import build_loggers
 from kiln.engine.lookahead import Lookahead
-from kiln.engine.loop import EvalOptions, StepOptions
+from kiln.engine.loop import Criterion, EvalOptions, StepOptions
 from kiln.engine.precision import autocast_factory, make_scaler, resolve_precision
 from kiln.engine.progress import ProgressBar
 from kiln.engine.run import Run
-from kiln.errors import KilnError
+from kiln.errors import ConfigError, KilnError
 from kiln.losses import build_loss
 from kiln.models import build as build_network
 from kiln.models import transfer
@@ -41,7 +42,7 @@ from kiln.models.init import first_conv, images_for_pca, pca_init
 from kiln.models.preprocessing import weights_preprocessing
 from kiln.optim import build_optimizer, build_scheduler
 from kiln.paths import RunDir
-from kiln.registry import CALLBACKS
+from kiln.registry import CALLBACKS, LOSSES
 
 
 def data_preset(cfg: Config) -> Preset | None:
@@ -105,7 +106,55 @@ def build_model(
     return model, frozen, file_head or head
 
 
+def build_criterion(cfg: Config, data: DataPlan) -> Criterion:
+    """The training loss: trainer.loss (auto: cross-entropy, or BCE for multi-label data), with
+    trainer.class_weights, and the train class counts for the losses that need them (imbalance)."""
+    t = cfg.trainer
+    name = t.loss if t.loss != "auto" else ("bce" if data.multi_label else "cross_entropy")
+    args = dict(t.loss_args)
+    if name in ("cross_entropy", "focal", "weighted_cross_entropy", "ldam") and data.multi_label:
+        raise ConfigError(
+            f"trainer.loss: {name} takes one class per image, but the data is multi-label; use "
+            "bce or asymmetric (trainer.loss=auto picks bce)"
+        )
+    if name in ("bce", "asymmetric") and not data.multi_label:
+        raise ConfigError(
+            f"trainer.loss: {name} is for multi-label data (several labels per image); this data "
+            "has one class per image: use cross_entropy or trainer.loss=auto"
+        )
+    if t.class_weights is not None:
+        if name == "cross_entropy":
+            name, args["class_weights"] = "weighted_cross_entropy", t.class_weights
+        elif name == "bce":
+            args["pos_weight"] = bce_weights(t.class_weights, data)
+        else:
+            raise ConfigError(
+                f"trainer.class_weights: applies to cross_entropy and bce, not {name} (for it, give "
+                "the weights in trainer.loss_args if it takes them)"
+            )
+    takes_counts = (
+        "class_counts" in inspect.signature(LOSSES.get(name)).parameters if ":" not in name else False
+    )
+    return build_loss(name, t.label_smoothing, args, data.counts("train") if takes_counts else None)
+
+
+def bce_weights(weights: str | list[float], data: DataPlan) -> list[float]:
+    """BCE's pos_weight per class: the given ones, or balanced = negatives / positives of each class."""
+    if not isinstance(weights, str):
+        if len(weights) != len(data.classes):
+            raise ConfigError(
+                f"trainer.class_weights: {len(weights)} weights for {len(data.classes)} classes"
+            )
+        return list(weights)
+    total, counts = len(data.splits.train), data.counts("train")
+    if not all(counts):
+        empty = [c for c, n in zip(data.classes, counts, strict=True) if not n]
+        raise ConfigError(f"trainer.class_weights=balanced: classes {empty[:5]} have no training images")
+    return [(total - n) / n for n in counts]
+
+
 def frozen_batchnorms(cfg: Config, model: nn.Module) -> list[nn.Module]:
+
     if cfg.model.bn_stats == "frozen":
         return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     return transfer.frozen_batchnorms(model) if cfg.model.freeze_bn else []
@@ -147,7 +196,7 @@ def build_run(cfg: Config, dist: Dist, device: torch.device, extra: list[Callbac
     optimizer = build_optimizer(
         cfg.optimizer, model, cfg.data.batch_size, fused=device.type in ("cuda", "cpu")
     )
-    criterion = build_loss(t.loss, t.label_smoothing, t.loss_args)
+    criterion = build_criterion(cfg, data_plan)
     callbacks = build_callbacks(cfg, RunDir(cfg.run_dir), model, dist, data_plan.split("val") is not None)
     # the expensive part: nothing above read an image
     cfg = with_feature_views(cfg, data_plan, dist.enabled)

@@ -95,7 +95,7 @@ class TensorBoardLogger(Callback):
             self.writer.add_image(f"eval/{name}", png_array(png), self.step, dataformats="HWC")
         probs = outputs.probs
         for i, name in enumerate(outputs.classes):
-            self.writer.add_pr_curve(f"pr/{name}", outputs.labels == i, probs[:, i], self.step)
+            self.writer.add_pr_curve(f"pr/{name}", outputs.positives(i), probs[:, i], self.step)
 
     def on_fit_end(self, summary: dict[str, Any]) -> None:
         from torch.utils.tensorboard.summary import hparams

@@ -18,7 +18,6 @@ import time
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 import kiln.checkpoint as ckpt
 from kiln import signals
@@ -27,7 +26,7 @@ from kiln.config import Config, dump_config
 from kiln.console import log, log_file, quiet
 from kiln.engine import distributed
 from kiln.engine.callbacks import Callback, FitInfo
-from kiln.engine.loop import evaluate, predict, train_one_epoch
+from kiln.engine.loop import evaluate, hits, plain_loss, predict, train_one_epoch
 from kiln.engine.precision import resolve_device
 from kiln.engine.resume import check_compatible, find_resume
 from kiln.engine.run import Run
@@ -176,8 +175,12 @@ def run_epoch(run: Run, epoch: int) -> dict[str, Any]:
     cfg, epochs = run.cfg, math.ceil(run.cfg.trainer.epochs)
     if cfg.trainer.unfreeze and epoch + 1 == cfg.trainer.unfreeze.at_epoch:
         run.unfreeze()
+    set_epoch = getattr(run.criterion, "set_epoch", None)
+    if callable(set_epoch):  # a loss with a schedule of its own (LDAM's deferred re-weighting)
+        set_epoch(epoch)
     run.callbacks.epoch_start(epoch)
     t0 = time.perf_counter()
+
     inputs = run.feed.epoch_inputs(epoch)  # a decode or a feature pass happens here, the first time
     prepare_seconds = time.perf_counter() - t0
     inputs.loader.set_epoch(epoch)
@@ -263,33 +266,70 @@ def finish(run: Run, stop_reason: str | None) -> dict[str, Any]:
         "init_seconds": run.init_seconds,
     }
     distributed.barrier(run.dist)  # rank 0 has finished writing best.pt
-    if run.data.test is not None and run.dir.best.exists():
-        ckpt.unwrap(run.eval_model).load_state_dict(ckpt.load(run.dir.best)["model_state_dict"])
+    if not run.dir.best.exists():
+        return write_summary(run, summary)
+    ckpt.unwrap(run.eval_model).load_state_dict(ckpt.load(run.dir.best)["model_state_dict"])
+    thresholds = None
+    if run.data.multi_label:  # per-class thresholds tuned on val, kept in the checkpoints for every export
+        thresholds = tune_thresholds(run)
+        summary["thresholds"] = dict(zip(run.data.classes, thresholds.tolist(), strict=True))
+        if run.dist.is_main:
+            for path in (run.dir.best, run.dir.last):
+                ckpt.save({**ckpt.load(path), "thresholds": thresholds.tolist()}, path)
+    if run.data.test is not None:
         t0 = time.perf_counter()
         evaluation = run.feed.eval_inputs("test", run.eval_model)
         assert evaluation is not None
         logits, labels, idx = predict(
             evaluation.model, evaluation.loader, evaluation.transform, evaluation.options, run.dist
         )  # all ranks
+        outputs = Outputs(logits, labels, idx, list(run.data.classes), thresholds)
         test = {
-            "loss": F.cross_entropy(logits, labels).item(),
-            "accuracy": (logits.argmax(1) == labels).double().mean().item(),
-            "num_samples": int(labels.numel()),
+            "loss": plain_loss(logits, labels).item(),
+            "accuracy": hits(logits, labels).mean().item(),
+            "num_samples": len(labels),
             "seconds": time.perf_counter() - t0,
         }
+        if run.data.multi_label:
+            report = outputs.report
+            test.update(
+                map=report["map_macro"],
+                macro_f1=report["macro"]["f1"],
+                subset_accuracy=report["subset_accuracy"],
+            )
         summary["test"] = test
+        extra = f", mAP {test['map']:.4f}" if "map" in test else ""
         log(
-            f"kiln: test accuracy {test['accuracy']:.4f} (loss {test['loss']:.4f}, {test['num_samples']} images, "
-            f"best epoch {checkpointer.best_epoch})"
+            f"kiln: test accuracy {test['accuracy']:.4f}{extra} (loss {test['loss']:.4f}, {test['num_samples']} "
+            f"images, best epoch {checkpointer.best_epoch})"
         )
-        run.callbacks.eval_end(
-            "test",
-            {"loss": test["loss"], "acc": test["accuracy"]},
-            Outputs(logits, labels, idx, list(run.data.classes)),
-        )
+        run.callbacks.eval_end("test", {"loss": test["loss"], "acc": test["accuracy"]}, outputs)
+    return write_summary(run, summary)
+
+
+def write_summary(run: Run, summary: dict[str, Any]) -> dict[str, Any]:
     if run.dist.is_main:
         write_atomic(run.dir.summary, json.dumps(summary, indent=2))
     return summary
+
+
+def tune_thresholds(run: Run) -> torch.Tensor:
+    """Multi-label: the threshold of each class that maximises its F1 on the val split (0.5 without one)."""
+    from kiln.metrics.multilabel import UNTUNED
+    from kiln.metrics.multilabel import tune_thresholds as tune
+
+    evaluation = run.feed.eval_inputs("val", run.eval_model)
+    if evaluation is None:
+        log("kiln: no val split to tune the multi-label thresholds on; every class uses 0.5")
+        return torch.full((len(run.data.classes),), UNTUNED, dtype=torch.float64)
+    logits, labels, _ = predict(
+        evaluation.model, evaluation.loader, evaluation.transform, evaluation.options, run.dist
+    )
+    thresholds, f1 = tune(logits.sigmoid(), labels)
+    log(
+        f"kiln: multi-label thresholds tuned on {len(labels):,} val images (F1 per class, mean {f1.mean():.4f})"
+    )
+    return thresholds
 
 
 def write_run_info(run: Run) -> None:

@@ -7,7 +7,6 @@ runs here.
 
 from __future__ import annotations
 
-import csv
 import json
 import time
 from pathlib import Path
@@ -15,111 +14,21 @@ from typing import Any
 
 import torch
 
+from kiln.config import AugmentConfig
 from kiln.console import log, log_file
 from kiln.data import load_split, plan
+from kiln.data.augment import BatchTransform
 from kiln.engine import features
 from kiln.engine.loop import EvalOptions, StepOptions, infer
 from kiln.engine.precision import autocast_factory, resolve_device, resolve_precision
 from kiln.engine.setup import use_channels_last
-from kiln.errors import KilnError
+from kiln.errors import ConfigError, KilnError
 from kiln.evaluation import report
-from kiln.metrics import Outputs, plots, reliability
+from kiln.evaluation.files import GALLERY, Explain, figures, write_mistakes, write_predictions
+from kiln.metrics import Outputs
 from kiln.models.restore import Restored, restore
 from kiln.models.transfer import head_name
 from kiln.paths import RunDir
-
-GALLERY = 16  # most confidently wrong images shown
-
-
-def write_predictions(path: Path, out: Outputs, ids: list[str], topk: int, names: list[str]) -> None:
-    """predictions.csv: per image its id (file path), true and predicted class names, and the top-k."""
-    probs = out.probs
-    k = min(topk, probs.shape[1])
-    top_p, top_i = probs.topk(k, dim=1)
-    with_ids = names != out.classes  # class names given: the ids in columns of their own
-    with path.open("w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(
-            [
-                "id",
-                "true",
-                "predicted",
-                "confidence",
-                *[f"top{j + 1}" for j in range(k)],
-                *[f"top{j + 1}_prob" for j in range(k)],
-                *(["true_id", "predicted_id"] if with_ids else []),
-            ]
-        )
-        for r in range(len(out.labels)):
-            top = [names[int(i)] for i in top_i[r]]
-            true, pred = int(out.labels[r]), int(top_i[r, 0])
-            w.writerow(
-                [
-                    ids[r],
-                    names[true],
-                    top[0],
-                    f"{float(top_p[r, 0]):.6f}",
-                    *top,
-                    *[f"{float(p):.6f}" for p in top_p[r]],
-                    *([out.classes[true], out.classes[pred]] if with_ids else []),
-                ]
-            )
-
-
-def write_mistakes(path: Path, out: Outputs, ids: list[str], names: list[str]) -> list[dict[str, Any]]:
-    """mistakes.csv: every wrong prediction, most confident first, with its file (the gallery's rows);
-    returns the rows."""
-    conf, pred = out.probs.max(1)
-    wrong = (pred != out.labels).nonzero().flatten()
-    wrong = wrong[conf[wrong].argsort(descending=True)]
-    rows = []
-    for rank, i in enumerate(wrong.tolist(), start=1):
-        true = int(out.labels[i])
-        rows.append(
-            {
-                "rank": rank,
-                "id": ids[i],
-                "true": names[true],
-                "predicted": names[int(pred[i])],
-                "confidence": float(conf[i]),
-                "true_class_prob": float(out.probs[i, true]),
-            }
-        )
-    with path.open("w", newline="") as f:
-        w = csv.DictWriter(f, ["rank", "id", "true", "predicted", "confidence", "true_class_prob"])
-        w.writeheader()
-        w.writerows(
-            {
-                **row,
-                "confidence": f"{row['confidence']:.6f}",
-                "true_class_prob": f"{row['true_class_prob']:.6f}",
-            }
-            for row in rows
-        )
-    return rows
-
-
-def figures(out: Outputs, rep: dict[str, Any], loader: Any, names: list[str]) -> dict[str, bytes]:
-    conf, pred = out.probs.max(1)
-    wrong = (pred != out.labels).nonzero().flatten()
-    worst = wrong[conf[wrong].argsort(descending=True)][:GALLERY]
-    figs = {
-        "confusion_matrix.png": plots.confusion_matrix(rep["confusion_matrix"], names),
-        "per_class.png": plots.per_class_bars(
-            {names[i]: rep["per_class"][c] for i, c in enumerate(out.classes)}
-        ),
-        "pr_curves.png": out.figures["pr_curves"],
-        "reliability.png": plots.reliability_diagram(reliability(out), rep["ece"]),
-    }
-    if len(worst):
-        titles = [
-            f"true {names[int(out.labels[i])]}\npred {names[int(pred[i])]} {float(conf[i]):.2f}"
-            for i in worst
-        ]
-        figs["confident_mistakes.png"] = plots.gallery(
-            loader.images_at(out.indices[worst]), titles, "Most confidently wrong (all in mistakes.csv)"
-        )
-    return figs
 
 
 def split_logits(
@@ -169,6 +78,32 @@ def split_logits(
     return logits, labels, idx, loader
 
 
+def transform_of(r: Restored) -> BatchTransform:
+    """The checkpoint's evaluation transform: its geometry and normalisation."""
+    return BatchTransform(
+        list(r.preprocess.mean), list(r.preprocess.std), AugmentConfig(), 0, spec=r.preprocess.spec
+    )
+
+
+def explainer(r: Restored, transform: BatchTransform, device: torch.device) -> Explain | None:
+    """Grad-CAM for the gallery's images (stored uint8, as the loader gives them), or None (with a line)
+    for a model without a spatial feature map (an MLP)."""
+    from kiln.models.gradcam import gradcam
+
+    model = r.model.to(device)
+    probe = torch.zeros((2, *r.preprocess.input_shape), device=device)  # a model input, normalised
+    try:
+        gradcam(model, probe)
+    except (ConfigError, ValueError, RuntimeError) as e:
+        log(f"kiln: no Grad-CAM overlays in the gallery ({str(e).splitlines()[0][:120]})")
+        return None
+
+    def explain(images: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+        return gradcam(model, transform.eval(images.to(device)), classes.to(device)).cpu()
+
+    return explain
+
+
 def evaluate_checkpoint(
     checkpoint: str | Path,
     split: str = "test",
@@ -179,15 +114,17 @@ def evaluate_checkpoint(
 ) -> dict[str, Any]:
     t0 = time.perf_counter()
     r = restore(checkpoint, overrides, config)
+    if split == "test" and plan(r.config.data, spec=r.preprocess.spec).split("test") is None:
+        log("kiln: the data has no test split; evaluating the val split")  # e.g. the tutorial's photos
+        split = "val"
     out_path = Path(out_dir) if out_dir else RunDir.of_checkpoint(checkpoint).eval_dir(split)
     out_path.mkdir(parents=True, exist_ok=True)
     with log_file(out_path / "eval.log"):
-        if split == "test" and plan(r.config.data, spec=r.preprocess.spec).split("test") is None:
-            log("kiln: the data has no test split; evaluating the val split")  # e.g. the tutorial's photos
-            split = "val"
         device = resolve_device(r.config.run.device)
+
         logits, labels, idx, loader = split_logits(r, split, device)
-        out = Outputs(logits, labels, idx, r.classes)
+        thresholds = r.checkpoint.get("thresholds")  # multi-label: tuned on val when training ended
+        out = Outputs(logits, labels, idx, r.classes, torch.tensor(thresholds) if thresholds else None)
         rep = dict(out.report)
         saved = r.checkpoint
         rep.update(
@@ -209,7 +146,8 @@ def evaluate_checkpoint(
         write_predictions(out_path / "predictions.csv", out, ids, topk, r.class_names)
         mistakes = write_mistakes(out_path / "mistakes.csv", out, ids, r.class_names)
         rep["mistakes"], rep["mistakes_total"] = mistakes[:GALLERY], len(mistakes)
-        figs = figures(out, rep, loader, r.class_names)
+        figs = figures(out, rep, loader, r.class_names, explainer(r, transform_of(r), device), mistakes)
+
         for name, png in figs.items():
             (out_path / name).write_bytes(png)
         rep["seconds"] = round(time.perf_counter() - t0, 3)

@@ -23,27 +23,51 @@ class Outputs:
     use (TensorBoard and W&B both show them)."""
 
     logits: torch.Tensor  # [N, K] float32
-    labels: torch.Tensor  # [N] int64
+    labels: torch.Tensor  # [N] int64, or (multi-label) [N, K] 0/1
     indices: torch.Tensor  # [N] positions in the split (for ids and images)
     classes: list[str]
+    thresholds: torch.Tensor | None = None  # multi-label: per class, a label is predicted at score >= it
+
+    @property
+    def multi_label(self) -> bool:
+        return self.labels.ndim == 2
 
     @cached_property
     def probs(self) -> torch.Tensor:
-        return self.logits.softmax(1)
+        """Softmax over the classes, or (multi-label) each class's sigmoid."""
+        return self.logits.sigmoid() if self.multi_label else self.logits.softmax(1)
+
+    def report_thresholds(self) -> torch.Tensor:
+        """Multi-label: each class's threshold (0.5 where none was tuned), [K] for comparing with probs."""
+        cuts = self.thresholds if self.thresholds is not None else torch.full((len(self.classes),), 0.5)
+        return cuts.to(self.probs.dtype)
+
+    def positives(self, k: int) -> torch.Tensor:
+        """Which images belong to class ``k`` (for one-vs-rest curves)."""
+        return self.labels[:, k] > 0.5 if self.multi_label else self.labels == k
 
     @cached_property
     def report(self) -> dict[str, Any]:
-        return compute(self)
+        if not self.multi_label:
+            return compute(self)
+        from kiln.metrics.multilabel import multilabel_report
+
+        cuts = self.thresholds if self.thresholds is not None else 0.5
+        report = multilabel_report(self.probs, self.labels, list(self.classes), cuts)
+        report["average_precision"] = {c: m["ap"] for c, m in report["per_class"].items()}
+        report["loss"] = float(F.binary_cross_entropy_with_logits(self.logits, self.labels.float()))
+        return report
 
     @cached_property
     def figures(self) -> dict[str, bytes]:
-        """The confusion matrix and the PR curves as PNG bytes."""
+        """The confusion matrix (single-label) and the PR curves as PNG bytes."""
         from kiln.metrics import plots
 
-        return {
-            "confusion_matrix": plots.confusion_matrix(self.report["confusion_matrix"], list(self.classes)),
-            "pr_curves": plots.pr_curves(pr_curves(self), self.report["average_precision"]),
-        }
+        curves = plots.pr_curves(pr_curves(self), self.report["average_precision"])
+        if self.multi_label:
+            return {"pr_curves": curves}
+        matrix = plots.confusion_matrix(self.report["confusion_matrix"], list(self.classes))
+        return {"confusion_matrix": matrix, "pr_curves": curves}
 
 
 def compute(out: Outputs) -> dict[str, Any]:
@@ -83,7 +107,12 @@ def compute(out: Outputs) -> dict[str, Any]:
 
 
 def pr_curves(out: Outputs) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """One-vs-rest (precision, recall) per class from the softmax scores (not from argmax predictions)."""
+    """One-vs-rest (precision, recall) per class from the softmax scores (not from argmax predictions);
+    multi-label: each class's own curve from its sigmoid."""
+    if out.multi_label:
+        from kiln.metrics.multilabel import pr_curves as multilabel_curves
+
+        return multilabel_curves(out.probs, out.labels)
     from torchmetrics.functional.classification import multiclass_precision_recall_curve
 
     precision, recall, _ = multiclass_precision_recall_curve(out.probs, out.labels, len(out.classes))

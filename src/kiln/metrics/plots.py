@@ -100,7 +100,7 @@ def pr_curves(curves: list[tuple[torch.Tensor, torch.Tensor]], ap: dict[str, flo
                 where="post",
                 color=cmap(i % 20),
                 lw=1.2,
-                label=f"{name} (AP {a:.3f})",
+                label=f"{name} (AP {a:.3f})" if a is not None else f"{name} (AP n/a: no positives)",
             )
         ax.set(
             xlim=(0, 1),

@@ -11,28 +11,24 @@ for every way kiln builds a network, with the one prefix parser:
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 from torch import nn
 
 from kiln.errors import ConfigError
-from kiln.models import builtin  # noqa: F401  (defining kiln's own models registers them)
-from kiln.models.zoo import Built, hub_model, timm_model, torchvision_model
-from kiln.registry import MODELS, import_user_modules
+from kiln.models import (
+    builtin,  # noqa: F401  (defining kiln's own models registers them)
+    zoo,  # noqa: F401  (defining the torchvision:, timm:, hub: prefixes registers them)
+)
+from kiln.models.zoo import Built
+from kiln.registry import MODEL_PREFIXES, MODELS, import_user_modules
 from kiln.spec import Preprocess
-
-PREFIXES: dict[str, Callable[..., Built]] = {
-    "torchvision": torchvision_model,
-    "timm": timm_model,
-    "hub": hub_model,
-}
 
 
 def parse_name(name: str) -> tuple[str | None, str]:
     """``"torchvision:resnet18"`` -> ("torchvision", "resnet18"); any other name -> (None, name)."""
     prefix, sep, rest = name.partition(":")
-    return (prefix, rest) if sep and prefix in PREFIXES else (None, name)
+    return (prefix, rest) if sep and prefix in MODEL_PREFIXES else (None, name)
 
 
 def create_model(
@@ -58,7 +54,7 @@ def build(
     """``create_model``, and the classifier the library's pretrained weights came with (None without)."""
     prefix, rest = parse_name(name)
     if prefix is not None:
-        return PREFIXES[prefix](rest, num_classes, in_channels, pretrained, **args)
+        return MODEL_PREFIXES.get(prefix)(rest, num_classes, in_channels, pretrained, **args)
     if pretrained:
         raise ConfigError(
             f"model.pretrained: '{name}' has no downloadable default weights; give a weights "

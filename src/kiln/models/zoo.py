@@ -9,12 +9,11 @@ import socket
 from collections.abc import Iterator
 from typing import Any
 
-
 from torch import nn
 
 from kiln.errors import ConfigError
 from kiln.models.transfer import Head, head_name, replace_head
-from kiln.registry import unknown_name_error
+from kiln.registry import register_model_prefix, unknown_name_error
 
 NO_NETWORK = (
     "could not download pretrained weights for {what} ({err}). With no network, download them "
@@ -25,6 +24,7 @@ NO_NETWORK = (
 Built = tuple[nn.Module, Head | None]  # the model, and the classifier its pretrained weights came with
 
 
+@register_model_prefix("torchvision")
 def torchvision_model(
     name: str, num_classes: int, in_channels: int, pretrained: bool = False, **kwargs: Any
 ) -> Built:
@@ -52,6 +52,7 @@ def torchvision_model(
     return model, head
 
 
+@register_model_prefix("timm")
 def timm_model(
     name: str, num_classes: int, in_channels: int, pretrained: bool = False, **kwargs: Any
 ) -> Built:
@@ -104,7 +105,7 @@ def hub_offline_unless_reachable() -> Iterator[None]:
         hub.HF_HUB_OFFLINE = old
 
 
-
+@register_model_prefix("hub")
 def hub_model(
     spec: str, num_classes: int, in_channels: int, pretrained: bool = False, **kwargs: Any
 ) -> Built:

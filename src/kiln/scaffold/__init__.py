@@ -25,7 +25,6 @@ _FILES = [
     ("common/make_sample_data.py.tmpl", "make_sample_data.py", ("folder", "csv")),
     ("photos/make_sample_data.py.tmpl", "make_sample_data.py", ("photos",)),
     ("photos/space.yaml.tmpl", "space.yaml", ("photos",)),
-
 ]
 
 
