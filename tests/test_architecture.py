@@ -164,7 +164,8 @@ def test_the_graph_sees_lazy_and_relative_imports(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    "command", [[], ["train"], ["eval"], ["export"], ["predict"], ["tune"], ["new"], ["check-data"]]
+    "command",
+    [[], ["train"], ["lr-find"], ["eval"], ["export"], ["predict"], ["tune"], ["new"], ["check-data"]],
 )
 def test_help_imports_no_torch(command: list[str]) -> None:
     code = (

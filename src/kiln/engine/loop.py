@@ -91,27 +91,19 @@ def train_one_epoch(
     a constant LR (no per-step call). ``frozen_bn`` stay in eval mode. ``should_stop`` (a signal handler's
     flag) ends the epoch at the next step boundary, with ``interrupted`` set in the result."""
     callbacks = callbacks or CallbackList([])
-    model.train()
-    for bn in frozen_bn:
-        bn.eval()  # frozen BatchNorm: running statistics must not move either
+    train_mode(model, frozen_bn)
     tally = _Tally(dist, loader.device)
     use_scaler = scaler is not None and scaler.is_enabled()
     n_batches, t0, stop = min(len(loader), limit or len(loader)), time.perf_counter(), False
     last_read = t0
     start = loader.state_dict()["position"]  # > 0 when resuming mid-epoch
     for i, (xb, y, idx) in enumerate(loader, start=start):
-        x, mix = transform.train(xb, idx, state.epoch, i)
-        if opts.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        with opts.autocast():
-            logits = model(x).float()
-            loss = mixed_loss(criterion, logits, y, mix)
+        loss, logits = forward_loss(model, criterion, transform, (xb, y, idx), state.epoch, i, opts)
         # trainer.on_nan=skip: a host read per step to drop a non-finite batch before it touches the weights
         if opts.skip_nan and not bool(torch.isfinite(loss.detach())):
             state.skipped_steps += 1
         else:
-            scaled = scaler.scale(loss) if use_scaler else loss  # type: ignore[union-attr]
-            (scaled / opts.accumulate if opts.accumulate > 1 else scaled).backward()
+            backward(loss, scaler if use_scaler else None, opts.accumulate)
             tally.add(loss.detach(), logits.detach(), y)
         last, stepped = i + 1 == n_batches, (i + 1) % opts.accumulate == 0 or i + 1 == n_batches
         if stepped:
@@ -144,7 +136,41 @@ def train_one_epoch(
     }
 
 
+def train_mode(model: nn.Module, frozen_bn: Sequence[nn.Module] = ()) -> None:
+    model.train()
+    for bn in frozen_bn:
+        bn.eval()  # frozen BatchNorm: running statistics must not move either
+
+
+def forward_loss(
+    model: nn.Module,
+    criterion: Criterion,
+    transform: BatchTransform,
+    batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    epoch: int,
+    index: int,
+    opts: StepOptions,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A training batch ``(images, labels, sample indices)``, the ``index``-th of ``epoch``: its augmentation
+    (and mixup/cutmix), forward under autocast, loss. Returns (loss, float32 logits)."""
+    xb, y, idx = batch
+    x, mix = transform.train(xb, idx, epoch, index)
+    if opts.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    with opts.autocast():
+        logits = model(x).float()
+        loss = mixed_loss(criterion, logits, y, mix)
+    return loss, logits
+
+
+def backward(loss: torch.Tensor, scaler: torch.amp.GradScaler | None, accumulate: int) -> None:
+    """Gradients of ``loss``, scaled for fp16 and shared over the ``accumulate`` batches of one step."""
+    scaled = scaler.scale(loss) if scaler is not None else loss
+    (scaled / accumulate if accumulate > 1 else scaled).backward()
+
+
 def mixed_loss(criterion: Criterion, logits: torch.Tensor, y: torch.Tensor, mix: Mix | None) -> torch.Tensor:
+
     loss = criterion(logits, y)
     return loss if mix is None else mix.lam * loss + (1 - mix.lam) * criterion(logits, y[mix.perm])
 
