@@ -142,3 +142,35 @@ def run_kiln(
             f"kiln {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
         )
     return proc
+
+
+def cifar_mosaics(cifar10_dir: Path, dest: Path, counts: dict[str, int], classes: tuple[str, ...] = (
+        "airplane", "automobile", "bird", "cat"), seed: int = 0) -> Path:
+    """Multi-label data from real photos: 2x2 mosaics (64x64 px) of CIFAR-10 images, each labelled with the
+    classes it shows (``classes``; a quadrant may hold a gray tile: some mosaics have no label at all).
+    Writes dest/<split>/<n>.png and dest/<split>.csv with a `labels` column (names separated by spaces)
+    and one 0/1 column per class."""
+    rng = np.random.default_rng(seed)
+    pools = {c: sorted((cifar10_dir / "train" / c).glob("*.jpg")) for c in classes}
+    for split, n in counts.items():
+        (dest / split).mkdir(parents=True, exist_ok=True)
+        rows = []
+        for i in range(n):
+            canvas = np.full((64, 64, 3), 128, np.uint8)
+            present = set()
+            for q in range(4):
+                pick = int(rng.integers(0, len(classes) + 1))
+                if pick == len(classes):
+                    continue  # a gray tile: no label
+                cls = classes[pick]
+                photo = pools[cls][int(rng.integers(0, len(pools[cls])))]
+                canvas[(q // 2) * 32 : (q // 2) * 32 + 32, (q % 2) * 32 : (q % 2) * 32 + 32] = np.asarray(
+                    Image.open(photo).convert("RGB"))
+                present.add(cls)
+            Image.fromarray(canvas).save(dest / split / f"{i}.png")
+            rows.append((f"{split}/{i}.png", " ".join(c for c in classes if c in present),
+                         *[int(c in present) for c in classes]))
+        with (dest / f"{split}.csv").open("w") as f:
+            f.write("filepath,labels," + ",".join(classes) + "\n")
+            f.writelines(",".join(map(str, r)) + "\n" for r in rows)
+    return dest

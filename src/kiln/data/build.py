@@ -114,7 +114,7 @@ def plan(cfg: DataConfig, preset: Preset | None = None, spec: ImageSpec | None =
     if cfg.on_bad_sample == "skip":  # find unreadable images up front and leave them out, counted
         train, val, test = (_drop_bad(s, spec, default_workers(cfg), skipped) for s in (train, val, test))
     names = read_class_names(cfg.class_names, raw.classes) if cfg.class_names else list(raw.classes)
-    return DataPlan(RawSplits(train, val, test, raw.classes, skipped), spec, names)  # type: ignore[arg-type]
+    return DataPlan(RawSplits(train, val, test, raw.classes, skipped, raw.notes), spec, names)  # type: ignore[arg-type]
 
 
 @dataclass
@@ -173,7 +173,9 @@ def load_train(
         )
     loaders, stored = loaders_for(plan.wanted(SPLITS), plan.spec, cfg, seed, device, rank, world)
     train = stored.get("train")
-    mean, std = mean_std(cfg, preset, train.arrays if train is not None else None, plan.spec.channels)
+    mean, std = mean_std(
+        cfg, preset, (lambda: train.arrays) if train is not None else None, plan.spec.channels
+    )
     extents = train.extents if train is not None else (lambda: plan.splits.train.extents(plan.spec, True))
     transform = BatchTransform(
         mean, std, cfg.augment, seed, rank, plan.spec, extents, as_pair(cfg.train_image_size)

@@ -161,7 +161,15 @@ class FileSplit(Split):
         return FileSplit([self.paths[i] for i in index], labels, where, self.num_classes)  # type: ignore[arg-type]
 
     def probe(self, channels: int | None) -> tuple[int, tuple[int, int]]:
-        return probe_file(self.paths[0], channels)
+        """The first readable image's (a broken first file is reported with the others, by the scan or the
+        decode, naming it)."""
+        first: DataError | None = None
+        for path in self.paths[:50]:
+            try:
+                return probe_file(path, channels)
+            except DataError as e:
+                first = first or e
+        raise first or DataError("the split has no images")
 
     def to_memory(
         self, spec: ImageSpec, cache_dir: Path | None, workers: int, train: bool, what: str = "images"

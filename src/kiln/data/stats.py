@@ -26,7 +26,7 @@ def mean_std(
         return mean, std
     if train is None:
         return [0.5] * channels, [0.5] * channels
-    return measure(*train, channels)
+    return measure(*train(), channels)  # decodes the train images (once; they are cached)
 
 
 def measure(images: torch.Tensor, extents: torch.Tensor, channels: int) -> tuple[list[float], list[float]]:

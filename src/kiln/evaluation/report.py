@@ -44,16 +44,22 @@ def _header(rep: dict[str, Any]) -> str:
     return " · ".join(p for p in parts if p)
 
 
+def _ap(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
 def _class_rows(rep: dict[str, Any]) -> str:
     e = _html.escape
     names = rep.get("class_names") or rep["classes"]
     shown = {c: (n if n == c else f"{n} ({c})") for c, n in zip(rep["classes"], names, strict=True)}
     counts = dict(zip(rep["classes"], rep.get("train_counts") or [None] * len(names), strict=True))
+    cuts = rep.get("thresholds") or {}
     rows = sorted(rep["per_class"].items(), key=lambda kv: kv[1]["f1"])
     return "".join(
         f"<tr><td>{e(shown[name])}</td><td>{m['precision']:.3f}</td><td>{m['recall']:.3f}</td><td>{m['f1']:.3f}</td>"
-        f"<td>{rep['average_precision'][name]:.3f}</td><td>{m['support']:,}</td>"
-        f"<td>{'' if counts[name] is None else f'{counts[name]:,}'}</td>"
+        f"<td>{_ap(rep['average_precision'][name])}</td>"
+        + (f"<td>{cuts[name]:.3f}</td>" if cuts else "")
+        + f"<td>{m['support']:,}</td><td>{'' if counts[name] is None else f'{counts[name]:,}'}</td>"
         f'<td class="bar"><div class="b" style="width:{100 * m["f1"]:.1f}%"></div></td></tr>'
         for name, m in rows
     )
@@ -64,35 +70,63 @@ def _mistakes(rep: dict[str, Any]) -> str:
     rows = rep.get("mistakes") or []
     if not rows:
         return ""
-    body = "".join(
-        f"<tr><td>{m['rank']}</td><td>{e(m['id'])}</td><td>{e(m['true'])}</td><td>{e(m['predicted'])}</td>"
-        f"<td>{m['confidence']:.3f}</td></tr>"
-        for m in rows
-    )
+    multi = "wrong_labels" in rows[0]
+    if multi:
+        head = "<th>#</th><th>file</th><th>true</th><th>predicted</th><th>missed</th><th>extra</th>"
+        body = "".join(
+            f"<tr><td>{m['rank']}</td><td>{e(m['id'])}</td><td>{e(m['true'])}</td><td>{e(m['predicted'])}</td>"
+            f"<td>{e(m['missed'])}</td><td>{e(m['extra'])}</td></tr>"
+            for m in rows
+        )
+    else:
+        head = "<th>#</th><th>file</th><th>true</th><th>predicted</th><th>confidence</th>"
+        body = "".join(
+            f"<tr><td>{m['rank']}</td><td>{e(m['id'])}</td><td>{e(m['true'])}</td><td>{e(m['predicted'])}</td>"
+            f"<td>{m['confidence']:.3f}</td></tr>"
+            for m in rows
+        )
+    title = "The images with the most wrong labels" if multi else "Most confident mistakes"
     return (
-        f"<h2>Most confident mistakes (all {rep.get('mistakes_total', len(rows)):,} in mistakes.csv)</h2>"
-        "<table><thead><tr><th>#</th><th>file</th><th>true</th><th>predicted</th><th>confidence</th></tr>"
-        f"</thead><tbody>{body}</tbody></table>"
+        f"<h2>{title} (all {rep.get('mistakes_total', len(rows)):,} in mistakes.csv)</h2>"
+        f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
     )
 
 
-def html(rep: dict[str, Any], figures: dict[str, bytes]) -> str:
-    e = _html.escape
+def _cards(rep: dict[str, Any]) -> list[str]:
+    if "map_macro" in rep:  # multi-label
+        return [
+            _card(_ap(rep["map_macro"]), "mAP (macro)"),
+            _card(_ap(rep["map_micro"]), "mAP (micro)"),
+            _card(f"{rep['macro']['f1']:.3f}", "macro F1 at the tuned thresholds"),
+            _card(f"{rep['at_0.5']['macro']['f1']:.3f}", "macro F1 at 0.5"),
+            _card(f"{rep['subset_accuracy']:.2%}", "subset accuracy (all labels right)"),
+            _card(f"{rep['hamming_loss']:.4f}", "Hamming loss"),
+            _card(f"{rep['num_samples']:,}", "images"),
+        ]
     cards = [_card(f"{rep['accuracy']:.2%}", "accuracy")]
     if "top5_accuracy" in rep:
         cards.append(_card(f"{rep['top5_accuracy']:.2%}", "top-5 accuracy"))
     if "balanced_accuracy" in rep:
         cards.append(_card(f"{rep['balanced_accuracy']:.2%}", "balanced accuracy"))
-    cards += [
+    return [
+        *cards,
         _card(f"{rep['macro']['f1']:.3f}", "macro F1"),
         _card(f"{rep['loss']:.4f}", "cross-entropy loss"),
         _card(f"{rep['ece']:.4f}", "expected calibration error"),
         _card(f"{rep['num_samples']:,}", "images"),
     ]
+
+
+def html(rep: dict[str, Any], figures: dict[str, bytes]) -> str:
+    e = _html.escape
+    cards = _cards(rep)
+    tuned = "<th>threshold</th>" if rep.get("thresholds") else ""
     avg = "".join(
         f"<tr><td><i>{label}</i></td><td>{rep[key]['precision']:.3f}</td><td>{rep[key]['recall']:.3f}</td>"
-        f"<td>{rep[key]['f1']:.3f}</td><td></td><td></td><td></td><td></td></tr>"
-        for key, label in (("macro", "macro average"), ("weighted", "weighted average"))
+        f"<td>{rep[key]['f1']:.3f}</td><td></td>{'<td></td>' if tuned else ''}<td></td><td></td><td></td></tr>"
+        for key, label in (("macro", "macro average"), ("weighted", "weighted average"), ("micro", "micro average"))
+        if key in rep
+
     )
     titles = {
         "confusion_matrix.png": "Confusion matrix",
@@ -114,7 +148,7 @@ def html(rep: dict[str, Any], figures: dict[str, bytes]) -> str:
 <details><summary>the run's config</summary><pre>{config}</pre></details>
 <div class="cards">{"".join(cards)}</div>
 <h2>Per class (worst F1 first)</h2>
-<table><thead><tr><th>class</th><th>precision</th><th>recall</th><th>F1</th><th>AP</th><th>support</th>
+<table><thead><tr><th>class</th><th>precision</th><th>recall</th><th>F1</th><th>AP</th>{tuned}<th>support</th>
 <th>train images</th><th></th></tr>
 </thead><tbody>{_class_rows(rep)}{avg}</tbody></table>
 {_mistakes(rep)}
