@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -16,6 +17,8 @@ from kiln.config import load_config
 from kiln.errors import ConfigError
 from kiln.tuning.space import load_space
 from tests.conftest import ROOT
+
+pytestmark = pytest.mark.slow
 
 pytest.importorskip("ray.tune", reason="ray[tune] is an optional extra (pip install 'torchkiln[tune]')")
 
@@ -111,6 +114,7 @@ def test_interrupted_search_resumes(tmp_path: Path) -> None:
         time.sleep(0.5)
     proc.send_signal(signal.SIGINT)
     proc.communicate(timeout=120)
+    assert proc.returncode == 130  # 128 + SIGINT, as a shell reports it
     first = (
         json.loads((out / "results.json").read_text()) if (out / "results.json").exists() else {"trials": []}
     )
@@ -124,6 +128,92 @@ def test_interrupted_search_resumes(tmp_path: Path) -> None:
 
 def _results(out: Path) -> dict:
     return json.loads((out / "results.json").read_text())
+
+
+def _start(out: Path, log: Path, *extra: str, heartbeat_s: float = 15) -> subprocess.Popen:
+    """A search whose output goes to a file, as `kiln tune ... > log 2>&1` sends it (stderr kept apart)."""
+    env = {**ENV, "KILN_TUNE_HEARTBEAT_S": str(heartbeat_s)}
+    with log.open("w") as stdout, log.with_suffix(".err").open("w") as stderr:
+        return subprocess.Popen(_cmd(out, *extra), env=env, stdout=stdout, stderr=stderr, text=True)
+
+
+def _wait_for_line(proc: subprocess.Popen, log: Path, pattern: str, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while not re.search(pattern, log.read_text(), re.M):
+        assert proc.poll() is None, f"kiln tune ended before {pattern!r}:\n{log.read_text()[-3000:]}"
+        assert time.monotonic() < deadline, f"no {pattern!r} in {timeout} s:\n{log.read_text()[-3000:]}"
+        time.sleep(0.1)
+
+
+def test_driver_lines_in_a_log_file_follow_every_trial_and_end_with_the_table(tmp_path: Path) -> None:
+    log = tmp_path / "log"
+    proc = _start(tmp_path / "t", log, "--samples", "4", "trainer.epochs=2", heartbeat_s=2)
+    assert proc.wait(timeout=300) == 0, log.read_text()[-3000:] + log.with_suffix(".err").read_text()[-3000:]
+    text, trials = log.read_text(), _results(tmp_path / "t")["trials"]
+    assert len(trials) == 4
+    for t in trials:
+        name = t["trial"]
+        values = "  ".join(
+            f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in t["config"].items()
+        )
+        assert f"{name} started: {values}\n" in text  # its sampled values
+        epochs = re.findall(rf"^{name} epoch (\d+)/2  val_acc ([\d.]+)  best ([\d.]+)$", text, re.M)
+        assert [int(e) for e, _, _ in epochs] == list(range(1, t["epochs"] + 1))
+        assert [float(v) for _, v, _ in epochs] == pytest.approx(t["history"], abs=5e-5)
+        assert float(epochs[-1][2]) == pytest.approx(max(t["history"]), abs=5e-5)  # the best so far
+        ended = "finished after epoch 2/2" if t["status"] == "finished" else "stopped early by the scheduler"
+        assert re.search(rf"^{name} {ended}", text, re.M), t["status"]
+    assert re.search(r"^search: \d+ running, \d+ pending, \d+ finished .*elapsed, eta", text, re.M)
+    last_trial_line = max(m.end() for m in re.finditer(r"^trial_\d{5} .*$", text, re.M))
+    assert text.index("rank  trial") > last_trial_line  # the table comes after the trials' lines
+
+
+def test_sigterm_mid_search_stops_it_keeps_the_table_and_resume_completes_it(tmp_path: Path) -> None:
+    out, log = tmp_path / "t", tmp_path / "log"
+    args = ["--samples", "3", "--scheduler", "fifo", "--max-concurrent", "1", "trainer.epochs=3"]
+    proc = _start(out, log, *args)
+    _wait_for_line(proc, log, r"^trial_00001 epoch 1/3")  # trial_00000 done, trial_00001 under way
+    sent = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=120)
+    took, text, err = time.monotonic() - sent, log.read_text(), log.with_suffix(".err").read_text()
+    assert proc.returncode == 143  # 128 + SIGTERM
+    assert took < 10, f"{took:.1f} s from SIGTERM to exit"  # ~3.5 s on the 2 busy cores measured
+    for dump in ("Traceback", "Fatal Python", "*** SIGTERM"):
+        assert dump not in err
+    trials = {t["trial"]: t for t in _results(out)["trials"]}
+    ended = set(re.findall(r"^(trial_\d{5}) finished after", text, re.M))
+    assert ended == {name for name, t in trials.items() if t["status"] == "finished"}
+    assert "trial_00000" in ended
+    assert trials["trial_00001"]["status"] == "unfinished"
+    assert re.search(r"^\d+\s+trial_00001 .* unfinished", text, re.M)  # marked so in the printed table
+    assert (out / "best.yaml").is_file()
+    assert (out / "trials.png").stat().st_size > 0
+    assert re.search(r"^interrupted \(SIGTERM\): .* kiln tune .*--resume$", text, re.M)
+    done = subprocess.run(
+        [*_cmd(out, *args), "--resume"], capture_output=True, text=True, env=ENV, timeout=300
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert re.search(r"^trial_00001 resumed after epoch [12]/3", done.stdout, re.M)  # from its checkpoint
+    resumed = _results(out)["trials"]
+    assert sorted(t["trial"] for t in resumed) == ["trial_00000", "trial_00001", "trial_00002"]
+    assert all(t["status"] == "finished" and t["epochs"] == 3 for t in resumed)
+
+
+def test_a_second_signal_exits_at_once(tmp_path: Path) -> None:
+    log = tmp_path / "log"
+    proc = _start(tmp_path / "t", log, "--samples", "2", "--scheduler", "fifo", "trainer.epochs=3")
+    _wait_for_line(proc, log, r"^trial_0000\d epoch 1/3")
+    proc.send_signal(signal.SIGTERM)
+    _wait_for_line(proc, log.with_suffix(".err"), r"SIGTERM received: stopping the trials")
+    sent = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=60)
+    err = log.with_suffix(".err").read_text()
+    assert proc.returncode == 143
+    assert time.monotonic() - sent < 2  # no trial stop, no Ray shutdown, no table: ~0.1 s measured
+    assert "second signal (SIGTERM), exiting now" in err
+    assert "Traceback" not in err
 
 
 def test_one_seed_one_search_and_best_yaml_reproduces_its_trial_exactly(tmp_path: Path) -> None:

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import argparse
 import math
+import shlex
+import signal
+import sys
 from pathlib import Path
 
 
@@ -20,9 +23,12 @@ def run(args: argparse.Namespace) -> int:
     )
     mode = cfg.trainer.early_stopping.mode if cfg.trainer.early_stopping else cfg.trainer.checkpoint.mode
 
+    from kiln.errors import Interrupted
     from kiln.paths import hold
-    from kiln.tuning.ray_tune import Search, tune_search
+    from kiln.tuning.ray_tune import tune_search
     from kiln.tuning.report import summarize, table
+    from kiln.tuning.search import Search
+    from kiln.tuning.stop import StopOnSignal
 
     search = Search(
         config,
@@ -36,22 +42,45 @@ def run(args: argparse.Namespace) -> int:
         args.max_failures,
     )
     out = Path(args.out)
-    with hold(out, "--out", "a kiln tune search"):  # a second search into the same folder is refused
-        results = tune_search(
-            search, space, args.samples, args.scheduler, args.max_concurrent, args.address, out, args.resume
-        )
-        summary = summarize(results, search, space, out)
+    # a second search into the same folder is refused; SIGINT/SIGTERM end the search, keeping the table
+    with hold(out, "--out", "a kiln tune search"), StopOnSignal() as stop:
+        try:
+            outcome = tune_search(
+                search,
+                space,
+                args.samples,
+                args.scheduler,
+                args.max_concurrent,
+                args.address,
+                out,
+                args.resume,
+                stop,
+            )
+        except KeyboardInterrupt:  # a signal while Ray was starting: no trial ran, nothing to keep
+            raise Interrupted("interrupted before the first trial started", stop.exit_code) from None
+        summary = summarize(outcome.results, search, space, out, outcome.unfinished)
     print(table(summary))
     failed = [t for t in summary["trials"] if t["error"]]
     if failed:
         print(
             f"{len(failed)} trial(s) failed (their errors are in the table and results.json); the search went on"
         )
-    print(f"best: {summary['best_trial']} {monitor}={summary['best_metric']:.4f}")
-    print(f"best config:     {summary['best_config']}   (kiln train -c {summary['best_config']})")
-    print(f"best checkpoint: {summary['best_checkpoint']}   (kiln eval --checkpoint ...)")
-    print(f"plot: {out / 'trials.png'}")
-    return 0
+    if summary["best_metric"] != summary["best_metric"]:  # NaN: no trial reported one
+        print(f"no trial has reported {monitor} yet")
+    else:
+        print(f"best: {summary['best_trial']} {monitor}={summary['best_metric']:.4f}")
+        print(f"best config:     {summary['best_config']}   (kiln train -c {summary['best_config']})")
+        print(f"best checkpoint: {summary['best_checkpoint']}   (kiln eval --checkpoint ...)")
+        print(f"plot: {out / 'trials.png'}")
+    if stop.signum is None:
+        return 0
+    done = sum(t["status"] != "unfinished" for t in summary["trials"])
+    again = shlex.join(["kiln", *(a for a in sys.argv[1:] if a != "--resume"), "--resume"])
+    print(
+        f"interrupted ({signal.Signals(stop.signum).name}): {done} of {outcome.samples} trials done; "
+        f"continue the search with: {again}"
+    )
+    return stop.exit_code
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:

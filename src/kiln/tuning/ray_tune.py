@@ -12,7 +12,9 @@ from typing import Any
 
 from kiln.engine.callbacks import Callback
 from kiln.errors import ConfigError
-from kiln.tuning.space import override, resolved
+from kiln.tuning.search import Search
+from kiln.tuning.space import resolved
+from kiln.tuning.stop import StopOnSignal
 
 
 def import_ray() -> Any:
@@ -22,30 +24,6 @@ def import_ray() -> Any:
     except ImportError:
         raise ConfigError("kiln tune needs Ray Tune: pip install 'torchkiln[tune]'") from None
     return ray, tune
-
-
-@dataclass(frozen=True)
-class Search:
-    config: str  # absolute path of the base config
-    overrides: list[str]
-    monitor: str
-    mode: str
-    epochs: int
-    cpus_per_trial: float
-    gpus_per_trial: float
-    seed: int  # samples the trials (in order) and is every trial's run.seed: a search repeats exactly
-    max_failures: int = 0  # stop the search after this many failed trials (0: never)
-
-    def trial_overrides(self, sampled: dict[str, Any]) -> list[str]:
-        """What turns the base config into a trial's: its sampled values, the seed and the CPU threads it
-        trains with (both fix its floating-point results, so best.yaml reproduces it exactly on CPU)."""
-        threads = max(1, int(self.cpus_per_trial))
-        return [
-            *self.overrides,
-            *(override(k, v) for k, v in sampled.items()),
-            f"run.seed={self.seed}",
-            f"run.threads={threads}",
-        ]
 
 
 class ReportToTune(Callback):
@@ -89,6 +67,32 @@ def run_trial(sampled: dict[str, Any], search: Search) -> None:
     fit(cfg, resume=resume, extra_callbacks=[ReportToTune()])
 
 
+@dataclass(frozen=True)
+class Hooks:
+    callbacks: list[Any]  # Ray Tune callbacks on the driver
+    stopper: Any  # ends the whole search (--max-failures)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    results: Any  # Ray's ResultGrid
+    unfinished: set[str]  # the trials an interrupt left running or waiting (trial_00003 names)
+    samples: int  # the trials the search samples in all
+
+
+def connect(ray: Any, address: str | None) -> bool:
+    """Start a Ray of our own ("local") or join a cluster ("auto", "ray://host:10001"); True: ours."""
+    if ray.is_initialized():
+        return False
+    ray.init(
+        address=address or "local",
+        include_dashboard=False,
+        log_to_driver=False,
+        **({"num_cpus": os.cpu_count()} if not address else {}),
+    )
+    return True
+
+
 def tune_search(
     search: Search,
     space: dict[str, tuple[str, list[Any]]],
@@ -98,11 +102,41 @@ def tune_search(
     address: str | None,
     out: Path,
     resume: bool,
-) -> Any:
+    stop: StopOnSignal,
+) -> Outcome:
     ray, tune = import_ray()
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
-    from ray.tune.search import BasicVariantGenerator
+    from kiln.tuning.progress import SearchLog, quiet_ray_interrupt_lines
 
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    # a failed trial's traceback stays in its error.txt: the driver prints its one-line reason instead
+    os.environ.setdefault("TUNE_PRINT_ALL_TRIAL_ERRORS", "0")
+    quiet_ray_interrupt_lines()
+    ours = connect(ray, address)
+    stop.install()  # after ray.init, whose native SIGTERM handler dumps a stack and aborts
+    search_log, failures = SearchLog(search, list(space)), FailureCount(search.max_failures)
+    try:
+        hooks = Hooks([failures.callback, search_log], failures.stopper())
+        tuner = (
+            restore_tuner(tune, search, space, out, hooks)
+            if resume
+            else new_tuner(tune, search, space, samples, scheduler, max_concurrent, out, hooks)
+        )
+        with stop.searching():
+            results = tuner.fit()
+    finally:
+        if ours:
+            ray.shutdown()
+    return Outcome(results, search_log.unfinished() if stop.signum else set(), search_log.total)
+
+
+def _trainable(tune: Any, search: Search) -> Any:
+    return tune.with_resources(
+        tune.with_parameters(run_trial, search=search),
+        {"cpu": search.cpus_per_trial, "gpu": search.gpus_per_trial},
+    )
+
+
+def _param_space(tune: Any, space: dict[str, tuple[str, list[Any]]]) -> dict[str, Any]:
     dists = {
         "loguniform": lambda a: tune.loguniform(*a),
         "uniform": lambda a: tune.uniform(*a),
@@ -110,64 +144,75 @@ def tune_search(
         "choice": tune.choice,
         "grid": tune.grid_search,
     }
-    param_space = {k: dists[kind](args) for k, (kind, args) in space.items()}
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-    if not ray.is_initialized():
-        # "local": a Ray of our own on this machine; "auto" / "ray://host:10001": join a cluster
-        ray.init(
-            address=address or "local",
-            include_dashboard=False,
-            log_to_driver=False,
-            **({"num_cpus": os.cpu_count()} if not address else {}),
+    return {k: dists[kind](args) for k, (kind, args) in space.items()}
+
+
+def new_tuner(
+    tune: Any,
+    search: Search,
+    space: dict[str, tuple[str, list[Any]]],
+    samples: int,
+    scheduler: str,
+    max_concurrent: int,
+    out: Path,
+    hooks: Hooks,
+) -> Any:
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+    from ray.tune.search import BasicVariantGenerator
+
+    if (out / "search").exists():
+        raise ConfigError(
+            f"--out {out}: it already holds a search; continue it with --resume, or choose "
+            "another --out (two searches in one folder would mix their trials)"
         )
     sched = (
         ASHAScheduler(max_t=search.epochs, grace_period=1, reduction_factor=2)
         if scheduler == "asha"
         else FIFOScheduler()
     )
-    trainable = tune.with_resources(
-        tune.with_parameters(run_trial, search=search),
-        {"cpu": search.cpus_per_trial, "gpu": search.gpus_per_trial},
+    return tune.Tuner(
+        _trainable(tune, search),
+        param_space=_param_space(tune, space),
+        tune_config=tune.TuneConfig(
+            metric=search.monitor,
+            mode=search.mode,
+            scheduler=sched,
+            num_samples=samples,
+            # seeded sampling: the same trials, in the same order, every time
+            # (a search_alg takes the concurrency limit; Tune's own is ignored)
+            search_alg=BasicVariantGenerator(random_state=search.seed, max_concurrent=max_concurrent),
+        ),
+        run_config=tune.RunConfig(
+            name="search",
+            storage_path=str(out.resolve()),
+            verbose=0,
+            callbacks=hooks.callbacks,
+            stop=hooks.stopper,
+        ),
     )
-    storage, name = str(out.resolve()), "search"
-    if resume:
-        if not tune.Tuner.can_restore(str(out.resolve() / name)):
-            raise ConfigError(f"--resume: no interrupted search in {out / name}")
-        tuner = tune.Tuner.restore(
-            str(out.resolve() / name),
-            trainable=trainable,
-            resume_unfinished=True,
-            resume_errored=True,
-            param_space=param_space,
-        )
-    else:
-        if (out / name).exists():
-            raise ConfigError(
-                f"--out {out}: it already holds a search; continue it with --resume, or choose "
-                "another --out (two searches in one folder would mix their trials)"
-            )
-        failures = FailureCount(search.max_failures)
-        tuner = tune.Tuner(
-            trainable,
-            param_space=param_space,
-            tune_config=tune.TuneConfig(
-                metric=search.monitor,
-                mode=search.mode,
-                scheduler=sched,
-                num_samples=samples,
-                # seeded sampling: the same trials, in the same order, every time
-                # (a search_alg takes the concurrency limit; Tune's own is ignored)
-                search_alg=BasicVariantGenerator(random_state=search.seed, max_concurrent=max_concurrent),
-            ),
-            run_config=tune.RunConfig(
-                name=name,
-                storage_path=storage,
-                verbose=0,
-                callbacks=[failures.callback],
-                stop=failures.stopper(),
-            ),
-        )
-    return tuner.fit()
+
+
+def restore_tuner(
+    tune: Any, search: Search, space: dict[str, tuple[str, list[Any]]], out: Path, hooks: Hooks
+) -> Any:
+    path = str(out.resolve() / "search")
+    if not tune.Tuner.can_restore(path):
+        raise ConfigError(f"--resume: no interrupted search in {out / 'search'}")
+    tuner = tune.Tuner.restore(
+        path,
+        trainable=_trainable(tune, search),
+        resume_unfinished=True,
+        resume_errored=True,
+        param_space=_param_space(tune, space),
+    )
+    # Tuner.restore brings back the callbacks pickled by the first run, copies this process cannot reach
+    # (and none at all from a search started before kiln had them); Ray has no public way to pass new
+    # ones (ray-project/ray#41364), so this run's go into the restored RunConfig. A Ray client
+    # (ray://) runs the loop on the cluster: there the pickled ones stay.
+    if tuner._local_tuner is not None:
+        run_config = tuner._local_tuner.get_run_config()
+        run_config.callbacks, run_config.stop = hooks.callbacks, hooks.stopper
+    return tuner
 
 
 class FailureCount:
