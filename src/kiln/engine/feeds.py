@@ -140,7 +140,9 @@ class CachedFeatures:
         if len(self.train_views) < self.views:
             transform = self.data.transform
             content = self.data.content_key("train")
-            aug = self.data.transform.augment.model_dump(mode="json")
+            # a view's draws depend on (seed, view, augmentation), not on how many views there are
+            aug = self.data.transform.augment.model_dump(mode="json", exclude={"views"})
+
             keys = {}
             for view in range(self.views):
                 desc = {
