@@ -10,7 +10,7 @@ from pydantic import Field, field_validator, model_validator
 
 from kiln.config.augment import AugmentConfig, ErasingConfig, JitterConfig, ResizedCropConfig  # noqa: F401
 from kiln.config.base import Strict as _Strict
-from kiln.errors import did_you_mean
+from kiln.errors import brief, did_you_mean
 
 DATA_SOURCES = ("digits", "cifar10", "cifar100", "mnist", "fashion_mnist", "folder", "csv", "custom")
 
@@ -274,7 +274,7 @@ class Config(_Strict):
         for key, name in monitors:
             if name not in valid:
                 hint = did_you_mean(name, valid)
-                raise ValueError(f"{key}: '{name}' is not a metric{hint} (valid: {', '.join(valid)})")
+                raise ValueError(f"{key}: {brief(name)} is not a metric{hint} (valid: {', '.join(valid)})")
         return self
 
     def to_dict(self) -> dict[str, Any]:
