@@ -20,7 +20,7 @@ def run(args: argparse.Namespace) -> int:
     )
     mode = cfg.trainer.early_stopping.mode if cfg.trainer.early_stopping else cfg.trainer.checkpoint.mode
 
-    from kiln.paths import hold
+    from kiln.paths import hold, output_dir
     from kiln.tuning.ray_tune import Search, tune_search
     from kiln.tuning.report import summarize, table
 
@@ -35,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
         cfg.run.seed if args.seed is None else args.seed,
         args.max_failures,
     )
-    out = Path(args.out)
+    out = output_dir(args.out, "--out")  # before Ray starts: a file, or a folder of the user's, is refused
     with hold(out, "--out", "a kiln tune search"):  # a second search into the same folder is refused
         results = tune_search(
             search, space, args.samples, args.scheduler, args.max_concurrent, args.address, out, args.resume

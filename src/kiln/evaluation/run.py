@@ -16,7 +16,7 @@ from kiln.errors import KilnError
 from kiln.evaluation import report
 from kiln.metrics import Outputs, plots, reliability
 from kiln.models.restore import restore
-from kiln.paths import RunDir
+from kiln.paths import RunDir, output_dir
 
 GALLERY = 16  # most confidently wrong images shown
 
@@ -81,12 +81,13 @@ def evaluate_checkpoint(
     topk: int = 5,
 ) -> dict[str, Any]:
     t0 = time.perf_counter()
+    if out_dir:  # the user's folder is checked before anything is read; the default is in the run folder
+        output_dir(out_dir, "--out")
     r = restore(checkpoint, overrides, config)
-    if split == "test" and not has_test_split(
-        r.config.data
-    ):  # e.g. train/ + val/ only, as the tutorial's photos
+    if split == "test" and not has_test_split(r.config.data):  # e.g. train/ + val/, as the tutorial's photos
         log("kiln: the data has no test split; evaluating the val split")
         split = "val"
+    out_path = output_dir(out_dir or RunDir.of_checkpoint(checkpoint).eval_dir(split), "--out")
     device = resolve_device(r.config.run.device)
     # only the split evaluated, normalised as the model was trained (not re-measured on today's data)
     spec, preset = from_record(r.preprocess)
@@ -102,8 +103,6 @@ def evaluate_checkpoint(
     out = Outputs(logits, labels, idx, r.classes)
     rep = dict(out.report)
     rep.update({"checkpoint": str(checkpoint), "split": split, "tta": r.config.trainer.tta})
-    out_path = Path(out_dir) if out_dir else RunDir.of_checkpoint(checkpoint).eval_dir(split)
-    out_path.mkdir(parents=True, exist_ok=True)
     ids = [loader.ids[int(i)] for i in idx] if loader.ids else [f"{split}[{int(i)}]" for i in idx]
     write_predictions(out_path / "predictions.csv", out, ids, topk)
     figs = figures(out, rep, loader)
