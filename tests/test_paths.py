@@ -68,7 +68,9 @@ def test_a_marked_folder_is_reused(tmp_path: Path) -> None:
     assert output_dir(out, "--out") == out
 
 
-@pytest.mark.parametrize("earlier", ["export.json", "report.json", "results.json", ".kiln.lock"])
+@pytest.mark.parametrize(
+    "earlier", ["export.json", "report.json", "results.json", ".kiln.lock", "run_info.json"]
+)
 def test_an_earlier_kiln_output_without_a_marker_is_reused(tmp_path: Path, earlier: str) -> None:
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / earlier).write_text("{}")

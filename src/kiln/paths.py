@@ -29,8 +29,9 @@ from kiln.errors import KilnError, brief
 
 LOCK = ".kiln.lock"  # in a held folder: who holds it
 MARKER = ".kiln"  # in every output folder kiln made or claimed: what made it
-# what an output folder of kiln's holds (the marker, or what kiln wrote before there was one): it may reuse it
-KILN_FILES = (MARKER, LOCK, "export.json", "report.json", "results.json")
+# what an output folder of kiln's holds (the marker, or what kiln wrote before there was one: a run folder's
+# run_info.json, an export's, an evaluation's or a search's report): kiln may write into it again
+KILN_FILES = (MARKER, LOCK, "run_info.json", "export.json", "report.json", "results.json")
 
 
 def output_dir(path: str | Path, key: str, contents: str = "kiln") -> Path:
