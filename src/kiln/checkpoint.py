@@ -172,7 +172,9 @@ def safetensors_header(path: str | Path, key: str = "model.pretrained") -> dict[
             if len(prefix) < 8:
                 raise bad(f"{size} bytes, shorter than the 8-byte header length")
             length = int.from_bytes(prefix, "little")
-            if length > min(size - 8, MAX_HEADER):
+            if length > MAX_HEADER:
+                raise bad(f"its header claims {length:,} bytes, more than {MAX_HEADER // 2**20} MiB")
+            if length > size - 8:
                 raise bad(f"its header claims {length:,} bytes; the file has {size - 8:,} after the length")
             header = json.loads(f.read(length).decode("utf-8"))  # bytes: json.loads would guess UTF-16
     except OSError as e:

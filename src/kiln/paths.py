@@ -24,6 +24,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from kiln.errors import KilnError, brief
 
@@ -34,7 +35,7 @@ MARKER = ".kiln"  # in every output folder kiln made or claimed: what made it
 KILN_FILES = (MARKER, LOCK, "run_info.json", "export.json", "report.json", "results.json")
 
 
-def output_dir(path: str | Path, key: str, contents: str = "kiln") -> Path:
+def output_dir(path: str | Path, key: str, contents: Literal["kiln", "any", "none"] = "kiln") -> Path:
     """The folder a command writes into, checked before any work: not a file nor below one, creatable and
     writable (a file is written and removed), and not a folder of someone else's files. ``contents``:
     "kiln" (default): new, empty, or an earlier output of kiln's, marked as kiln's; "any": a shared
