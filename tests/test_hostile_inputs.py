@@ -440,5 +440,6 @@ def test_kiln_predict_with_a_bad_model_file_is_one_line(tmp_path: Path, case: st
     path, says = torch_files(tmp_path)[case]
     proc = run_kiln("predict", "--model", str(path), str(ROOT / "README.md"), check=False)
     assert proc.returncode == 2
-    assert proc.stderr.startswith("kiln: error: --model") and says in proc.stderr
+    assert proc.stderr.startswith("kiln: error: --model")
+    assert says in proc.stderr
     assert proc.stderr.strip().count("\n") == 0
