@@ -87,8 +87,14 @@ def imagenet_weights() -> Path:
     return path
 
 
-def photo_subset(source: Path, dest: Path, classes: int, per_class: int, splits: tuple[str, ...] = ("train", "val"),
-                 gray: bool = False) -> Path:
+def photo_subset(
+    source: Path,
+    dest: Path,
+    classes: int,
+    per_class: int,
+    splits: tuple[str, ...] = ("train", "val"),
+    gray: bool = False,
+) -> Path:
     """A smaller photo folder made of real photos (symlinks, or grayscale copies with ``gray``)."""
     for split in splits:
         for cls in sorted(p.name for p in (source / split).iterdir() if p.is_dir())[:classes]:
@@ -100,7 +106,6 @@ def photo_subset(source: Path, dest: Path, classes: int, per_class: int, splits:
                 else:
                     target.symlink_to(photo)
     return dest
-
 
 
 def write_png_folder(
@@ -144,8 +149,13 @@ def run_kiln(
     return proc
 
 
-def cifar_mosaics(cifar10_dir: Path, dest: Path, counts: dict[str, int], classes: tuple[str, ...] = (
-        "airplane", "automobile", "bird", "cat"), seed: int = 0) -> Path:
+def cifar_mosaics(
+    cifar10_dir: Path,
+    dest: Path,
+    counts: dict[str, int],
+    classes: tuple[str, ...] = ("airplane", "automobile", "bird", "cat"),
+    seed: int = 0,
+) -> Path:
     """Multi-label data from real photos: 2x2 mosaics (64x64 px) of CIFAR-10 images, each labelled with the
     classes it shows (``classes``; a quadrant may hold a gray tile: some mosaics have no label at all).
     Writes dest/<split>/<n>.png and dest/<split>.csv with a `labels` column (names separated by spaces)
@@ -165,11 +175,17 @@ def cifar_mosaics(cifar10_dir: Path, dest: Path, counts: dict[str, int], classes
                 cls = classes[pick]
                 photo = pools[cls][int(rng.integers(0, len(pools[cls])))]
                 canvas[(q // 2) * 32 : (q // 2) * 32 + 32, (q % 2) * 32 : (q % 2) * 32 + 32] = np.asarray(
-                    Image.open(photo).convert("RGB"))
+                    Image.open(photo).convert("RGB")
+                )
                 present.add(cls)
             Image.fromarray(canvas).save(dest / split / f"{i}.png")
-            rows.append((f"{split}/{i}.png", " ".join(c for c in classes if c in present),
-                         *[int(c in present) for c in classes]))
+            rows.append(
+                (
+                    f"{split}/{i}.png",
+                    " ".join(c for c in classes if c in present),
+                    *[int(c in present) for c in classes],
+                )
+            )
         with (dest / f"{split}.csv").open("w") as f:
             f.write("filepath,labels," + ",".join(classes) + "\n")
             f.writelines(",".join(map(str, r)) + "\n" for r in rows)

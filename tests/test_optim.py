@@ -106,7 +106,9 @@ def test_a_glob_over_frozen_parameters_only_is_not_an_error(capsys: pytest.Captu
     net = _net()
     for name, p in net.named_parameters():
         p.requires_grad_(name.startswith("3."))  # only the head trains
-    cfg = OptimizerConfig(param_groups=[ParamGroupConfig(params="3.*"), ParamGroupConfig(params="*", lr_mult=0.1)])
+    cfg = OptimizerConfig(
+        param_groups=[ParamGroupConfig(params="3.*"), ParamGroupConfig(params="*", lr_mult=0.1)]
+    )
     groups = param_groups(cfg, net, 0.1, 0.0)
     assert sum(len(g["params"]) for g in groups) == 2
     assert "match only frozen parameters" in capsys.readouterr().out

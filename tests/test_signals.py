@@ -24,8 +24,9 @@ ENV = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
 
 def _start(log: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen:
     out = log.open("w")
-    return subprocess.Popen([sys.executable, "-m", "kiln", *args], env=env or ENV, stdout=out,
-                            stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "kiln", *args], env=env or ENV, stdout=out, stderr=subprocess.STDOUT, text=True
+    )
 
 
 def _wait_for_text(log: Path, text: str, proc: subprocess.Popen, timeout: float = 120) -> None:
@@ -49,9 +50,17 @@ def photos(imagenette_dir: Path, tmp_path: Path) -> Path:
 
 
 def _frozen(photos: Path, run: Path, cache: Path, weights: Path) -> list[str]:
-    return ["train", "-c", str(ROOT / "configs/photos_fixed.yaml"), f"data.root={photos}", f"run.dir={run}",
-            f"data.cache_dir={cache}", f"model.pretrained={weights}",
-            "data.augment={random_resized_crop: {scale: [0.25, 1]}, hflip: true}", "trainer.epochs=4"]
+    return [
+        "train",
+        "-c",
+        str(ROOT / "configs/photos_fixed.yaml"),
+        f"data.root={photos}",
+        f"run.dir={run}",
+        f"data.cache_dir={cache}",
+        f"model.pretrained={weights}",
+        "data.augment={random_resized_crop: {scale: [0.25, 1]}, hflip: true}",
+        "trainer.epochs=4",
+    ]
 
 
 def test_sigterm_during_the_feature_pass_exits_within_2_s(
@@ -73,13 +82,15 @@ def test_the_features_of_a_finished_run_are_reused_by_the_next(
     photos: Path, tmp_path: Path, imagenet_weights: Path
 ) -> None:
     args = _frozen(photos, tmp_path / "a", tmp_path / "cache", imagenet_weights)
-    first = subprocess.run([sys.executable, "-m", "kiln", *args], env=ENV, capture_output=True, text=True,
-                           timeout=900)
+    first = subprocess.run(
+        [sys.executable, "-m", "kiln", *args], env=ENV, capture_output=True, text=True, timeout=900
+    )
     assert first.returncode == 0, first.stderr
     assert "backbone features of 480 train images x 4 view(s)" in first.stdout
     again = [a if not a.startswith("run.dir=") else f"run.dir={tmp_path / 'b'}" for a in args]
-    second = subprocess.run([sys.executable, "-m", "kiln", *again], env=ENV, capture_output=True, text=True,
-                            timeout=900)
+    second = subprocess.run(
+        [sys.executable, "-m", "kiln", *again], env=ENV, capture_output=True, text=True, timeout=900
+    )
     assert "train features: read from the cache (4 view(s); no backbone pass)" in second.stdout
     assert "backbone features of" not in second.stdout
     a = torch.load(tmp_path / "a/checkpoints/last.pt", weights_only=True)["model_state_dict"]
@@ -89,18 +100,35 @@ def test_the_features_of_a_finished_run_are_reused_by_the_next(
 
 def test_sigusr1_checkpoints_and_exits_138_and_the_run_resumes_exactly(tmp_path: Path) -> None:
     """SLURM's warning before it ends a job (--signal=USR1@120): treated as SIGTERM, exit 138."""
-    common = ["-c", DIGITS, "data.batch_size=4", "trainer.progress=off", "logging.tensorboard=false",
-              "trainer.epochs=2", "trainer.log_every_n_steps=10"]
-    subprocess.run([sys.executable, "-m", "kiln", "train", *common, f"run.dir={tmp_path / 'straight'}"], env=ENV,
-                   check=True, capture_output=True, timeout=300)
+    common = [
+        "-c",
+        DIGITS,
+        "data.batch_size=4",
+        "trainer.progress=off",
+        "logging.tensorboard=false",
+        "trainer.epochs=2",
+        "trainer.log_every_n_steps=10",
+    ]
+    subprocess.run(
+        [sys.executable, "-m", "kiln", "train", *common, f"run.dir={tmp_path / 'straight'}"],
+        env=ENV,
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
     log = tmp_path / "log"
     proc = _start(log, "train", *common, f"run.dir={tmp_path / 'run'}")
     _wait_for_text(log, "epoch   1/2", proc)
     assert _stop(proc, signal.SIGUSR1) < 5
     assert proc.returncode == 138, log.read_text()
     assert "SIGUSR1 received" in log.read_text()
-    resumed = subprocess.run([sys.executable, "-m", "kiln", "train", *common, f"run.dir={tmp_path / 'run'}",
-                              "--resume", "auto"], env=ENV, capture_output=True, text=True, timeout=300)
+    resumed = subprocess.run(
+        [sys.executable, "-m", "kiln", "train", *common, f"run.dir={tmp_path / 'run'}", "--resume", "auto"],
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert "resuming from" in resumed.stdout, resumed.stderr
     a = torch.load(tmp_path / "straight/checkpoints/last.pt", weights_only=True)["model_state_dict"]
     b = torch.load(tmp_path / "run/checkpoints/last.pt", weights_only=True)["model_state_dict"]
@@ -137,9 +165,19 @@ def test_ctrl_c_during_validation_keeps_the_epoch_and_resume_validates_it(tmp_pa
     (tmp_path / "slowmodel.py").write_text(SLOW_EVAL_MODEL)
     marker = tmp_path / "validating"
     env = {**ENV, "PYTHONPATH": f"{ROOT / 'src'}{os.pathsep}{tmp_path}"}
-    common = ["-c", DIGITS, "model.name=slowmodel:slow_eval", f"model.args={{marker: '{marker}'}}",
-              "data.eval_batch_size=2", "trainer.progress=off", "logging.tensorboard=false", "trainer.epochs=2",
-              f"run.dir={tmp_path / 'run'}", "scheduler.name=none", "optimizer.name=sgd"]
+    common = [
+        "-c",
+        DIGITS,
+        "model.name=slowmodel:slow_eval",
+        f"model.args={{marker: '{marker}'}}",
+        "data.eval_batch_size=2",
+        "trainer.progress=off",
+        "logging.tensorboard=false",
+        "trainer.epochs=2",
+        f"run.dir={tmp_path / 'run'}",
+        "scheduler.name=none",
+        "optimizer.name=sgd",
+    ]
     log = tmp_path / "log"
     proc = _start(log, "train", *common, env=env)
     deadline = time.monotonic() + 120
@@ -155,8 +193,13 @@ def test_ctrl_c_during_validation_keeps_the_epoch_and_resume_validates_it(tmp_pa
     assert saved["epoch"] == 0  # epoch 1 trained ...
     assert saved["pending_epoch"]["train_loss"] > 0  # ... its validation pending
     marker.unlink()
-    resumed = subprocess.run([sys.executable, "-m", "kiln", "train", *common, "--resume", "auto"], env=env,
-                             capture_output=True, text=True, timeout=600)
+    resumed = subprocess.run(
+        [sys.executable, "-m", "kiln", "train", *common, "--resume", "auto"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert resumed.returncode == 0, resumed.stderr
     assert "its validation next" in resumed.stdout
     lines = [json.loads(s) for s in (tmp_path / "run/metrics.jsonl").read_text().splitlines()]
@@ -167,8 +210,9 @@ def test_ctrl_c_during_validation_keeps_the_epoch_and_resume_validates_it(tmp_pa
 def test_ctrl_c_while_decoding_stops_the_workers(imagenette_dir: Path, tmp_path: Path) -> None:
     photos = photo_subset(imagenette_dir, tmp_path / "photos", classes=10, per_class=300, splits=("train",))
     log = tmp_path / "log"
-    proc = _start(log, "check-data", "-c", DIGITS, "data.source=folder", f"data.root={photos}",
-                  "data.image_size=224")
+    proc = _start(
+        log, "check-data", "-c", DIGITS, "data.source=folder", f"data.root={photos}", "data.image_size=224"
+    )
     _wait_for_text(log, "checking", proc)
     time.sleep(0.5)
     seconds = _stop(proc, signal.SIGINT)

@@ -7,6 +7,8 @@ A checkpoint is a dict of tensors and plain Python values. Its keys follow PyTor
 
 from __future__ import annotations
 
+import json
+import os
 import pickle
 import random
 from collections import OrderedDict
@@ -18,7 +20,7 @@ import torch
 from torch import nn
 
 from kiln.atomic import write_with
-from kiln.errors import CheckpointError
+from kiln.errors import CheckpointError, clip
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -61,33 +63,50 @@ def save(obj: dict[str, Any], path: Path) -> None:
         ) from None
 
 
-def _load_safe(path: Path) -> Any:
+def _existing_file(path: str | Path, key: str, what: str) -> Path:
+    """``path`` as a file that exists, or one line naming ``key`` and what the path is instead."""
+    path = Path(path).expanduser()
+    if path.is_dir():
+        raise CheckpointError(f"{key}: {path} is a folder, not a {what}")
+    if not path.is_file():
+        raise CheckpointError(f"{key}: {what} not found: {path}")
+    return path
+
+
+def _first_line(e: BaseException) -> str:
+    return clip(str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__)
+
+
+def _load_safe(path: Path, key: str) -> Any:
     """``torch.load(weights_only=True)``: tensors and plain values only, errors as one line naming the file."""
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        lines = [
-            ln.strip() for ln in str(e).splitlines() if "Unsupported global" in ln or "Unsupported" in ln
-        ]
-        first = lines[0] if lines else type(e).__name__
+        # "Unsupported global: GLOBAL m.f" or "unsupported GLOBAL m.f whose module m is blocked": an object
+        refused = [ln.strip() for ln in str(e).splitlines() if "global" in ln.lower()]
+        if not refused:  # not a pickle at all (random bytes, another format): "Unsupported operand 61"
+            raise CheckpointError(
+                f"{key}: {path} is not a PyTorch file (damaged, truncated or another format?)"
+            ) from None
         raise CheckpointError(
-            f"{path}: refused, it holds objects other than tensors and plain values "
-            f"({first}); kiln never unpickles code from a file"
+            f"{key}: {path}: refused, it holds objects other than tensors and plain values "
+            f"({clip(refused[0])}); kiln never unpickles code from a file"
         ) from None
-    except (
-        Exception
-    ) as e:  # RuntimeError, EOFError, BadZipFile, IndexError...: whatever a damaged file raises
-        raise CheckpointError(f"{path}: not a readable checkpoint (damaged or truncated?): {e}") from None
+    except Exception as e:  # RuntimeError, EOFError, BadZipFile...: whatever a damaged file raises
+        if path.stat().st_size == 0:
+            raise CheckpointError(f"{key}: {path} is empty (0 bytes); was it copied completely?") from None
+        raise CheckpointError(
+            f"{key}: {path}: not a readable checkpoint (damaged or truncated?): {_first_line(e)}"
+        ) from None
 
 
-def load(path: str | Path) -> dict[str, Any]:
-    """Load a kiln checkpoint without unpickling code: anything but tensors and plain values is refused."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint not found: {path}")
-    obj = _load_safe(path)
+def load(path: str | Path, key: str = "checkpoint") -> dict[str, Any]:
+    """Load a kiln checkpoint without unpickling code: anything but tensors and plain values is refused.
+    ``key``: the option or config key that named the file (``--checkpoint``, ``--model``), for errors."""
+    path = _existing_file(path, key, "checkpoint")
+    obj = _load_safe(path, key)
     if not isinstance(obj, dict) or "model_state_dict" not in obj:
-        raise CheckpointError(f"{path}: not a kiln checkpoint (no 'model_state_dict')")
+        raise CheckpointError(f"{key}: {path}: not a kiln checkpoint (no 'model_state_dict')")
     return obj
 
 
@@ -112,17 +131,18 @@ def load_weights(model: nn.Module, state: dict[str, torch.Tensor], source: str |
 
 def read_weights(path: str | Path, key: str = "model.pretrained") -> dict[str, torch.Tensor]:
     """A state_dict from .safetensors, a plain .pt/.pth state_dict, or a kiln/tutorial checkpoint."""
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise CheckpointError(f"{key}: weights file not found: {path}")
+    path = _existing_file(path, key, "weights file")
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
+        safetensors_header(path, key)  # the header checked here first: the library trusts its length
         try:
             return load_file(str(path))
-        except Exception as e:  # SafetensorError, OSError
-            raise CheckpointError(f"{key}: {path} is not a readable safetensors file ({e})") from None
-    obj = _load_safe(path)
+        except Exception as e:  # SafetensorError (offsets outside the file, bad dtype), OSError
+            raise CheckpointError(
+                f"{key}: {path} is not a readable safetensors file ({_first_line(e)})"
+            ) from None
+    obj = _load_safe(path, key)
     for k in ("model_state_dict", "state_dict", "model"):
         if isinstance(obj, dict) and isinstance(obj.get(k), dict):
             obj = obj[k]
@@ -133,11 +153,44 @@ def read_weights(path: str | Path, key: str = "model.pretrained") -> dict[str, t
     return OrderedDict((k.removeprefix("module.").removeprefix("_orig_mod."), v) for k, v in obj.items())
 
 
-def safetensors_metadata(path: str | Path) -> dict[str, str]:
+MAX_HEADER = 16 * 2**20  # bytes of safetensors JSON header; ~100 bytes per tensor, so ~160,000 tensors
+
+
+def safetensors_header(path: str | Path, key: str = "model.pretrained") -> dict[str, Any]:
+    """The JSON header of a .safetensors file, checked before anything trusts it: the 8-byte little-endian
+    length fits in the file and under ``MAX_HEADER``, the header is a JSON object, and its ``__metadata__``
+    (when present) maps strings to strings. Every failure is one line naming the file and ``key``."""
+    path = _existing_file(path, key, "weights file")
+
+    def bad(why: str) -> CheckpointError:
+        return CheckpointError(f"{key}: {path} is not a readable safetensors file ({why})")
+
+    try:
+        with path.open("rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            prefix = f.read(8)
+            if len(prefix) < 8:
+                raise bad(f"{size} bytes, shorter than the 8-byte header length")
+            length = int.from_bytes(prefix, "little")
+            if length > MAX_HEADER:
+                raise bad(f"its header claims {length:,} bytes, more than {MAX_HEADER // 2**20} MiB")
+            if length > size - 8:
+                raise bad(f"its header claims {length:,} bytes; the file has {size - 8:,} after the length")
+            header = json.loads(f.read(length).decode("utf-8"))  # bytes: json.loads would guess UTF-16
+    except OSError as e:
+        raise CheckpointError(f"{key}: cannot read {path} ({e.strerror or e})") from None
+    except (ValueError, RecursionError) as e:  # JSONDecodeError, UnicodeDecodeError, nesting
+        raise bad(f"its header is not JSON: {_first_line(e)}") from None
+    if not isinstance(header, dict):
+        raise bad(f"its header is a JSON {type(header).__name__}, not an object")
+    meta = header.get("__metadata__", {})
+    if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
+        raise bad("its __metadata__ is not a mapping of strings to strings")
+    return header
+
+
+def safetensors_metadata(path: str | Path, key: str = "model.pretrained") -> dict[str, str]:
     """The string metadata stored in a .safetensors header (empty for other files)."""
     if Path(path).suffix != ".safetensors":
         return {}
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="pt") as f:
-        return dict(f.metadata() or {})
+    return dict(safetensors_header(path, key).get("__metadata__") or {})

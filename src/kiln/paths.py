@@ -1,4 +1,6 @@
-"""``RunDir``: the one place that knows the layout of a run folder.
+"""``RunDir``: the one place that knows the layout of a run folder; ``output_dir``: the one check every
+command runs on the folder it writes into (kiln never overwrites what it did not create); ``hold``: a
+folder for one process at a time.
 
 <run dir>/config.yaml           the fully resolved config
 <run dir>/metrics.jsonl         one JSON line per epoch
@@ -23,10 +25,46 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
-from kiln.errors import KilnError
+from kiln.errors import KilnError, brief
 
 LOCK = ".kiln.lock"  # in a held folder: who holds it
+MARKER = ".kiln"  # in every output folder kiln made or claimed: what made it
+# what an output folder of kiln's holds (the marker, or what kiln wrote before there was one: a run folder's
+# run_info.json, an export's, an evaluation's or a search's report): kiln may write into it again
+KILN_FILES = (MARKER, LOCK, "run_info.json", "export.json", "report.json", "results.json")
+
+
+def output_dir(path: str | Path, key: str, contents: Literal["kiln", "any", "none"] = "kiln") -> Path:
+    """The folder a command writes into, checked before any work: not a file nor below one, creatable and
+    writable (a file is written and removed), and not a folder of someone else's files. ``contents``:
+    "kiln" (default): new, empty, or an earlier output of kiln's, marked as kiln's; "any": a shared
+    parent that may hold anything (a Triton repository: kiln owns only its model folder in it); "none":
+    new or empty, not marked (``kiln new``: the folder becomes the user's project)."""
+    path = Path(path).expanduser()
+    try:
+        blocker = next((p for p in [path, *path.parents] if p.exists() or p.is_symlink()), None)
+        if blocker == path and not path.is_dir():
+            raise KilnError(f"{key}: {path} is a file, not a folder; choose another {key}")
+        if blocker is not None and not blocker.is_dir():
+            raise KilnError(f"{key}: cannot write to {path} ({blocker} is a file); choose another {key}")
+        names = sorted(p.name for p in path.iterdir()) if path.is_dir() else []
+        if names and (contents == "none" or contents == "kiln" and not set(names) & set(KILN_FILES)):
+            shown = ", ".join(brief(n) for n in names[:3]) + (", ..." if len(names) > 3 else "")
+            raise KilnError(
+                f"{key}: {path} is not empty and holds files kiln did not make ({shown}); kiln never "
+                "overwrites what it did not create: choose an empty or new folder"
+            )
+        path.mkdir(parents=True, exist_ok=True)
+        if contents == "kiln" and not (path / MARKER).exists():
+            (path / MARKER).write_text(f"made by kiln (pid {os.getpid()}: {' '.join(sys.argv)[:200]})\n")
+        probe = path / f".kiln-write-test-{os.getpid()}"
+        probe.write_bytes(b"x" * 4096)  # a few kB: a full disk fails here, not after the work
+        probe.unlink()
+    except OSError as e:
+        raise KilnError(f"{key}: cannot write to {path} ({e.strerror or e}); choose another {key}") from None
+    return path
 
 
 @contextlib.contextmanager
@@ -135,13 +173,12 @@ class RunDir:
         return self.root / f"export-{fmt}"
 
     def check_writable(self) -> None:
-        """Fail before training, not at the first checkpoint, when the folder cannot be written."""
+        """Fail before training, not at the first checkpoint, when the folder cannot be written or holds
+        someone else's files (``output_dir``)."""
+        output_dir(self.root, "run.dir")
         try:
-            self.checkpoints.mkdir(parents=True, exist_ok=True)
-            probe = self.root / ".write-test"
-            probe.write_bytes(b"x" * 4096)
-            probe.unlink()
+            self.checkpoints.mkdir(exist_ok=True)
         except OSError as e:
             raise KilnError(
-                f"run.dir: cannot write to {self.root} ({e.strerror}); choose another run.dir"
+                f"run.dir: cannot write to {self.checkpoints} ({e.strerror or e}); choose another run.dir"
             ) from None

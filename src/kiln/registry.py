@@ -16,14 +16,18 @@ from importlib.metadata import EntryPoint, entry_points
 from pathlib import Path
 from typing import Any, TypeVar
 
-from kiln.errors import ConfigError, did_you_mean
+from kiln.errors import ConfigError, brief, clip, did_you_mean
 
 F = TypeVar("F", bound=Callable[..., Any])
+LISTED = 30  # valid names an error lists (a module's public names can be thousands)
 
 
 def unknown_name_error(kind: str, name: str, valid: list[str], key: str) -> ConfigError:
-    hint = did_you_mean(name, valid)
-    return ConfigError(f"{key}: unknown {kind} '{name}'{hint} (valid: {', '.join(sorted(valid))})")
+    hint, names = did_you_mean(name, valid), sorted(valid)
+    more = f", ... {len(names) - LISTED} more" if len(names) > LISTED else ""
+    return ConfigError(
+        f"{key}: unknown {kind} {brief(name)}{hint} (valid: {', '.join(names[:LISTED])}{more})"
+    )
 
 
 class Registry:
@@ -84,21 +88,22 @@ def resolve_callable(spec: str, key: str) -> Callable[..., Any]:
     """Import ``module:attr`` (only the module the config names; nothing else is imported)."""
     module_name, _, attr = spec.partition(":")
     if not module_name or not attr:
-        raise ConfigError(f"{key}: '{spec}' is not of the form 'module:name'")
+        raise ConfigError(f"{key}: {brief(spec)} is not of the form 'module:name'")
     try:
         module = importlib.import_module(module_name)
     except ImportError as e:
         raise ConfigError(
-            f"{key}: cannot import module '{module_name}' ({e}); is it on PYTHONPATH or in the project folder?"
+            f"{key}: cannot import module {brief(module_name)} ({clip(str(e))}); is it on PYTHONPATH or in "
+            "the project folder?"
         ) from None
     obj: Any = module
     for part in attr.split("."):
         if not hasattr(obj, part):
             public = [n for n in dir(module) if not n.startswith("_")]
-            raise unknown_name_error("name", attr, public, f"{key} ({module_name})")
+            raise unknown_name_error("name", attr, public, f"{key} ({clip(module_name)})")
         obj = getattr(obj, part)
     if not callable(obj):
-        raise ConfigError(f"{key}: '{spec}' is not callable")
+        raise ConfigError(f"{key}: {brief(spec)} is not callable")
     return obj
 
 
@@ -118,7 +123,7 @@ def import_user_modules(modules: list[str]) -> None:
             importlib.import_module(name)
         except ImportError as e:
             raise ConfigError(
-                f"imports: cannot import '{name}' ({e}); run kiln from the project folder"
+                f"imports: cannot import {brief(name)} ({clip(str(e))}); run kiln from the project folder"
             ) from None
 
 

@@ -20,7 +20,9 @@ def _gray(tmp_path: Path) -> Path:
     return write_png_folder(tmp_path / "gray", ["a", "b"], per_class=6, size=16, mode="L")
 
 
-def test_grayscale_photos_become_rgb_for_rgb_weights(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_grayscale_photos_become_rgb_for_rgb_weights(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     data_plan = plan(DataConfig(source="folder", root=str(_gray(tmp_path))), RGB_WEIGHTS)
     assert data_plan.spec.channels == 3
     assert "the images are grayscale; the pretrained weights take 3 channels" in capsys.readouterr().out
@@ -56,8 +58,9 @@ def test_class_names_one_per_line_in_label_order(tmp_path: Path) -> None:
 def test_class_names_from_a_csv_and_a_mapping(tmp_path: Path) -> None:
     root = write_png_folder(tmp_path / "imgs", ["p1", "p2"], per_class=4)
     (tmp_path / "names.csv").write_text("id,name\np2,blue shoe\np1,red shoe\n")
-    assert plan(DataConfig(source="folder", root=str(root), class_names=str(tmp_path / "names.csv"))).class_names == [
-        "red shoe", "blue shoe"]
+    assert plan(
+        DataConfig(source="folder", root=str(root), class_names=str(tmp_path / "names.csv"))
+    ).class_names == ["red shoe", "blue shoe"]
     mapping = plan(DataConfig(source="folder", root=str(root), class_names={"p1": "red"})).class_names
     assert mapping == ["red", "p2"]  # a class the mapping leaves out keeps its id
 
@@ -72,8 +75,18 @@ def test_a_class_names_line_without_a_name_is_named(tmp_path: Path) -> None:
 def test_nothing_is_decoded_until_the_pixels_are_needed(tmp_path: Path) -> None:
     root = write_png_folder(tmp_path / "imgs", ["a", "b"], per_class=6)
     cache = tmp_path / "cache"
-    data = build(DataConfig(source="folder", root=str(root), batch_size=4, cache_dir=str(cache),
-                            mean=(0.5,) * 3, std=(0.5,) * 3), 0, torch.device("cpu"))
+    data = build(
+        DataConfig(
+            source="folder",
+            root=str(root),
+            batch_size=4,
+            cache_dir=str(cache),
+            mean=(0.5,) * 3,
+            std=(0.5,) * 3,
+        ),
+        0,
+        torch.device("cpu"),
+    )
     assert not list(cache.glob("images-*.npy"))  # planned and loaded, not decoded
     next(iter(data.train))
     assert len(list(cache.glob("images-*.npy"))) == 1  # the train split, on its first batch

@@ -11,7 +11,9 @@ from tests.conftest import ROOT, write_png_folder
 
 
 def _cfg(root: Path):  # type: ignore[no-untyped-def]
-    return load_config(ROOT / "configs/digits.yaml", ["data.source=folder", f"data.root={root}", "data.batch_size=4"])
+    return load_config(
+        ROOT / "configs/digits.yaml", ["data.source=folder", f"data.root={root}", "data.batch_size=4"]
+    )
 
 
 def test_every_problem_is_listed_not_only_the_first(tmp_path: Path) -> None:

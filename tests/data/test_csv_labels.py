@@ -21,7 +21,9 @@ def _folder(tmp_path: Path, rows: list[str], header: str = "filepath,labels") ->
 
 
 def _cfg(root: Path, **csv: object) -> DataConfig:
-    return DataConfig(source="csv", root=str(root), val_split=0, csv={"test": None, "label_column": "labels", **csv})
+    return DataConfig(
+        source="csv", root=str(root), val_split=0, csv={"test": None, "label_column": "labels", **csv}
+    )
 
 
 def test_names_in_one_cell_become_a_multi_hot_row(tmp_path: Path) -> None:

@@ -32,11 +32,22 @@ def _skewed(tmp_path: Path) -> Path:
 
 
 def _cfg(root: Path, run: Path, *extra: str):  # type: ignore[no-untyped-def]
-    return load_config(ROOT / "configs/digits.yaml", [
-        "data.source=folder", f"data.root={root}", "data.val_split=0", "data.batch_size=6", f"run.dir={run}",
-        f"data.cache_dir={run.parent / 'cache'}", "trainer.progress=off", "logging.tensorboard=false",
-        "model.name=mlp", "model.args={hidden: [16]}", *extra,
-    ])
+    return load_config(
+        ROOT / "configs/digits.yaml",
+        [
+            "data.source=folder",
+            f"data.root={root}",
+            "data.val_split=0",
+            "data.batch_size=6",
+            f"run.dir={run}",
+            f"data.cache_dir={run.parent / 'cache'}",
+            "trainer.progress=off",
+            "logging.tensorboard=false",
+            "model.name=mlp",
+            "model.args={hidden: [16]}",
+            *extra,
+        ],
+    )
 
 
 def test_a_balanced_epoch_draws_each_class_about_equally() -> None:
@@ -73,8 +84,13 @@ def test_a_count_based_loss_gets_the_train_counts(tmp_path: Path) -> None:
 
 def test_deferred_reweighting_switches_at_its_epoch(tmp_path: Path) -> None:
     root = _skewed(tmp_path)
-    cfg = _cfg(root, tmp_path / "r", "trainer.loss=ldam", "trainer.loss_args={scale: 1, drw_epoch: 2}",
-               "trainer.epochs=3")
+    cfg = _cfg(
+        root,
+        tmp_path / "r",
+        "trainer.loss=ldam",
+        "trainer.loss_args={scale: 1, drw_epoch: 2}",
+        "trainer.epochs=3",
+    )
     fit(cfg)
     lines = [json.loads(s) for s in (tmp_path / "r/metrics.jsonl").read_text().splitlines()]
     assert [m["epoch"] for m in lines] == [1, 2, 3]
@@ -88,8 +104,14 @@ def test_deferred_reweighting_switches_at_its_epoch(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_a_balanced_sampler_run_resumes_bit_identically(tmp_path: Path) -> None:
     root = _skewed(tmp_path)
-    common = ["data.sampler=balanced", "trainer.epochs=3", "trainer.checkpoint.every_n_epochs=1",
-              "trainer.checkpoint.keep=3", "trainer.checkpoint.monitor=val_balanced_accuracy", "data.val_split=0.2"]
+    common = [
+        "data.sampler=balanced",
+        "trainer.epochs=3",
+        "trainer.checkpoint.every_n_epochs=1",
+        "trainer.checkpoint.keep=3",
+        "trainer.checkpoint.monitor=val_balanced_accuracy",
+        "data.val_split=0.2",
+    ]
     fit(_cfg(root, tmp_path / "straight", *common))
     fit(_cfg(root, tmp_path / "resumed", *common), resume=str(tmp_path / "straight/checkpoints/epoch-1.pt"))
     a = torch.load(tmp_path / "straight/checkpoints/last.pt", weights_only=True)["model_state_dict"]
@@ -100,7 +122,9 @@ def test_a_balanced_sampler_run_resumes_bit_identically(tmp_path: Path) -> None:
 
 def _predictions(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
-    labels = torch.cat([torch.zeros(80, dtype=torch.long), torch.ones(15, dtype=torch.long), torch.full((5,), 2)])
+    labels = torch.cat(
+        [torch.zeros(80, dtype=torch.long), torch.ones(15, dtype=torch.long), torch.full((5,), 2)]
+    )
     logits = torch.randn(100, 3, generator=g) + 2.0 * torch.nn.functional.one_hot(labels, 3)
     return logits, labels
 

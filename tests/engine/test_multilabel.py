@@ -26,17 +26,34 @@ CLASSES = ["airplane", "automobile", "bird", "cat"]
 
 @pytest.fixture(scope="module")
 def mosaics(cifar10_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return cifar_mosaics(cifar10_dir, tmp_path_factory.mktemp("mosaics"), {"train": 600, "val": 150, "test": 150})
+    return cifar_mosaics(
+        cifar10_dir, tmp_path_factory.mktemp("mosaics"), {"train": 600, "val": 150, "test": 150}
+    )
 
 
 def _cfg(mosaics: Path, run: Path, *extra: str):  # type: ignore[no-untyped-def]
-    return load_config(ROOT / "configs/digits.yaml", [
-        "data.source=csv", f"data.root={mosaics}", "data.csv.val=val.csv", "data.csv.test=test.csv",
-        "data.csv.label_column=labels", "data.csv.multi_label=true", f"run.dir={run}",
-        f"data.cache_dir={run.parent / 'cache'}", "model.name=resnet_small", "model.args={widths: [16, 32]}",
-        "trainer.epochs=4", "data.batch_size=32", "optimizer.lr=0.003", "trainer.checkpoint.monitor=val_map",
-        "trainer.progress=off", "logging.tensorboard=false", *extra,
-    ])
+    return load_config(
+        ROOT / "configs/digits.yaml",
+        [
+            "data.source=csv",
+            f"data.root={mosaics}",
+            "data.csv.val=val.csv",
+            "data.csv.test=test.csv",
+            "data.csv.label_column=labels",
+            "data.csv.multi_label=true",
+            f"run.dir={run}",
+            f"data.cache_dir={run.parent / 'cache'}",
+            "model.name=resnet_small",
+            "model.args={widths: [16, 32]}",
+            "trainer.epochs=4",
+            "data.batch_size=32",
+            "optimizer.lr=0.003",
+            "trainer.checkpoint.monitor=val_map",
+            "trainer.progress=off",
+            "logging.tensorboard=false",
+            *extra,
+        ],
+    )
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +66,9 @@ def trained(mosaics: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_it_learns_the_labels(trained: Path) -> None:
     summary = json.loads((trained / "summary.json").read_text())
     assert summary["classes"] == CLASSES
-    assert summary["test"]["map"] > 0.7  # labels' base rates are ~0.6: a model that learned nothing scores that
+    assert (
+        summary["test"]["map"] > 0.7
+    )  # labels' base rates are ~0.6: a model that learned nothing scores that
 
 
 def test_thresholds_are_tuned_and_kept_in_the_checkpoints(trained: Path) -> None:
@@ -66,8 +85,12 @@ def test_the_report_equals_sklearn(trained: Path, tmp_path: Path) -> None:
     truth = np.array([[c in r[1].split(";") for c in CLASSES] for r in rows], dtype=int)
     thresholds = np.array([rep["thresholds"][c] for c in CLASSES])
     predicted = (scores >= thresholds).astype(int)
-    assert rep["map_macro"] == pytest.approx(skm.average_precision_score(truth, scores, average="macro"), abs=1e-5)
-    assert rep["map_micro"] == pytest.approx(skm.average_precision_score(truth, scores, average="micro"), abs=1e-5)
+    assert rep["map_macro"] == pytest.approx(
+        skm.average_precision_score(truth, scores, average="macro"), abs=1e-5
+    )
+    assert rep["map_micro"] == pytest.approx(
+        skm.average_precision_score(truth, scores, average="micro"), abs=1e-5
+    )
     assert rep["subset_accuracy"] == pytest.approx(skm.accuracy_score(truth, predicted), abs=1e-6)
     assert rep["hamming_loss"] == pytest.approx(skm.hamming_loss(truth, predicted), abs=1e-6)
     p, r, f, s = skm.precision_recall_fscore_support(truth, predicted, zero_division=0)
@@ -91,7 +114,9 @@ def test_the_gallery_lists_the_images_with_the_most_wrong_labels(trained: Path, 
 
 
 def test_mixup_mixes_label_vectors(mosaics: Path, tmp_path: Path) -> None:
-    summary = fit(_cfg(mosaics, tmp_path / "r", "trainer.epochs=1", "data.augment.mixup=0.4", "data.augment.cutmix=1.0"))
+    summary = fit(
+        _cfg(mosaics, tmp_path / "r", "trainer.epochs=1", "data.augment.mixup=0.4", "data.augment.cutmix=1.0")
+    )
     assert np.isfinite(summary["test"]["loss"])
 
 
@@ -104,14 +129,23 @@ def test_one_hot_columns_give_the_same_labels(mosaics: Path) -> None:
     from kiln.data import plan
 
     names = plan(_cfg(mosaics, Path("unused")).data)
-    columns = plan(_cfg(mosaics, Path("unused"), f"data.csv.label_column={CLASSES}", "data.csv.multi_label=false").data)
+    columns = plan(
+        _cfg(mosaics, Path("unused"), f"data.csv.label_column={CLASSES}", "data.csv.multi_label=false").data
+    )
     assert columns.classes == names.classes
     assert torch.equal(columns.splits.train.label_tensor(), names.splits.train.label_tensor())
 
 
 def test_asymmetric_loss_and_class_weights_train(mosaics: Path, tmp_path: Path) -> None:
-    summary = fit(_cfg(mosaics, tmp_path / "r", "trainer.epochs=1", "trainer.loss=asymmetric",
-                       "trainer.loss_args={reduction: mean}"))
+    summary = fit(
+        _cfg(
+            mosaics,
+            tmp_path / "r",
+            "trainer.epochs=1",
+            "trainer.loss=asymmetric",
+            "trainer.loss_args={reduction: mean}",
+        )
+    )
     assert np.isfinite(summary["test"]["loss"])
     weighted = fit(_cfg(mosaics, tmp_path / "w", "trainer.epochs=1", "trainer.class_weights=balanced"))
     assert np.isfinite(weighted["test"]["loss"])

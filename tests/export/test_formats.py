@@ -58,7 +58,12 @@ def test_every_format(model: str, base: Path) -> None:
                 "TorchScript is deprecated" in n for n in rep["notes"]
             )
         if fmt == "onnx":  # self-contained: no external-data side file
-            assert sorted(p.name for p in out.iterdir()) == ["export.json", "model.onnx", "preprocess.json"]
+            assert sorted(p.name for p in out.iterdir()) == [
+                ".kiln",
+                "export.json",
+                "model.onnx",
+                "preprocess.json",
+            ]
         if fmt == "safetensors":
             recipe = json.loads((out / "model.json").read_text())
             assert recipe["classes"] == json.loads((out / "preprocess.json").read_text())["classes"]

@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from kiln.cli import main
 from kiln.export import ArtifactError
@@ -119,3 +120,58 @@ def test_cli_refuses_a_broken_triton_config(
 def test_unknown_model_path(tmp_path: Path, images: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["predict", "--model", str(tmp_path), str(images)]) == 2
     assert "holds no model kiln knows" in capsys.readouterr().err
+
+
+def _inputs_that_give_no_image(root: Path) -> dict[str, tuple[Path, str]]:
+    """name -> (input, what the error says about it)"""
+    (root / "empty").mkdir()
+    (root / "texts" / "deeper").mkdir(parents=True)
+    (root / "texts" / "a.txt").write_text("not an image")
+    (root / "texts" / "deeper" / "b.TXT").write_text("nor this")
+    (root / "hidden" / ".thumbs").mkdir(parents=True)  # hidden names are skipped, images in them too
+    Image.new("RGB", (8, 8)).save(root / "hidden" / ".thumbs" / "c.png")
+    (root / "zero.png").write_bytes(b"")
+    looked = "(looked for .bmp, .gif, .jpeg, .jpg, .pgm, .png, .ppm, .tif, .tiff, .webp)"
+    return {
+        "empty folder": (root / "empty", f"no image files in it or below {looked}; it is empty"),
+        "only text files": (
+            root / "texts",
+            f"no image files in it or below {looked}; it holds 2 other file(s): .txt",
+        ),
+        "only hidden images": (root / "hidden", f"no image files in it or below {looked}; it is empty"),
+        "missing file": (root / "missing.jpg", "no such file"),
+        "empty file": (root / "zero.png", "empty file (0 bytes)"),
+    }
+
+
+@pytest.mark.parametrize(
+    "case", ["empty folder", "only text files", "only hidden images", "missing file", "empty file"]
+)
+def test_an_input_that_gives_no_image_is_named_with_the_reason(
+    base: Path, tmp_path: Path, case: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path, why = _inputs_that_give_no_image(tmp_path)[case]
+    assert main(["predict", "--model", str(trained("lenet", base)), str(path)]) == 2
+    out, err = capsys.readouterr()
+    assert err.splitlines()[-1] == f"kiln: error: no image could be read (1 input(s) failed: {path}: {why})"
+    assert json.loads(out) == [{"path": str(path), "error": f"{path}: {why}"}]
+
+
+def test_a_folder_without_images_beside_good_images_is_reported_and_the_rest_run(
+    base: Path, images: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "empty").mkdir()
+    assert (
+        main(
+            [
+                "predict",
+                "--model",
+                str(trained("lenet", base)),
+                str(tmp_path / "empty"),
+                str(images / "a.png"),
+            ]
+        )
+        == 0
+    )
+    results = json.loads(capsys.readouterr().out)
+    assert [("top" in r, "error" in r) for r in results] == [(False, True), (True, False)]

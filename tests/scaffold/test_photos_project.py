@@ -29,8 +29,14 @@ class Project:
         """Run `kiln ARGS` from the project folder, output to a file; returns that output."""
         log = self.folder / f"log-{args[0]}-{time.monotonic_ns()}.txt"
         with log.open("w") as out:
-            proc = subprocess.run([sys.executable, "-m", "kiln", *args], cwd=self.folder, env=ENV, stdout=out,
-                                  stderr=subprocess.STDOUT, timeout=timeout)
+            proc = subprocess.run(
+                [sys.executable, "-m", "kiln", *args],
+                cwd=self.folder,
+                env=ENV,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                timeout=timeout,
+            )
         text = log.read_text()
         if ok:
             assert proc.returncode == 0, f"kiln {' '.join(args)} failed ({proc.returncode}):\n{text[-4000:]}"
@@ -47,12 +53,19 @@ class Project:
 
 
 @pytest.fixture(scope="module")
-def project(hymenoptera_dir: Path, imagenet_weights: Path, tmp_path_factory: pytest.TempPathFactory) -> Project:
+def project(
+    hymenoptera_dir: Path, imagenet_weights: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Project:
     base = tmp_path_factory.mktemp("user")
     photos = photo_subset(hymenoptera_dir, base / "photos", classes=2, per_class=30)
     photo_subset(hymenoptera_dir, base / "photos", classes=2, per_class=40, gray=True)  # grayscale ones too
-    subprocess.run([sys.executable, "-m", "kiln", "new", "proj", "--template", "photos", "--data", str(photos)],
-                   cwd=base, env=ENV, check=True, capture_output=True)
+    subprocess.run(
+        [sys.executable, "-m", "kiln", "new", "proj", "--template", "photos", "--data", str(photos)],
+        cwd=base,
+        env=ENV,
+        check=True,
+        capture_output=True,
+    )
     return Project(base / "proj", imagenet_weights)
 
 
@@ -63,7 +76,15 @@ def test_check_data(project: Project) -> None:
 
 
 def test_the_fixed_feature_extractor_trains_and_a_second_run_reuses_its_features(project: Project) -> None:
-    args = ("train", "-c", "config.yaml", "model.freeze=backbone", project.offline, project.cache, "trainer.epochs=3")
+    args = (
+        "train",
+        "-c",
+        "config.yaml",
+        "model.freeze=backbone",
+        project.offline,
+        project.cache,
+        "trainer.epochs=3",
+    )
     first = project.kiln(*args)
     assert "backbone features of" in first
     assert "pretrained weights take 3 channels" in first  # the grayscale photos became RGB
@@ -75,12 +96,22 @@ def test_the_fixed_feature_extractor_trains_and_a_second_run_reuses_its_features
 
 
 def test_fine_tuning(project: Project) -> None:
-    project.kiln("train", "-c", "config.yaml", project.offline, project.cache, "trainer.epochs=1", "run.name=finetune")
+    project.kiln(
+        "train", "-c", "config.yaml", project.offline, project.cache, "trainer.epochs=1", "run.name=finetune"
+    )
     assert (project.folder / "runs/finetune/checkpoints/best.pt").is_file()
 
 
 def test_eval_predict_export(project: Project) -> None:
-    project.kiln("train", "-c", "config.yaml", "model.freeze=backbone", project.offline, project.cache, "trainer.epochs=2")
+    project.kiln(
+        "train",
+        "-c",
+        "config.yaml",
+        "model.freeze=backbone",
+        project.offline,
+        project.cache,
+        "trainer.epochs=2",
+    )
     best = "runs/proj/checkpoints/best.pt"
     report = project.kiln("eval", "--checkpoint", best)
     assert "report:" in report
@@ -93,13 +124,37 @@ def test_eval_predict_export(project: Project) -> None:
 
 
 def test_lr_find(project: Project) -> None:
-    out = project.kiln("lr-find", "-c", "config.yaml", "model.freeze=backbone", project.offline, project.cache, "--steps", "30")
+    out = project.kiln(
+        "lr-find",
+        "-c",
+        "config.yaml",
+        "model.freeze=backbone",
+        project.offline,
+        project.cache,
+        "--steps",
+        "30",
+    )
     assert "suggested: optimizer.lr=" in out
 
 
 def test_tune_computes_the_features_once(project: Project) -> None:
-    out = project.kiln("tune", "-c", "config.yaml", "--space", "space.yaml", "--samples", "2", "model.freeze=backbone",
-                       project.offline, project.cache, "trainer.epochs=1", "--out", "runs/tune", "--cpus-per-trial", "1")
+    out = project.kiln(
+        "tune",
+        "-c",
+        "config.yaml",
+        "--space",
+        "space.yaml",
+        "--samples",
+        "2",
+        "model.freeze=backbone",
+        project.offline,
+        project.cache,
+        "trainer.epochs=1",
+        "--out",
+        "runs/tune",
+        "--cpus-per-trial",
+        "1",
+    )
     assert "best config:" in out
     trial_logs = list((project.folder / "runs/tune").rglob("train.log"))
     assert trial_logs
@@ -109,11 +164,24 @@ def test_tune_computes_the_features_once(project: Project) -> None:
 
 def test_ctrl_c_then_resume(project: Project) -> None:
     log = project.folder / "interrupted.txt"
-    args = ["train", "-c", "config.yaml", project.offline, project.cache, "trainer.epochs=2", "run.name=stopped",
-            "trainer.checkpoint.every_n_steps=1"]
+    args = [
+        "train",
+        "-c",
+        "config.yaml",
+        project.offline,
+        project.cache,
+        "trainer.epochs=2",
+        "run.name=stopped",
+        "trainer.checkpoint.every_n_steps=1",
+    ]
     with log.open("w") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "kiln", *args], cwd=project.folder, env=ENV, stdout=out,
-                                stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "kiln", *args],
+            cwd=project.folder,
+            env=ENV,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
     last = project.folder / "runs/stopped/checkpoints/last.pt"
     deadline = time.monotonic() + 300
     while not last.exists():

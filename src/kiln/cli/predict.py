@@ -8,23 +8,23 @@ PREDICT_DESCRIPTION = """\
 Classify image files with a kiln checkpoint or any `kiln export` artifact: model.pt (TorchScript),
 model.pt2, model.onnx, a Triton model folder (or a repository holding one model), a safetensors export
 folder or its .safetensors file. The recorded preprocessing is applied (preprocess.json beside the
-artifact, or the checkpoint's own record). Folders are walked for image files. Unreadable files are
-reported on stderr and in the output; the exit status is non-zero only when no image could be read.
+artifact, or the checkpoint's own record). Folders are walked for image files (hidden names skipped).
+Unreadable, missing or empty files and folders without images are reported on stderr and in the output;
+the exit status is non-zero only when no image could be read.
 """
 
 
 def run(args: argparse.Namespace) -> int:
     from kiln.errors import DataError
-    from kiln.export.predict import format_results, load_any, predict
+    from kiln.export.predict import failure_summary, format_results, load_any, predict
     from kiln.registry import add_project_path
 
     add_project_path(None)
     loaded = load_any(args.model, trust=args.trust)
     results = predict(loaded, args.inputs, args.topk, args.batch_size)
     print(format_results(results, args.format, args.topk))
-    ok = sum("top" in r for r in results)
-    if ok == 0:
-        raise DataError(f"no image could be read ({len(results)} input(s) failed, see above)")
+    if not any("top" in r for r in results):
+        raise DataError(failure_summary(results))  # names each input that gave nothing, and why
     return 0
 
 

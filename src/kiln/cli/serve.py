@@ -13,8 +13,9 @@ tensors (input INPUT, FP32) and get LOGITS, or the top-k classes with their labe
 classification extension: class_count). Preprocessing happens in the server, as in `kiln predict`.
 
 The server's Python needs numpy<2 (its python backend is built against numpy 1.x): kiln keeps a small
-environment for it in ~/.cache/kiln/serve-env (KILN_SERVE_ENV), made by `kiln serve --setup` or the first
-`kiln serve`; kiln's own environment keeps its numpy. Ctrl-C stops the server cleanly.
+environment for it in ~/.cache/kiln/serve-env (KILN_SERVE_ENV: a new or empty folder), made by `kiln
+serve --setup` or the first `kiln serve`; kiln's own environment keeps its numpy. Ctrl-C stops the server
+cleanly, and the server never outlives kiln (a killed kiln takes its server with it).
 """
 
 
@@ -26,6 +27,7 @@ def run(args: argparse.Namespace) -> int:
     from kiln.errors import KilnError
     from kiln.export.base import ExportOptions
     from kiln.serving.env import ensure
+    from kiln.serving.ports import check_free
     from kiln.serving.server import TritonServer
     from kiln.serving.stage import stage
 
@@ -34,6 +36,10 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if bool(args.model) == bool(args.repository):
         raise KilnError("kiln serve: give --model ARTIFACT or --repository REPO (one of them)")
+    if args.http_port == args.grpc_port:
+        raise KilnError(f"--http-port and --grpc-port are both {args.http_port}; give them different ports")
+    check_free(args.host, args.http_port, "--http-port")  # before the model is staged: a leftover server
+    check_free(args.host, args.grpc_port, "--grpc-port")  # of a killed kiln is named at once
     opts = ExportOptions(
         name=args.name,
         max_batch_size=args.max_batch_size,

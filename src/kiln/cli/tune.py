@@ -24,7 +24,7 @@ def run(args: argparse.Namespace) -> int:
     mode = cfg.trainer.early_stopping.mode if cfg.trainer.early_stopping else cfg.trainer.checkpoint.mode
 
     from kiln.errors import Interrupted
-    from kiln.paths import hold
+    from kiln.paths import hold, output_dir
     from kiln.tuning.ray_tune import tune_search
     from kiln.tuning.report import summarize, table
     from kiln.tuning.search import Search
@@ -41,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
         cfg.run.seed if args.seed is None else args.seed,
         args.max_failures,
     )
-    out = Path(args.out)
+    out = output_dir(args.out, "--out")  # before Ray starts: a file, or a folder of the user's, is refused
     # a second search into the same folder is refused; SIGINT/SIGTERM end the search, keeping the table
     with hold(out, "--out", "a kiln tune search"), StopOnSignal() as stop:
         try:

@@ -6,7 +6,6 @@ closest valid name.
 from __future__ import annotations
 
 import copy
-import json
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +13,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from kiln.atomic import write_atomic
+from kiln.config.reader import MAX_DEPTH, parse_value, read_mapping
 from kiln.config.schema import (
     EPOCH_METRICS,
     AugmentConfig,
@@ -39,7 +39,7 @@ from kiln.config.schema import (
     WandbConfig,
     epoch_metric_names,
 )
-from kiln.errors import ConfigError, did_you_mean
+from kiln.errors import ConfigError, brief, clip, did_you_mean
 
 __all__ = [
     "EPOCH_METRICS",
@@ -74,20 +74,8 @@ __all__ = [
 
 
 def read_config_file(path: str | Path) -> dict[str, Any]:
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
-    text = path.read_text()
-    try:
-        # safe_load: a config can never construct Python objects (no !!python tags)
-        raw = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-    except (yaml.YAMLError, json.JSONDecodeError) as e:
-        raise ConfigError(f"{path}: not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {e}") from None
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: the top level must be a mapping of sections, got {type(raw).__name__}")
-    return raw
+    """A YAML or JSON config file as a dict, bounded and checked by ``reader`` (one line per problem)."""
+    return read_mapping(path, "config file")
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
@@ -96,16 +84,18 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
     for item in overrides:
         key, sep, value = item.partition("=")
         if not sep or not key:
-            raise ConfigError(f"override '{item}' is not key=value (e.g. trainer.epochs=3)")
-        node = out
+            raise ConfigError(f"override {brief(item)} is not key=value (e.g. trainer.epochs=3)")
         parts = key.split(".")
+        if len(parts) > MAX_DEPTH:
+            raise ConfigError(f"override {clip(key)}: more than {MAX_DEPTH} dotted parts")
+        node = out
         for p in parts[:-1]:
             child = node.get(p)
             if not isinstance(child, dict):
                 child = {}
                 node[p] = child
             node = child
-        node[parts[-1]] = yaml.safe_load(value) if value != "" else None
+        node[parts[-1]] = parse_value(value, clip(key)) if value != "" else None
     return out
 
 
@@ -129,7 +119,7 @@ def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
 
 def _describe(err: dict[str, Any]) -> str:
     loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and "[" in p) and p != "function-after")
-    key = ".".join(str(p) for p in loc) or "config"
+    key = clip(".".join(str(p) for p in loc), 120) or "config"
     if err["type"] == "extra_forbidden":
         owner = _model_at(loc[:-1])
         valid = sorted(owner.model_fields) if owner else []
@@ -142,8 +132,11 @@ def _describe(err: dict[str, Any]) -> str:
         allowed = err.get("ctx", {}).get("expected", "")
         choices = [c.strip().strip("'") for c in allowed.replace(" or ", ", ").split(",")]
         hint = did_you_mean(str(err.get("input")), choices)
-        return f"{key}: {err.get('input')!r} is not allowed{hint} (valid: {', '.join(choices)})"
-    return f"{key}: {msg} (got {err.get('input')!r})" if "input" in err and loc else f"{key}: {msg}"
+        return f"{key}: {brief(err.get('input'))} is not allowed{hint} (valid: {', '.join(choices)})"
+    return f"{key}: {msg} (got {brief(err.get('input'))})" if "input" in err and loc else f"{key}: {msg}"
+
+
+SHOWN = 8  # problems one error line lists (a file of 10,000 unknown keys is one mistake, shown 8 times)
 
 
 def validate(raw: dict[str, Any]) -> Config:
@@ -151,7 +144,8 @@ def validate(raw: dict[str, Any]) -> Config:
         return Config.model_validate(raw)
     except ValidationError as e:
         lines = sorted({_describe(err) for err in e.errors()})
-        raise ConfigError("invalid config: " + "; ".join(lines)) from None
+        more = f"; and {len(lines) - SHOWN} more" if len(lines) > SHOWN else ""
+        raise ConfigError("invalid config: " + "; ".join(lines[:SHOWN]) + more) from None
 
 
 def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:  # type: ignore[assignment]

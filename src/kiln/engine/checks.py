@@ -10,7 +10,7 @@ import torch
 
 from kiln.config import EPOCH_METRICS, Config
 from kiln.data import sources  # noqa: F401  (defining kiln's data sources registers them)
-from kiln.errors import ConfigError, did_you_mean
+from kiln.errors import ConfigError, brief, did_you_mean
 from kiln.registry import CALLBACKS, DATASETS, LOSSES, METRICS, SOURCES
 
 MetricFn = Callable[[torch.Tensor, torch.Tensor], float]
@@ -45,7 +45,7 @@ def check_config(cfg: Config) -> dict[str, MetricFn]:
     for key, name in monitors:
         if name not in valid:
             raise ConfigError(
-                f"{key}: '{name[:80]}' is not a metric{did_you_mean(name, valid)} (valid: {', '.join(valid)})"
+                f"{key}: {brief(name)} is not a metric{did_you_mean(name, valid)} (valid: {', '.join(valid)})"
             )
         wanted = name.removeprefix("val_")
         if name.startswith("val_") and wanted not in metrics and wanted in builtin:

@@ -124,9 +124,12 @@ def html(rep: dict[str, Any], figures: dict[str, bytes]) -> str:
     avg = "".join(
         f"<tr><td><i>{label}</i></td><td>{rep[key]['precision']:.3f}</td><td>{rep[key]['recall']:.3f}</td>"
         f"<td>{rep[key]['f1']:.3f}</td><td></td>{'<td></td>' if tuned else ''}<td></td><td></td><td></td></tr>"
-        for key, label in (("macro", "macro average"), ("weighted", "weighted average"), ("micro", "micro average"))
+        for key, label in (
+            ("macro", "macro average"),
+            ("weighted", "weighted average"),
+            ("micro", "micro average"),
+        )
         if key in rep
-
     )
     titles = {
         "confusion_matrix.png": "Confusion matrix",

@@ -28,7 +28,7 @@ from kiln.evaluation.files import GALLERY, Explain, figures, write_mistakes, wri
 from kiln.metrics import Outputs
 from kiln.models.restore import Restored, restore
 from kiln.models.transfer import head_name
-from kiln.paths import RunDir
+from kiln.paths import RunDir, output_dir
 
 
 def split_logits(
@@ -113,12 +113,13 @@ def evaluate_checkpoint(
     topk: int = 5,
 ) -> dict[str, Any]:
     t0 = time.perf_counter()
+    if out_dir:  # the user's folder is checked before anything is read; the default is in the run folder
+        output_dir(out_dir, "--out")
     r = restore(checkpoint, overrides, config)
     if split == "test" and plan(r.config.data, spec=r.preprocess.spec).split("test") is None:
         log("kiln: the data has no test split; evaluating the val split")  # e.g. the tutorial's photos
         split = "val"
-    out_path = Path(out_dir) if out_dir else RunDir.of_checkpoint(checkpoint).eval_dir(split)
-    out_path.mkdir(parents=True, exist_ok=True)
+    out_path = output_dir(out_dir or RunDir.of_checkpoint(checkpoint).eval_dir(split), "--out")
     with log_file(out_path / "eval.log"):
         device = resolve_device(r.config.run.device)
 

@@ -72,7 +72,7 @@ def load_any(path: str | Path, trust: bool = False, device: str = "cpu") -> Load
             run = form.load(p, trust, device)
             pre = _read_preprocess(p)
             return Loaded(run, pre, list(pre["classes"]), form.name, p, device)
-    r = restore(p)  # a kiln checkpoint: torch.load(weights_only=True) only
+    r = restore(p, key="--model")  # a kiln checkpoint: torch.load(weights_only=True) only
     return Loaded(
         torch_runner(r.model.float(), device),
         r.preprocess.to_json(),

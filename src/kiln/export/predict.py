@@ -14,27 +14,52 @@ import numpy as np
 
 from kiln.console import warn as console_warn
 from kiln.data.sources import IMAGE_EXTENSIONS
-from kiln.errors import KilnError
+from kiln.errors import BRIEF, KilnError, clip
 from kiln.export.loading import Loaded, load_any
 from kiln.export.runtime import Classifier, softmax
 
-__all__ = ["Loaded", "format_results", "image_files", "load_any", "predict"]
+__all__ = ["Loaded", "failure_summary", "format_results", "image_files", "load_any", "predict"]
 
 
-def image_files(args: list[str]) -> Iterator[Path]:
-    """Files named on the command line as given; folders walked (sorted) for image extensions."""
+def _visible(f: Path, root: Path) -> bool:
+    return not any(part.startswith(".") for part in f.relative_to(root).parts)
+
+
+def no_images(folder: Path, others: list[Path]) -> str:
+    """Why a folder gave nothing: the extensions looked for, and what else it holds."""
+    looked = ", ".join(sorted(IMAGE_EXTENSIONS))
+    kinds = sorted({f.suffix.lower() or "no extension" for f in others})
+    held = f"; it holds {len(others)} other file(s): {', '.join(kinds[:5])}" if others else "; it is empty"
+    return f"{folder}: no image files in it or below (looked for {looked}){held}"
+
+
+def image_files(args: list[str]) -> Iterator[tuple[Path, str | None]]:
+    """(file, None) for each file named on the command line and each image file in a folder (walked,
+    sorted, hidden names skipped), or (path, why) for an input that gives no image: a missing or empty
+    file, a folder without image files."""
     for a in args:
         p = Path(a)
         if p.is_dir():
-            yield from sorted(
-                f
-                for f in p.rglob("*")
-                if f.is_file()
-                and f.suffix.lower() in IMAGE_EXTENSIONS
-                and not any(part.startswith(".") for part in f.relative_to(p).parts)
-            )
+            files = sorted(f for f in p.rglob("*") if f.is_file() and _visible(f, p))
+            images = [f for f in files if f.suffix.lower() in IMAGE_EXTENSIONS]
+            if not images:
+                yield p, no_images(p, files)
+            yield from ((f, None) for f in images)
+        elif not p.is_file():
+            yield p, f"{p}: no such file"
+        elif p.stat().st_size == 0:
+            yield p, f"{p}: empty file (0 bytes)"
         else:
-            yield p
+            yield p, None
+
+
+def failure_summary(results: list[dict[str, Any]]) -> str:
+    """The one line for a run where no image could be read: the first failures, each naming its input."""
+    errors = [r["error"] for r in results if "error" in r]
+    shown = "; ".join(clip(e, 2 * BRIEF) for e in errors[:2]) + (
+        "; ... (all of them above)" if len(errors) > 2 else ""
+    )
+    return f"no image could be read ({len(errors)} input(s) failed: {shown})"
 
 
 def predict(
@@ -60,11 +85,11 @@ def predict(
             results[i]["top"] = [{"class": clf.classes[j], "prob": round(float(row[j]), 6)} for j in order]
         pending.clear()
 
-    for f in image_files(inputs):
+    for f, why in image_files(inputs):
         results.append({"path": str(f)})
-        if not f.is_file():
-            results[-1]["error"] = f"{f}: no such file"
-            warn(results[-1]["error"])
+        if why:
+            results[-1]["error"] = why
+            warn(why)
             continue
         try:
             pending.append((len(results) - 1, clf.decode(f)))

@@ -1,4 +1,4 @@
-"""``export_checkpoint``: checkpoint -> artifact + preprocess.json, loaded back and verified -> export.json."""
+"""``export_checkpoint``: checkpoint -> artifact + preprocess.json, loaded back, verified -> export.json."""
 
 from __future__ import annotations
 
@@ -13,8 +13,9 @@ from kiln.export import TOLERANCE, ExportError
 from kiln.export import verify as V
 from kiln.export.base import ExportOptions
 from kiln.export.formats import get_format
+from kiln.export.triton import model_name
 from kiln.models.restore import Restored, restore
-from kiln.paths import RunDir
+from kiln.paths import RunDir, output_dir
 
 PREPROCESS_FORMAT = "kiln-preprocess/1"
 GEOMETRY = {  # how a decoded image (EXIF orientation applied, RGB or L) becomes the model's input
@@ -78,10 +79,14 @@ def export_checkpoint(
         not opts.name or Path(opts.name).name != opts.name or opts.name in (".", "..")
     ):
         raise ExportError(f"--name {opts.name!r}: give a plain file/model name; choose the folder with --out")
+    if out:  # the user's folder is checked before anything is read; the default is in the run folder
+        output_dir(out, "--out", "any" if fmt == "triton" else "kiln")
     r = restore(checkpoint, overrides, config)
     model = r.model.float().eval()
     out_dir = Path(out) if out else RunDir.of_checkpoint(checkpoint).export_dir(fmt)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    output_dir(out_dir, "--out", "any" if fmt == "triton" else "kiln")
+    if fmt == "triton":  # kiln owns the model folder REPO/NAME; REPO may hold the user's other models
+        output_dir(out_dir / model_name(opts.name or r.config.run.name), "--out")
     batches = V.build_batches(r.config, r.preprocess, opts.max_batch_size)
     recipe = {
         "model": {"name": r.config.model.name, "args": dict(r.config.model.args)},
@@ -114,8 +119,8 @@ def export_checkpoint(
     }
     report["seconds"] = round(time.perf_counter() - t0, 3)
     report_file = saved.folder / "export.json"
-    report["files"] = sorted(
-        {str(p.relative_to(out_dir)) for p in out_dir.rglob("*") if p.is_file()}
+    report["files"] = sorted(  # this export's files (in a Triton repository: its model folder's)
+        {str(p.relative_to(out_dir)) for p in saved.folder.rglob("*") if p.is_file()}
         | {str(report_file.relative_to(out_dir))}
     )
     report_file.write_text(json.dumps(report, indent=2))

@@ -5,12 +5,13 @@ turns them into its ``Preset``.)"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import kiln.checkpoint as ckpt
 from kiln.config import ModelConfig
-from kiln.errors import CheckpointError
+from kiln.errors import CheckpointError, clip
 from kiln.models import parse_name
 
 
@@ -35,12 +36,29 @@ def _from_metadata(meta: dict[str, Any]) -> dict[str, Any]:
 
 
 def _from_file(path: Path) -> dict[str, Any]:
+    """The file's own record; a record that is there but unreadable is one line naming the file."""
     if path.suffix == ".safetensors":
-        return _from_metadata(ckpt.safetensors_metadata(path))
+        meta = ckpt.safetensors_metadata(path, "model.pretrained")  # the header checked before any use
+        return _parsed(path, "metadata", _from_metadata, meta)
     try:
-        pre = ckpt.load(path).get("preprocess") or {}
+        pre = ckpt.load(path, "model.pretrained").get("preprocess") or {}
     except CheckpointError:
-        return {}  # a plain state_dict: no record of its own
+        return {}  # a plain state_dict: no record of its own (read_weights reports a bad file)
+    return _parsed(path, "preprocessing record", _from_record, pre)
+
+
+def _parsed(path: Path, what: str, parse: Callable[[Any], dict[str, Any]], record: Any) -> dict[str, Any]:
+    try:
+        return parse(record)
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError) as e:
+        raise CheckpointError(
+            f"model.pretrained: {path}: its {what} is not readable ({type(e).__name__}: {clip(str(e))}); "
+            "was it written by kiln or timm?"
+        ) from None
+
+
+def _from_record(pre: dict[str, Any]) -> dict[str, Any]:
+    """A kiln checkpoint's ``preprocess`` record (image_size, mean, std; crop settings when cropping)."""
     out = (
         {"image_size": tuple(pre["image_size"]), "mean": tuple(pre["mean"]), "std": tuple(pre["std"])}
         if pre

@@ -26,9 +26,13 @@ class Restored:
 
 
 def restore(
-    path: str | Path, overrides: list[str] | None = None, config_path: str | Path | None = None
+    path: str | Path,
+    overrides: list[str] | None = None,
+    config_path: str | Path | None = None,
+    key: str = "--checkpoint",
 ) -> Restored:
-    saved = ckpt.load(path)
+    """The model of a kiln checkpoint; ``key`` is the option that named it (``--model`` for predict)."""
+    saved = ckpt.load(path, key)
     raw = read_config_file(config_path) if config_path else saved.get("config")
     if not isinstance(raw, dict):
         raise CheckpointError(f"{path}: holds no config; pass one with -c CONFIG")

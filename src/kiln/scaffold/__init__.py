@@ -8,6 +8,7 @@ from pathlib import Path
 from string import Template
 
 from kiln.errors import KilnError
+from kiln.paths import output_dir
 
 TEMPLATES = ("basic", "folder", "csv", "transfer", "photos")
 _HERE = Path(__file__).parent / "templates"
@@ -32,8 +33,7 @@ def create_project(dest: str | Path, template: str = "basic", data: str | None =
     dest = Path(dest)
     if template not in TEMPLATES:
         raise KilnError(f"--template: unknown template '{template}' (valid: {', '.join(TEMPLATES)})")
-    if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
-        raise KilnError(f"{dest} already exists and is not empty; choose a new name (nothing was changed)")
+    output_dir(dest, "NAME", contents="none")  # new or empty: a project is the user's, never merged into
     name = re.sub(r"\W", "_", dest.name).strip("_").lower() or "project"
     if name[0].isdigit():
         name = f"p_{name}"

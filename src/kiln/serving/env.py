@@ -5,7 +5,8 @@ environment keeps its numpy 2: installing the server never changes it.
 
 Made once per kiln environment by ``kiln serve --setup`` (or the first ``kiln serve``), in
 ``~/.cache/kiln/serve-env-<id of kiln's environment>`` (it links that environment's packages), or in
-``KILN_SERVE_ENV``.
+``KILN_SERVE_ENV``. kiln replaces only a folder it made (its marker, written before anything else) or an
+empty one: a folder of the user's is refused, never deleted.
 """
 
 from __future__ import annotations
@@ -63,10 +64,19 @@ class ServeEnv:
 
     @property
     def marker(self) -> Path:
+        """kiln's mark on the folder: written first when the env is made (so a half-made one is still known
+        as kiln's and may be replaced), rewritten with the versions when it is ready."""
         return self.root / "kiln-serve-env.txt"
 
+    def is_kilns(self) -> bool:
+        return self.marker.is_file()
+
     def ready(self) -> bool:
-        return self.marker.is_file() and self.tritonserver.is_file() and (self.backends / "python").is_dir()
+        try:  # the final marker starts with the versions; the first one says "being set up"
+            made = self.marker.read_text().startswith(PYTRITON)
+        except OSError:
+            return False
+        return made and self.tritonserver.is_file() and (self.backends / "python").is_dir()
 
     def server_environ(self) -> dict[str, str]:
         """The server's environment: the stub finds this env's python first on PATH (and so its numpy<2
@@ -84,16 +94,43 @@ def _run(cmd: list[str], what: str) -> None:
         tail = (proc.stderr.strip().splitlines() or proc.stdout.strip().splitlines() or ["no output"])[-1]
         raise KilnError(
             f"serving environment: {what} failed ({tail}); check the network to PyPI, or set "
-            "KILN_SERVE_ENV to a writable folder"
+            "KILN_SERVE_ENV to a new or empty folder on a disk with 1 GB free"
         )
+
+
+def claim(root: Path) -> None:
+    """Make ``root`` kiln's, empty, before anything is installed in it. kiln removes only what it made: a
+    folder holding its marker (an env, finished or not) or an empty one; any other folder is refused, its
+    files untouched (KILN_SERVE_ENV=~/work must never cost ~/work)."""
+    env = ServeEnv(root)
+    if root.exists() and not root.is_dir():
+        raise KilnError(f"KILN_SERVE_ENV: {root} is not a folder; set it to a new or empty folder")
+    if root.is_dir() and any(root.iterdir()) and not env.is_kilns():
+        raise KilnError(
+            f"KILN_SERVE_ENV: {root} holds files kiln did not make; kiln never deletes them. Set "
+            "KILN_SERVE_ENV to a new or empty folder for the serving environment"
+        )
+    try:
+        if env.is_kilns():  # an env of kiln's, half made or stale: its contents go (the folder may be a link)
+            for child in root.iterdir():
+                if child.is_dir() and not child.is_symlink():
+                    shutil.rmtree(child)
+                else:
+                    child.unlink()
+        root.mkdir(parents=True, exist_ok=True)
+        env.marker.write_text(f"a kiln serving environment, being set up by pid {os.getpid()}\n")
+    except OSError as e:
+        raise KilnError(
+            f"KILN_SERVE_ENV: cannot set up {root} ({e.strerror or e}); set it to a new or empty folder"
+        ) from None
 
 
 def create(root: Path) -> ServeEnv:
     """Make the environment (about 30 s and 400 MB: the wheel and numpy); returns it ready."""
     env = ServeEnv(root)
     t0 = time.perf_counter()
+    claim(root)  # the marker first: from here on the folder is recognisably kiln's
     log(f"kiln: setting up the serving environment in {root} ({PYTRITON}, numpy<2; once)")
-    shutil.rmtree(root, ignore_errors=True)
     base = getattr(sys, "_base_executable", sys.executable)  # the interpreter kiln's own venv was made from
     _run([base, "-m", "venv", str(root)], "creating a virtualenv")
     _run(
