@@ -274,7 +274,8 @@ def test_the_space_file_is_read_like_a_config(tmp_path: Path, text: str | bytes,
 @pytest.mark.parametrize(
     "override",
     [
-        "data.source=" + "x" * 300_000,  # a literal: the value and a did-you-mean
+        "optimizer.name=" + "x" * 300_000,  # a literal: the value and a did-you-mean
+
         "trainer.epochs=[" + ", ".join(["1"] * 10_000) + "]",  # 10,000 items
         "data.mean=" + "[" * 90 + "1" + "]" * 90,  # 90 levels
         "trainer.x" + "y" * 100_000 + "=1",  # an unknown key of 100 kB
@@ -443,3 +444,11 @@ def test_kiln_predict_with_a_bad_model_file_is_one_line(tmp_path: Path, case: st
     assert proc.stderr.startswith("kiln: error: --model")
     assert says in proc.stderr
     assert proc.stderr.strip().count("\n") == 0
+
+
+def test_a_huge_registry_name_is_shown_in_a_few_hundred_characters() -> None:
+    from kiln.engine.checks import check_config
+
+    with pytest.raises(ConfigError) as e:
+        check_config(load_config(DIGITS, ["data.source=" + "x" * 300_000]))
+    assert len(str(e.value)) < 3 * BRIEF + 300
