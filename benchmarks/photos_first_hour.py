@@ -34,8 +34,14 @@ class Timed:
 
     def __init__(self, args: list[str], cwd: Path, log: Path) -> None:
         self.t0, self.lines, self.log = time.monotonic(), [], log
-        self.proc = subprocess.Popen([sys.executable, "-m", "kiln", *args], cwd=cwd, env=ENV, text=True,
-                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "kiln", *args],
+            cwd=cwd,
+            env=ENV,
+            text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
         self.reader = threading.Thread(target=self._read, daemon=True)
         self.reader.start()
 
@@ -77,13 +83,25 @@ def main() -> None:
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "photos_first_hour.json"))
     a = p.parse_args()
     work = Path(tempfile.mkdtemp(prefix="kiln-first-hour-"))
-    subprocess.run([sys.executable, "-m", "kiln", "new", "proj", "--template", "photos", "--data", a.root], cwd=work,
-                   env=ENV, check=True, capture_output=True)
+    subprocess.run(
+        [sys.executable, "-m", "kiln", "new", "proj", "--template", "photos", "--data", a.root],
+        cwd=work,
+        env=ENV,
+        check=True,
+        capture_output=True,
+    )
     project = work / "proj"
 
     def frozen(cache: str, *extra: str) -> list[str]:
-        return ["train", "-c", "config.yaml", "model.freeze=backbone", f"model.pretrained={a.weights}",
-                f"data.cache_dir={work / cache}", *extra]
+        return [
+            "train",
+            "-c",
+            "config.yaml",
+            "model.freeze=backbone",
+            f"model.pretrained={a.weights}",
+            f"data.cache_dir={work / cache}",
+            *extra,
+        ]
 
     results: dict[str, float | int] = {}
     seconds, timed = run([*frozen("c0"), "trainer.metrics=[balanced_acuracy]"], project, work / "error.txt")
@@ -103,8 +121,20 @@ def main() -> None:
     timed.finish()
     results["ctrl_c_s"] = round(time.monotonic() - t0, 2)
     print(f"Ctrl-C during the feature pass: exit {timed.proc.returncode} after {results['ctrl_c_s']:.2f} s")
-    space = ["tune", "-c", "config.yaml", "--space", "space.yaml", "--samples", "4", "model.freeze=backbone",
-             f"model.pretrained={a.weights}", f"data.cache_dir={work / 'c3'}", "--out", str(work / "tune")]
+    space = [
+        "tune",
+        "-c",
+        "config.yaml",
+        "--space",
+        "space.yaml",
+        "--samples",
+        "4",
+        "model.freeze=backbone",
+        f"model.pretrained={a.weights}",
+        f"data.cache_dir={work / 'c3'}",
+        "--out",
+        str(work / "tune"),
+    ]
     tuned, _ = run(space, project, work / "tune.txt")
     computed = sum("backbone features of" in p.read_text() for p in (work / "tune").rglob("train.log"))
     results["tune_s"], results["tune_feature_passes"] = round(tuned, 1), computed

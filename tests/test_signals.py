@@ -86,7 +86,7 @@ def test_the_features_of_a_finished_run_are_reused_by_the_next(
         [sys.executable, "-m", "kiln", *args], env=ENV, capture_output=True, text=True, timeout=900
     )
     assert first.returncode == 0, first.stderr
-    assert "backbone features of 480 train images x 4 view(s)" in first.stdout
+    assert "backbone features of 600 train images x 4 view(s)" in first.stdout
     again = [a if not a.startswith("run.dir=") else f"run.dir={tmp_path / 'b'}" for a in args]
     second = subprocess.run(
         [sys.executable, "-m", "kiln", *again], env=ENV, capture_output=True, text=True, timeout=900

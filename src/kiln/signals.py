@@ -52,6 +52,7 @@ class _State:
         self.raised = False  # an Interrupt for this signal has been raised already
         self.installed = 0  # depth of install(): nested commands share one handler
         self.previous: dict[int, Any] = {}
+        self.pid = 0  # the process that installed the handler (a forked worker inherits it: see _handle)
 
 
 _STATE = _State()
@@ -62,6 +63,12 @@ def _name(signum: int) -> str:
 
 
 def _handle(signum: int, frame: FrameType | None) -> None:
+    if (
+        os.getpid() != _STATE.pid
+    ):  # a forked worker (decoding, a DataLoader): the parent decides; default here
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+        return
     if _STATE.signum is not None:  # the second signal
         if _STATE.critical:
             _STATE.exit_after_critical = True
@@ -92,6 +99,7 @@ def install() -> Iterator[None]:
     main = threading.current_thread() is threading.main_thread()
     if main and not _STATE.installed:
         _STATE.signum, _STATE.exit_after_critical, _STATE.raised = None, False, False
+        _STATE.pid = os.getpid()
         _STATE.previous = {int(s): signal.signal(s, _handle) for s in HANDLED}
     _STATE.installed += main
     try:
@@ -120,6 +128,12 @@ def received_name() -> str:
 
 def exit_code(default: int = 130) -> int:
     return EXIT_CODES.get(_STATE.signum or 0, default)
+
+
+def acknowledge() -> None:
+    """The stop request is being acted on (the training loop stopped at a step and saves a checkpoint):
+    leaving a critical section must not raise it again."""
+    _STATE.raised = True
 
 
 def check() -> None:

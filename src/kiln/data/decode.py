@@ -172,8 +172,11 @@ def _chunks(paths: list[Path], workers: int) -> list[tuple[int, list[str]]]:
 
 def _ignore_sigint() -> None:
     # Ctrl-C on a terminal reaches the whole process group: the parent decides, the workers carry on
-    # until it stops them (no KeyboardInterrupt traceback from every worker)
+    # until it stops them (no KeyboardInterrupt traceback from every worker); SIGTERM, with which the
+    # parent stops them, ends them the default way (not through the handler they inherited by fork)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGUSR1, signal.SIG_DFL)
 
 
 def parallel(

@@ -148,7 +148,9 @@ def train_epochs(run: Run) -> str | None:
             )
             raise Interrupted(f"interrupted at epoch {epoch + 1}; {kept}", signals.exit_code()) from None
         if metrics.get("interrupted"):
+            signals.acknowledge()  # the stop is being acted on: saving last.pt must not raise it again
             run.callbacks.interrupt(epoch, run.state.step)  # checkpointing writes last.pt
+
             raise Interrupted(
                 f"interrupted at epoch {epoch + 1}, step {run.state.step}; saved {run.dir.last}. "
                 f"{resume_hint(run)}",
