@@ -118,10 +118,46 @@ def test_mixup_mixes_pairs_and_the_loss_follows() -> None:
     assert t.train(x, idx, 1, 3)[1].lam != mix.lam  # another step, another draw
 
 
-def test_should_stop_ends_the_epoch_at_a_step_boundary() -> None:
+def _stop_after(calls: int) -> Callable[[], bool]:
+    """A stop flag that turns on at the ``calls``-th time the loop asks."""
+    asked = [0]
+
+    def should_stop() -> bool:
+        asked[0] += 1
+        return asked[0] >= calls
+
+    return should_stop
+
+
+def test_a_stop_inside_a_step_abandons_it_and_rewinds_to_its_start() -> None:
     loader = _loader()
-    _, state, out = _train(StepOptions(accumulate=2), should_stop=lambda: True, loader=loader)
-    assert out["interrupted"] and state.step == 1 and loader.state_dict() == {"epoch": 0, "position": 2}
+    model, opt, transform = _setup()
+    model.insert(1, nn.Dropout(0.5))  # a layer that draws from the global RNG during the step
+    state, before = TrainState(), torch.get_rng_state()
+    out = train_one_epoch(
+        model,
+        F.cross_entropy,
+        opt,
+        loader,
+        transform,
+        state,
+        StepOptions(accumulate=2),
+        should_stop=_stop_after(3),
+    )
+    assert out["interrupted"]
+
+    assert state.step == 0  # the step of batches 0-1 was abandoned mid-way ...
+    assert loader.state_dict() == {"epoch": 0, "position": 0}  # ... so a resume does it again
+    assert torch.equal(torch.get_rng_state(), before)
+
+
+def test_a_stop_as_a_step_completes_ends_at_its_boundary() -> None:
+    loader = _loader()
+    # asked after batch 0's forward and backward (mid-window), after batch 1's forward; then at the boundary
+    _, state, out = _train(StepOptions(accumulate=2), should_stop=_stop_after(4), loader=loader)
+    assert out["interrupted"]
+    assert state.step == 1
+    assert loader.state_dict() == {"epoch": 0, "position": 2}
 
 
 class _Record(Callback):

@@ -57,8 +57,8 @@ def project(
     hymenoptera_dir: Path, imagenet_weights: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Project:
     base = tmp_path_factory.mktemp("user")
-    photos = photo_subset(hymenoptera_dir, base / "photos", classes=2, per_class=30)
-    photo_subset(hymenoptera_dir, base / "photos", classes=2, per_class=40, gray=True)  # grayscale ones too
+    # grayscale photos (as X-rays are) with RGB ImageNet weights
+    photos = photo_subset(hymenoptera_dir, base / "photos", classes=2, per_class=40, gray=True)
     subprocess.run(
         [sys.executable, "-m", "kiln", "new", "proj", "--template", "photos", "--data", str(photos)],
         cwd=base,
@@ -116,7 +116,8 @@ def test_eval_predict_export(project: Project) -> None:
     report = project.kiln("eval", "--checkpoint", best)
     assert "report:" in report
     assert (project.folder / "runs/proj/eval-val/report.html").is_file()
-    photo = next((project.folder.parent / "photos/val").rglob("*.jpg"))
+    photo = next((project.folder.parent / "photos/val").rglob("*.png"))
+
     predicted = json.loads(project.kiln("predict", "--model", best, str(photo), "--topk", "1"))
     assert predicted[0]["top"][0]["class"] in ("ants", "bees")
     exported = project.kiln("export", "--checkpoint", best, "--format", "onnx")

@@ -9,8 +9,15 @@ import argparse
 def run(args: argparse.Namespace) -> int:
     from kiln.config import load_config
     from kiln.data.check import check
+    from kiln.engine.setup import data_preset
+    from kiln.registry import add_project_path, import_user_modules
 
-    report = check(load_config(args.config, args.overrides))
+    add_project_path(args.config)
+    cfg = load_config(args.config, args.overrides)
+    import_user_modules(cfg.imports)
+    # the geometry training will use: the pretrained weights' input size and crop, when the config has them
+    report = check(cfg, data_preset(cfg))
+
     print(report.text)
     return 1 if report.problems else 0
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from kiln.config import Config
 from kiln.data.build import plan
+from kiln.spec import Preset
 
 SKEW = 3.0  # largest / smallest class above this: the report names the options for imbalanced data
 
@@ -39,10 +40,11 @@ def balance(counts: list[int], classes: list[str]) -> tuple[str, list[str]]:
     ]
 
 
-def check(cfg: Config) -> CheckReport:
+def check(cfg: Config, preset: Preset | None = None) -> CheckReport:
+    """``preset``: the pretrained weights' preprocessing, so the images are checked as training reads them."""
     # collect, don't stop: every problem of the whole dataset is listed
     cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"on_bad_sample": "skip"})})
-    data_plan = plan(cfg.data)
+    data_plan = plan(cfg.data, preset)
     raw, spec = data_plan.splits, data_plan.spec
     problems = list(raw.skipped)  # listing problems, and every unreadable file (plan() scans with skip)
     classes = data_plan.class_names

@@ -11,6 +11,7 @@ import torch
 from kiln.config import EPOCH_METRICS, Config
 from kiln.data import sources  # noqa: F401  (defining kiln's data sources registers them)
 from kiln.errors import ConfigError, brief, did_you_mean
+from kiln.metrics import builtin  # noqa: F401  (and kiln's own metrics)
 from kiln.registry import CALLBACKS, DATASETS, LOSSES, METRICS, SOURCES
 
 MetricFn = Callable[[torch.Tensor, torch.Tensor], float]
@@ -33,11 +34,11 @@ def check_config(cfg: Config) -> dict[str, MetricFn]:
     for spec in cfg.callbacks:
         CALLBACKS.get(spec.name)
     metrics = {metric_name(spec): METRICS.get(spec) for spec in cfg.trainer.metrics}
-    builtin = METRICS.names()
+    builtin_names = METRICS.names()
     valid = [
         *EPOCH_METRICS,
         *(f"val_{m}" for m in metrics),
-        *(f"val_{m}" for m in builtin if m not in metrics),
+        *(f"val_{m}" for m in builtin_names if m not in metrics),
     ]
     monitors = [("trainer.checkpoint.monitor", cfg.trainer.checkpoint.monitor)]
     if cfg.trainer.early_stopping:
@@ -48,6 +49,6 @@ def check_config(cfg: Config) -> dict[str, MetricFn]:
                 f"{key}: {brief(name)} is not a metric{did_you_mean(name, valid)} (valid: {', '.join(valid)})"
             )
         wanted = name.removeprefix("val_")
-        if name.startswith("val_") and wanted not in metrics and wanted in builtin:
+        if name.startswith("val_") and wanted not in metrics and wanted in builtin_names:
             metrics[wanted] = METRICS.get(wanted)  # monitored: computed without being listed
     return metrics

@@ -97,14 +97,28 @@ def train_one_epoch(
     n_batches, t0, stop = min(len(loader), limit or len(loader)), time.perf_counter(), False
     last_read = t0
     start = loader.state_dict()["position"]  # > 0 when resuming mid-epoch
+    boundary = StepStart(start)
     for i, (xb, y, idx) in enumerate(loader, start=start):
+        if i % opts.accumulate == 0 or i == start:
+            boundary = StepStart(i)
         loss, logits = forward_loss(model, criterion, transform, (xb, y, idx), state.epoch, i, opts)
+        # Ctrl-C inside a long step (a big model on a CPU: seconds): abandon it and stop where it began, so
+        # the stop takes a forward or a backward at most, not a whole step (one process: under DDP the
+        # ranks must stop at the same step, decided at the boundary below)
+        if not dist.enabled and should_stop():
+            boundary.rewind(loader)
+            stop = True
+            break
         # trainer.on_nan=skip: a host read per step to drop a non-finite batch before it touches the weights
         if opts.skip_nan and not bool(torch.isfinite(loss.detach())):
             state.skipped_steps += 1
         else:
             backward(loss, scaler if use_scaler else None, opts.accumulate)
             tally.add(loss.detach(), logits.detach(), y)
+        if not dist.enabled and should_stop() and not ((i + 1) % opts.accumulate == 0 or i + 1 == n_batches):
+            boundary.rewind(loader)  # mid-accumulation: the window's earlier batches go back too
+            stop = True
+            break
         last, stepped = i + 1 == n_batches, (i + 1) % opts.accumulate == 0 or i + 1 == n_batches
         if stepped:
             optimizer_step(model, optimizer, scaler if use_scaler else None, opts.grad_clip)
@@ -136,7 +150,25 @@ def train_one_epoch(
     }
 
 
+class StepStart:
+    """Where an optimizer step began: the loader's position and the global torch RNG (dropout draws from
+    it; augmentation has generators of its own). An abandoned step goes back here, so the checkpoint
+    written on an interrupt is the state after the last whole step, and a resumed run repeats this one."""
+
+    def __init__(self, position: int) -> None:
+        self.position = position
+        self.rng = torch.get_rng_state()  # 5 KB copy, ~2 us: nothing next to a step
+        self.cuda = torch.cuda.get_rng_state() if torch.cuda.is_initialized() else None
+
+    def rewind(self, loader: Any) -> None:
+        loader.load_state_dict({"epoch": loader.state_dict()["epoch"], "position": self.position})
+        torch.set_rng_state(self.rng)
+        if self.cuda is not None:
+            torch.cuda.set_rng_state(self.cuda)
+
+
 def train_mode(model: nn.Module, frozen_bn: Sequence[nn.Module] = ()) -> None:
+
     model.train()
     for bn in frozen_bn:
         bn.eval()  # frozen BatchNorm: running statistics must not move either

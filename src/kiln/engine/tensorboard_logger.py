@@ -97,6 +97,10 @@ class TensorBoardLogger(Callback):
         for i, name in enumerate(outputs.classes):
             self.writer.add_pr_curve(f"pr/{name}", outputs.positives(i), probs[:, i], self.step)
 
+    def on_interrupt(self, epoch: int, step: int) -> None:
+        """The events so far are written and the file closed now, not by the interpreter's exit (~1 s)."""
+        self.writer.close()
+
     def on_fit_end(self, summary: dict[str, Any]) -> None:
         from torch.utils.tensorboard.summary import hparams
 
