@@ -30,6 +30,7 @@ class Checkpointing(Callback):
         self.best: float | None = None  # the monitored metric's best value, and its epoch
         self.best_epoch: int | None = None
         self.last_step = -1
+        self.last_written: tuple[Any, ...] | None = None  # where the run was when last.pt was last written
 
     def on_fit_start(self, info: FitInfo) -> None:
         self.owner = info.run
@@ -44,7 +45,7 @@ class Checkpointing(Callback):
         every = self.cfg.every_n_steps
         if every and step % every == 0 and step != self.last_step:  # once per optimizer step
             self.last_step = step
-            self._write(self.run.last, self._payload({"step": step}))
+            self._write_last(self._payload({"step": step}))
 
     def on_epoch_end(self, epoch: int, metrics: dict[str, Any]) -> str | None:
         value = metrics[self.cfg.monitor]
@@ -56,7 +57,7 @@ class Checkpointing(Callback):
         payload = self._payload(metrics)
         if improved:
             self._write(self.run.best, payload)
-        self._write(self.run.last, payload)
+        self._write_last(payload)
         if self.cfg.every_n_epochs and epoch % self.cfg.every_n_epochs == 0:
             self._write(self.run.epoch_checkpoint(epoch), payload)
             if self.writes:
@@ -65,7 +66,16 @@ class Checkpointing(Callback):
         return None
 
     def on_interrupt(self, epoch: int, step: int) -> None:
-        self._write(self.run.last, self._payload({}))
+        if self.last_written != self._where():  # last.pt already holds this state: don't wait for it again
+            self._write_last(self._payload({}))
+
+    def _where(self) -> tuple[Any, ...]:
+        state = self.owner.state
+        return state.epoch, state.step, tuple(self.owner.feed.state_dict().items()), state.pending is not None
+
+    def _write_last(self, payload: dict[str, Any]) -> None:
+        self._write(self.run.last, payload)
+        self.last_written = self._where()
 
     def _payload(self, metrics: dict[str, Any]) -> dict[str, Any]:
         # the tutorial's top-level keys, kept for code that reads them directly

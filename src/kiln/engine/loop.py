@@ -331,9 +331,7 @@ def infer(
     their collectives together)."""
     model.eval()
     outs, ys, ids = [], [], []
-    with Progress(
-        f"{desc} {loader.order.n:,} images", len(loader), "img", scale=loader.order.batch_size, announce=False
-    ) as progress:
+    with Progress(f"{desc} {loader.order.n:,} images", loader.order.n, "img", announce=False) as progress:
         for xb, y, idx in loader:
             if interruptible:
                 signals.check()  # Ctrl-C during a validation: stop within a batch (the trainer saves)
@@ -344,7 +342,8 @@ def infer(
                 outs.append(sum(weight * model(v).float() for v, weight in tta_views(x, opts.tta)))
             ys.append(y)
             ids.append(idx)
-            progress.update()
+            progress.update(len(idx))
+
     if not outs:
         return torch.empty(0, 0), torch.empty(0, dtype=torch.int64), torch.empty(0, dtype=torch.int64)
     return torch.cat(outs).cpu(), torch.cat(ys).cpu(), torch.cat(ids).cpu()

@@ -21,7 +21,7 @@ class ProgressBar(Callback):
             self._close()
             self.epoch = epoch
             self.progress = Progress(
-                f"epoch {epoch + 1}/{self.epochs}",
+                f"epoch {epoch + 1}/{self.epochs}, batch",  # counts batches; the rate is in images/s
                 batches,
                 "img",
                 bar=self.use_bar,
