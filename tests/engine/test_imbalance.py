@@ -16,7 +16,7 @@ from sklearn.utils.class_weight import compute_class_weight
 from kiln.config import load_config
 from kiln.data import plan
 from kiln.data.loaders import EpochOrder
-from kiln.engine.setup import build_criterion
+from kiln.engine.criterion import build_criterion
 from kiln.engine.trainer import fit
 from kiln.metrics.builtin import balanced_accuracy, macro_f1, mean_average_precision
 from tests.conftest import ROOT, write_png_folder

@@ -16,7 +16,8 @@ from kiln.config import AugmentConfig
 from kiln.data.augment import BatchTransform
 from kiln.data.loaders import EpochOrder, MemoryLoader
 from kiln.engine.callbacks import Callback, CallbackList
-from kiln.engine.loop import StepOptions, TrainState, mixed_loss, train_one_epoch, tta_views
+from kiln.engine.evaluate import tta_views
+from kiln.engine.loop import StepOptions, TrainState, mixed_loss, train_one_epoch
 from kiln.errors import TrainingStopped
 
 

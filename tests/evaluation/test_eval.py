@@ -74,7 +74,7 @@ def test_report_matches_sklearn_recomputed_from_predictions(evaluated: Path) -> 
 def test_topk_loss_ece_and_ap_match_sklearn(trained: Path) -> None:
     from kiln.data import build
     from kiln.data.augment import BatchTransform
-    from kiln.engine.loop import infer
+    from kiln.engine.evaluate import infer
     from kiln.models.restore import restore
 
     r = restore(trained)

@@ -73,7 +73,8 @@ def test_lenet_forward_is_the_tutorial_function_with_the_same_gradients() -> Non
 def test_pca_init_in_a_real_run_sets_the_first_conv_from_training_images(tmp_path: Path) -> None:
     from kiln.data import build
     from kiln.engine.distributed import Dist
-    from kiln.engine.setup import build_run, sample_images
+    from kiln.engine.init import sample_images
+    from kiln.engine.setup import build_run
 
     cfg = load_config(
         ROOT / "configs/digits.yaml",
@@ -96,7 +97,7 @@ def test_init_samples_spread_over_a_class_sorted_folder(tmp_path: Path) -> None:
     """An image folder lists class by class: the init's sample must not be the first class alone."""
     from kiln.config import DataConfig
     from kiln.data import build
-    from kiln.engine.setup import sample_images
+    from kiln.engine.init import sample_images
 
     root = write_png_folder(tmp_path / "imgs", ["a", "b", "c"], per_class=10, size=8)
     bundle = build(

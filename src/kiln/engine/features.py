@@ -30,7 +30,8 @@ from torch import nn
 from kiln.config import Config
 from kiln.console import Progress, log
 from kiln.data.cache import building, peek, store
-from kiln.engine.loop import EvalOptions, StepOptions
+from kiln.engine.evaluate import EvalOptions
+from kiln.engine.loop import StepOptions
 from kiln.models.transfer import without_head
 
 FEATURE_VIEWS = 4  # views per image when data.augment.views is unset and the backbone is frozen
@@ -204,7 +205,7 @@ def eval_features(
 
 def eval_prepare(transform: Any, tta: str) -> Prepare:
     """Evaluation features: the centre view, test-time views averaged (exact for a linear head)."""
-    from kiln.engine.loop import tta_views
+    from kiln.engine.evaluate import tta_views
 
     return lambda x, idx: tta_views(transform.eval(x), tta)
 

@@ -26,7 +26,8 @@ from kiln.console import log
 from kiln.data import TrainData
 from kiln.data.loaders import EpochOrder, MemoryLoader
 from kiln.engine import features
-from kiln.engine.loop import EvalOptions, StepOptions
+from kiln.engine.evaluate import EvalOptions
+from kiln.engine.loop import StepOptions
 from kiln.models.transfer import head_name
 
 

@@ -1,4 +1,4 @@
-"""The hot loop: ``train_one_epoch``, ``infer`` and ``evaluate`` as plain functions with explicit inputs.
+"""The hot loop: ``train_one_epoch`` as a plain function with explicit inputs (evaluation: ``evaluate.py``).
 
 No host synchronisation per step: loss and accuracy accumulate on the device and are read back every
 ``log_every`` optimizer steps (for the progress bar and the non-finite check) and at the end of the epoch.
@@ -9,24 +9,20 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Callable, Sequence
-from contextlib import AbstractContextManager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from kiln import signals
-from kiln.console import Progress
 from kiln.data.augment import BatchTransform, Mix
 from kiln.engine.callbacks import CallbackList
-from kiln.engine.distributed import LOCAL, Dist, all_sum, gather_cat
+from kiln.engine.distributed import LOCAL, Dist, all_sum
 from kiln.engine.ema import EMA
+from kiln.engine.evaluate import Autocast, hits
 from kiln.errors import TrainingStopped
 
 Criterion = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (logits, labels) -> scalar loss
-Autocast = Callable[[], AbstractContextManager[object]]
 
 
 @dataclass
@@ -53,16 +49,6 @@ class StepOptions:
     # also read the running loss back after this many seconds (one process only: under DDP the ranks must
     # agree on when, so only log_every counts there), so progress lines come at least every ~15 s
     report_every_s: float = 5.0
-
-
-@dataclass(frozen=True)
-class EvalOptions:
-    """How inference runs at evaluation."""
-
-    tta: str = "none"  # test-time augmentation views (see tta_views)
-    channels_last: bool = False
-    autocast: Autocast = contextlib.nullcontext
-    metric_fns: dict[str, Callable[[torch.Tensor, torch.Tensor], float]] = field(default_factory=dict)
 
 
 def _never() -> bool:
@@ -101,13 +87,9 @@ def train_one_epoch(
     for i, (xb, y, idx) in enumerate(loader, start=start):
         if i % opts.accumulate == 0 or i == start:
             boundary = StepStart(i)
+        last, stepped = i + 1 == n_batches, (i + 1) % opts.accumulate == 0 or i + 1 == n_batches
         loss, logits = forward_loss(model, criterion, transform, (xb, y, idx), state.epoch, i, opts)
-        # Ctrl-C inside a long step (a big model on a CPU: seconds): abandon it and stop where it began, so
-        # the stop takes a forward or a backward at most, not a whole step (one process: under DDP the
-        # ranks must stop at the same step, decided at the boundary below)
-        if not dist.enabled and should_stop():
-            boundary.rewind(loader)
-            stop = True
+        if stop := abandoned(should_stop, dist, boundary, loader):
             break
         # trainer.on_nan=skip: a host read per step to drop a non-finite batch before it touches the weights
         if opts.skip_nan and not bool(torch.isfinite(loss.detach())):
@@ -115,11 +97,8 @@ def train_one_epoch(
         else:
             backward(loss, scaler if use_scaler else None, opts.accumulate)
             tally.add(loss.detach(), logits.detach(), y)
-        if not dist.enabled and should_stop() and not ((i + 1) % opts.accumulate == 0 or i + 1 == n_batches):
-            boundary.rewind(loader)  # mid-accumulation: the window's earlier batches go back too
-            stop = True
-            break
-        last, stepped = i + 1 == n_batches, (i + 1) % opts.accumulate == 0 or i + 1 == n_batches
+        if not stepped and (stop := abandoned(should_stop, dist, boundary, loader)):
+            break  # mid-accumulation: the window's earlier batches go back too
         if stepped:
             optimizer_step(model, optimizer, scaler if use_scaler else None, opts.grad_clip)
             if scheduler is not None:
@@ -141,13 +120,18 @@ def train_one_epoch(
         if last or stop:
             break  # a fractional last epoch, or an interrupt, stops here before the loader's end
     seconds, (loss_avg, acc) = time.perf_counter() - t0, tally.running()
-    return {
-        "train_loss": loss_avg,
-        "train_acc": acc,
-        "images_per_s": tally.seen / max(seconds, 1e-9),
-        "train_seconds": seconds,
-        "interrupted": bool(stop),
-    }
+    speed = {"images_per_s": tally.seen / max(seconds, 1e-9), "train_seconds": seconds}
+    return {"train_loss": loss_avg, "train_acc": acc, **speed, "interrupted": bool(stop)}
+
+
+def abandoned(should_stop: Callable[[], bool], dist: Dist, boundary: StepStart, loader: Any) -> bool:
+    """Ctrl-C inside a long step (a big model on a CPU: seconds): abandon the step and go back to where it
+    began, so a stop costs a forward or a backward at most, not a whole step. One process only: under DDP
+    the ranks must stop at the same step, which they decide at the step boundary."""
+    if dist.enabled or not should_stop():
+        return False
+    boundary.rewind(loader)
+    return True
 
 
 class StepStart:
@@ -285,95 +269,3 @@ class _Tally:
             f"last finite loss {last_loss}. Lower optimizer.lr, set trainer.grad_clip, or "
             "trainer.on_nan=skip; checkpoints keep their last good contents"
         )
-
-
-def hits(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Per image, how right the prediction is: 1/0 for one class per image (the argmax); multi-label (y a
-    0/1 row), the share of the K labels whose sigmoid at 0.5 agrees (1 - the Hamming loss)."""
-    if y.ndim == 1:
-        return (logits.argmax(1) == y).double()
-    return ((logits > 0) == (y > 0.5)).double().mean(1)
-
-
-def plain_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """The loss validation and test report, whatever the training loss: cross-entropy (no smoothing), or
-    for multi-label targets binary cross-entropy; so runs compare across configs."""
-    if y.ndim == 1:
-        return F.cross_entropy(logits, y)
-    return F.binary_cross_entropy_with_logits(logits, y.float())
-
-
-def tta_views(x: torch.Tensor, mode: str) -> list[tuple[torch.Tensor, float]]:
-    """The input and its test-time views with their weights in the averaged logits, as airbench94 does:
-    ``flip``: the image and its mirror, 1/2 each; ``flip_translate``: those two at 1/4 each, plus the image
-    shifted 1 px up-left and 1 px down-right (reflect padding) and their mirrors, 1/8 each."""
-    if mode == "none":
-        return [(x, 1.0)]
-    if mode == "flip":
-        return [(x, 0.5), (x.flip(3), 0.5)]
-    pad = F.pad(x, (1, 1, 1, 1), mode="reflect")
-    h, w = x.shape[2:]
-    shifted = [pad[..., 0:h, 0:w], pad[..., 2 : h + 2, 2 : w + 2]]
-    return [(x, 0.25), (x.flip(3), 0.25)] + [(v, 0.125) for s in shifted for v in (s, s.flip(3))]
-
-
-@torch.no_grad()
-def infer(
-    model: nn.Module,
-    loader: Any,
-    transform: BatchTransform,
-    opts: EvalOptions = EvalOptions(),
-    desc: str = "evaluating",
-    interruptible: bool = True,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Logits (float32, on the CPU), labels and sample indices over a whole loader; TTA views averaged.
-    ``interruptible``: a stop request ends it between batches (not under DDP, where the ranks must reach
-    their collectives together)."""
-    model.eval()
-    outs, ys, ids = [], [], []
-    with Progress(f"{desc} {loader.order.n:,} images", loader.order.n, "img", announce=False) as progress:
-        for xb, y, idx in loader:
-            if interruptible:
-                signals.check()  # Ctrl-C during a validation: stop within a batch (the trainer saves)
-            x = transform.eval(xb)
-            if opts.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            with opts.autocast():
-                outs.append(sum(weight * model(v).float() for v, weight in tta_views(x, opts.tta)))
-            ys.append(y)
-            ids.append(idx)
-            progress.update(len(idx))
-
-    if not outs:
-        return torch.empty(0, 0), torch.empty(0, dtype=torch.int64), torch.empty(0, dtype=torch.int64)
-    return torch.cat(outs).cpu(), torch.cat(ys).cpu(), torch.cat(ids).cpu()
-
-
-def predict(
-    model: nn.Module, loader: Any, transform: BatchTransform, opts: EvalOptions, dist: Dist = LOCAL
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``infer`` over a split; under DDP each rank infers its shard and all gather the rest, so every
-    sample is counted exactly once (no padding duplicates) and results are in sample order."""
-    logits, y, idx = infer(model, loader, transform, opts, interruptible=not dist.enabled)
-    if not dist.enabled:
-        return logits, y, idx
-    dev = loader.device  # nccl gathers CUDA tensors, gloo CPU ones
-    logits, y, idx = (gather_cat(dist, t.to(dev)).cpu() for t in (logits, y, idx))
-    order = idx.argsort()
-    return logits[order], y[order], idx[order]
-
-
-def evaluate(
-    model: nn.Module, loader: Any, transform: BatchTransform, opts: EvalOptions, dist: Dist = LOCAL
-) -> dict[str, float]:
-    """Loss (``plain_loss``: it compares across configs), accuracy (``hits``), and the config's extra
-    metrics (``trainer.metrics``) as ``metric_<name>``."""
-
-    logits, y, _ = predict(model, loader, transform, opts, dist)
-    if y.numel() == 0:
-        return {"loss": float("nan"), "acc": float("nan"), "n": 0}
-    out = {"loss": plain_loss(logits, y).item(), "acc": hits(logits, y).mean().item(), "n": int(len(y))}
-
-    for name, fn in opts.metric_fns.items():
-        out[f"metric_{name}"] = float(fn(logits, y))
-    return out

@@ -20,8 +20,9 @@ from kiln.data import TrainData
 from kiln.engine.callbacks import CallbackList
 from kiln.engine.distributed import Dist, gather_objects
 from kiln.engine.ema import EMA
+from kiln.engine.evaluate import EvalOptions
 from kiln.engine.feeds import CachedFeatures, LiveImages
-from kiln.engine.loop import Criterion, EvalOptions, StepOptions, TrainState
+from kiln.engine.loop import Criterion, StepOptions, TrainState
 from kiln.errors import CheckpointError
 from kiln.optim import unfreeze
 from kiln.paths import RunDir

@@ -5,12 +5,10 @@ first layer's PCA, the head's start, a frozen backbone's features), the schedule
 
 from __future__ import annotations
 
-import inspect
 import math
 import os
 import random
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -20,29 +18,30 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from kiln.config import Config
 from kiln.console import bar_enabled, log
-from kiln.data import DataPlan, Preset, TrainData, load_train, plan
+from kiln.data import DataPlan, Preset, load_train, plan
 from kiln.engine.callbacks import Callback, CallbackList, EarlyStopping, MetricsLog
 from kiln.engine.checkpointing import Checkpointing
-from kiln.engine.checks import check_config
+from kiln.engine.checks import MetricFn, check_config
+from kiln.engine.criterion import build_criterion
 from kiln.engine.distributed import Dist
 from kiln.engine.ema import EMA
+from kiln.engine.evaluate import Autocast, EvalOptions
 from kiln.engine.features import feature_path, views_for
-from kiln.engine.feeds import CachedFeatures, LiveImages, make_feed
+from kiln.engine.feeds import LiveImages, make_feed
+from kiln.engine.init import data_init, init_head
 from kiln.engine.loggers import build_loggers
 from kiln.engine.lookahead import Lookahead
-from kiln.engine.loop import Criterion, EvalOptions, StepOptions
+from kiln.engine.loop import StepOptions
 from kiln.engine.precision import autocast_factory, make_scaler, resolve_precision
 from kiln.engine.progress import ProgressBar
 from kiln.engine.run import Run
-from kiln.errors import ConfigError, KilnError
-from kiln.losses import build_loss
+from kiln.errors import KilnError
 from kiln.models import build as build_network
 from kiln.models import transfer
-from kiln.models.init import first_conv, images_for_pca, pca_init
 from kiln.models.preprocessing import weights_preprocessing
 from kiln.optim import build_optimizer, build_scheduler
 from kiln.paths import RunDir
-from kiln.registry import CALLBACKS, LOSSES
+from kiln.registry import CALLBACKS
 
 
 def data_preset(cfg: Config) -> Preset | None:
@@ -106,53 +105,6 @@ def build_model(
     return model, frozen, file_head or head
 
 
-def build_criterion(cfg: Config, data: DataPlan) -> Criterion:
-    """The training loss: trainer.loss (auto: cross-entropy, or BCE for multi-label data), with
-    trainer.class_weights, and the train class counts for the losses that need them (imbalance)."""
-    t = cfg.trainer
-    name = t.loss if t.loss != "auto" else ("bce" if data.multi_label else "cross_entropy")
-    args = dict(t.loss_args)
-    if name in ("cross_entropy", "focal", "weighted_cross_entropy", "ldam") and data.multi_label:
-        raise ConfigError(
-            f"trainer.loss: {name} takes one class per image, but the data is multi-label; use "
-            "bce or asymmetric (trainer.loss=auto picks bce)"
-        )
-    if name in ("bce", "asymmetric") and not data.multi_label:
-        raise ConfigError(
-            f"trainer.loss: {name} is for multi-label data (several labels per image); this data "
-            "has one class per image: use cross_entropy or trainer.loss=auto"
-        )
-    if t.class_weights is not None:
-        if name == "cross_entropy":
-            name, args["class_weights"] = "weighted_cross_entropy", t.class_weights
-        elif name == "bce":
-            args["pos_weight"] = bce_weights(t.class_weights, data)
-        else:
-            raise ConfigError(
-                f"trainer.class_weights: applies to cross_entropy and bce, not {name} (for it, give "
-                "the weights in trainer.loss_args if it takes them)"
-            )
-    takes_counts = (
-        "class_counts" in inspect.signature(LOSSES.get(name)).parameters if ":" not in name else False
-    )
-    return build_loss(name, t.label_smoothing, args, data.counts("train") if takes_counts else None)
-
-
-def bce_weights(weights: str | list[float], data: DataPlan) -> list[float]:
-    """BCE's pos_weight per class: the given ones, or balanced = negatives / positives of each class."""
-    if not isinstance(weights, str):
-        if len(weights) != len(data.classes):
-            raise ConfigError(
-                f"trainer.class_weights: {len(weights)} weights for {len(data.classes)} classes"
-            )
-        return list(weights)
-    total, counts = len(data.splits.train), data.counts("train")
-    if not all(counts):
-        empty = [c for c, n in zip(data.classes, counts, strict=True) if not n]
-        raise ConfigError(f"trainer.class_weights=balanced: classes {empty[:5]} have no training images")
-    return [(total - n) / n for n in counts]
-
-
 def frozen_batchnorms(cfg: Config, model: nn.Module) -> list[nn.Module]:
 
     if cfg.model.bn_stats == "frozen":
@@ -188,11 +140,7 @@ def build_run(cfg: Config, dist: Dist, device: torch.device, extra: list[Callbac
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     precision = resolve_precision(t.precision, device)
-    autocast = autocast_factory(precision, device)
-    step = StepOptions(
-        t.accumulate, t.grad_clip, t.log_every_n_steps, t.on_nan == "skip", channels_last, autocast
-    )
-    evaluation = EvalOptions(t.tta, channels_last, autocast, metric_fns)
+    step, evaluation = step_options(cfg, channels_last, autocast_factory(precision, device), metric_fns)
     optimizer = build_optimizer(
         cfg.optimizer, model, cfg.data.batch_size, fused=device.type in ("cuda", "cpu")
     )
@@ -202,12 +150,7 @@ def build_run(cfg: Config, dist: Dist, device: torch.device, extra: list[Callbac
     cfg = with_feature_views(cfg, data_plan, dist.enabled)
     data = load_train(data_plan, cfg.data, cfg.run.seed, device, dist.rank, dist.world, preset)
     init_seconds = data_init(cfg, model, data)
-    # DDP, then compile, last: EMA and Lookahead hold the plain module's parameters, which both share
-    train_model: nn.Module = model
-    if dist.enabled:
-        train_model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
-    if t.compile:
-        train_model = torch.compile(train_model)
+    train_model = wrapped(model, cfg, dist, device)
     live = LiveImages(train_model, data, step, evaluation, frozen_batchnorms(cfg, model))
     cache_dir = Path(cfg.data.cache_dir).expanduser() if cfg.data.cache_dir else None
     feed = make_feed(live, model, data, cfg, cache_dir, precision, dist.enabled)
@@ -243,67 +186,25 @@ def build_run(cfg: Config, dist: Dist, device: torch.device, extra: list[Callbac
     )
 
 
-def data_init(cfg: Config, model: nn.Module, data: TrainData) -> float:
-    """A data-dependent start (airbench's whitening conv, model.pca_init); returns its seconds."""
-    t0 = time.perf_counter()
-    init = getattr(model, "init_from_data", None)
-    if callable(init) and not cfg.model.pretrained:
-        init(sample_images(data, 5000))
-    if cfg.model.pca_init:
-        conv = first_conv(model)
-        pca_init(conv, sample_images(data, images_for_pca(conv.kernel_size, data.spec.size)))  # type: ignore[arg-type]
-    return time.perf_counter() - t0
+def step_options(
+    cfg: Config, channels_last: bool, autocast: Autocast, metric_fns: dict[str, MetricFn]
+) -> tuple[StepOptions, EvalOptions]:
+    """How a training step and an evaluation run (from cfg.trainer)."""
+    t = cfg.trainer
+    skip_nan = t.on_nan == "skip"
+    step = StepOptions(t.accumulate, t.grad_clip, t.log_every_n_steps, skip_nan, channels_last, autocast)
+    return step, EvalOptions(t.tta, channels_last, autocast, metric_fns)
 
 
-@torch.no_grad()
-def init_head(
-    model: nn.Module,
-    data: TrainData,
-    feed: LiveImages | CachedFeatures,
-    step: StepOptions,
-    old: transfer.Head | None,
-) -> None:
-    """model.head_init: pretrained_classes, from the train images' features (the frozen backbone's, when
-    the run trains on them, else up to 2,000 train images in the evaluation's view)."""
-    if old is None:
-        raise KilnError(
-            "model.head_init=pretrained_classes: the pretrained weights have no classifier to start "
-            "from (the weights file has no head of its own); use model.head_init=random"
-        )
-    if isinstance(feed, CachedFeatures):
-        feats, labels = feed.train_features()[0], data.train.raw_labels
-    else:
-        idx = data.train.spread(2000)
-        x, labels = sample_images(data, 2000), data.train.raw_labels[idx]
-        with transfer.without_head(model) as backbone, step.autocast():
-            feats = torch.cat([backbone(x[i : i + 64]).float() for i in range(0, len(x), 64)])
-    head = model.get_submodule(transfer.head_name(model))
-    missing = transfer.init_head_from_classes(head, old, feats, labels)  # type: ignore[arg-type]
-    empty = f" (classes {missing} have no images: random rows)" if missing else ""
-    log(
-        f"kiln: head starts from the pretrained classifier, mixed per class by its predictions on {len(labels)} "
-        f"train images{empty}"
-    )
-
-
-def sample_images(data: TrainData, n: int) -> torch.Tensor:
-    """Up to ``n`` normalised train images spread over the split, read without moving the loader."""
-    idx = data.train.spread(n)
-    return data.transform.train_centre(data.train.images_at(idx).to(data.train.device), idx)
-
-
-def augmented_samples(data: TrainData, n: int) -> Callable[[], torch.Tensor]:
-    """A function giving ``n`` training images spread over the classes after the training augmentation, on
-    the 0..1 scale for display (epoch 0, step 0: drawn from its own seeded generator, not the global RNGs)."""
-
-    def make() -> torch.Tensor:
-        train = data.train
-        idx = train.spread(n)
-        x = train.images_at(idx).to(train.device)
-        out = data.transform.augmented(x, idx.to(x.device), 0, 0)
-        return data.transform.denormalize(out) if x.dtype == torch.uint8 else out  # float data: as it came
-
-    return make
+def wrapped(model: nn.Module, cfg: Config, dist: Dist, device: torch.device) -> nn.Module:
+    """What the step calls: DDP, then torch.compile, last (EMA and Lookahead hold the plain module's
+    parameters, which both share)."""
+    train_model: nn.Module = model
+    if dist.enabled:
+        train_model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
+    if cfg.trainer.compile:
+        train_model = torch.compile(train_model)
+    return train_model
 
 
 def user_callbacks(cfg: Config) -> list[Callback]:

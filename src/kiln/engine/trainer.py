@@ -8,12 +8,7 @@ writes files and prints.
 from __future__ import annotations
 
 import contextlib
-import json
 import math
-import os
-import platform
-import subprocess
-import sys
 import time
 from typing import Any
 
@@ -21,18 +16,20 @@ import torch
 
 import kiln.checkpoint as ckpt
 from kiln import signals
-from kiln.atomic import write_atomic
 from kiln.config import Config, dump_config
 from kiln.console import log, log_file, quiet
 from kiln.engine import distributed
 from kiln.engine.callbacks import Callback, FitInfo
-from kiln.engine.loop import evaluate, hits, plain_loss, predict, train_one_epoch
+from kiln.engine.evaluate import evaluate
+from kiln.engine.feeds import EpochInputs
+from kiln.engine.finish import finish, write_run_info
+from kiln.engine.init import augmented_samples, sample_images
+from kiln.engine.loop import train_one_epoch
 from kiln.engine.precision import resolve_device
 from kiln.engine.resume import check_compatible, find_resume
 from kiln.engine.run import Run
-from kiln.engine.setup import augmented_samples, build_run, sample_images, seed_everything
+from kiln.engine.setup import build_run, seed_everything
 from kiln.errors import Interrupted, KilnError
-from kiln.metrics import Outputs
 from kiln.paths import RunDir
 from kiln.registry import import_user_modules
 
@@ -182,7 +179,6 @@ def run_epoch(run: Run, epoch: int) -> dict[str, Any]:
         set_epoch(epoch)
     run.callbacks.epoch_start(epoch)
     t0 = time.perf_counter()
-
     inputs = run.feed.epoch_inputs(epoch)  # a decode or a feature pass happens here, the first time
     prepare_seconds = time.perf_counter() - t0
     inputs.loader.set_epoch(epoch)
@@ -191,172 +187,65 @@ def run_epoch(run: Run, epoch: int) -> dict[str, Any]:
         train, run.state.pending = run.state.pending, None
     else:
         with signals.graceful():
-            train = train_one_epoch(
-                inputs.model,
-                run.criterion,
-                run.optimizer,
-                inputs.loader,
-                inputs.transform,
-                run.state,
-                inputs.options,
-                scheduler=run.scheduler if run.schedule_steps else None,
-                scaler=run.scaler,
-                ema=run.ema,
-                frozen_bn=inputs.frozen_bn,
-                callbacks=run.callbacks,
-                dist=run.dist,
-                should_stop=signals.requested,
-                limit=limit,
-            )
-        if train["interrupted"]:
-            return train
+            train = train_epoch(run, inputs, limit)
+        if train.pop("interrupted"):
+            return {"interrupted": True}
     # An epoch trainer.val_every_n_epochs skips reports NaN with validated=false, and moves neither best.pt
     # nor early stopping. A run without a val split reports NaN on every epoch.
     validated = (epoch + 1) % cfg.trainer.val_every_n_epochs == 0 or epoch + 1 == epochs
-    val: dict[str, float] = {"loss": math.nan, "acc": math.nan}
     t1 = time.perf_counter()
-    if validated:
-        try:
-            evaluation = run.feed.eval_inputs("val", run.eval_model)
-            if evaluation is not None:
-                with signals.graceful():
-                    val = evaluate(
-                        evaluation.model,
-                        evaluation.loader,
-                        evaluation.transform,
-                        evaluation.options,
-                        run.dist,
-                    )
-        except signals.Interrupt:  # the epoch's training is kept: the checkpoint resumes at its validation
-            run.state.pending = {k: v for k, v in train.items() if k != "interrupted"}
-            return {"interrupted": True}
-        run.callbacks.eval_end("val", {"loss": val["loss"], "acc": val["acc"]})
+    val = validate(run) if validated else {"loss": math.nan, "acc": math.nan}
+    if val is None:  # interrupted: the epoch's training is kept, the checkpoint resumes at its validation
+        run.state.pending = train
+        return {"interrupted": True}
     run.state.epoch = epoch + 1
     extra = {f"val_{k[7:]}": v for k, v in val.items() if k.startswith("metric_")}
+    times = {"prepare_seconds": prepare_seconds, "val_seconds": time.perf_counter() - t1}
+    lr = run.optimizer.param_groups[0]["lr"]
+    val_metrics = {"val_loss": val["loss"], "val_acc": val["acc"], **extra, "validated": validated}
     return {
         "epoch": epoch + 1,
         "step": run.state.step,
-        **{k: v for k, v in train.items() if k != "interrupted"},
-        "val_loss": val["loss"],
-        "val_acc": val["acc"],
-        **extra,
-        "validated": validated,
-        "lr": run.optimizer.param_groups[0]["lr"],
-        "prepare_seconds": prepare_seconds,
-        "val_seconds": time.perf_counter() - t1,
+        **train,
+        **val_metrics,
+        "lr": lr,
+        **times,
         "seconds": time.perf_counter() - t0,
     }
 
 
-def finish(run: Run, stop_reason: str | None) -> dict[str, Any]:
-    """Measure the test split on the *best* checkpoint (read back from disk) and write summary.json."""
-    from kiln.engine.checkpointing import Checkpointing
+def train_epoch(run: Run, inputs: EpochInputs, limit: int | None) -> dict[str, Any]:
+    """``loop.train_one_epoch`` on what the feed gives for this epoch, with the run's optimizer and friends."""
+    return train_one_epoch(
+        inputs.model,
+        run.criterion,
+        run.optimizer,
+        inputs.loader,
+        inputs.transform,
+        run.state,
+        inputs.options,
+        scheduler=run.scheduler if run.schedule_steps else None,
+        scaler=run.scaler,
+        ema=run.ema,
+        frozen_bn=inputs.frozen_bn,
+        callbacks=run.callbacks,
+        dist=run.dist,
+        should_stop=signals.requested,
+        limit=limit,
+    )
 
-    checkpointer = next(cb for cb in run.callbacks.items if isinstance(cb, Checkpointing))
-    summary: dict[str, Any] = {
-        "best_epoch": checkpointer.best_epoch,
-        "best_metric": checkpointer.best,
-        "monitor": run.cfg.trainer.checkpoint.monitor,
-        "epochs_run": run.state.epoch,
-        "steps": run.state.step,
-        "stopped_early": stop_reason,
-        "classes": list(run.data.classes),
-        "best_checkpoint": str(run.dir.best),
-        "world_size": run.dist.world,
-        "skipped_steps": run.state.skipped_steps,
-        "skipped_samples": run.data.skipped,
-        "init_seconds": run.init_seconds,
-    }
-    distributed.barrier(run.dist)  # rank 0 has finished writing best.pt
-    if not run.dir.best.exists():
-        return write_summary(run, summary)
-    ckpt.unwrap(run.eval_model).load_state_dict(ckpt.load(run.dir.best)["model_state_dict"])
-    thresholds = None
-    if run.data.multi_label:  # per-class thresholds tuned on val, kept in the checkpoints for every export
-        thresholds = tune_thresholds(run)
-        summary["thresholds"] = dict(zip(run.data.classes, thresholds.tolist(), strict=True))
-        if run.dist.is_main:
-            for path in (run.dir.best, run.dir.last):
-                ckpt.save({**ckpt.load(path), "thresholds": thresholds.tolist()}, path)
-    if run.data.test is not None:
-        t0 = time.perf_counter()
-        evaluation = run.feed.eval_inputs("test", run.eval_model)
-        assert evaluation is not None
-        logits, labels, idx = predict(
-            evaluation.model, evaluation.loader, evaluation.transform, evaluation.options, run.dist
-        )  # all ranks
-        outputs = Outputs(logits, labels, idx, list(run.data.classes), thresholds)
-        test = {
-            "loss": plain_loss(logits, labels).item(),
-            "accuracy": hits(logits, labels).mean().item(),
-            "num_samples": len(labels),
-            "seconds": time.perf_counter() - t0,
-        }
-        if run.data.multi_label:
-            report = outputs.report
-            test.update(
-                map=report["map_macro"],
-                macro_f1=report["macro"]["f1"],
-                subset_accuracy=report["subset_accuracy"],
+
+def validate(run: Run) -> dict[str, float] | None:
+    """The val split's loss, accuracy and metrics (NaN without a val split); None when interrupted."""
+    try:
+        evaluation = run.feed.eval_inputs("val", run.eval_model)
+        if evaluation is None:
+            return {"loss": math.nan, "acc": math.nan}
+        with signals.graceful():
+            val = evaluate(
+                evaluation.model, evaluation.loader, evaluation.transform, evaluation.options, run.dist
             )
-        summary["test"] = test
-        extra = f", mAP {test['map']:.4f}" if "map" in test else ""
-        log(
-            f"kiln: test accuracy {test['accuracy']:.4f}{extra} (loss {test['loss']:.4f}, {test['num_samples']} "
-            f"images, best epoch {checkpointer.best_epoch})"
-        )
-        run.callbacks.eval_end("test", {"loss": test["loss"], "acc": test["accuracy"]}, outputs)
-    return write_summary(run, summary)
-
-
-def write_summary(run: Run, summary: dict[str, Any]) -> dict[str, Any]:
-    if run.dist.is_main:
-        write_atomic(run.dir.summary, json.dumps(summary, indent=2))
-    return summary
-
-
-def tune_thresholds(run: Run) -> torch.Tensor:
-    """Multi-label: the threshold of each class that maximises its F1 on the val split (0.5 without one)."""
-    from kiln.metrics.multilabel import UNTUNED
-    from kiln.metrics.multilabel import tune_thresholds as tune
-
-    evaluation = run.feed.eval_inputs("val", run.eval_model)
-    if evaluation is None:
-        log("kiln: no val split to tune the multi-label thresholds on; every class uses 0.5")
-        return torch.full((len(run.data.classes),), UNTUNED, dtype=torch.float64)
-    logits, labels, _ = predict(
-        evaluation.model, evaluation.loader, evaluation.transform, evaluation.options, run.dist
-    )
-    thresholds, f1 = tune(logits.sigmoid(), labels)
-    log(
-        f"kiln: multi-label thresholds tuned on {len(labels):,} val images (F1 per class, mean {f1.mean():.4f})"
-    )
-    return thresholds
-
-
-def write_run_info(run: Run) -> None:
-    """What it takes to reproduce the run: versions, the project's git commit, and a dataset fingerprint."""
-    commit = dirty = None
-    with contextlib.suppress(OSError, subprocess.SubprocessError):
-        commit = subprocess.run(
-            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, check=True
-        ).stdout.strip()
-        dirty = bool(
-            subprocess.run(
-                ["git", "status", "--porcelain"], capture_output=True, text=True, timeout=10
-            ).stdout.strip()
-        )
-    info = {
-        "python": sys.version.split()[0],
-        "platform": platform.platform(),
-        "torch": str(torch.__version__),
-        "cuda": torch.version.cuda,
-        "cudnn": torch.backends.cudnn.version() if torch.cuda.is_available() else None,
-        "gpus": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())],
-        "git_commit": commit,
-        "git_dirty": dirty,
-        "cwd": os.getcwd(),
-        "dataset_fingerprint": run.data.fingerprint,
-        "classes": list(run.data.classes),
-    }
-    write_atomic(run.dir.run_info, json.dumps(info, indent=2))
+    except signals.Interrupt:
+        return None
+    run.callbacks.eval_end("val", {"loss": val["loss"], "acc": val["acc"]})
+    return val

@@ -19,7 +19,8 @@ from kiln.console import log, log_file
 from kiln.data import load_split, plan
 from kiln.data.augment import BatchTransform
 from kiln.engine import features
-from kiln.engine.loop import EvalOptions, StepOptions, infer
+from kiln.engine.evaluate import EvalOptions, infer
+from kiln.engine.loop import StepOptions
 from kiln.engine.precision import autocast_factory, resolve_device, resolve_precision
 from kiln.engine.setup import use_channels_last
 from kiln.errors import ConfigError, KilnError
