@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import shlex
 import signal
 import sys
 from pathlib import Path
+from typing import Any
 
 
 def run(args: argparse.Namespace) -> int:
@@ -18,27 +20,45 @@ def run(args: argparse.Namespace) -> int:
     add_project_path(config)
     space = load_space(args.space, config, args.overrides)  # bad keys/values fail here, before any trial
     cfg = resolved(config, args.overrides)
-    monitor = (
-        cfg.trainer.early_stopping.monitor if cfg.trainer.early_stopping else cfg.trainer.checkpoint.monitor
+    summary, stop, samples = search(args, config, cfg, space)
+    report(summary)
+    if stop.signum is None:
+        return 0
+    done = sum(t["status"] != "unfinished" for t in summary["trials"])
+    again = shlex.join(["kiln", *(a for a in sys.argv[1:] if a != "--resume"), "--resume"])
+    print(
+        f"interrupted ({signal.Signals(stop.signum).name}): {done} of {samples} trials done; "
+        f"continue the search with: {again}",
+        flush=True,
     )
-    mode = cfg.trainer.early_stopping.mode if cfg.trainer.early_stopping else cfg.trainer.checkpoint.mode
+    sys.stderr.flush()
+    os._exit(
+        stop.exit_code
+    )  # everything is written and Ray is down: no interpreter teardown (~1 s) to wait for
 
+
+def search(
+    args: argparse.Namespace, config: str, cfg: Any, space: dict[str, Any]
+) -> tuple[dict[str, Any], Any, int]:
+    """Run the search (Ray Tune) and write its table; returns (summary, the stop handler, samples)."""
     from kiln.errors import Interrupted
     from kiln.paths import hold, output_dir
     from kiln.tuning.ray_tune import tune_search
-    from kiln.tuning.report import summarize, table
+    from kiln.tuning.report import summarize
     from kiln.tuning.search import Search
     from kiln.tuning.stop import StopOnSignal
 
-    search = Search(
+    watched = cfg.trainer.early_stopping or cfg.trainer.checkpoint
+    seed = cfg.run.seed if args.seed is None else args.seed
+    plan = Search(
         config,
         list(args.overrides),
-        monitor,
-        mode,
+        watched.monitor,
+        watched.mode,
         math.ceil(cfg.trainer.epochs),
         args.cpus_per_trial,
         args.gpus_per_trial,
-        cfg.run.seed if args.seed is None else args.seed,
+        seed,
         args.max_failures,
     )
     out = output_dir(args.out, "--out")  # before Ray starts: a file, or a folder of the user's, is refused
@@ -46,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
     with hold(out, "--out", "a kiln tune search"), StopOnSignal() as stop:
         try:
             outcome = tune_search(
-                search,
+                plan,
                 space,
                 args.samples,
                 args.scheduler,
@@ -58,29 +78,26 @@ def run(args: argparse.Namespace) -> int:
             )
         except KeyboardInterrupt:  # a signal while Ray was starting: no trial ran, nothing to keep
             raise Interrupted("interrupted before the first trial started", stop.exit_code) from None
-        summary = summarize(outcome.results, search, space, out, outcome.unfinished)
+        return summarize(outcome.results, plan, space, out, outcome.unfinished), stop, outcome.samples
+
+
+def report(summary: dict[str, Any]) -> None:
+    from kiln.tuning.report import table
+
     print(table(summary))
     failed = [t for t in summary["trials"] if t["error"]]
     if failed:
         print(
             f"{len(failed)} trial(s) failed (their errors are in the table and results.json); the search went on"
         )
+    monitor = summary["monitor"]
     if summary["best_metric"] != summary["best_metric"]:  # NaN: no trial reported one
         print(f"no trial has reported {monitor} yet")
-    else:
-        print(f"best: {summary['best_trial']} {monitor}={summary['best_metric']:.4f}")
-        print(f"best config:     {summary['best_config']}   (kiln train -c {summary['best_config']})")
-        print(f"best checkpoint: {summary['best_checkpoint']}   (kiln eval --checkpoint ...)")
-        print(f"plot: {out / 'trials.png'}")
-    if stop.signum is None:
-        return 0
-    done = sum(t["status"] != "unfinished" for t in summary["trials"])
-    again = shlex.join(["kiln", *(a for a in sys.argv[1:] if a != "--resume"), "--resume"])
-    print(
-        f"interrupted ({signal.Signals(stop.signum).name}): {done} of {outcome.samples} trials done; "
-        f"continue the search with: {again}"
-    )
-    return stop.exit_code
+        return
+    print(f"best: {summary['best_trial']} {monitor}={summary['best_metric']:.4f}")
+    print(f"best config:     {summary['best_config']}   (kiln train -c {summary['best_config']})")
+    print(f"best checkpoint: {summary['best_checkpoint']}   (kiln eval --checkpoint ...)")
+    print(f"plot: {Path(summary['best_config']).parent / 'trials.png'}")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
