@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from kiln.export import FORMAT_NAMES, TOLERANCE
+from kiln.export import TOLERANCE
 
 EXPORT_DESCRIPTION = """\
 Write a checkpoint as a deployable artifact, load it back, and check it against the eager model on real
@@ -14,7 +14,7 @@ inverted) to a max abs logit difference of --tolerance. The report is printed an
 preprocess.json (input size, channel order, mean/std, 0-255 -> 0-1 scale, class names) is written beside
 the model. A failed check exits with status 4.
 
-formats:
+formats (--format; kiln registers each with kiln.registry.register_format):
   torchscript  model.pt, loaded back in a fresh Python process that does not import kiln.
                --method trace (default) runs the model once on example images and records the tensor ops
                that ran: fast and works for most Python, but a Python `if`/loop that depends on tensor
@@ -31,22 +31,27 @@ formats:
                torchscript, platform pytorch_libtorch, INPUT__0 -> OUTPUT__0) or 1/model.onnx (--backend onnx,
                platform onnxruntime_onnx), or --backend python: 1/model.py running the kiln artifact
                (--artifact torchscript|onnx) with the preprocessing inside the server, inputs IMAGE (encoded
-               image files, BYTES) or INPUT (ready tensors), output LOGITS with labels.txt (Triton's
-               classification extension). config.pbtxt is parsed as Triton's ModelConfig and cross-checked.
+               image files, BYTES) or INPUT (ready tensors), output LOGITS with labels.txt (display names,
+               for Triton's classification extension); multi-label models add LABELS (JSON per image: the
+               classes at or above their threshold) and thresholds.txt, which the libtorch and onnxruntime
+               backends leave to the client. config.pbtxt is parsed as Triton's ModelConfig and cross-checked.
                Serve with: kiln serve --repository OUT (the Triton server of the nvidia-pytriton wheel,
                python backend) or NGC's tritonserver --model-repository=OUT
   safetensors  model.safetensors (tensors only, nothing can execute on load) + model.json (model name and
-               args, classes, preprocessing): the safe format to share; kiln rebuilds the model from it.
+               args, classes and display names, multi-label thresholds, preprocessing): the safe format
+               to share; kiln rebuilds the model from it.
 """
 
 
 def run(args: argparse.Namespace) -> int:
+    from kiln.export.formats import get_format
     from kiln.export.run import export_checkpoint
     from kiln.export.verify import format_check
     from kiln.registry import add_project_path
 
     add_project_path(args.config)
-    rep = export_checkpoint(
+    get_format(args.format)  # an unknown --format: one line with the closest registered name
+    report = export_checkpoint(
         args.checkpoint,
         args.format,
         args.out,
@@ -65,19 +70,21 @@ def run(args: argparse.Namespace) -> int:
         queue_delay_us=args.queue_delay_us,
         execution_env=args.execution_env,
     )
-    how = {"torchscript": f" ({rep['method']})", "triton": f" ({rep['backend']})"}.get(rep["format"], "")
-    print(
-        f"kiln: exported {rep['model']} as {rep['format']}{how} -> {rep['artifact']} "
-        f"({rep['size_bytes'] / 1024:,.0f} KiB)"
+    how = {"torchscript": f" ({report['method']})", "triton": f" ({report['backend']})"}.get(
+        report["format"], ""
     )
-    for note in rep["notes"]:
+    print(
+        f"kiln: exported {report['model']} as {report['format']}{how} -> {report['artifact']} "
+        f"({report['size_bytes'] / 1024:,.0f} KiB)"
+    )
+    for note in report["notes"]:
         print(f"  note: {note}")
-    loader = rep["loaded_by"].get("loader")
+    loader = report["loaded_by"].get("loader")
     if loader:
         print(f"  loaded back with {loader}")
-    for line in format_check(rep):
+    for line in format_check(report):
         print(line)
-    out = Path(rep["artifact"]).parents[1 if rep["format"] == "triton" else 0]
+    out = Path(report["artifact"]).parents[1 if report["format"] == "triton" else 0]
     print(f"  wrote preprocess.json and export.json in {out}")
     return 0
 
@@ -90,7 +97,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     e.add_argument("--checkpoint", required=True, help="a kiln checkpoint (e.g. runs/x/checkpoints/best.pt)")
-    e.add_argument("--format", required=True, choices=FORMAT_NAMES, help="what to write (see above)")
+    # no choices=: the names live in the registry, which needs torch to fill; run() checks the name
+    e.add_argument("--format", required=True, metavar="FORMAT", help="what to write (see formats above)")
     e.add_argument(
         "--out", help="output folder (default: <run dir>/export-<format>); for triton the repository"
     )

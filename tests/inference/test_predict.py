@@ -11,9 +11,11 @@ from PIL import Image
 
 from kiln.cli import main
 from kiln.export import ArtifactError
-from kiln.export.predict import load_any, predict
+from kiln.inference.predict import load_any, predict
 from tests.conftest import run_kiln
 from tests.export import exported, trained, write_predict_images
+
+pytestmark = pytest.mark.slow  # trains a model, exports it, runs kiln in a subprocess
 
 
 @pytest.fixture(scope="module")
@@ -50,10 +52,13 @@ def test_every_artifact_gives_the_checkpoints_predictions(artifacts: dict[str, P
     expected = predict(load_any(artifacts["checkpoint"]), [str(images)], topk=3, warn=warnings.append)
     # the folder walk: a.png, broken.png, sub/b.jpg (notes.txt is not an image extension, so skipped)
     assert [Path(r["path"]).name for r in expected] == ["a.png", "broken.png", "b.jpg"]
-    assert "cannot read image" in expected[1]["error"] and "broken.png" in expected[1]["error"]
-    assert len(warnings) == 1 and "broken.png" in warnings[0]
+    assert "cannot read image" in expected[1]["error"]
+    assert "broken.png" in expected[1]["error"]
+    assert len(warnings) == 1
+    assert "broken.png" in warnings[0]
     for r in (expected[0], expected[2]):
-        assert len(r["top"]) == 3 and r["top"][0]["prob"] >= r["top"][1]["prob"] >= r["top"][2]["prob"]
+        assert len(r["top"]) == 3
+        assert r["top"][0]["prob"] >= r["top"][1]["prob"] >= r["top"][2]["prob"]
     for kind, path in artifacts.items():
         got = predict(load_any(path, trust=True), [str(images)], topk=3, warn=lambda _: None)
         for g, e in zip(got, expected, strict=True):
@@ -79,14 +84,19 @@ def test_cli_csv_and_json(
     )
     out, err = capsys.readouterr()
     lines = out.strip().splitlines()
-    assert lines[0] == "path,top1,top1_prob,top2,top2_prob,error" and len(lines) == 4
-    assert lines[2].startswith(f"{images / 'broken.png'},,,,,") and "cannot read image" in lines[2]
-    assert err.count("kiln: warning:") == 1 and "broken.png" in err
+    assert lines[0] == "path,top1,top1_prob,top2,top2_prob,error"
+    assert len(lines) == 4
+    assert lines[2].startswith(f"{images / 'broken.png'},,,,,")
+    assert "cannot read image" in lines[2]
+    assert err.count("kiln: warning:") == 1
+    assert "broken.png" in err
 
     jpeg = images / "sub" / "b.jpg"
     assert main(["predict", "--model", str(artifacts["triton model"]), str(jpeg), "--topk", "1"]) == 0
     (result,) = json.loads(capsys.readouterr().out)
-    assert result["path"] == str(jpeg) and len(result["top"]) == 1 and 0 < result["top"][0]["prob"] <= 1
+    assert result["path"] == str(jpeg)
+    assert len(result["top"]) == 1
+    assert 0 < result["top"][0]["prob"] <= 1
 
 
 def test_cli_fails_only_when_no_image_is_readable(artifacts: dict[str, Path], images: Path) -> None:
@@ -100,10 +110,12 @@ def test_cli_fails_only_when_no_image_is_readable(artifacts: dict[str, Path], im
         str(images / "missing.png"),
         check=False,
     )
-    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
     assert "kiln: error: no image could be read (3 input(s) failed" in proc.stderr
     assert [r["error"] != "" for r in json.loads(proc.stdout)] == [True, True, True]
-    assert "missing.png: no such file" in proc.stderr and "notes.txt: cannot read image" in proc.stderr
+    assert "missing.png: no such file" in proc.stderr
+    assert "notes.txt: cannot read image" in proc.stderr
 
 
 def test_cli_refuses_a_broken_triton_config(
@@ -114,7 +126,8 @@ def test_cli_refuses_a_broken_triton_config(
     cfg.write_text(cfg.read_text().replace("dims: [ 1, 8, 8 ]", "dims: [ 3, 8, 8 ]"))
     assert main(["predict", "--model", str(model_dir), str(images)]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith(f"kiln: error: {cfg}: input dims [3, 8, 8] differ") and "\n" not in err
+    assert err.startswith(f"kiln: error: {cfg}: input dims [3, 8, 8] differ")
+    assert "\n" not in err
 
 
 def test_unknown_model_path(tmp_path: Path, images: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -1,10 +1,13 @@
-"""Triton python-backend model written by `kiln export --format triton --backend python` (this file is
-copied as NAME/1/model.py). It runs the kiln artifact beside it (``parameters.artifact`` in config.pbtxt)
-with kiln's own preprocessing, so the server's answers equal ``kiln predict``'s:
+"""Triton python-backend model written by `kiln export --format triton --backend python` and `kiln serve`
+(this file is copied as NAME/1/model.py; export copies it by path and never imports it). It runs the kiln
+artifact beside it (``parameters.artifact`` in config.pbtxt) with kiln's own preprocessing, so the
+server's answers equal ``kiln predict``'s:
 
 - input ``IMAGE``: encoded image files (JPEG, PNG, ...), one per batch row (BYTES);
 - input ``INPUT``: ready tensors, float32 [C, H, W] per row, normalised as preprocess.json says;
-- output ``LOGITS``: float32 [num_classes]; ask for ``class_count`` k to get Triton's top-k with labels.
+- output ``LOGITS``: float32 [num_classes]; ask for ``class_count`` k to get Triton's top-k with labels;
+- output ``LABELS`` (multi-label models only): one JSON string per row, ``[{"class", "score"}, ...]``, the
+  classes whose sigmoid score is >= their threshold, highest first (as ``kiln predict``'s "labels").
 
 A request whose image cannot be decoded gets an error of its own; the other requests of the batch are
 answered. The Python that runs this needs kiln (``pip install torchkiln``) and numpy<2 (Triton's python
@@ -19,7 +22,7 @@ import torch
 import triton_python_backend_utils as pb_utils
 
 from kiln.errors import KilnError
-from kiln.export.runtime import Classifier
+from kiln.inference.runtime import Classifier, labels_above, scores
 
 
 class TritonPythonModel:
@@ -35,34 +38,32 @@ class TritonPythonModel:
         trust = config["parameters"].get("trust", {}).get("string_value") == "true"  # .pt2: the user said so
         self.classifier = Classifier.load(path, trust=trust, device=device)
 
+    def _decoded(self, request: object) -> tuple[list[np.ndarray] | None, np.ndarray | None]:
+        """(decoded images, None) for an IMAGE request, (None, tensors) for an INPUT one."""
+        image = pb_utils.get_input_tensor_by_name(request, "IMAGE")
+        ready = pb_utils.get_input_tensor_by_name(request, "INPUT")
+        if (image is None) == (ready is None):
+            raise KilnError("send exactly one of IMAGE (encoded image files, BYTES) or INPUT (FP32 tensors)")
+        if ready is not None:
+            return None, ready.as_numpy()
+        blobs = image.as_numpy().reshape(-1)
+        return [self.classifier.decode(bytes(b), name=f"IMAGE[{j}]") for j, b in enumerate(blobs)], None
+
     def execute(self, requests: list) -> list:
         responses: list = [None] * len(requests)
         images, tensors = [], []  # (request index, rows)
         for i, request in enumerate(requests):
             try:
-                image = pb_utils.get_input_tensor_by_name(request, "IMAGE")
-                ready = pb_utils.get_input_tensor_by_name(request, "INPUT")
-                if (image is None) == (ready is None):
-                    raise KilnError(
-                        "send exactly one of IMAGE (encoded image files, BYTES) or INPUT (FP32 tensors)"
-                    )
-                if image is not None:
-                    blobs = image.as_numpy().reshape(-1)
-                    images.append(
-                        (
-                            i,
-                            [
-                                self.classifier.decode(bytes(b), name=f"IMAGE[{j}]")
-                                for j, b in enumerate(blobs)
-                            ],
-                        )
-                    )
-                else:
-                    tensors.append((i, ready.as_numpy()))
+                decoded, ready = self._decoded(request)
             except KilnError as e:  # this request alone fails; the server and the other requests go on
                 responses[i] = pb_utils.InferenceResponse(
                     error=pb_utils.TritonError(str(e), pb_utils.TritonError.INVALID_ARG)
                 )
+                continue
+            if decoded is not None:
+                images.append((i, decoded))
+            else:
+                tensors.append((i, ready))
         if images:  # every image of every request in one forward pass: what dynamic batching is for
             logits = self.classifier.logits(np.stack([row for _, rows in images for row in rows]))
             start = 0
@@ -73,8 +74,10 @@ class TritonPythonModel:
             responses[i] = self._answer(self.classifier.logits_of_tensors(x))
         return responses
 
-    @staticmethod
-    def _answer(logits: np.ndarray) -> object:
-        return pb_utils.InferenceResponse(
-            output_tensors=[pb_utils.Tensor("LOGITS", logits.astype(np.float32))]
-        )
+    def _answer(self, logits: np.ndarray) -> object:
+        outputs = [pb_utils.Tensor("LOGITS", logits.astype(np.float32))]
+        classes = self.classifier.class_list
+        if classes.multi_label:
+            rows = [[json.dumps(labels_above(classes, row)).encode()] for row in scores(classes, logits)]
+            outputs.append(pb_utils.Tensor("LABELS", np.array(rows, dtype=object)))
+        return pb_utils.InferenceResponse(output_tensors=outputs)
