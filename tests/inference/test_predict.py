@@ -13,7 +13,7 @@ from kiln.cli import main
 from kiln.export import ArtifactError
 from kiln.inference.predict import load_any, predict
 from tests.conftest import run_kiln
-from tests.export import exported, trained, write_predict_images
+from tests.export import DIGIT_WORDS, exported, trained, write_predict_images
 
 pytestmark = pytest.mark.slow  # trains a model, exports it, runs kiln in a subprocess
 
@@ -188,3 +188,33 @@ def test_a_folder_without_images_beside_good_images_is_reported_and_the_rest_run
     )
     results = json.loads(capsys.readouterr().out)
     assert [("top" in r, "error" in r) for r in results] == [(False, True), (True, False)]
+
+
+def _top_classes(results: list[dict]) -> list[list[str]]:
+    return [[t["class"] for t in r.get("top", [])] for r in results]
+
+
+def test_display_names_are_shown_with_their_ids(
+    base: Path, images: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    checkpoint = trained("named", base)  # data.class_names: "0" is "zero", ...
+    capsys.readouterr()  # the training's log lines, if this test trained it
+    assert main(["predict", "--model", str(checkpoint), str(images / "a.png"), "--topk", "10"]) == 0
+    (result,) = json.loads(capsys.readouterr().out)
+    named = sorted((word, str(digit)) for digit, word in enumerate(DIGIT_WORDS))
+    assert sorted((t["class"], t["id"]) for t in result["top"]) == named
+
+
+def test_every_export_carries_the_display_names(base: Path, images: Path) -> None:
+    expected = predict(load_any(trained("named", base)), [str(images)], topk=3)
+    _, repo = exported("named", "triton", base, name="digits", backend="onnx")
+    assert (
+        repo / "digits" / "labels.txt"
+    ).read_text().splitlines() == DIGIT_WORDS  # Triton answers with them
+    record = json.loads((repo / "digits" / "preprocess.json").read_text())
+    assert record["classes"] == [str(d) for d in range(10)]
+    assert record["class_names"] == DIGIT_WORDS
+    _, folder = exported("named", "safetensors", base)
+    assert json.loads((folder / "model.json").read_text())["class_names"] == DIGIT_WORDS
+    for artifact in (repo / "digits", folder):
+        assert _top_classes(predict(load_any(artifact), [str(images)], topk=3)) == _top_classes(expected)

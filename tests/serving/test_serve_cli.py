@@ -90,6 +90,7 @@ def test_kiln_serve_answers_like_predict_and_ctrl_c_stops_it(
         out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err
     assert "serving photos" in said
+    assert f"ask   kiln predict --url http://127.0.0.1:{port} IMAGES..." in said  # the short command
     assert "stopping the server ... stopped" in out
     assert "Traceback" not in err
     assert not _ready(port)

@@ -51,7 +51,8 @@ def run(args: argparse.Namespace) -> int:
     )
     opts = ExportOptions(name=args.name, max_batch_size=args.max_batch_size, triton=scheduling)
     with tempfile.TemporaryDirectory(prefix="kiln-serve-") as work:
-        repo = Path(args.repository) if args.repository else stage(args.model, Path(work), opts, args.trust)
+        staged = Path(work) / "repository"  # beside it: the server's log and kiln's link to itself
+        repo = Path(args.repository) if args.repository else stage(args.model, staged, opts, args.trust)
         env = ensure()  # after the arguments and the model are checked: making it can take a while
         log_file = Path(work) / "tritonserver.log"
         server = TritonServer(env, repo, args.http_port, args.grpc_port, host=args.host, log_file=log_file)

@@ -47,11 +47,11 @@ def connect(url: str) -> Any:
         live = client.is_server_live()
     except Exception as e:  # ConnectionRefusedError, socket.gaierror, gevent timeouts, a bad address
         raise KilnError(
-            f"no kiln serve / Triton server answers at {brief(url)} "
+            f"no kiln serve / Triton server answers at {clip(url, 200)} "
             f"({clip(str(e) or type(e).__name__, 120)}); start one with kiln serve --model MODEL"
         ) from None
     if not live:
-        raise KilnError(f"the server at {brief(url)} is not live yet; wait for kiln serve's 'serving' line")
+        raise KilnError(f"the server at {clip(url, 200)} is not live yet; wait for kiln serve's 'serving' line")
     return client
 
 
@@ -63,12 +63,12 @@ def model_classes(client: Any, url: str, name: str | None) -> tuple[str, ClassLi
     if name is None or name not in ready:
         serves = ", ".join(ready[:10]) or "no ready model"
         asked = f"--name {brief(name)}: no such model" if name else "several models"
-        raise KilnError(f"{asked} at {brief(url)}; it serves: {serves} (choose one with --name)")
+        raise KilnError(f"{asked} at {clip(url, 200)}; it serves: {serves} (choose one with --name)")
     parameters = client.get_model_config(name).get("parameters", {})
     raw = parameters.get(CLASSES_PARAMETER, {}).get("string_value")
     if not raw:
         raise KilnError(
-            f"model {brief(name)} at {brief(url)} has no '{CLASSES_PARAMETER}' in its config: serve it with "
+            f"model {brief(name)} at {clip(url, 200)} has no '{CLASSES_PARAMETER}' in its config: serve it with "
             "kiln serve, or export it with kiln export --format triton --backend python"
         )
     return name, ClassList.from_json(json.loads(raw), f"{url} model {name}")
@@ -106,7 +106,7 @@ class Remote:
             message = str(e.message() if callable(getattr(e, "message", None)) else e)
             return [{"error": message.replace(f"{IMAGE}[0]", str(files[0][0]), 1)}]
         except OSError as e:  # the server went away mid-run
-            raise KilnError(f"kiln predict --url {brief(self.url)}: {clip(str(e), 160)}") from None
+            raise KilnError(f"kiln predict --url {clip(self.url, 200)}: {clip(str(e), 160)}") from None
         rows = answers(self.classes, logits, topk)
         for row, row_labels in zip(rows, labels or [], strict=False):
             row["labels"] = row_labels  # the server's own LABELS output

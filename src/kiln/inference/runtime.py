@@ -92,7 +92,7 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 def scores(classes: ClassList, logits: np.ndarray) -> np.ndarray:
     """Softmax probabilities, or (multi-label) each class's sigmoid in float32, as evaluation computes it."""
     if classes.multi_label:
-        return torch.from_numpy(np.ascontiguousarray(logits, dtype=np.float32)).sigmoid().numpy()
+        return torch.from_numpy(np.array(logits, dtype=np.float32)).sigmoid().numpy()  # a writable copy
     return softmax(logits)
 
 

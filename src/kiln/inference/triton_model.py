@@ -16,13 +16,19 @@ backend stub is built against numpy 1.x): ``kiln serve --setup`` makes such an e
 
 import json
 import os
+import sys
 
-import numpy as np
-import torch
-import triton_python_backend_utils as pb_utils
+# kiln serve's server runs the kiln that started it: Triton's python stub ignores PYTHONPATH (it runs
+# isolated), so kiln passes a folder holding only a link to its package (kiln.serving.server.link_kiln)
+if os.environ.get("KILN_SOURCE") and os.environ["KILN_SOURCE"] not in sys.path:
+    sys.path.insert(0, os.environ["KILN_SOURCE"])
 
-from kiln.errors import KilnError
-from kiln.inference.runtime import Classifier, labels_above, scores
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import triton_python_backend_utils as pb_utils  # noqa: E402
+
+from kiln.errors import KilnError  # noqa: E402
+from kiln.inference.runtime import Classifier, labels_above, scores  # noqa: E402
 
 
 class TritonPythonModel:
