@@ -83,23 +83,23 @@ def test_every_format(model: str, base: Path) -> None:
 
 def test_onnx_is_one_file_with_a_dynamic_batch(base: Path) -> None:
     import onnx
-    import onnxruntime as ort
+    import onnxruntime
 
     from kiln.models.restore import restore
 
     _, out = exported("resnet_small", "onnx", base, method="trace")
     proto = onnx.load(str(out / "model.onnx"), load_external_data=False)
     assert all(t.data_location != onnx.TensorProto.EXTERNAL for t in proto.graph.initializer)
-    sess = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
-    (i,), (o,) = sess.get_inputs(), sess.get_outputs()
-    assert (i.name, o.name) == ("input", "logits")
-    assert isinstance(i.shape[0], str)
-    assert i.shape[1:] == [3, 32, 32]
+    session = onnxruntime.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
+    (graph_input,), (graph_output,) = session.get_inputs(), session.get_outputs()
+    assert (graph_input.name, graph_output.name) == ("input", "logits")
+    assert isinstance(graph_input.shape[0], str)
+    assert graph_input.shape[1:] == [3, 32, 32]
     # onnxruntime parity with eager on a batch size seen neither at export nor in verification
     x = np.random.default_rng(0).standard_normal((7, 3, 32, 32)).astype(np.float32)
     with torch.no_grad():
         ref = restore(trained("resnet_small", base)).model(torch.from_numpy(x)).numpy()
-    (got,) = sess.run(["logits"], {"input": x})
+    (got,) = session.run(["logits"], {"input": x})
     assert got.shape == (7, 3)
     assert float(np.abs(got - ref).max()) <= TOLERANCE
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 from google.protobuf import text_format
-from tritonclient.grpc import model_config_pb2 as pb
+from tritonclient.grpc import model_config_pb2
 
 from kiln.export.base import TritonOptions
 from kiln.export.formats import torchscript
@@ -46,14 +46,25 @@ def libtorch_model_dir(base: Path) -> Path:
 
 
 def test_config_parses_as_triton_model_config(onnx_model_dir: Path, libtorch_model_dir: Path) -> None:
-    onnx_cfg = text_format.Parse((onnx_model_dir / "config.pbtxt").read_text(), pb.ModelConfig())
+    onnx_cfg = text_format.Parse(
+        (onnx_model_dir / "config.pbtxt").read_text(), model_config_pb2.ModelConfig()
+    )
     assert (onnx_cfg.name, onnx_cfg.platform, onnx_cfg.max_batch_size) == ("m", "onnxruntime_onnx", 16)
-    (i,), (o,) = onnx_cfg.input, onnx_cfg.output
-    assert (i.name, list(i.dims), i.data_type) == ("input", [1, 8, 8], pb.TYPE_FP32)  # batch dim left out
-    assert (o.name, list(o.dims), o.data_type, o.label_filename) == (
+    (graph_input,), (graph_output,) = onnx_cfg.input, onnx_cfg.output
+    assert (graph_input.name, list(graph_input.dims), graph_input.data_type) == (
+        "input",
+        [1, 8, 8],
+        model_config_pb2.TYPE_FP32,
+    )  # batch dim left out
+    assert (
+        graph_output.name,
+        list(graph_output.dims),
+        graph_output.data_type,
+        graph_output.label_filename,
+    ) == (
         "logits",
         [10],
-        pb.TYPE_FP32,
+        model_config_pb2.TYPE_FP32,
         "labels.txt",
     )
     assert onnx_cfg.HasField("dynamic_batching")
@@ -72,7 +83,8 @@ def test_config_parses_as_triton_model_config(onnx_model_dir: Path, libtorch_mod
 
 def test_max_batch_size_zero_spells_out_the_batch_dim() -> None:
     cfg = text_format.Parse(
-        repository.config_text("x", [3, 32, 32], 5, 0, TritonOptions(backend="onnx")), pb.ModelConfig()
+        repository.config_text("x", [3, 32, 32], 5, 0, TritonOptions(backend="onnx")),
+        model_config_pb2.ModelConfig(),
     )
     assert list(cfg.input[0].dims) == [-1, 3, 32, 32]
     assert list(cfg.output[0].dims) == [-1, 5]
@@ -83,12 +95,12 @@ def test_scheduling_options_reach_every_backend() -> None:
     for backend in ("torchscript", "onnx", "python"):  # one writer for every backend
         scheduled = TritonOptions(backend=backend, instances=3, dynamic_batching=False)
         text = repository.config_text("x", [3, 8, 8], 2, 64, scheduled)
-        cfg = text_format.Parse(text, pb.ModelConfig())
+        cfg = text_format.Parse(text, model_config_pb2.ModelConfig())
         assert cfg.instance_group[0].count == 3
         assert not cfg.HasField("dynamic_batching")
         cfg = text_format.Parse(
             repository.config_text("x", [3, 8, 8], 2, 64, TritonOptions(backend=backend, queue_delay_us=250)),
-            pb.ModelConfig(),
+            model_config_pb2.ModelConfig(),
         )
         assert cfg.dynamic_batching.max_queue_delay_microseconds == 250
 

@@ -89,85 +89,94 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_triton_arguments(group: argparse._ArgumentGroup) -> None:
+    """The options of --format triton only (and of kiln serve's repository)."""
+    group.add_argument(
+        "--backend",
+        choices=["torchscript", "onnx", "python"],
+        default="torchscript",
+        help="triton: libtorch, onnxruntime or the python backend (default: torchscript)",
+    )
+    group.add_argument(
+        "--artifact",
+        choices=["torchscript", "onnx"],
+        default="torchscript",
+        help="triton --backend python: the artifact model.py runs (default: torchscript)",
+    )
+    group.add_argument(
+        "--instance-kind",
+        choices=["auto", "gpu", "cpu"],
+        default="auto",
+        help="triton: instance_group kind (auto: GPU when the server has one)",
+    )
+    group.add_argument("--instances", type=int, default=1, help="triton: model instances (default: 1)")
+    group.add_argument(
+        "--no-dynamic-batching",
+        dest="dynamic_batching",
+        action="store_false",
+        help="triton: answer each request alone (default: Triton groups concurrent requests)",
+    )
+    group.add_argument(
+        "--queue-delay-us",
+        type=int,
+        default=500,
+        help="triton: how long dynamic batching waits for more requests (default: 500 us)",
+    )
+    group.add_argument(
+        "--execution-env",
+        metavar="DIR",
+        help="triton --backend python: EXECUTION_ENV_PATH, a Python env with numpy<2 and kiln",
+    )
+
+
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    e = sub.add_parser(
+    parser = sub.add_parser(
         "export",
         help="export a checkpoint (TorchScript, torch.export, ONNX, Triton, safetensors) and verify it",
         description=EXPORT_DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    e.add_argument("--checkpoint", required=True, help="a kiln checkpoint (e.g. runs/x/checkpoints/best.pt)")
+    parser.add_argument(
+        "--checkpoint", required=True, help="a kiln checkpoint (e.g. runs/x/checkpoints/best.pt)"
+    )
     # no choices=: the names live in the registry, which needs torch to fill; run() checks the name
-    e.add_argument("--format", required=True, metavar="FORMAT", help="what to write (see formats above)")
-    e.add_argument(
+    parser.add_argument("--format", required=True, metavar="FORMAT", help="what to write (see formats above)")
+    parser.add_argument(
         "--out", help="output folder (default: <run dir>/export-<format>); for triton the repository"
     )
-    e.add_argument("--name", help="file stem (default: model); for triton the model name (default: run.name)")
-    e.add_argument(
+    parser.add_argument(
+        "--name", help="file stem (default: model); for triton the model name (default: run.name)"
+    )
+    parser.add_argument(
         "--max-batch-size",
         type=int,
         default=64,
         metavar="N",
         help="largest batch verified; Triton's max_batch_size (default: 64)",
     )
-    e.add_argument(
+    parser.add_argument(
         "--method",
         choices=["trace", "script"],
         default="trace",
         help="TorchScript: trace (default) or script; see above for when to choose which",
     )
-    e.add_argument(
-        "--backend",
-        choices=["torchscript", "onnx", "python"],
-        default="torchscript",
-        help="triton: libtorch, onnxruntime or the python backend (default: torchscript)",
-    )
-    e.add_argument(
-        "--artifact",
-        choices=["torchscript", "onnx"],
-        default="torchscript",
-        help="triton --backend python: the artifact model.py runs (default: torchscript)",
-    )
-    e.add_argument(
-        "--instance-kind",
-        choices=["auto", "gpu", "cpu"],
-        default="auto",
-        help="triton: instance_group kind (auto: GPU when the server has one)",
-    )
-    e.add_argument("--instances", type=int, default=1, help="triton: model instances (default: 1)")
-    e.add_argument(
-        "--no-dynamic-batching",
-        dest="dynamic_batching",
-        action="store_false",
-        help="triton: answer each request alone (default: Triton groups concurrent requests)",
-    )
-    e.add_argument(
-        "--queue-delay-us",
-        type=int,
-        default=500,
-        help="triton: how long dynamic batching waits for more requests (default: 500 us)",
-    )
-    e.add_argument(
-        "--execution-env",
-        metavar="DIR",
-        help="triton --backend python: EXECUTION_ENV_PATH, a Python env with numpy<2 and kiln",
-    )
-    e.add_argument(
+    _add_triton_arguments(parser.add_argument_group("--format triton"))
+    parser.add_argument(
         "--tolerance",
         type=float,
         default=TOLERANCE,
         help=f"max abs logit difference allowed (default: {TOLERANCE:g}, fp32)",
     )
-    e.add_argument(
+    parser.add_argument(
         "--allow-tracer-warnings",
         action="store_true",
         help="trace even when PyTorch warns the trace depends on tensor values",
     )
-    e.add_argument("-c", "--config", help="use this config instead of the one stored in the checkpoint")
-    e.add_argument(
+    parser.add_argument("-c", "--config", help="use this config instead of the one stored in the checkpoint")
+    parser.add_argument(
         "overrides",
         nargs="*",
         metavar="key=value",
         help="dotted config overrides, e.g. data.root=/other/copy (data is used for verification)",
     )
-    e.set_defaults(func=run)
+    parser.set_defaults(func=run)

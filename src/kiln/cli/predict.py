@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 PREDICT_DESCRIPTION = """\
 Classify image files with a kiln checkpoint or any `kiln export` artifact: model.pt (TorchScript),
@@ -22,9 +23,7 @@ the server). --explain OUT_DIR writes a Grad-CAM overlay per image and class, OU
 """
 
 
-def _predict_here(args: argparse.Namespace) -> list:
-    from pathlib import Path
-
+def _predict_here(args: argparse.Namespace) -> list[dict[str, Any]]:
     from kiln.errors import KilnError
     from kiln.inference.explain import Explainer
     from kiln.inference.predict import load_any, predict
@@ -37,7 +36,7 @@ def _predict_here(args: argparse.Namespace) -> list:
     add_project_path(None)
     explain_dir = output_dir(args.explain, "--explain") if args.explain else None  # before any model is read
     classifier = Classifier(load_any(args.model, trust=args.trust))
-    explainer = Explainer(classifier, Path(explain_dir)) if explain_dir else None
+    explainer = Explainer(classifier, explain_dir) if explain_dir else None
     return predict(classifier, args.inputs, args.topk, args.batch_size, explainer=explainer)
 
 
@@ -46,12 +45,12 @@ def run(args: argparse.Namespace) -> int:
     from kiln.inference.predict import failure_summary, format_results
 
     if args.url:
-        from kiln.inference.client import predict_url
-
         if args.explain:
             raise KilnError(
                 "--explain runs the model here (Grad-CAM needs its gradients): use --model, not --url"
             )
+        from kiln.inference.client import predict_url
+
         results = predict_url(args.url, args.name, args.inputs, args.topk, args.batch_size)
     else:
         results = _predict_here(args)
@@ -62,36 +61,38 @@ def run(args: argparse.Namespace) -> int:
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
+    parser = sub.add_parser(
         "predict",
         help="classify image files with a checkpoint, any exported model, or a running kiln serve",
         description=PREDICT_DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    where = p.add_mutually_exclusive_group(required=True)
+    where = parser.add_mutually_exclusive_group(required=True)
     where.add_argument("--model", metavar="PATH", help="checkpoint, export file or export folder")
     where.add_argument("--url", metavar="URL", help="a running kiln serve, e.g. http://127.0.0.1:8000")
-    p.add_argument(
+    parser.add_argument(
         "--name", metavar="MODEL", help="--url: the model's name on the server (default: its only one)"
     )
-    p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR", help="image files and/or folders")
-    p.add_argument("--topk", type=int, default=5, help="classes per image (default: 5)")
-    p.add_argument("--format", choices=["json", "csv"], default="json", help="output format (default: json)")
-    p.add_argument(
+    parser.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR", help="image files and/or folders")
+    parser.add_argument("--topk", type=int, default=5, help="classes per image (default: 5)")
+    parser.add_argument(
+        "--format", choices=["json", "csv"], default="json", help="output format (default: json)"
+    )
+    parser.add_argument(
         "--batch-size",
         type=int,
         default=None,
         help="images per forward pass (default: as training evaluates, e.g. 8 photos of 224 px on a CPU); "
         "with --url, files per request (default: 8)",
     )
-    p.add_argument(
+    parser.add_argument(
         "--trust",
         action="store_true",
         help="allow loading .pt2 files (torch.export.load unpickles; only for files you trust)",
     )
-    p.add_argument(
+    parser.add_argument(
         "--explain",
         metavar="OUT_DIR",
         help="write Grad-CAM overlays, OUT_DIR/<stem>-<class>.png (a checkpoint or a safetensors export)",
     )
-    p.set_defaults(func=run)
+    parser.set_defaults(func=run)

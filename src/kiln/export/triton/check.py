@@ -111,12 +111,12 @@ def _model_file(model_dir: Path, cfg: Any, backend: str, bad: Complaint) -> Path
 
 def _dims(cfg: Any, bad: Complaint) -> tuple[list[int], list[int]]:
     """The input's [C, H, W] and the output's [num_classes], without the batch dimension."""
-    from tritonclient.grpc import model_config_pb2 as pb
+    from tritonclient.grpc import model_config_pb2
 
     inp, out = cfg.input[0], cfg.output[0]
     for tensor in (inp, out):
-        if tensor.data_type != pb.TYPE_FP32:
-            name = pb.DataType.Name(tensor.data_type)
+        if tensor.data_type != model_config_pb2.TYPE_FP32:
+            name = model_config_pb2.DataType.Name(tensor.data_type)
             raise bad(f'"{tensor.name}": data_type {name}, but the model uses TYPE_FP32')
     in_dims, out_dims = list(inp.dims), list(out.dims)
     if cfg.max_batch_size == 0:  # no Triton batching: the batch dimension must be spelt out (-1)
@@ -214,11 +214,11 @@ def load_runner(model: TritonModel, device: str = "cpu") -> Runner:
 
 def check_python_model_dir(model_dir: Path, cfg: Any) -> PythonModel:
     """A python-backend folder as kiln writes it: the inputs, outputs, labels and artifact model.py needs."""
-    from tritonclient.grpc import model_config_pb2 as pb
+    from tritonclient.grpc import model_config_pb2
 
     bad = _complaint(model_dir)
     inputs = {t.name: t for t in cfg.input}
-    if set(inputs) != {IMAGE, INPUT} or inputs[IMAGE].data_type != pb.TYPE_STRING:
+    if set(inputs) != {IMAGE, INPUT} or inputs[IMAGE].data_type != model_config_pb2.TYPE_STRING:
         raise bad(
             f"kiln's model.py takes inputs {IMAGE} (TYPE_STRING) and {INPUT} (TYPE_FP32), both optional"
         )
