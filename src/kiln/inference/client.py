@@ -51,7 +51,9 @@ def connect(url: str) -> Any:
             f"({clip(str(e) or type(e).__name__, 120)}); start one with kiln serve --model MODEL"
         ) from None
     if not live:
-        raise KilnError(f"the server at {clip(url, 200)} is not live yet; wait for kiln serve's 'serving' line")
+        raise KilnError(
+            f"the server at {clip(url, 200)} is not live yet; wait for kiln serve's 'serving' line"
+        )
     return client
 
 
