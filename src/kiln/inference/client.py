@@ -70,8 +70,8 @@ def model_classes(client: Any, url: str, name: str | None) -> tuple[str, ClassLi
     raw = parameters.get(CLASSES_PARAMETER, {}).get("string_value")
     if not raw:
         raise KilnError(
-            f"model {brief(name)} at {clip(url, 200)} has no '{CLASSES_PARAMETER}' in its config: serve it with "
-            "kiln serve, or export it with kiln export --format triton --backend python"
+            f"model {brief(name)} at {clip(url, 200)} has no '{CLASSES_PARAMETER}' in its config: serve it "
+            "with kiln serve, or export it with kiln export --format triton --backend python"
         )
     return name, ClassList.from_json(json.loads(raw), f"{url} model {name}")
 
