@@ -121,7 +121,7 @@ def main() -> None:
                 capture_output=True,
                 cwd=ROOT,
             )
-        from kiln.export.predict import load_any, predict
+        from kiln.inference.predict import load_any, predict
 
         loaded = load_any(model)
         predict(loaded, [str(f) for f in files[:8]], warn=lambda _: None)  # warm-up

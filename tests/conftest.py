@@ -26,11 +26,6 @@ SLOW_MODULES = {
     "scaffold/test_new.py",
     "tuning/test_tune.py",
     "evaluation/test_eval.py",
-    "export/test_cli.py",
-    "export/test_formats.py",
-    "export/test_predict.py",
-    "export/test_torchscript.py",
-    "export/test_triton.py",
 }
 
 

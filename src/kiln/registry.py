@@ -139,7 +139,10 @@ CALLBACKS = Registry("callback", "callbacks", group="kiln.callbacks")
 register_callback = CALLBACKS.register
 SOURCES = Registry("data source", "data.source", group="kiln.sources")
 register_source = SOURCES.register
-# model.name prefixes (`timm:`, `torchvision:`, `hub:`): a factory (name, num_classes, in_channels, pretrained,
-# **args) -> (model, the classifier its pretrained weights came with)
+# model.name prefixes (`timm:`, `torchvision:`, `hub:`): a factory (name, num_classes, in_channels,
+# pretrained, **args) -> (model, the classifier its pretrained weights came with)
 MODEL_PREFIXES = Registry("model prefix", "model.name", group="kiln.model_prefixes")
 register_model_prefix = MODEL_PREFIXES.register
+# export formats (``kiln.export.formats``): a ``Format`` subclass per name, for ``kiln export --format``
+FORMATS = Registry("export format", "--format")
+register_format = FORMATS.register

@@ -1,5 +1,5 @@
-"""Shared by the export tests: tiny models trained once per session (1 epoch, small data) and a model whose
-forward branches on tensor values.
+"""Shared by the export, inference and serving tests: tiny models trained once per session (1 epoch, small
+data), a multi-label model on mosaics of real photos, and a model whose forward branches on tensor values.
 
 The training cache lives here rather than in fixtures so every test module reuses the same checkpoints
 (a session fixture imported into two modules would run twice).
@@ -15,10 +15,13 @@ import torch
 from PIL import Image
 from torch import nn
 
-from tests.conftest import ROOT, write_png_folder
+from tests.conftest import ROOT, cifar_mosaics, write_png_folder
 
 DIGITS = ROOT / "configs/digits.yaml"
 QUIET = ["trainer.progress=off", "logging.tensorboard=false", "trainer.epochs=1"]
+
+DIGIT_WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+DIGIT_NAMES = ", ".join(f"'{digit}': {name}" for digit, name in enumerate(DIGIT_WORDS))
 
 # name -> overrides on top of configs/digits.yaml; "{rgb}" is replaced by a folder of 32x32 RGB PNGs
 MODELS: dict[str, list[str]] = {
@@ -42,7 +45,11 @@ MODELS: dict[str, list[str]] = {
         "data.batch_size=8",
     ],
     "gated": ["model.name=tests.export:gated_net", "data.train_limit=200"],
+    # display names beside the class ids (data.class_names): "0" is shown as "zero", and so on
+    "named": ["data.train_limit=300", f"data.class_names={{{DIGIT_NAMES}}}"],
 }
+MULTI_LABEL_CLASSES = ["airplane", "automobile", "bird", "cat"]
+MULTI_LABEL_NAMES = {"airplane": "plane", "automobile": "car"}  # bird and cat keep their ids as names
 
 _CHECKPOINTS: dict[str, Path] = {}
 _EXPORTS: dict[tuple[str, ...], tuple[dict[str, Any], Path]] = {}
@@ -64,6 +71,28 @@ def trained(key: str, base: Path) -> Path:
     return _CHECKPOINTS[key]
 
 
+def trained_multilabel(cifar10_dir: Path, base: Path) -> Path:
+    """The best.pt of a small multi-label resnet_small (2 epochs) on 2x2 mosaics of real CIFAR-10 photos,
+    labelled with the classes they show; thresholds tuned on val when training ended."""
+    if "multilabel" not in _CHECKPOINTS:
+        from kiln.config import load_config
+        from kiln.engine.trainer import fit
+
+        mosaics = cifar_mosaics(cifar10_dir, base / "mosaics", {"train": 320, "val": 120, "test": 40})
+        names = "{" + ", ".join(f"{k}: {v}" for k, v in MULTI_LABEL_NAMES.items()) + "}"
+        run = base / "multilabel"
+        overrides = [
+            *(f"run.dir={run}", f"data.cache_dir={base / 'cache'}", *QUIET, "trainer.epochs=2"),
+            *("data.source=csv", f"data.root={mosaics}", "data.csv.val=val.csv", "data.csv.test=test.csv"),
+            *("data.csv.label_column=labels", "data.csv.multi_label=true", f"data.class_names={names}"),
+            *("model.name=resnet_small", "model.args={widths: [8, 16]}", "data.batch_size=32"),
+            *("optimizer.lr=0.003", "trainer.checkpoint.monitor=val_map"),
+        ]
+        fit(load_config(DIGITS, overrides))
+        _CHECKPOINTS["multilabel"] = run / "checkpoints" / "best.pt"
+    return _CHECKPOINTS["multilabel"]
+
+
 def exported(key: str, fmt: str, base: Path, **opts: Any) -> tuple[dict[str, Any], Path]:
     """(report, out dir) of ``kiln export`` of MODELS[key] in ``fmt``, written on first use under ``base``."""
     cache_key = (key, fmt, *(f"{k}={v}" for k, v in sorted(opts.items())))
@@ -72,7 +101,8 @@ def exported(key: str, fmt: str, base: Path, **opts: Any) -> tuple[dict[str, Any
 
         out = base / "exports" / "-".join(cache_key)
         opts.setdefault("max_batch_size", 16)
-        _EXPORTS[cache_key] = export_checkpoint(trained(key, base), fmt, out, **opts), out
+        checkpoint = _CHECKPOINTS["multilabel"] if key == "multilabel" else trained(key, base)
+        _EXPORTS[cache_key] = export_checkpoint(checkpoint, fmt, out, **opts), out
     return _EXPORTS[cache_key]
 
 

@@ -13,6 +13,8 @@ import torch
 from kiln.export import TOLERANCE
 from tests.export import exported, trained
 
+pytestmark = pytest.mark.slow  # trains models and exports each in every format
+
 # Each model goes through every format once. TorchScript alternates trace/script here (each costs a fresh
 # Python process); test_torchscript.py runs both methods on every built-in model. Triton alternates backends.
 METHOD = {"lenet": "trace", "mlp": "script", "resnet_small": "trace", "torchvision": "script"}
@@ -31,19 +33,21 @@ def base(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _check_report(rep: dict, artifact_dir: Path) -> None:
-    assert rep["passed"] and rep["max_abs_diff"] <= TOLERANCE, rep
+    assert rep["passed"], rep
+    assert rep["max_abs_diff"] <= TOLERANCE, rep
     assert [c["case"] for c in rep["cases"]] == ["data", "batch-1", "batch-16", "inverted"]
     assert all(c["top1_agreement"] == 1.0 for c in rep["cases"])
     assert rep["data"]["source"].endswith("test split")  # real images, not the synthetic fallback
     saved = json.loads((artifact_dir / "export.json").read_text())
-    assert saved["max_abs_diff"] == rep["max_abs_diff"] and saved["passed"] is True
+    assert saved["max_abs_diff"] == rep["max_abs_diff"]
+    assert saved["passed"] is True
     pre = json.loads((artifact_dir / "preprocess.json").read_text())
-    assert pre["scale"].startswith("uint8 0-255 -> float 0-1") and pre["channel_order"]
-    assert pre["image_size"] == rep["input_shape"][2:] and pre["in_channels"] == rep["input_shape"][1]
-    assert (
-        len(pre["classes"]) == rep["num_classes"]
-        and len(pre["mean"]) == len(pre["std"]) == pre["in_channels"]
-    )
+    assert pre["scale"].startswith("uint8 0-255 -> float 0-1")
+    assert pre["channel_order"]
+    assert pre["image_size"] == rep["input_shape"][2:]
+    assert pre["in_channels"] == rep["input_shape"][1]
+    assert len(pre["classes"]) == rep["num_classes"]
+    assert len(pre["mean"]) == len(pre["std"]) == pre["in_channels"]
 
 
 @pytest.mark.parametrize("model", ["lenet", "mlp", "resnet_small", "torchvision"])
@@ -51,12 +55,12 @@ def test_every_format(model: str, base: Path) -> None:
     for fmt in ("torchscript", "export", "onnx", "safetensors"):
         rep, out = exported(model, fmt, base, method=METHOD[model])
         _check_report(rep, out)
-        assert (out / ARTIFACT[fmt]).is_file() and rep["artifact"] == str(out / ARTIFACT[fmt])
+        assert (out / ARTIFACT[fmt]).is_file()
+        assert rep["artifact"] == str(out / ARTIFACT[fmt])
         if fmt == "torchscript":
             assert rep["loaded_by"]["loader"].startswith("torch.jit.load in a fresh Python process")
-            assert rep["method"] == METHOD[model] and any(
-                "TorchScript is deprecated" in n for n in rep["notes"]
-            )
+            assert rep["method"] == METHOD[model]
+            assert any("TorchScript is deprecated" in n for n in rep["notes"])
         if fmt == "onnx":  # self-contained: no external-data side file
             assert sorted(p.name for p in out.iterdir()) == [
                 ".kiln",
@@ -71,34 +75,33 @@ def test_every_format(model: str, base: Path) -> None:
     backend = TRITON_BACKEND[model]
     rep, repo = exported(model, "triton", base, name="m", backend=backend, method=METHOD[model])
     _check_report(rep, repo / "m")
-    assert (
-        rep["backend"] == backend
-        and (repo / "m" / "1" / {"torchscript": "model.pt", "onnx": "model.onnx"}[backend]).is_file()
-    )
+    assert rep["backend"] == backend
+    assert (repo / "m" / "1" / {"torchscript": "model.pt", "onnx": "model.onnx"}[backend]).is_file()
     labels = (repo / "m" / "labels.txt").read_text().splitlines()
     assert labels == json.loads((repo / "m" / "preprocess.json").read_text())["classes"]
 
 
 def test_onnx_is_one_file_with_a_dynamic_batch(base: Path) -> None:
     import onnx
-    import onnxruntime as ort
+    import onnxruntime
 
     from kiln.models.restore import restore
 
     _, out = exported("resnet_small", "onnx", base, method="trace")
     proto = onnx.load(str(out / "model.onnx"), load_external_data=False)
     assert all(t.data_location != onnx.TensorProto.EXTERNAL for t in proto.graph.initializer)
-    sess = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
-    (i,), (o,) = sess.get_inputs(), sess.get_outputs()
-    assert (
-        (i.name, o.name) == ("input", "logits") and isinstance(i.shape[0], str) and i.shape[1:] == [3, 32, 32]
-    )
+    session = onnxruntime.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
+    (graph_input,), (graph_output,) = session.get_inputs(), session.get_outputs()
+    assert (graph_input.name, graph_output.name) == ("input", "logits")
+    assert isinstance(graph_input.shape[0], str)
+    assert graph_input.shape[1:] == [3, 32, 32]
     # onnxruntime parity with eager on a batch size seen neither at export nor in verification
     x = np.random.default_rng(0).standard_normal((7, 3, 32, 32)).astype(np.float32)
     with torch.no_grad():
         ref = restore(trained("resnet_small", base)).model(torch.from_numpy(x)).numpy()
-    (got,) = sess.run(["logits"], {"input": x})
-    assert got.shape == (7, 3) and float(np.abs(got - ref).max()) <= TOLERANCE
+    (got,) = session.run(["logits"], {"input": x})
+    assert got.shape == (7, 3)
+    assert float(np.abs(got - ref).max()) <= TOLERANCE
 
 
 def test_pt2_batch_dimension_is_unbounded(base: Path) -> None:

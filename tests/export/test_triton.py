@@ -8,13 +8,16 @@ from pathlib import Path
 
 import pytest
 from google.protobuf import text_format
-from tritonclient.grpc import model_config_pb2 as pb
+from tritonclient.grpc import model_config_pb2
 
-from kiln.export import torchscript as ts
-from kiln.export import triton as tr
-from kiln.export.base import ExportOptions
+from kiln.export.base import TritonOptions
+from kiln.export.formats import torchscript
+from kiln.export.record import classes_of
+from kiln.export.triton import check, repository
 from kiln.models.restore import restore
 from tests.export import exported, trained
+
+pytestmark = pytest.mark.slow  # trains a model and exports it
 
 
 @pytest.fixture(scope="module")
@@ -31,55 +34,73 @@ def onnx_model_dir(base: Path) -> Path:
 @pytest.fixture(scope="module")
 def libtorch_model_dir(base: Path) -> Path:
     """Written directly (no export verification, already covered elsewhere): a traced lenet in a repository."""
-    r = restore(trained("lenet", base))
+    restored = restore(trained("lenet", base))
     repo = base / "triton-libtorch"
-    model_dir, path = tr.write_repository(
-        repo, "digits", "torchscript", [1, 8, 8], r.classes, ExportOptions(max_batch_size=8)
+    model_dir, path = repository.write_repository(
+        repo, "digits", [1, 8, 8], classes_of(restored), 8, TritonOptions()
     )
     import torch
 
-    ts.save(r.model, torch.zeros(2, 1, 8, 8), path, "trace")
+    torchscript.save(restored.model, torch.zeros(2, 1, 8, 8), path, "trace")
     return model_dir
 
 
 def test_config_parses_as_triton_model_config(onnx_model_dir: Path, libtorch_model_dir: Path) -> None:
-    onnx_cfg = text_format.Parse((onnx_model_dir / "config.pbtxt").read_text(), pb.ModelConfig())
+    onnx_cfg = text_format.Parse(
+        (onnx_model_dir / "config.pbtxt").read_text(), model_config_pb2.ModelConfig()
+    )
     assert (onnx_cfg.name, onnx_cfg.platform, onnx_cfg.max_batch_size) == ("m", "onnxruntime_onnx", 16)
-    (i,), (o,) = onnx_cfg.input, onnx_cfg.output
-    assert (i.name, list(i.dims), i.data_type) == ("input", [1, 8, 8], pb.TYPE_FP32)  # batch dim left out
-    assert (o.name, list(o.dims), o.data_type, o.label_filename) == (
+    (graph_input,), (graph_output,) = onnx_cfg.input, onnx_cfg.output
+    assert (graph_input.name, list(graph_input.dims), graph_input.data_type) == (
+        "input",
+        [1, 8, 8],
+        model_config_pb2.TYPE_FP32,
+    )  # batch dim left out
+    assert (
+        graph_output.name,
+        list(graph_output.dims),
+        graph_output.data_type,
+        graph_output.label_filename,
+    ) == (
         "logits",
         [10],
-        pb.TYPE_FP32,
+        model_config_pb2.TYPE_FP32,
         "labels.txt",
     )
-    assert onnx_cfg.HasField("dynamic_batching") and onnx_cfg.instance_group[0].count == 1
+    assert onnx_cfg.HasField("dynamic_batching")
+    assert onnx_cfg.instance_group[0].count == 1
     assert (onnx_model_dir / "labels.txt").read_text().splitlines() == [str(d) for d in range(10)]
 
-    lt = tr.check_model_dir(libtorch_model_dir)
-    assert (lt.config.platform, lt.input_name, lt.output_name) == (
+    libtorch = check.check_model_dir(libtorch_model_dir)
+    assert (libtorch.config.platform, libtorch.input_name, libtorch.output_name) == (
         "pytorch_libtorch",
         "INPUT__0",
         "OUTPUT__0",
     )
-    assert lt.in_shape == [1, 8, 8] and lt.model_file == libtorch_model_dir / "1" / "model.pt"
+    assert libtorch.in_shape == [1, 8, 8]
+    assert libtorch.model_file == libtorch_model_dir / "1" / "model.pt"
 
 
 def test_max_batch_size_zero_spells_out_the_batch_dim() -> None:
     cfg = text_format.Parse(
-        tr.config_text("x", "onnx", [3, 32, 32], 5, ExportOptions(max_batch_size=0)), pb.ModelConfig()
+        repository.config_text("x", [3, 32, 32], 5, 0, TritonOptions(backend="onnx")),
+        model_config_pb2.ModelConfig(),
     )
-    assert list(cfg.input[0].dims) == [-1, 3, 32, 32] and list(cfg.output[0].dims) == [-1, 5]
+    assert list(cfg.input[0].dims) == [-1, 3, 32, 32]
+    assert list(cfg.output[0].dims) == [-1, 5]
     assert not cfg.HasField("dynamic_batching")
 
 
 def test_scheduling_options_reach_every_backend() -> None:
-    for backend in ("torchscript", "onnx"):
-        text = tr.config_text("x", backend, [3, 8, 8], 2, ExportOptions(instances=3, dynamic_batching=False))
-        cfg = text_format.Parse(text, pb.ModelConfig())
-        assert cfg.instance_group[0].count == 3 and not cfg.HasField("dynamic_batching")
+    for backend in ("torchscript", "onnx", "python"):  # one writer for every backend
+        scheduled = TritonOptions(backend=backend, instances=3, dynamic_batching=False)
+        text = repository.config_text("x", [3, 8, 8], 2, 64, scheduled)
+        cfg = text_format.Parse(text, model_config_pb2.ModelConfig())
+        assert cfg.instance_group[0].count == 3
+        assert not cfg.HasField("dynamic_batching")
         cfg = text_format.Parse(
-            tr.config_text("x", backend, [3, 8, 8], 2, ExportOptions(queue_delay_us=250)), pb.ModelConfig()
+            repository.config_text("x", [3, 8, 8], 2, 64, TritonOptions(backend=backend, queue_delay_us=250)),
+            model_config_pb2.ModelConfig(),
         )
         assert cfg.dynamic_batching.max_queue_delay_microseconds == 250
 
@@ -109,9 +130,10 @@ def test_broken_config_is_rejected(
     text = cfg.read_text()
     assert edit[0] in text
     cfg.write_text(text.replace(edit[0], edit[1], 1))
-    with pytest.raises(tr.TritonConfigError) as e:
-        tr.check_model_dir(broken)
-    assert str(cfg) in str(e.value) and expected in str(e.value), str(e.value)
+    with pytest.raises(check.TritonConfigError) as e:
+        check.check_model_dir(broken)
+    assert str(cfg) in str(e.value), str(e.value)
+    assert expected in str(e.value), str(e.value)
 
 
 def test_libtorch_config_mistakes_are_caught(libtorch_model_dir: Path, tmp_path: Path) -> None:
@@ -123,8 +145,8 @@ def test_libtorch_config_mistakes_are_caught(libtorch_model_dir: Path, tmp_path:
         shutil.move(broken, tmp_path / "digits")
         cfg = tmp_path / "digits" / "config.pbtxt"
         cfg.write_text(cfg.read_text().replace(old, new, 1))
-        with pytest.raises(tr.TritonConfigError, match="config.pbtxt: ") as e:
-            tr.check_model_dir(tmp_path / "digits")
+        with pytest.raises(check.TritonConfigError, match="config.pbtxt: ") as e:
+            check.check_model_dir(tmp_path / "digits")
         assert expected in str(e.value), str(e.value)
         shutil.rmtree(tmp_path / "digits")
 
@@ -132,8 +154,8 @@ def test_libtorch_config_mistakes_are_caught(libtorch_model_dir: Path, tmp_path:
 def test_missing_labels_and_model_file(onnx_model_dir: Path, tmp_path: Path) -> None:
     broken = shutil.copytree(onnx_model_dir, tmp_path / "m")
     (broken / "labels.txt").unlink()
-    with pytest.raises(tr.TritonConfigError, match="label_filename 'labels.txt' not found"):
-        tr.check_model_dir(broken)
+    with pytest.raises(check.TritonConfigError, match="label_filename 'labels.txt' not found"):
+        check.check_model_dir(broken)
     shutil.rmtree(broken / "1")
-    with pytest.raises(tr.TritonConfigError, match="no version folder holds model.onnx"):
-        tr.check_model_dir(broken)
+    with pytest.raises(check.TritonConfigError, match="no version folder holds model.onnx"):
+        check.check_model_dir(broken)

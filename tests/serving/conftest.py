@@ -83,4 +83,5 @@ def triton(
     server = TritonServer(serve_env, repo, free_port(), free_port(), log_file=repo.parent / "triton.log")
     with server:  # stopped on the way out, whatever the tests did
         yield server
-    assert server.proc is not None and server.proc.poll() is not None
+    assert server.proc is not None
+    assert server.proc.poll() is not None

@@ -16,8 +16,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from kiln.export.predict import load_any, predict
-from kiln.export.runtime import softmax
+from kiln.inference.predict import load_any, predict
+from kiln.inference.runtime import softmax
 from kiln.serving.server import free_port, ready
 
 http = pytest.importorskip("tritonclient.http", reason="tritonclient[http] is the serve extra")
@@ -68,7 +68,8 @@ def test_kiln_serve_answers_like_predict_and_ctrl_c_stops_it(
     try:
         deadline = time.monotonic() + 120
         while not _ready(port):
-            assert proc.poll() is None and time.monotonic() < deadline, _dead(proc)
+            assert proc.poll() is None, _dead(proc)
+            assert time.monotonic() < deadline, _dead(proc)
             time.sleep(0.3)
         said = ""  # what the user sees before pressing Ctrl-C (kiln polls readiness too: it may trail ours)
         while "Ctrl-C stops it" not in said:
@@ -88,7 +89,10 @@ def test_kiln_serve_answers_like_predict_and_ctrl_c_stops_it(
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err
-    assert "serving photos" in said and "stopping the server ... stopped" in out and "Traceback" not in err
+    assert "serving photos" in said
+    assert f"ask   kiln predict --url http://127.0.0.1:{port} IMAGES..." in said  # the short command
+    assert "stopping the server ... stopped" in out
+    assert "Traceback" not in err
     assert not _ready(port)
     assert not _servers(port), f"a Triton server outlived kiln serve: {_servers(port)}"
 
@@ -118,11 +122,14 @@ def test_ctrl_c_while_the_server_starts_leaves_no_server_behind(
     )
     deadline = time.monotonic() + 60  # the server process is up, its model not yet loaded
     while not _servers(port):
-        assert proc.poll() is None and time.monotonic() < deadline, _dead(proc)
+        assert proc.poll() is None, _dead(proc)
+        assert time.monotonic() < deadline, _dead(proc)
         time.sleep(0.05)
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=60)
-    assert proc.returncode == 0 and "stopping the server ... stopped" in out and "Traceback" not in err, err
+    assert proc.returncode == 0, err
+    assert "stopping the server ... stopped" in out, err
+    assert "Traceback" not in err, err
     assert not _servers(port), f"a Triton server outlived kiln serve: {_servers(port)}"
 
 
@@ -133,7 +140,8 @@ def test_the_server_environment_has_numpy_1_and_leaves_kilns_numpy_alone(serve_e
         text=True,
         timeout=120,
     )
-    assert theirs.returncode == 0 and theirs.stdout.startswith("1."), theirs.stderr[-2000:]
+    assert theirs.returncode == 0, theirs.stderr[-2000:]
+    assert theirs.stdout.startswith("1."), theirs.stderr[-2000:]
     ours = subprocess.run(
         [sys.executable, "-c", "import numpy; print(numpy.__version__)"],
         capture_output=True,
@@ -172,7 +180,8 @@ def test_a_killed_kiln_serve_takes_its_server_and_stubs_with_it(
     proc = _serve(serve_env, photo_model[0], port, grpc_port, tmp_path)
     deadline = time.monotonic() + 120
     while not _ready(port):
-        assert proc.poll() is None and time.monotonic() < deadline, _dead(proc)
+        assert proc.poll() is None, _dead(proc)
+        assert time.monotonic() < deadline, _dead(proc)
         time.sleep(0.3)
     (server_line,) = _servers(port).splitlines()
     server = int(server_line.split()[0])

@@ -11,8 +11,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from kiln.export.predict import load_any, predict
-from kiln.export.runtime import Classifier, softmax
+from kiln.inference.predict import load_any, predict
+from kiln.inference.runtime import Classifier, softmax
 
 tritonclient_http = pytest.importorskip("tritonclient.http", reason="tritonclient[http] is the serve extra")
 tritonclient_grpc = pytest.importorskip("tritonclient.grpc", reason="tritonclient[grpc] is the export extra")
@@ -100,7 +100,8 @@ def test_8_clients_x_50_requests(triton: Any, photo_model: tuple[Path, Path]) ->
 
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
         answers = [ok for part in pool.map(client_run, range(8)) for ok in part]
-    assert len(answers) == 400 and all(answers)
+    assert len(answers) == 400
+    assert all(answers)
     stats = _client(triton, "http").get_inference_statistics(MODEL)["model_stats"][0]
     sizes = [b["batch_size"] for b in stats["batch_stats"]]
     assert max(sizes) > 1  # concurrent requests were batched together
@@ -125,5 +126,6 @@ def test_bad_requests_get_clear_errors_and_the_server_stays_up(
     dtype.set_data_from_numpy(np.zeros((1, 3, 32, 32), np.float64))
     with pytest.raises(Exception, match="data-type is 'FP64', but model 'photos' expects 'FP32'"):
         client.infer(MODEL, [dtype])
-    assert client.is_server_ready() and client.is_model_ready(MODEL)
+    assert client.is_server_ready()
+    assert client.is_model_ready(MODEL)
     assert _ask(client, protocol, [_images(photo_model[1])[0].read_bytes()]).shape == (1, 3)

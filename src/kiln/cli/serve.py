@@ -9,8 +9,10 @@ Serve a kiln checkpoint or any kiln export (--model), or a Triton repository wri
 --format triton --backend python` (--repository), with the Triton Inference Server of the nvidia-pytriton
 wheel: KServe v2 protocol over HTTP and gRPC, dynamic batching, health and readiness endpoints
 (/v2/health/live, /v2/health/ready). Clients send encoded image files (input IMAGE, BYTES) or ready
-tensors (input INPUT, FP32) and get LOGITS, or the top-k classes with their labels (Triton's
-classification extension: class_count). Preprocessing happens in the server, as in `kiln predict`.
+tensors (input INPUT, FP32) and get LOGITS, or the top-k classes with their display names (Triton's
+classification extension: class_count); a multi-label model also answers LABELS, one JSON string per
+image with the classes at or above their threshold. Preprocessing happens in the server, as in `kiln
+predict`; `kiln predict --url http://HOST:PORT IMAGES...` prints the same results as a local `kiln predict`.
 
 The server's Python needs numpy<2 (its python backend is built against numpy 1.x): kiln keeps a small
 environment for it in ~/.cache/kiln/serve-env (KILN_SERVE_ENV: a new or empty folder), made by `kiln
@@ -25,7 +27,7 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from kiln.errors import KilnError
-    from kiln.export.base import ExportOptions
+    from kiln.export.base import ExportOptions, TritonOptions
     from kiln.serving.env import ensure
     from kiln.serving.ports import check_free
     from kiln.serving.server import TritonServer
@@ -40,16 +42,17 @@ def run(args: argparse.Namespace) -> int:
         raise KilnError(f"--http-port and --grpc-port are both {args.http_port}; give them different ports")
     check_free(args.host, args.http_port, "--http-port")  # before the model is staged: a leftover server
     check_free(args.host, args.grpc_port, "--grpc-port")  # of a killed kiln is named at once
-    opts = ExportOptions(
-        name=args.name,
-        max_batch_size=args.max_batch_size,
+    scheduling = TritonOptions(
+        backend="python",
         dynamic_batching=args.dynamic_batching,
         queue_delay_us=args.queue_delay_us,
         instances=args.instances,
         instance_kind=args.instance_kind,
     )
+    opts = ExportOptions(name=args.name, max_batch_size=args.max_batch_size, triton=scheduling)
     with tempfile.TemporaryDirectory(prefix="kiln-serve-") as work:
-        repo = Path(args.repository) if args.repository else stage(args.model, Path(work), opts, args.trust)
+        staged = Path(work) / "repository"  # beside it: the server's log and kiln's link to itself
+        repo = Path(args.repository) if args.repository else stage(args.model, staged, opts, args.trust)
         env = ensure()  # after the arguments and the model are checked: making it can take a while
         log_file = Path(work) / "tritonserver.log"
         server = TritonServer(env, repo, args.http_port, args.grpc_port, host=args.host, log_file=log_file)
@@ -57,10 +60,14 @@ def run(args: argparse.Namespace) -> int:
         try:
             with server:
                 models = sorted(p.name for p in repo.iterdir() if (p / "config.pbtxt").is_file())
+                name = f" --name {models[0]}" if len(models) > 1 else ""
                 print(
                     f"kiln: serving {', '.join(models)} from {repo}\n"
-                    f"  HTTP  http://{server.http_url}/v2/models/{models[0]}/infer   (ready: /v2/health/ready)\n"
-                    f"  gRPC  {server.grpc_url}\n  Ctrl-C stops it",
+                    f"  HTTP  http://{server.http_url}/v2/models/{models[0]}/infer"
+                    "   (ready: /v2/health/ready)\n"
+                    f"  gRPC  {server.grpc_url}\n"
+                    f"  ask   kiln predict --url http://{server.http_url}{name} IMAGES...\n"
+                    "  Ctrl-C stops it",
                     flush=True,
                 )
                 server.proc.wait()  # type: ignore[union-attr]

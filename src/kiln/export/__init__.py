@@ -1,24 +1,25 @@
-"""`kiln export` and `kiln predict`: turn a checkpoint into a deployable artifact, prove it computes what the
-eager model computes, and run any of those artifacts on image files.
+"""`kiln export`: turn a checkpoint into a deployable artifact and prove it computes what the eager model
+computes.
 
-Formats share one interface (``base.Format``: save, load, verify), registered by name in ``formats.py``,
-one module each, imported only when used so `kiln --help` stays fast:
+- ``formats/``: one module per format, each a ``base.Format`` subclass registered by name with
+  ``kiln.registry.register_format`` (save, load with its records, claims a path); imported only when used,
+  so `kiln --help` stays fast:
+  ``torchscript`` (model.pt), ``export`` (model.pt2, ``pt2.py``), ``onnx`` (model.onnx), ``triton`` (a
+  Triton model repository), ``safetensors`` (weights plus a recipe to rebuild the model with kiln);
+- ``triton/``: Triton repositories (one config.pbtxt writer for the libtorch, onnxruntime and python
+  backends) and the check of a model folder;
+- ``record.py``: preprocess.json, what a deployment needs beside the weights (preprocessing, classes,
+  display names, multi-label thresholds);
+- ``verify.py``: the check on real images; ``run.py``: ``export_checkpoint``, the whole command.
 
-- ``torchscript``  ``model.pt`` via ``torch.jit.trace`` or ``torch.jit.script`` (``torchscript.py``)
-- ``export``       ``model.pt2``, a ``torch.export`` program with a dynamic batch dimension (``program.py``)
-- ``onnx``         ``model.onnx``, one self-contained file, dynamic batch (``onnx.py``)
-- ``triton``       a Triton model repository around a TorchScript or ONNX file (``triton.py``)
-- ``safetensors``  weights only plus a JSON recipe to rebuild the model: the safe way to share (``program.py``)
-
-Every export writes ``preprocess.json`` beside the model and is verified (``verify.py``) before success is
-reported; the report is printed and saved as ``export.json``.
+Running artifacts on image files (``kiln predict``, Triton's python model, ``kiln serve``) is
+``kiln.inference``'s: one layer up, it loads any of these formats.
 """
 
 from __future__ import annotations
 
 from kiln.errors import KilnError
 
-FORMAT_NAMES = ("torchscript", "export", "onnx", "triton", "safetensors")
 TOLERANCE = 1e-4  # max abs logit difference allowed between an artifact and the eager fp32 model
 
 # the tensor names written into artifacts (ONNX graph, Triton config, preprocess.json)

@@ -1,8 +1,10 @@
-"""The interface every export format implements, and the one way to run a model on numpy arrays.
+"""The interface every export format implements, its options, and the one way to run a model on numpy arrays.
 
 A format ``save``s a model (with an example batch) into a folder and says how its file is loaded back for
-verification; ``load`` gives an in-process runner for ``kiln predict`` and serving; ``claims`` tells whether
-a path given to ``kiln predict`` is one of its artifacts.
+verification; ``load`` gives the artifact ready to run in-process (``Loaded``: the runner with its
+preprocessing and classes) for ``kiln predict`` and serving; ``claims`` tells whether a path given to
+``kiln predict`` is one of its artifacts. Formats register themselves by name with
+``kiln.registry.register_format`` (``formats/``).
 """
 
 from __future__ import annotations
@@ -17,8 +19,24 @@ import numpy as np
 import torch
 from torch import nn
 
+from kiln.export.record import ClassList, read_beside
+from kiln.spec import Preprocess
+
 Runner = Callable[[np.ndarray], np.ndarray]  # float32 NCHW batch -> logits
 RunMany = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]  # named batches -> named logits
+
+
+@dataclass(frozen=True)
+class TritonOptions:
+    """How a Triton model folder is written and scheduled (``--format triton`` and ``kiln serve``)."""
+
+    backend: str = "torchscript"  # torchscript (libtorch), onnx (onnxruntime) or python (model.py)
+    artifact: str = "torchscript"  # python backend: what model.py runs (torchscript or onnx)
+    instance_kind: str = "auto"  # instance_group kind
+    instances: int = 1  # instance_group count
+    dynamic_batching: bool = True  # group concurrent requests into one batch ...
+    queue_delay_us: int = 500  # ... waiting at most this long for more
+    execution_env: str | None = None  # python backend: EXECUTION_ENV_PATH (a venv with numpy<2 and kiln)
 
 
 @dataclass(frozen=True)
@@ -26,16 +44,8 @@ class ExportOptions:
     name: str | None = None  # file stem (default "model"); Triton: the model name (default run.name)
     max_batch_size: int = 64  # the largest batch verified; Triton's max_batch_size
     method: str = "trace"  # TorchScript: trace or script
-    backend: str = "torchscript"  # Triton: torchscript (libtorch), onnx (onnxruntime) or python (model.py)
-    artifact: str = "torchscript"  # Triton python backend: what model.py runs (torchscript or onnx)
-    instance_kind: str = "auto"  # Triton: instance_group kind
-    instances: int = 1  # Triton: instance_group count
-    dynamic_batching: bool = True  # Triton: group concurrent requests into one batch ...
-    queue_delay_us: int = 500  # ... waiting at most this long for more
-    execution_env: str | None = (
-        None  # Triton python backend: EXECUTION_ENV_PATH (a venv with numpy<2 and kiln)
-    )
     allow_tracer_warnings: bool = False
+    triton: TritonOptions = field(default_factory=TritonOptions)
 
 
 @dataclass
@@ -51,8 +61,33 @@ class Saved:
     details: dict[str, Any] = field(default_factory=dict)  # format-specific report fields (method, backend)
 
 
+@dataclass
+class Loaded:
+    """An artifact ready to run in-process, with the preprocessing its input needs and its classes."""
+
+    run: Runner
+    preprocess: Preprocess
+    class_list: ClassList
+    kind: str  # the format's name, or "checkpoint"
+    path: Path
+    device: str = "cpu"
+    module: nn.Module | None = None  # the torch module when kiln rebuilt it (checkpoint, safetensors)
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.class_list.ids)
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.class_list.names)
+
+    @property
+    def multi_label(self) -> bool:
+        return self.class_list.multi_label
+
+
 class Format(ABC):
-    name: ClassVar[str]
+    name: ClassVar[str]  # the name it is registered under (--format NAME)
     suffix: ClassVar[str] = ""  # the model file's suffix, for kiln predict
 
     @abstractmethod
@@ -64,22 +99,27 @@ class Format(ABC):
         recipe: dict[str, Any],
         opts: ExportOptions,
     ) -> Saved:
-        """Write ``model``; ``recipe`` holds model name/args, classes, preprocess and the run name."""
+        """Write ``model``; ``recipe`` holds the model name/args, imports, preprocess, the run name and the
+        classes (``ClassList.to_json``'s keys)."""
 
     @abstractmethod
-    def load(self, path: Path, trust: bool, device: str = "cpu") -> Runner:
-        """The artifact as an in-process runner on ``device`` (``trust``: the user accepts formats that
-        unpickle)."""
+    def load(self, path: Path, trust: bool, device: str = "cpu") -> Loaded:
+        """The artifact ready to run on ``device`` (``trust``: the user accepts formats that unpickle)."""
 
     def claims(self, path: Path) -> bool:
         return bool(self.suffix) and path.suffix.lower() == self.suffix
+
+    def loaded(self, run: Runner, path: Path, device: str) -> Loaded:
+        """``run`` with the preprocessing and classes recorded beside ``path`` (preprocess.json)."""
+        preprocess, classes = read_beside(path)
+        return Loaded(run, preprocess, classes, self.name, path, device)
 
 
 def per_batch(run: Runner) -> RunMany:
     """Adapt a one-batch runner to the named-batches interface of verification."""
 
     def many(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return {k: np.asarray(run(v), dtype=np.float32) for k, v in inputs.items()}
+        return {name: np.asarray(run(batch), dtype=np.float32) for name, batch in inputs.items()}
 
     return many
 

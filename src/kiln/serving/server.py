@@ -27,6 +27,22 @@ from kiln.serving.env import ServeEnv
 from kiln.serving.ports import check_free
 
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>: the signal a process gets when its parent dies
+KILN_PACKAGE = Path(__file__).resolve().parents[1]  # the kiln this process runs (a checkout's src/kiln too)
+
+
+def link_kiln(folder: Path) -> Path:
+    """``folder/kiln-source``, holding only a link named ``kiln`` to the package this process runs. The
+    python backend's stub runs its interpreter isolated (PYTHONPATH ignored): kiln's model.py puts this
+    folder first on sys.path (``KILN_SOURCE``), so the server runs this kiln, not another one its
+    environment may link to (a source checkout on PYTHONPATH beside an installed kiln), and nothing else."""
+    source = folder / "kiln-source"
+    source.mkdir(parents=True, exist_ok=True)
+    link = source / "kiln"
+    if link.is_symlink():  # kiln's own link from an earlier server: replaced, never anything else
+        link.unlink()
+    if not link.exists():
+        link.symlink_to(KILN_PACKAGE, target_is_directory=True)
+    return source
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -113,13 +129,17 @@ class TritonServer:
 
     def start(self, timeout: float = 180) -> TritonServer:
         self.check_ports()
+        # beside the log, never inside the repository (Triton would take the folder for a model)
+        beside = self.log_file.parent
+        source = link_kiln(beside.parent if beside.resolve() == self.repository.resolve() else beside)
+        environ = {**self.env.server_environ(), "KILN_SOURCE": str(source)}
         with self.log_file.open("wb") as log:
             self.proc = subprocess.Popen(
                 self.command(),
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
-                env=self.env.server_environ(),
+                env=environ,
                 start_new_session=True,  # Ctrl-C in kiln's terminal does not reach it: kiln stops it
                 preexec_fn=die_with_this_process(),  # and kiln's death, however it comes, stops it too
             )

@@ -1,6 +1,7 @@
 """A Triton python-backend repository for any kiln model, for ``kiln serve --model``: the checkpoint or
 export is copied (not converted: ``model.py`` loads whatever ``kiln predict`` loads) beside kiln's
-``model.py``, with the labels and the config the server reads."""
+``model.py``, with the labels (display names), the thresholds of a multi-label model and the config the
+server reads."""
 
 from __future__ import annotations
 
@@ -8,10 +9,11 @@ import json
 import shutil
 from pathlib import Path
 
-from kiln.export import triton_python
 from kiln.export.base import ExportOptions
-from kiln.export.loading import load_any
-from kiln.export.triton import check_model_dir, model_name, parse_config
+from kiln.export.record import RECORD, short_record
+from kiln.export.triton.check import check_model_dir, parse_config
+from kiln.export.triton.repository import model_name, write_python_model_dir
+from kiln.inference.loading import load_any
 
 
 def stage(model: str | Path, workdir: Path, opts: ExportOptions, trust: bool = False) -> Path:
@@ -29,8 +31,10 @@ def stage(model: str | Path, workdir: Path, opts: ExportOptions, trust: bool = F
     shutil.copy2(artifact, version / artifact.name)
     if (artifact.parent / "model.json").is_file():  # a safetensors export: the recipe beside the weights
         shutil.copy2(artifact.parent / "model.json", version / "model.json")
-    # the preprocessing as load_any found it (beside the file, a folder up, or in the checkpoint)
-    (version / "preprocess.json").write_text(json.dumps({**loaded.preprocess, "classes": loaded.classes}))
-    in_shape = [int(loaded.preprocess["in_channels"]), *map(int, loaded.preprocess["image_size"])]
-    triton_python.write_model_dir(version.parent, loaded.classes, in_shape, opts, artifact.name, trust)
+    # the preprocessing and classes as load_any found them (beside the file, a folder up, in the checkpoint)
+    (version / RECORD).write_text(json.dumps(short_record(loaded.preprocess, loaded.class_list)))
+    in_shape = list(loaded.preprocess.input_shape)
+    write_python_model_dir(
+        version.parent, in_shape, loaded.class_list, opts.max_batch_size, opts.triton, artifact.name, trust
+    )
     return workdir

@@ -6,12 +6,7 @@ Needs the ``export`` extra (onnx, onnxscript for the dynamo exporter, onnxruntim
 
 from __future__ import annotations
 
-import contextlib
-import io
-import logging
-import re
-import warnings
-from collections.abc import Iterator
+import importlib
 from pathlib import Path
 from typing import Any
 
@@ -20,12 +15,12 @@ import torch
 from torch import nn
 
 from kiln.export import INPUT_NAME, OUTPUT_NAME, ArtifactError, ExportError
-from kiln.export.base import ExportOptions, Format, Runner, Saved, per_batch
+from kiln.export.base import ExportOptions, Format, Loaded, Saved, per_batch
+from kiln.export.tracing import data_dependent_hint, first_line, quiet_export
+from kiln.registry import register_format
 
 
 def _need(module: str) -> Any:
-    import importlib
-
     try:
         return importlib.import_module(module)
     except ImportError:
@@ -56,7 +51,7 @@ def save(model: nn.Module, example: torch.Tensor, path: Path) -> list[str]:
             )
     except Exception as e:  # torch.onnx.errors.* and torch.export's UserError / GuardOnDataDependentSymNode
         raise ExportError(
-            f"ONNX export of {type(model).__name__} failed: {_first_line(e)}{_data_dependent_hint(e)}"
+            f"ONNX export of {type(model).__name__} failed: {first_line(e)}{data_dependent_hint(e)}"
         ) from None
     if program is None:
         raise ExportError("torch.onnx.export returned no program (is dynamo=True supported by this torch?)")
@@ -73,56 +68,13 @@ def save(model: nn.Module, example: torch.Tensor, path: Path) -> list[str]:
     return [f"ONNX opset {opset}, ir_version {proto.ir_version}, weights embedded (single file)"]
 
 
-def _chain(e: BaseException) -> list[BaseException]:
-    out: list[BaseException] = []
-    while e is not None and e not in out and len(out) < 10:
-        out.append(e)
-        e = e.__cause__ or e.__context__  # type: ignore[assignment]
-    return out
-
-
-def _first_line(e: BaseException) -> str:
-    """The first line of the root cause (exporters wrap the real reason in generic 'step 1/3' errors)."""
-    root = _chain(e)[-1]
-    lines = [re.sub(r"\x1b\[[0-9;]*m", "", ln).strip() for ln in str(root).splitlines() if ln.strip()]
-    return (lines[0] if lines else type(root).__name__)[:300]
-
-
-@contextlib.contextmanager
-def quiet_export() -> Iterator[None]:
-    """torch.export logs guard failures and graph dumps at WARNING through its own loggers, and the ONNX
-    exporter prints progress: the user gets kiln's one-line error or result instead."""
-    previous = logging.root.manager.disable
-    logging.disable(logging.WARNING)
-    try:
-        with (
-            contextlib.redirect_stdout(io.StringIO()),
-            contextlib.redirect_stderr(io.StringIO()),
-            warnings.catch_warnings(),
-        ):
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        logging.disable(previous)
-
-
-def _data_dependent_hint(e: BaseException) -> str:
-    text = " ".join(f"{type(c).__name__} {c}" for c in _chain(e))
-    if "data-dependent" in text or "DataDependent" in text:
-        return (
-            "; the model branches on tensor values, which torch.export cannot capture: use "
-            "--format torchscript --method script, or rewrite the branch with torch.cond / torch.where"
-        )
-    return ""
-
-
 def io_signature(path: Path) -> dict[str, Any]:
     """Names and shapes (symbolic dims as strings) of the first graph input and output."""
     onnx = _need("onnx")
     try:
         proto = onnx.load(str(path), load_external_data=False)
     except Exception as e:  # DecodeError, OSError...
-        raise ArtifactError(f"{path}: not a readable ONNX file ({_first_line(e)})") from None
+        raise ArtifactError(f"{path}: not a readable ONNX file ({first_line(e)})") from None
 
     def shape(v: Any) -> list[int | str]:
         return [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]
@@ -150,25 +102,26 @@ class Session:
     def __init__(
         self, path: Path, input_name: str | None = None, output_name: str | None = None, gpu: bool = False
     ) -> None:
-        ort = _need("onnxruntime")
-        opts = ort.SessionOptions()
-        opts.log_severity_level = (
+        onnxruntime = _need("onnxruntime")
+        options = onnxruntime.SessionOptions()
+        options.log_severity_level = (
             3  # errors only: ORT's warnings about unused initializers are not the user's
         )
         try:
             providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if gpu else ["CPUExecutionProvider"]
-            self.session = ort.InferenceSession(str(path), opts, providers=providers)
+            self.session = onnxruntime.InferenceSession(str(path), options, providers=providers)
         except Exception as e:  # onnxruntime raises its own Fail/InvalidGraph/NoSuchFile types
-            raise ArtifactError(f"{path}: onnxruntime cannot load it ({_first_line(e)})") from None
+            raise ArtifactError(f"{path}: onnxruntime cannot load it ({first_line(e)})") from None
         self.input = input_name or self.session.get_inputs()[0].name
         self.output = output_name or self.session.get_outputs()[0].name
-        self.version = ort.__version__
+        self.version = onnxruntime.__version__
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         out = self.session.run([self.output], {self.input: np.ascontiguousarray(x, dtype=np.float32)})
         return np.asarray(out[0], dtype=np.float32)
 
 
+@register_format("onnx")
 class Onnx(Format):
     name, suffix = "onnx", ".onnx"
 
@@ -192,5 +145,5 @@ class Onnx(Format):
             {"loader": f"onnxruntime {runner.version} (CPUExecutionProvider)"},
         )
 
-    def load(self, path: Path, trust: bool, device: str = "cpu") -> Runner:
-        return Session(path, gpu=device != "cpu")
+    def load(self, path: Path, trust: bool, device: str = "cpu") -> Loaded:
+        return self.loaded(Session(path, gpu=device != "cpu"), path, device)

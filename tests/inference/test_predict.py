@@ -11,9 +11,11 @@ from PIL import Image
 
 from kiln.cli import main
 from kiln.export import ArtifactError
-from kiln.export.predict import load_any, predict
+from kiln.inference.predict import load_any, predict
 from tests.conftest import run_kiln
-from tests.export import exported, trained, write_predict_images
+from tests.export import DIGIT_WORDS, exported, trained, write_predict_images
+
+pytestmark = pytest.mark.slow  # trains a model, exports it, runs kiln in a subprocess
 
 
 @pytest.fixture(scope="module")
@@ -50,10 +52,13 @@ def test_every_artifact_gives_the_checkpoints_predictions(artifacts: dict[str, P
     expected = predict(load_any(artifacts["checkpoint"]), [str(images)], topk=3, warn=warnings.append)
     # the folder walk: a.png, broken.png, sub/b.jpg (notes.txt is not an image extension, so skipped)
     assert [Path(r["path"]).name for r in expected] == ["a.png", "broken.png", "b.jpg"]
-    assert "cannot read image" in expected[1]["error"] and "broken.png" in expected[1]["error"]
-    assert len(warnings) == 1 and "broken.png" in warnings[0]
+    assert "cannot read image" in expected[1]["error"]
+    assert "broken.png" in expected[1]["error"]
+    assert len(warnings) == 1
+    assert "broken.png" in warnings[0]
     for r in (expected[0], expected[2]):
-        assert len(r["top"]) == 3 and r["top"][0]["prob"] >= r["top"][1]["prob"] >= r["top"][2]["prob"]
+        assert len(r["top"]) == 3
+        assert r["top"][0]["prob"] >= r["top"][1]["prob"] >= r["top"][2]["prob"]
     for kind, path in artifacts.items():
         got = predict(load_any(path, trust=True), [str(images)], topk=3, warn=lambda _: None)
         for g, e in zip(got, expected, strict=True):
@@ -79,14 +84,19 @@ def test_cli_csv_and_json(
     )
     out, err = capsys.readouterr()
     lines = out.strip().splitlines()
-    assert lines[0] == "path,top1,top1_prob,top2,top2_prob,error" and len(lines) == 4
-    assert lines[2].startswith(f"{images / 'broken.png'},,,,,") and "cannot read image" in lines[2]
-    assert err.count("kiln: warning:") == 1 and "broken.png" in err
+    assert lines[0] == "path,top1,top1_prob,top2,top2_prob,error"
+    assert len(lines) == 4
+    assert lines[2].startswith(f"{images / 'broken.png'},,,,,")
+    assert "cannot read image" in lines[2]
+    assert err.count("kiln: warning:") == 1
+    assert "broken.png" in err
 
     jpeg = images / "sub" / "b.jpg"
     assert main(["predict", "--model", str(artifacts["triton model"]), str(jpeg), "--topk", "1"]) == 0
     (result,) = json.loads(capsys.readouterr().out)
-    assert result["path"] == str(jpeg) and len(result["top"]) == 1 and 0 < result["top"][0]["prob"] <= 1
+    assert result["path"] == str(jpeg)
+    assert len(result["top"]) == 1
+    assert 0 < result["top"][0]["prob"] <= 1
 
 
 def test_cli_fails_only_when_no_image_is_readable(artifacts: dict[str, Path], images: Path) -> None:
@@ -100,10 +110,12 @@ def test_cli_fails_only_when_no_image_is_readable(artifacts: dict[str, Path], im
         str(images / "missing.png"),
         check=False,
     )
-    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
     assert "kiln: error: no image could be read (3 input(s) failed" in proc.stderr
     assert [r["error"] != "" for r in json.loads(proc.stdout)] == [True, True, True]
-    assert "missing.png: no such file" in proc.stderr and "notes.txt: cannot read image" in proc.stderr
+    assert "missing.png: no such file" in proc.stderr
+    assert "notes.txt: cannot read image" in proc.stderr
 
 
 def test_cli_refuses_a_broken_triton_config(
@@ -114,7 +126,8 @@ def test_cli_refuses_a_broken_triton_config(
     cfg.write_text(cfg.read_text().replace("dims: [ 1, 8, 8 ]", "dims: [ 3, 8, 8 ]"))
     assert main(["predict", "--model", str(model_dir), str(images)]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith(f"kiln: error: {cfg}: input dims [3, 8, 8] differ") and "\n" not in err
+    assert err.startswith(f"kiln: error: {cfg}: input dims [3, 8, 8] differ")
+    assert "\n" not in err
 
 
 def test_unknown_model_path(tmp_path: Path, images: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -175,3 +188,33 @@ def test_a_folder_without_images_beside_good_images_is_reported_and_the_rest_run
     )
     results = json.loads(capsys.readouterr().out)
     assert [("top" in r, "error" in r) for r in results] == [(False, True), (True, False)]
+
+
+def _top_classes(results: list[dict]) -> list[list[str]]:
+    return [[t["class"] for t in r.get("top", [])] for r in results]
+
+
+def test_display_names_are_shown_with_their_ids(
+    base: Path, images: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    checkpoint = trained("named", base)  # data.class_names: "0" is "zero", ...
+    capsys.readouterr()  # the training's log lines, if this test trained it
+    assert main(["predict", "--model", str(checkpoint), str(images / "a.png"), "--topk", "10"]) == 0
+    (result,) = json.loads(capsys.readouterr().out)
+    named = sorted((word, str(digit)) for digit, word in enumerate(DIGIT_WORDS))
+    assert sorted((t["class"], t["id"]) for t in result["top"]) == named
+
+
+def test_every_export_carries_the_display_names(base: Path, images: Path) -> None:
+    expected = predict(load_any(trained("named", base)), [str(images)], topk=3)
+    _, repo = exported("named", "triton", base, name="digits", backend="onnx")
+    assert (
+        repo / "digits" / "labels.txt"
+    ).read_text().splitlines() == DIGIT_WORDS  # Triton answers with them
+    record = json.loads((repo / "digits" / "preprocess.json").read_text())
+    assert record["classes"] == [str(d) for d in range(10)]
+    assert record["class_names"] == DIGIT_WORDS
+    _, folder = exported("named", "safetensors", base)
+    assert json.loads((folder / "model.json").read_text())["class_names"] == DIGIT_WORDS
+    for artifact in (repo / "digits", folder):
+        assert _top_classes(predict(load_any(artifact), [str(images)], topk=3)) == _top_classes(expected)

@@ -26,7 +26,8 @@ import torch
 from torch import nn
 
 from kiln.export import ArtifactError, ExportError
-from kiln.export.base import ExportOptions, Format, Runner, Saved, torch_runner
+from kiln.export.base import ExportOptions, Format, Loaded, RunMany, Saved, torch_runner
+from kiln.registry import register_format
 
 METHODS = ("trace", "script")
 
@@ -156,8 +157,8 @@ def run_fresh(
         if proc.returncode != 0:
             tail = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()][-1:] or ["no output"]
             raise ExportError(f"{path}: a fresh Python process could not load and run it: {tail[0]}")
-        with np.load(out, allow_pickle=False) as z:
-            results = {k: z[k] for k in z.files}
+        with np.load(out, allow_pickle=False) as arrays:
+            results = {name: arrays[name] for name in arrays.files}
     info = json.loads(proc.stdout.strip().splitlines()[-1])
     if info["kiln_imported"]:  # the whole point of the fresh process: prove the file stands alone
         raise ExportError(
@@ -171,13 +172,13 @@ def is_torchscript(path: Path) -> bool:
     import zipfile
 
     try:
-        with zipfile.ZipFile(path) as z:
-            return any("/code/" in n or n.endswith("/constants.pkl") for n in z.namelist())
+        with zipfile.ZipFile(path) as archive:
+            return any("/code/" in n or n.endswith("/constants.pkl") for n in archive.namelist())
     except (zipfile.BadZipFile, OSError):
         return False
 
 
-def fresh_runner(path: Path, loaded_by: dict[str, Any]) -> Any:
+def fresh_runner(path: Path, loaded_by: dict[str, Any]) -> RunMany:
     """Verification runs the file in a new Python process that never imports kiln, as a deployment would."""
 
     def run_many(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -192,6 +193,7 @@ def fresh_runner(path: Path, loaded_by: dict[str, Any]) -> Any:
     return run_many
 
 
+@register_format("torchscript")
 class TorchScript(Format):
     name = "torchscript"
 
@@ -216,8 +218,8 @@ class TorchScript(Format):
             details={"method": opts.method},
         )
 
-    def load(self, path: Path, trust: bool, device: str = "cpu") -> Runner:
-        return torch_runner(load(path), device)
+    def load(self, path: Path, trust: bool, device: str = "cpu") -> Loaded:
+        return self.loaded(torch_runner(load(path), device), path, device)
 
     def claims(self, path: Path) -> bool:
         return is_torchscript(path)

@@ -1,4 +1,5 @@
-"""``kiln predict``: run a checkpoint or any kiln export on image files with the recorded preprocessing.
+"""``kiln predict``: run a checkpoint or any kiln export on image files with the recorded preprocessing,
+and print the results as JSON or CSV (``format_results``, which ``kiln predict --url`` shares).
 
 Unreadable files are reported one by one (stderr and the output) and the rest still run.
 """
@@ -15,8 +16,10 @@ import numpy as np
 from kiln.console import warn as console_warn
 from kiln.data.sources import IMAGE_EXTENSIONS
 from kiln.errors import BRIEF, KilnError, clip
-from kiln.export.loading import Loaded, load_any
-from kiln.export.runtime import Classifier, softmax
+from kiln.export.base import Loaded
+from kiln.inference.explain import Explainer
+from kiln.inference.loading import load_any
+from kiln.inference.runtime import Classifier, answers
 
 __all__ = ["Loaded", "failure_summary", "format_results", "image_files", "load_any", "predict"]
 
@@ -68,21 +71,26 @@ def predict(
     topk: int = 5,
     batch_size: int | None = None,
     warn: Callable[[str], None] | None = None,
+    explainer: Explainer | None = None,
 ) -> list[dict[str, Any]]:
-    """One result per file, in input order: {"path", "top": [{"class", "prob"}]} or {"path", "error"}.
-    ``batch_size`` None: training's evaluation batch rule (small batches of photos on a CPU)."""
+    """One result per file, in input order: {"path", "top": [{"class", "prob"}]} (multi-label models add
+    "labels": [{"class", "score"}]) or {"path", "error"}. ``batch_size`` None: training's evaluation batch
+    rule (small batches of photos on a CPU). ``explainer``: Grad-CAM overlays of each batch, "overlays"."""
     warn = warn or console_warn
     clf = classifier if isinstance(classifier, Classifier) else Classifier(classifier)
     batch_size = batch_size or clf.batch_size  # images per forward pass
-    k = max(1, min(topk, len(clf.classes)))
     results: list[dict[str, Any]] = []
-    pending: list[tuple[int, np.ndarray]] = []
+    pending: list[tuple[int, np.ndarray]] = []  # (result index, decoded image) of the batch being filled
 
     def flush() -> None:
-        probs = softmax(clf.logits(np.stack([a for _, a in pending]), batch_size))
-        for row, (i, _) in zip(probs, pending, strict=True):
-            order = np.argsort(-row, kind="stable")[:k]
-            results[i]["top"] = [{"class": clf.classes[j], "prob": round(float(row[j]), 6)} for j in order]
+        images = np.stack([image for _, image in pending])
+        logits = clf.logits(images, batch_size)
+        for answer, (i, _) in zip(answers(clf.class_list, logits, topk), pending, strict=True):
+            results[i].update(answer)
+        if explainer is not None:
+            paths = [Path(results[i]["path"]) for i, _ in pending]
+            for overlays, (i, _) in zip(explainer.explain(paths, images, logits), pending, strict=True):
+                results[i]["overlays"] = [str(p) for p in overlays]
         pending.clear()
 
     for f, why in image_files(inputs):
@@ -104,18 +112,32 @@ def predict(
     return results
 
 
+def _labels_cell(labels: list[dict[str, Any]]) -> str:
+    """A multi-label row's labels as one CSV cell: "name:0.912345;name:0.700000"."""
+    return ";".join(f"{label['class']}:{label['score']:.6f}" for label in labels)
+
+
 def format_results(results: list[dict[str, Any]], fmt: str, topk: int) -> str:
+    """JSON (the results as they are) or CSV: path, top-k (class, prob; the id beside a display name that
+    differs from it), labels (multi-label: "name:score;..."), error."""
     if fmt == "json":
         return json.dumps(results, indent=2)
     import csv
     import io
 
     k = max([len(r.get("top", [])) for r in results] + [min(topk, 1)])
+    with_ids = any("id" in t for r in results for t in r.get("top", []))
+    with_labels = any("labels" in r for r in results)
+    per_class = ["", "_id", "_prob"] if with_ids else ["", "_prob"]
     buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["path", *[h for j in range(1, k + 1) for h in (f"top{j}", f"top{j}_prob")], "error"])
+    writer = csv.writer(buf, lineterminator="\n")
+    header = [f"top{j}{suffix}" for j in range(1, k + 1) for suffix in per_class]
+    writer.writerow(["path", *header, *(["labels"] if with_labels else []), "error"])
     for r in results:
-        top = r.get("top", [])
-        cells = [v for t in top for v in (t["class"], f"{t['prob']:.6f}")]
-        w.writerow([r["path"], *cells, *[""] * (2 * k - len(cells)), r.get("error", "")])
+        cells = []
+        for t in r.get("top", []):
+            cells += [t["class"], *([t.get("id", t["class"])] if with_ids else []), f"{t['prob']:.6f}"]
+        cells += [""] * (len(header) - len(cells))
+        labels = [_labels_cell(r["labels"]) if "labels" in r else ""] if with_labels else []
+        writer.writerow([r["path"], *cells, *labels, r.get("error", "")])
     return buf.getvalue().rstrip("\n")
