@@ -33,7 +33,8 @@ def main() -> None:
         _ = int(b[-1, 0, 0, 0])  # touch the mapped data
         load = time.perf_counter() - t0
     print(
-        f"{len(paths):,} JPEGs, {args.workers} processes -> uint8 {tuple(a.shape)} ({a.numel() / 2**20:.0f} MiB)"
+        f"{len(paths):,} JPEGs, {args.workers} processes -> uint8 {tuple(a.shape)} "
+        f"({a.numel() / 2**20:.0f} MiB)"
     )
     print(f"decode + write cache: {decode:6.2f} s  ({len(paths) / decode:,.0f} images/s; target <= 10 s)")
     print(f"load cache (mmap):    {load:6.2f} s  (target <= 1 s); decode/load = {decode / load:,.0f}x")

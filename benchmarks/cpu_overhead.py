@@ -32,11 +32,13 @@ def main() -> None:
     torch.set_num_threads(torch.get_num_threads())
     x, y = preloaded_cifar(root)  # also warms kiln's decode cache, so no run below pays for decoding
     print(
-        f"torch {torch.__version__}, {torch.get_num_threads()} threads; raw and kiln: best of {args.repeats} runs of "
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads; raw and kiln: best of "
+        f"{args.repeats} runs of "
         f"{args.images} images; classic: {args.classic_images} images\n"
     )
     print(
-        f"{'batch':>5}  {'classic img/s':>13}  {'raw img/s':>10}  {'kiln img/s':>10}  {'kiln/raw':>8}  {'kiln/classic':>12}"
+        f"{'batch':>5}  {'classic img/s':>13}  {'raw img/s':>10}  {'kiln img/s':>10}  {'kiln/raw':>8}  "
+        f"{'kiln/classic':>12}"
     )
     for bs in (4, 256):
         _, secs, seen = classic_train(root, bs, max_images=args.classic_images)
@@ -58,7 +60,8 @@ def main() -> None:
                 )
             kiln_best = max(kiln_best, m[0]["images_per_s"])
         print(
-            f"{bs:>5}  {classic:>13,.0f}  {raw_best:>10,.0f}  {kiln_best:>10,.0f}  {kiln_best / raw_best:>8.2f}  "
+            f"{bs:>5}  {classic:>13,.0f}  {raw_best:>10,.0f}  {kiln_best:>10,.0f}  "
+            f"{kiln_best / raw_best:>8.2f}  "
             f"{kiln_best / classic:>12.1f}",
             flush=True,
         )

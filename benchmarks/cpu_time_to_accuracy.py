@@ -50,7 +50,8 @@ def main() -> None:
         print(f"  kiln epoch {m['epoch']}: test accuracy {m['val_acc']:.4f} after {elapsed:.2f} s")
         if m["val_acc"] >= classic_acc:
             print(
-                f"cifar10_fast reached {classic_acc:.4f} in {elapsed:.2f} s: {classic_s / elapsed:.1f}x faster "
+                f"cifar10_fast reached {classic_acc:.4f} in {elapsed:.2f} s: {classic_s / elapsed:.1f}x "
+                "faster "
                 "than the classic loop (target >= 30x)"
             )
             return

@@ -55,7 +55,8 @@ def main() -> None:
         if subset:
             full, drafted = rate(subset, False, args.repeat), rate(subset, True, args.repeat)
             print(
-                f"{name:>15}: full decode {full:7.1f} img/s, reduced {drafted:7.1f} img/s: {drafted / full:.2f}x"
+                f"{name:>15}: full decode {full:7.1f} img/s, reduced {drafted:7.1f} img/s: "
+                f"{drafted / full:.2f}x"
             )
     if diffs:
         print(

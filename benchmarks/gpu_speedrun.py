@@ -1,4 +1,5 @@
-"""GPU speedrun: kiln's `configs/cifar10_speedrun.yaml` vs airbench94 (PyPI `airbench`) on the same GPU and data.
+"""GPU speedrun: kiln's `configs/cifar10_speedrun.yaml` vs airbench94 (PyPI `airbench`) on the same GPU and
+data.
 
 Both train on the local CIFAR-10 JPEG copy: airbench's loader reads `cifar10/train.pt` / `test.pt` (dicts of
 uint8 images [N,32,32,3], int64 labels, classes), built here from the JPEGs with kiln's decoder. Reports the
@@ -135,7 +136,8 @@ def main() -> None:
         f"{statistics.mean(k_s):.2f} s"
     )
     print(
-        f"kiln / airbench time: {statistics.mean(k_s) / statistics.mean(ab_s):.2f}x (target <= 1.2x at equal accuracy)"
+        f"kiln / airbench time: {statistics.mean(k_s) / statistics.mean(ab_s):.2f}x (target <= 1.2x at "
+        "equal accuracy)"
     )
 
 

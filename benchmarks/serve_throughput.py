@@ -129,10 +129,12 @@ def main() -> None:
         predict(loaded, [str(f) for f in files], warn=lambda _: None)
         base = len(files) / (time.perf_counter() - t0)
         print(
-            f"kiln predict in one process: {base:.1f} images/s ({len(files)} JPEGs, decode + preprocess + model)\n"
+            f"kiln predict in one process: {base:.1f} images/s ({len(files)} JPEGs, decode + preprocess + "
+            "model)\n"
         )
         print(
-            f"{'dynamic batching':>16}  {'clients':>7}  {'images/s':>8}  {'x predict':>9}  {'p50 ms':>7}  {'p99 ms':>7}"
+            f"{'dynamic batching':>16}  {'clients':>7}  {'images/s':>8}  {'x predict':>9}  {'p50 ms':>7}  "
+            f"{'p99 ms':>7}"
         )
         for batching, extra in (("on", []), ("off", ["--no-dynamic-batching"])):
             port = free_port()
@@ -142,7 +144,8 @@ def main() -> None:
                 for n in (1, 4, 16):
                     rate, p50, p99 = clients(port, blobs, n, args.requests)
                     print(
-                        f"{batching:>16}  {n:>7}  {rate:>8.1f}  {rate / base:>9.2f}  {p50:>7.1f}  {p99:>7.1f}",
+                        f"{batching:>16}  {n:>7}  {rate:>8.1f}  {rate / base:>9.2f}  {p50:>7.1f}  "
+                        f"{p99:>7.1f}",
                         flush=True,
                     )
             finally:

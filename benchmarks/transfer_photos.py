@@ -118,7 +118,8 @@ def main() -> None:
         print(f"\n{mode}: tutorial val acc per epoch {[e['val_acc'] for e in tut]}", flush=True)
         print(
             f"  tutorial: best epoch {best['val_acc']:.3f} (epoch {best['epoch']} of {len(tut)}) after "
-            f"{best['seconds']:.1f} s; last epoch {tut[-1]['val_acc']:.3f}; {tut[-1]['seconds']:.1f} s for all"
+            f"{best['seconds']:.1f} s; last epoch {tut[-1]['val_acc']:.3f}; {tut[-1]['seconds']:.1f} s for "
+            "all"
         )
         for i, (epochs, seconds) in enumerate(zip(r["kiln_epochs"], r["kiln_seconds_cold"], strict=True)):
             print(
@@ -126,8 +127,10 @@ def main() -> None:
                 f"{seconds:.1f} s (cold cache)"
             )
         print(
-            f"  kiln: last epoch {r['kiln_last_mean']:.4f} mean of {args.seeds} seeds (min {min(last):.4f}; target "
-            f">= {best['val_acc']:.3f}); whole run {cold:.1f} s cold, {warm:.1f} s warm = {r['speedup']:.1f}x "
+            f"  kiln: last epoch {r['kiln_last_mean']:.4f} mean of {args.seeds} seeds (min "
+            f"{min(last):.4f}; target "
+            f">= {best['val_acc']:.3f}); whole run {cold:.1f} s cold, {warm:.1f} s warm = "
+            f"{r['speedup']:.1f}x "
             f"shorter than the tutorial's time to its best epoch (target >= {target}x)",
             flush=True,
         )

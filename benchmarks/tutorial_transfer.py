@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import time
 
-T0 = time.perf_counter()  # noqa: E402 - the clock starts with the process, as a user's `python train.py` would
+# the clock starts with the process, as a user's `python train.py` would
+T0 = time.perf_counter()  # noqa: E402
 
 import argparse  # noqa: E402
 import json  # noqa: E402

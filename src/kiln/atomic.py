@@ -1,6 +1,7 @@
 """Atomic file writes: the target holds its old contents or the whole new ones, never a torn file, even when
 the process is killed or the disk fills mid-write. Written to a temp file in the same folder (named after
-the writer's pid, so a dead writer's leftovers can be recognised), fsynced, renamed, and the rename fsynced."""
+the writer's pid, so a dead writer's leftovers can be recognised), fsynced, renamed, and the rename
+fsynced."""
 
 from __future__ import annotations
 

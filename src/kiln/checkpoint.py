@@ -58,7 +58,8 @@ def save(obj: dict[str, Any], path: Path) -> None:
         write_with(path, lambda f: torch.save(obj, f))
     except (OSError, RuntimeError) as e:  # torch's zip writer reports a failed write as RuntimeError
         raise CheckpointError(
-            f"could not write checkpoint {path} ({str(e).splitlines()[0] if str(e) else type(e).__name__}); the "
+            f"could not write checkpoint {path} "
+            f"({str(e).splitlines()[0] if str(e) else type(e).__name__}); the "
             "previous file is unchanged. Free disk space or choose another run.dir"
         ) from None
 
@@ -78,7 +79,8 @@ def _first_line(e: BaseException) -> str:
 
 
 def _load_safe(path: Path, key: str) -> Any:
-    """``torch.load(weights_only=True)``: tensors and plain values only, errors as one line naming the file."""
+    """``torch.load(weights_only=True)``: tensors and plain values only; errors as one line naming the
+    file."""
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:

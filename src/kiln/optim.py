@@ -64,7 +64,8 @@ def param_groups(
         )
     if unused:  # globs for parts model.freeze froze (the photos template's backbone, in a frozen run)
         log(
-            f"kiln: optimizer.param_groups {unused} match only frozen parameters; no effect while they are frozen"
+            f"kiln: optimizer.param_groups {unused} match only frozen parameters; no effect while they are "
+            "frozen"
         )
 
     if not groups:

@@ -14,10 +14,12 @@ def run(args: argparse.Namespace) -> int:
     top5 = f", top-5 {rep['top5_accuracy']:.4f}" if "top5_accuracy" in rep else ""
     print(
         f"{rep['split']}: accuracy {rep['accuracy']:.4f}{top5}, macro F1 {rep['macro']['f1']:.4f}, "
-        f"loss {rep['loss']:.4f}, ECE {rep['ece']:.4f} on {rep['num_samples']:,} images ({rep['seconds']:.1f} s)"
+        f"loss {rep['loss']:.4f}, ECE {rep['ece']:.4f} on {rep['num_samples']:,} images "
+        f"({rep['seconds']:.1f} s)"
     )
     print(
-        f"report: {rep['report_html']}  (and report.json, predictions.csv, mistakes.csv, PNGs in {rep['out_dir']})"
+        f"report: {rep['report_html']}  (and report.json, predictions.csv, mistakes.csv, PNGs in "
+        f"{rep['out_dir']})"
     )
     return 0
 

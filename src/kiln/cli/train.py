@@ -59,30 +59,31 @@ def run(args: argparse.Namespace) -> int:
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    t = sub.add_parser(
+    parser = sub.add_parser(
         "train",
         help="train a model from a config file",
         description="Train from CONFIG (YAML or JSON); key=value overrides change any value, "
         "e.g. trainer.epochs=3 optimizer.lr=0.01 run.dir=/tmp/r1. With --nproc N, kiln launches itself "
-        "under torchrun (DistributedDataParallel; data.batch_size is the global batch, split over processes).",
+        "under torchrun (DistributedDataParallel; data.batch_size is the global batch, split over "
+        "processes).",
     )
-    t.add_argument("-c", "--config", required=True, help="config file (.yaml/.yml/.json)")
-    t.add_argument("overrides", nargs="*", metavar="key=value", help="dotted config overrides")
-    t.add_argument(
+    parser.add_argument("-c", "--config", required=True, help="config file (.yaml/.yml/.json)")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="dotted config overrides")
+    parser.add_argument(
         "--resume",
         metavar="PATH|auto",
         help="continue from this checkpoint; 'auto': the run dir's newest valid checkpoint, if any",
     )
-    d = t.add_argument_group("distributed (torchrun)")
-    d.add_argument("--nproc", type=int, help="processes per node (GPUs per node; CPU: gloo processes)")
-    d.add_argument("--nnodes", type=int, default=1, help="number of nodes")
-    d.add_argument("--node-rank", type=int, default=0, help="this node's rank (0 .. nnodes-1)")
-    d.add_argument("--master-addr", help="address of the rank-0 node (multi-node)")
-    d.add_argument("--master-port", type=int, default=29500)
-    d.add_argument(
+    launch = parser.add_argument_group("distributed (torchrun)")
+    launch.add_argument("--nproc", type=int, help="processes per node (GPUs per node; CPU: gloo processes)")
+    launch.add_argument("--nnodes", type=int, default=1, help="number of nodes")
+    launch.add_argument("--node-rank", type=int, default=0, help="this node's rank (0 .. nnodes-1)")
+    launch.add_argument("--master-addr", help="address of the rank-0 node (multi-node)")
+    launch.add_argument("--master-port", type=int, default=29500)
+    launch.add_argument(
         "--max-restarts",
         type=int,
         default=0,
         help="restart all workers up to K times after a failure, resuming from the last checkpoint",
     )
-    t.set_defaults(func=run)
+    parser.set_defaults(func=run)

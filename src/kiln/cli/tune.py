@@ -88,7 +88,8 @@ def report(summary: dict[str, Any]) -> None:
     failed = [t for t in summary["trials"] if t["error"]]
     if failed:
         print(
-            f"{len(failed)} trial(s) failed (their errors are in the table and results.json); the search went on"
+            f"{len(failed)} trial(s) failed (their errors are in the table and results.json); the search "
+            "went on"
         )
     monitor = summary["monitor"]
     if summary["best_metric"] != summary["best_metric"]:  # NaN: no trial reported one
@@ -101,35 +102,43 @@ def report(summary: dict[str, Any]) -> None:
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    t = sub.add_parser(
+    parser = sub.add_parser(
         "tune",
         help="hyperparameter search with Ray Tune (ASHA)",
         description="Search the space in SPACE.yaml (config keys -> distributions); every trial is "
         "`kiln train -c CONFIG` with the sampled overrides. Needs: pip install 'torchkiln[tune]'.",
     )
-    t.add_argument("-c", "--config", required=True)
-    t.add_argument(
+    parser.add_argument("-c", "--config", required=True)
+    parser.add_argument(
         "--space", required=True, help="YAML: key: {loguniform|uniform|randint|choice|grid: [...]}"
     )
-    t.add_argument("--samples", type=int, default=8, help="trials to sample (times each grid combination)")
-    t.add_argument("--scheduler", choices=["asha", "fifo"], default="asha")
-    t.add_argument("--max-concurrent", type=int, default=0, help="trials at once (0: as resources allow)")
-    t.add_argument("--cpus-per-trial", type=float, default=1.0)
-    t.add_argument("--gpus-per-trial", type=float, default=0.0)
-    t.add_argument("--address", help="join a Ray cluster: auto, or ray://HEAD:10001 (default: a local Ray)")
-    t.add_argument("--out", default="runs/tune", help="results folder (an absolute storage path for Ray)")
-    t.add_argument("--resume", action="store_true", help="continue the interrupted search in --out")
-    t.add_argument(
+    parser.add_argument(
+        "--samples", type=int, default=8, help="trials to sample (times each grid combination)"
+    )
+    parser.add_argument("--scheduler", choices=["asha", "fifo"], default="asha")
+    parser.add_argument(
+        "--max-concurrent", type=int, default=0, help="trials at once (0: as resources allow)"
+    )
+    parser.add_argument("--cpus-per-trial", type=float, default=1.0)
+    parser.add_argument("--gpus-per-trial", type=float, default=0.0)
+    parser.add_argument(
+        "--address", help="join a Ray cluster: auto, or ray://HEAD:10001 (default: a local Ray)"
+    )
+    parser.add_argument(
+        "--out", default="runs/tune", help="results folder (an absolute storage path for Ray)"
+    )
+    parser.add_argument("--resume", action="store_true", help="continue the interrupted search in --out")
+    parser.add_argument(
         "--seed",
         type=int,
         help="samples the trials and seeds each one (default: the config's run.seed); "
         "one seed, one search: the same trials in the same order with the same results on CPU",
     )
-    t.add_argument(
+    parser.add_argument(
         "--max-failures",
         type=int,
         default=0,
         help="stop the search after this many failed trials (default 0: never stop for failures)",
     )
-    t.add_argument("overrides", nargs="*", metavar="key=value", help="overrides for every trial")
-    t.set_defaults(func=run)
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="overrides for every trial")
+    parser.set_defaults(func=run)

@@ -179,7 +179,8 @@ class BatchTransform:
         if p.flip is not None:
             xf = geometry.flip(xf, p.flip[i])
         if p.erase is not None:
-            xf = xf.masked_fill(geometry.box_mask(p.erase[i], self.train_size, xf.device), 0.0)  # type: ignore[arg-type]
+            erased = geometry.box_mask(p.erase[i], self.train_size, xf.device)  # type: ignore[arg-type]
+            xf = xf.masked_fill(erased, 0.0)
         return xf
 
     def train_centre(self, x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:

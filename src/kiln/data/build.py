@@ -85,7 +85,8 @@ def image_spec(cfg: DataConfig, train: Split, preset: Preset | None = None) -> I
     if cfg.channels is None and wanted is not None and wanted != channels:
         kind = {1: "grayscale", 3: "RGB"}.get(channels, f"{channels}-channel")
         log(
-            f"kiln: the images are {kind}; the pretrained weights take {wanted} channels, so they are converted "
+            f"kiln: the images are {kind}; the pretrained weights take {wanted} channels, so they are "
+            "converted "
             f"to {wanted} (set data.channels to choose)"
         )
         channels = wanted
@@ -114,7 +115,8 @@ def plan(cfg: DataConfig, preset: Preset | None = None, spec: ImageSpec | None =
     if cfg.on_bad_sample == "skip":  # find unreadable images up front and leave them out, counted
         train, val, test = (_drop_bad(s, spec, default_workers(cfg), skipped) for s in (train, val, test))
     names = read_class_names(cfg.class_names, raw.classes) if cfg.class_names else list(raw.classes)
-    return DataPlan(RawSplits(train, val, test, raw.classes, skipped, raw.notes), spec, names)  # type: ignore[arg-type]
+    splits = RawSplits(train, val, test, raw.classes, skipped, raw.notes)  # type: ignore[arg-type]
+    return DataPlan(splits, spec, names)
 
 
 @dataclass

@@ -141,7 +141,8 @@ def labelled(rows: Rows, classes: list[str], numeric: bool, cfg: DataConfig, ski
         keep.append(i)
         labels.append(tuple(index[n] for n in names) if isinstance(cell, tuple) else index[names[0]])
     multi = len(classes) if cfg.csv.multi else None
-    return FileSplit([rows.paths[i] for i in keep], labels, [rows.where[i] for i in keep], multi)  # type: ignore[arg-type]
+    paths, where = [rows.paths[i] for i in keep], [rows.where[i] for i in keep]
+    return FileSplit(paths, labels, where, multi)  # type: ignore[arg-type]
 
 
 def csv_source(cfg: DataConfig, root: Path) -> RawSplits:

@@ -85,6 +85,7 @@ def read_class_names(source: str | dict[str, str], classes: list[str]) -> list[s
     missing = [c for c in classes if c not in mapping]
     if missing:
         log(
-            f"kiln: {where} names no class {missing[:5]}{' ...' if len(missing) > 5 else ''}; their ids are shown"
+            f"kiln: {where} names no class {missing[:5]}{' ...' if len(missing) > 5 else ''}; their ids "
+            "are shown"
         )
     return names

@@ -173,7 +173,8 @@ def draw_ops(
     n: int, kind: str, num_ops: int, magnitude: int, size: tuple[int, int], g: torch.Generator
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per image: ``num_ops`` op indices into OPS and their signed magnitudes. ``trivial``: one op with a
-    uniform magnitude bin (TrivialAugmentWide); ``rand``: ``num_ops`` ops at bin ``magnitude`` (RandAugment)."""
+    uniform magnitude bin (TrivialAugmentWide); ``rand``: ``num_ops`` ops at bin ``magnitude``
+    (RandAugment)."""
     space = _space(kind == "trivial", size)
     k = 1 if kind == "trivial" else num_ops
     ops = torch.randint(0, len(OPS), (n, k), generator=g)

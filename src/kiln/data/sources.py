@@ -33,16 +33,16 @@ def digits(cfg: DataConfig) -> RawSplits:
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
-    d = load_digits()
+    bunch = load_digits()
     # pixel values are 0..16; scale to the 0..255 uint8 range every other source uses
-    images = torch.from_numpy(np.rint(d.images * (255.0 / 16.0)).astype(np.uint8)).unsqueeze(1)
-    labels = torch.from_numpy(d.target.astype(np.int64))
+    images = torch.from_numpy(np.rint(bunch.images * (255.0 / 16.0)).astype(np.uint8)).unsqueeze(1)
+    labels = torch.from_numpy(bunch.target.astype(np.int64))
     idx = np.arange(len(labels))
     # random_state fixed (not run.seed) so the test set is the same in every run and comparable
-    tr, te = train_test_split(idx, test_size=cfg.test_split, random_state=0, stratify=d.target)
+    tr, te = train_test_split(idx, test_size=cfg.test_split, random_state=0, stratify=bunch.target)
     full = TensorSplit(images, labels, [f"digits[{i}]" for i in idx])
     return RawSplits(
-        full.subset(tr.tolist()), None, full.subset(te.tolist()), [str(c) for c in d.target_names]
+        full.subset(tr.tolist()), None, full.subset(te.tolist()), [str(c) for c in bunch.target_names]
     )
 
 
@@ -70,7 +70,8 @@ def torchvision_dataset(cfg: DataConfig) -> RawSplits:
             ds = cls(str(root), train=train, download=cfg.download)
         except RuntimeError as e:  # torchvision: "Dataset not found or corrupted ..."
             raise DataError(
-                f"data.source={cfg.source}: not found under {root} ({e}). Set data.download=true to fetch it, "
+                f"data.source={cfg.source}: not found under {root} ({e}). Set data.download=true to fetch "
+                "it, "
                 "or data.root to a folder that holds it"
             ) from None
         except OSError as e:  # no network while downloading

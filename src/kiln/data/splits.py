@@ -105,7 +105,8 @@ class TensorSplit(Split):
         return TensorSplit(self.images[i], self.targets[i], [self.ids[j] for j in i.tolist()])
 
     def probe(self, channels: int | None) -> tuple[int, tuple[int, int]]:
-        return channels or int(self.images.shape[1]), tuple(self.images.shape[2:])  # type: ignore[return-value]
+        height, width = self.images.shape[2:]
+        return channels or int(self.images.shape[1]), (int(height), int(width))
 
     def to_memory(
         self, spec: ImageSpec, cache_dir: Path | None, workers: int, train: bool, what: str = "images"
@@ -157,7 +158,8 @@ class FileSplit(Split):
     def subset(self, index: Sequence[int]) -> FileSplit:
         where = [self.where[i] for i in index] if self.where else []
         labels = [self.file_labels[i] for i in index]
-        return FileSplit([self.paths[i] for i in index], labels, where, self.num_classes)  # type: ignore[arg-type]
+        paths = [self.paths[i] for i in index]
+        return FileSplit(paths, labels, where, self.num_classes)  # type: ignore[arg-type]
 
     def probe(self, channels: int | None) -> tuple[int, tuple[int, int]]:
         """The first readable image's (a broken first file is reported with the others, by the scan or the

@@ -169,7 +169,8 @@ class EarlyStopping(Callback):
             return None
         self.wait += 1
         if self.wait > self.patience:
-            return f"early stopping: {self.monitor} did not improve for {self.wait} epochs (best {self.best:.4f})"
+            best = f"best {self.best:.4f}"
+            return f"early stopping: {self.monitor} did not improve for {self.wait} epochs ({best})"
         return None
 
     def state_dict(self) -> dict[str, Any]:

@@ -16,9 +16,9 @@ from kiln.registry import LOSSES
 def build_criterion(cfg: Config, data: DataPlan) -> Criterion:
     """The training loss: trainer.loss (auto: cross-entropy, or BCE for multi-label data), with
     trainer.class_weights, and the train class counts for the losses that need them (imbalance)."""
-    t = cfg.trainer
-    name = t.loss if t.loss != "auto" else ("bce" if data.multi_label else "cross_entropy")
-    args = dict(t.loss_args)
+    trainer = cfg.trainer
+    name = trainer.loss if trainer.loss != "auto" else ("bce" if data.multi_label else "cross_entropy")
+    args = dict(trainer.loss_args)
     if name in ("cross_entropy", "focal", "weighted_cross_entropy", "ldam") and data.multi_label:
         raise ConfigError(
             f"trainer.loss: {name} takes one class per image, but the data is multi-label; use "
@@ -29,11 +29,11 @@ def build_criterion(cfg: Config, data: DataPlan) -> Criterion:
             f"trainer.loss: {name} is for multi-label data (several labels per image); this data "
             "has one class per image: use cross_entropy or trainer.loss=auto"
         )
-    if t.class_weights is not None:
+    if trainer.class_weights is not None:
         if name == "cross_entropy":
-            name, args["class_weights"] = "weighted_cross_entropy", t.class_weights
+            name, args["class_weights"] = "weighted_cross_entropy", trainer.class_weights
         elif name == "bce":
-            args["pos_weight"] = bce_weights(t.class_weights, data)
+            args["pos_weight"] = bce_weights(trainer.class_weights, data)
         else:
             raise ConfigError(
                 f"trainer.class_weights: applies to cross_entropy and bce, not {name} (for it, give "
@@ -42,7 +42,7 @@ def build_criterion(cfg: Config, data: DataPlan) -> Criterion:
     takes_counts = (
         "class_counts" in inspect.signature(LOSSES.get(name)).parameters if ":" not in name else False
     )
-    return build_loss(name, t.label_smoothing, args, data.counts("train") if takes_counts else None)
+    return build_loss(name, trainer.label_smoothing, args, data.counts("train") if takes_counts else None)
 
 
 def bce_weights(weights: str | list[float], data: DataPlan) -> list[float]:

@@ -21,10 +21,10 @@ class EMA:
     def update(self) -> None:
         model = self.source
         self.updates += 1
-        d = min(self.decay, (1 + self.updates) / (10 + self.updates)) if self.warmup else self.decay
+        decay = min(self.decay, (1 + self.updates) / (10 + self.updates)) if self.warmup else self.decay
         ema_p = [p for p in self.module.parameters()]
         src_p = [p.detach() for p in model.parameters()]
-        torch._foreach_lerp_(ema_p, src_p, 1.0 - d)  # one fused kernel over all parameters
+        torch._foreach_lerp_(ema_p, src_p, 1.0 - decay)  # one fused kernel over all parameters
         for b_ema, b in zip(self.module.buffers(), model.buffers(), strict=True):
             b_ema.copy_(b)  # BatchNorm statistics: take the live ones
 

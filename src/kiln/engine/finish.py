@@ -78,7 +78,8 @@ def finish(run: Run, stop_reason: str | None) -> dict[str, Any]:
         summary["test"] = test
         extra = f", mAP {test['map']:.4f}" if "map" in test else ""
         log(
-            f"kiln: test accuracy {test['accuracy']:.4f}{extra} (loss {test['loss']:.4f}, {test['num_samples']} "
+            f"kiln: test accuracy {test['accuracy']:.4f}{extra} (loss {test['loss']:.4f}, "
+            f"{test['num_samples']} "
             f"images, best epoch {checkpointer.best_epoch})"
         )
         run.callbacks.eval_end("test", {"loss": test["loss"], "acc": test["accuracy"]}, outputs)
@@ -105,7 +106,8 @@ def tune_thresholds(run: Run) -> torch.Tensor:
     )
     thresholds, f1 = tune(logits.sigmoid(), labels)
     log(
-        f"kiln: multi-label thresholds tuned on {len(labels):,} val images (F1 per class, mean {f1.mean():.4f})"
+        f"kiln: multi-label thresholds tuned on {len(labels):,} val images (F1 per class, mean "
+        f"{f1.mean():.4f})"
     )
     return thresholds
 

@@ -28,7 +28,8 @@ def data_init(cfg: Config, model: nn.Module, data: TrainData) -> float:
         init(sample_images(data, 5000))
     if cfg.model.pca_init:
         conv = first_conv(model)
-        pca_init(conv, sample_images(data, images_for_pca(conv.kernel_size, data.spec.size)))  # type: ignore[arg-type]
+        patches = images_for_pca(conv.kernel_size, data.spec.size)  # type: ignore[arg-type]
+        pca_init(conv, sample_images(data, patches))
     return time.perf_counter() - t0
 
 
@@ -58,7 +59,8 @@ def init_head(
     missing = transfer.init_head_from_classes(head, old, feats, labels)  # type: ignore[arg-type]
     empty = f" (classes {missing} have no images: random rows)" if missing else ""
     log(
-        f"kiln: head starts from the pretrained classifier, mixed per class by its predictions on {len(labels)} "
+        "kiln: head starts from the pretrained classifier, mixed per class by its predictions on "
+        f"{len(labels)} "
         f"train images{empty}"
     )
 

@@ -12,7 +12,8 @@ from kiln.engine.callbacks import Callback
 
 class Lookahead(Callback):
     """Lookahead (Zhang et al. 2019): every k optimizer steps the slow weights move ``alpha`` of the way to
-    the fast ones, and the fast weights restart from there. A callback, so its slow weights are checkpointed."""
+    the fast ones, and the fast weights restart from there. A callback, so its slow weights are
+    checkpointed."""
 
     def __init__(self, model: nn.Module, k: int, alpha: float) -> None:
         self.params = [p for p in model.parameters() if p.requires_grad]

@@ -126,7 +126,7 @@ def with_feature_views(cfg: Config, data: DataPlan, distributed: bool) -> Config
 
 
 def build_run(cfg: Config, dist: Dist, device: torch.device, extra: list[Callback]) -> Run:
-    t = cfg.trainer
+    trainer = cfg.trainer
     metric_fns = check_config(cfg)  # names, metrics and monitors: before anything is read
     if cfg.data.batch_size % dist.world:
         raise KilnError(
@@ -136,10 +136,10 @@ def build_run(cfg: Config, dist: Dist, device: torch.device, extra: list[Callbac
     preset = data_preset(cfg)
     data_plan = plan(cfg.data, preset)
     model, frozen, old_head = build_model(cfg, data_plan, device)
-    channels_last = use_channels_last(t.channels_last, model, device)
+    channels_last = use_channels_last(trainer.channels_last, model, device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    precision = resolve_precision(t.precision, device)
+    precision = resolve_precision(trainer.precision, device)
     step, evaluation = step_options(cfg, channels_last, autocast_factory(precision, device), metric_fns)
     optimizer = build_optimizer(
         cfg.optimizer, model, cfg.data.batch_size, fused=device.type in ("cuda", "cpu")
@@ -158,9 +158,9 @@ def build_run(cfg: Config, dist: Dist, device: torch.device, extra: list[Callbac
         t0 = time.perf_counter()
         init_head(model, data, feed, step, old_head)
         init_seconds += time.perf_counter() - t0
-    ema = EMA(model, t.ema.decay, t.ema.warmup) if t.ema else None
-    steps_per_epoch = math.ceil(len(data.train) / t.accumulate)  # per rank = global
-    scheduler = build_scheduler(cfg.scheduler, optimizer, t.epochs, steps_per_epoch)
+    ema = EMA(model, trainer.ema.decay, trainer.ema.warmup) if trainer.ema else None
+    steps_per_epoch = math.ceil(len(data.train) / trainer.accumulate)  # per rank = global
+    scheduler = build_scheduler(cfg.scheduler, optimizer, trainer.epochs, steps_per_epoch)
     return Run(
         cfg=cfg,
         dir=RunDir(cfg.run_dir),
@@ -180,7 +180,7 @@ def build_run(cfg: Config, dist: Dist, device: torch.device, extra: list[Callbac
         frozen=frozen,
         feed=feed,
         callbacks=CallbackList(
-            [*callbacks, *extra, Checkpointing(RunDir(cfg.run_dir), t.checkpoint, dist.is_main)]
+            [*callbacks, *extra, Checkpointing(RunDir(cfg.run_dir), trainer.checkpoint, dist.is_main)]
         ),
         init_seconds=init_seconds,
     )
@@ -190,10 +190,12 @@ def step_options(
     cfg: Config, channels_last: bool, autocast: Autocast, metric_fns: dict[str, MetricFn]
 ) -> tuple[StepOptions, EvalOptions]:
     """How a training step and an evaluation run (from cfg.trainer)."""
-    t = cfg.trainer
-    skip_nan = t.on_nan == "skip"
-    step = StepOptions(t.accumulate, t.grad_clip, t.log_every_n_steps, skip_nan, channels_last, autocast)
-    return step, EvalOptions(t.tta, channels_last, autocast, metric_fns)
+    trainer = cfg.trainer
+    skip_nan = trainer.on_nan == "skip"
+    step = StepOptions(
+        trainer.accumulate, trainer.grad_clip, trainer.log_every_n_steps, skip_nan, channels_last, autocast
+    )
+    return step, EvalOptions(trainer.tta, channels_last, autocast, metric_fns)
 
 
 def wrapped(model: nn.Module, cfg: Config, dist: Dist, device: torch.device) -> nn.Module:
@@ -226,17 +228,19 @@ def user_callbacks(cfg: Config) -> list[Callback]:
 
 def build_callbacks(cfg: Config, run: RunDir, model: nn.Module, dist: Dist, has_val: bool) -> list[Callback]:
     """kiln's own callbacks (files, console and loggers on rank 0 only), then the config's."""
-    t = cfg.trainer
+    trainer = cfg.trainer
     callbacks: list[Callback] = []
     if dist.is_main:
-        bar = bar_enabled(t.progress)
+        bar = bar_enabled(trainer.progress)
         callbacks += [
             MetricsLog(run.metrics),
-            ProgressBar(math.ceil(t.epochs), bar, has_val, cfg.data.batch_size),
+            ProgressBar(math.ceil(trainer.epochs), bar, has_val, cfg.data.batch_size),
         ]
-    if t.early_stopping:
-        es = t.early_stopping
-        callbacks.append(EarlyStopping(es.monitor, es.mode, es.patience, es.min_delta))
+    if trainer.early_stopping:
+        stopping = trainer.early_stopping
+        callbacks.append(
+            EarlyStopping(stopping.monitor, stopping.mode, stopping.patience, stopping.min_delta)
+        )
     if cfg.optimizer.lookahead:
         callbacks.append(Lookahead(model, cfg.optimizer.lookahead.k, cfg.optimizer.lookahead.alpha))
     if dist.is_main:

@@ -83,7 +83,8 @@ def _fit(cfg: Config, dist: distributed.Dist, resume: str | None, extra: list[Ca
     on = f" x {dist.world} processes" if dist.enabled else ""
     log(
         f"kiln: training {run.cfg.model.name} on {run.cfg.data.source} ({len(run.data.classes)} classes, "
-        f"{run.data.train.order.n:,} train images) on {device}{on}, {run.cfg.trainer.epochs} epochs -> {run.dir.root}"
+        f"{run.data.train.order.n:,} train images) on {device}{on}, {run.cfg.trainer.epochs} epochs -> "
+        f"{run.dir.root}"
     )
     data = run.data
     run.callbacks.fit_start(
@@ -140,7 +141,8 @@ def train_epochs(run: Run) -> str | None:
                 f"the last checkpoint ({run.dir.last}) is kept. {resume_hint(run)}"
                 if run.dir.last.exists()
                 else (
-                    "no checkpoint was written yet; the decoded images and features finished so far are cached"
+                    "no checkpoint was written yet; the decoded images and features finished so far are "
+                    "cached"
                 )
             )
             raise Interrupted(f"interrupted at epoch {epoch + 1}; {kept}", signals.exit_code()) from None
@@ -215,7 +217,8 @@ def run_epoch(run: Run, epoch: int) -> dict[str, Any]:
 
 
 def train_epoch(run: Run, inputs: EpochInputs, limit: int | None) -> dict[str, Any]:
-    """``loop.train_one_epoch`` on what the feed gives for this epoch, with the run's optimizer and friends."""
+    """``loop.train_one_epoch`` on what the feed gives for this epoch, with the run's optimizer, schedule,
+    scaler and callbacks."""
     return train_one_epoch(
         inputs.model,
         run.criterion,

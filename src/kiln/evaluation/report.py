@@ -9,7 +9,8 @@ import json
 from typing import Any
 
 CSS = """
-body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem auto;max-width:1100px;color:#222}
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem auto;max-width:1100px;
+color:#222}
 h1{font-size:1.5rem;margin-bottom:.2rem} .sub{color:#666;margin-top:0}
 .cards{display:flex;gap:1rem;flex-wrap:wrap;margin:1.2rem 0}
 .card{background:#f4f6fa;border-radius:10px;padding:.8rem 1.2rem;min-width:9rem}
@@ -56,7 +57,8 @@ def _class_rows(rep: dict[str, Any]) -> str:
     cuts = rep.get("thresholds") or {}
     rows = sorted(rep["per_class"].items(), key=lambda kv: kv[1]["f1"])
     return "".join(
-        f"<tr><td>{e(shown[name])}</td><td>{m['precision']:.3f}</td><td>{m['recall']:.3f}</td><td>{m['f1']:.3f}</td>"
+        f"<tr><td>{e(shown[name])}</td><td>{m['precision']:.3f}</td><td>{m['recall']:.3f}</td>"
+        f"<td>{m['f1']:.3f}</td>"
         f"<td>{_ap(rep['average_precision'][name])}</td>"
         + (f"<td>{cuts[name]:.3f}</td>" if cuts else "")
         + f"<td>{m['support']:,}</td><td>{'' if counts[name] is None else f'{counts[name]:,}'}</td>"
@@ -74,14 +76,16 @@ def _mistakes(rep: dict[str, Any]) -> str:
     if multi:
         head = "<th>#</th><th>file</th><th>true</th><th>predicted</th><th>missed</th><th>extra</th>"
         body = "".join(
-            f"<tr><td>{m['rank']}</td><td>{e(m['id'])}</td><td>{e(m['true'])}</td><td>{e(m['predicted'])}</td>"
+            f"<tr><td>{m['rank']}</td><td>{e(m['id'])}</td><td>{e(m['true'])}</td>"
+            f"<td>{e(m['predicted'])}</td>"
             f"<td>{e(m['missed'])}</td><td>{e(m['extra'])}</td></tr>"
             for m in rows
         )
     else:
         head = "<th>#</th><th>file</th><th>true</th><th>predicted</th><th>confidence</th>"
         body = "".join(
-            f"<tr><td>{m['rank']}</td><td>{e(m['id'])}</td><td>{e(m['true'])}</td><td>{e(m['predicted'])}</td>"
+            f"<tr><td>{m['rank']}</td><td>{e(m['id'])}</td><td>{e(m['true'])}</td>"
+            f"<td>{e(m['predicted'])}</td>"
             f"<td>{m['confidence']:.3f}</td></tr>"
             for m in rows
         )
@@ -123,7 +127,8 @@ def html(rep: dict[str, Any], figures: dict[str, bytes]) -> str:
     tuned = "<th>threshold</th>" if rep.get("thresholds") else ""
     avg = "".join(
         f"<tr><td><i>{label}</i></td><td>{rep[key]['precision']:.3f}</td><td>{rep[key]['recall']:.3f}</td>"
-        f"<td>{rep[key]['f1']:.3f}</td><td></td>{'<td></td>' if tuned else ''}<td></td><td></td><td></td></tr>"
+        f"<td>{rep[key]['f1']:.3f}</td><td></td>{'<td></td>' if tuned else ''}"
+        "<td></td><td></td><td></td></tr>"
         for key, label in (
             ("macro", "macro average"),
             ("weighted", "weighted average"),
