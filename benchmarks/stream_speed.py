@@ -20,7 +20,7 @@ import torch
 
 from benchmarks.common import ROOT, cifar10_dir, kiln_run
 from kiln.config import DataConfig
-from kiln.data import build, list_splits
+from kiln.data import load_train, plan
 from kiln.data.decode import decode_files
 
 
@@ -34,15 +34,15 @@ def rates(root: Path, workers: int, batch: int, image_size: int | None) -> tuple
         loader="stream",
         val_split=0,
     )
-    raw, spec = list_splits(cfg)
-    paths = raw.train.paths  # type: ignore[attr-defined]
+    data_plan = plan(cfg)
+    paths = data_plan.splits.train.paths  # type: ignore[attr-defined]
     t0 = time.perf_counter()
-    decode_files(paths, spec, True, workers)
+    decode_files(paths, data_plan.spec, True, workers)
     decode = len(paths) / (time.perf_counter() - t0)
-    loader = build(cfg, 0, torch.device("cpu"), splits=("train",)).train
-    loader.set_epoch(0)  # type: ignore[union-attr]
+    loader = load_train(data_plan, cfg, 0, torch.device("cpu")).train
+    loader.set_epoch(0)
     t0, n = time.perf_counter(), 0
-    for x, _, _ in loader:  # type: ignore[union-attr]
+    for x, _, _ in loader:
         n += len(x)
     return decode, n / (time.perf_counter() - t0), len(paths)
 

@@ -22,7 +22,7 @@ from kiln.console import warn as console_warn
 from kiln.errors import KilnError, brief, clip
 from kiln.export.record import ClassList
 from kiln.export.triton.repository import CLASSES_PARAMETER, IMAGE, LABELS_OUTPUT, LOGITS
-from kiln.inference.predict import image_files
+from kiln.inference.predict import in_batches
 from kiln.inference.runtime import answers
 
 REQUEST_IMAGES = 8  # files per request: a few, so that a request stays small and a bad file costs one retry
@@ -124,33 +124,18 @@ def predict_url(
     warn: Callable[[str], None] | None = None,
 ) -> list[dict[str, Any]]:
     """``kiln predict``'s results, computed by the server at ``url``: one per file, in input order."""
-    warn = warn or console_warn
     remote = Remote(url, name)
-    per_request = batch_size or REQUEST_IMAGES
-    results: list[dict[str, Any]] = []
-    pending: list[tuple[int, tuple[Path, bytes]]] = []  # (result index, (file, bytes)) of the next request
 
-    def flush() -> None:
-        for (i, _), answer in zip(pending, remote.ask([file for _, file in pending], topk), strict=True):
+    def read(path: Path) -> tuple[Path, bytes]:
+        try:
+            return path, path.read_bytes()
+        except OSError as e:  # unreadable here (permissions, vanished): this file fails, the rest run
+            raise KilnError(f"{path}: cannot read the file ({e.strerror or e})") from None
+
+    def run(batch: list[tuple[int, tuple[Path, bytes]]], results: list[dict[str, Any]]) -> None:
+        for (i, _), answer in zip(batch, remote.ask([file for _, file in batch], topk), strict=True):
             results[i].update(answer)
             if "error" in answer:
-                warn(answer["error"])
-        pending.clear()
+                (warn or console_warn)(answer["error"])
 
-    for f, why in image_files(inputs):
-        results.append({"path": str(f)})
-        if why:
-            results[-1]["error"] = why
-            warn(why)
-            continue
-        try:
-            pending.append((len(results) - 1, (f, f.read_bytes())))
-        except OSError as e:  # unreadable here (permissions, vanished): this file fails, the rest run
-            results[-1]["error"] = f"{f}: cannot read the file ({e.strerror or e})"
-            warn(results[-1]["error"])
-            continue
-        if len(pending) >= per_request:
-            flush()
-    if pending:
-        flush()
-    return results
+    return in_batches(inputs, read, batch_size or REQUEST_IMAGES, run, warn or console_warn)

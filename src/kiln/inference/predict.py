@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -22,6 +22,9 @@ from kiln.inference.loading import load_any
 from kiln.inference.runtime import Classifier, answers
 
 __all__ = ["Loaded", "failure_summary", "format_results", "image_files", "load_any", "predict"]
+
+
+T = TypeVar("T")
 
 
 def _visible(f: Path, root: Path) -> bool:
@@ -76,39 +79,49 @@ def predict(
     """One result per file, in input order: {"path", "top": [{"class", "prob"}]} (multi-label models add
     "labels": [{"class", "score"}]) or {"path", "error"}. ``batch_size`` None: training's evaluation batch
     rule (small batches of photos on a CPU). ``explainer``: Grad-CAM overlays of each batch, "overlays"."""
-    warn = warn or console_warn
     clf = classifier if isinstance(classifier, Classifier) else Classifier(classifier)
     batch_size = batch_size or clf.batch_size  # images per forward pass
-    results: list[dict[str, Any]] = []
-    pending: list[tuple[int, np.ndarray]] = []  # (result index, decoded image) of the batch being filled
 
-    def flush() -> None:
-        images = np.stack([image for _, image in pending])
+    def run(batch: list[tuple[int, np.ndarray]], results: list[dict[str, Any]]) -> None:
+        images = np.stack([image for _, image in batch])
         logits = clf.logits(images, batch_size)
-        for answer, (i, _) in zip(answers(clf.class_list, logits, topk), pending, strict=True):
+        for answer, (i, _) in zip(answers(clf.class_list, logits, topk), batch, strict=True):
             results[i].update(answer)
         if explainer is not None:
-            paths = [Path(results[i]["path"]) for i, _ in pending]
-            for overlays, (i, _) in zip(explainer.explain(paths, images, logits), pending, strict=True):
+            paths = [Path(results[i]["path"]) for i, _ in batch]
+            for overlays, (i, _) in zip(explainer.explain(paths, images, logits), batch, strict=True):
                 results[i]["overlays"] = [str(p) for p in overlays]
-        pending.clear()
 
+    return in_batches(inputs, clf.decode, batch_size, run, warn or console_warn)
+
+
+def in_batches(
+    inputs: list[str],
+    read: Callable[[Path], T],
+    size: int,
+    run: Callable[[list[tuple[int, T]], list[dict[str, Any]]], None],
+    warn: Callable[[str], None],
+) -> list[dict[str, Any]]:
+    """One result per input file, in input order (``image_files``): each file read by ``read`` (a
+    KilnError fails that file alone, the others still run), batches of ``size`` given to ``run(batch,
+    results)`` as (result index, what ``read`` gave)."""
+    results: list[dict[str, Any]] = []
+    pending: list[tuple[int, T]] = []
     for f, why in image_files(inputs):
         results.append({"path": str(f)})
+        if why is None:
+            try:
+                pending.append((len(results) - 1, read(f)))
+            except KilnError as e:  # naming the file: reported, the other images still run
+                why = str(e)
         if why:
             results[-1]["error"] = why
             warn(why)
-            continue
-        try:
-            pending.append((len(results) - 1, clf.decode(f)))
-        except KilnError as e:  # DataError naming the file: reported, the other images still run
-            results[-1]["error"] = str(e)
-            warn(str(e))
-            continue
-        if len(pending) >= batch_size:
-            flush()
+        elif len(pending) >= size:
+            run(pending, results)
+            pending = []
     if pending:
-        flush()
+        run(pending, results)
     return results
 
 
