@@ -275,7 +275,6 @@ def test_the_space_file_is_read_like_a_config(tmp_path: Path, text: str | bytes,
     "override",
     [
         "optimizer.name=" + "x" * 300_000,  # a literal: the value and a did-you-mean
-
         "trainer.epochs=[" + ", ".join(["1"] * 10_000) + "]",  # 10,000 items
         "data.mean=" + "[" * 90 + "1" + "]" * 90,  # 90 levels
         "trainer.x" + "y" * 100_000 + "=1",  # an unknown key of 100 kB
