@@ -171,7 +171,8 @@ def test_the_graph_sees_lazy_and_relative_imports(tmp_path: Path) -> None:
 )
 def test_help_imports_no_torch(command: list[str]) -> None:
     code = (
-        "import sys\nfrom kiln.cli import main\ntry:\n    main([*sys.argv[1:], '--help'])\nexcept SystemExit:\n    pass\n"
+        "import sys\nfrom kiln.cli import main\n"
+        "try:\n    main([*sys.argv[1:], '--help'])\nexcept SystemExit:\n    pass\n"
         "heavy = sorted(m for m in ('torch', 'numpy', 'pydantic', 'yaml') if m in sys.modules)\n"
         "print('HEAVY', heavy)"
     )

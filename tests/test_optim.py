@@ -59,7 +59,8 @@ def test_param_groups_globs_first_match_wins_and_no_decay_for_1d() -> None:
         ],
     )
     groups = {(g["lr_mult"], g["weight_decay"]): len(g["params"]) for g in param_groups(cfg, net, 0.01, 0.1)}
-    # head (3.*): weight x10 with wd 0.1, bias x10 with wd 0; the rest x0.5: conv weight wd 0.2, 1-D params wd 0
+    # head (3.*): weight x10 with wd 0.1, bias x10 with wd 0; the rest x0.5: conv weight wd 0.2, 1-D params
+    # wd 0
     assert groups == {(10, 0.1): 1, (10, 0.0): 1, (0.5, 0.2): 1, (0.5, 0.0): 3}
 
 

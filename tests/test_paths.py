@@ -94,7 +94,8 @@ def test_a_path_below_a_file_names_the_file(tmp_path: Path) -> None:
     with pytest.raises(KilnError) as e:
         output_dir(tmp_path / "file" / "a" / "b", "--out")
     assert str(e.value) == (
-        f"--out: cannot write to {tmp_path / 'file/a/b'} ({tmp_path / 'file'} is a file); choose another --out"
+        f"--out: cannot write to {tmp_path / 'file/a/b'} ({tmp_path / 'file'} is a file); "
+        "choose another --out"
     )
 
 

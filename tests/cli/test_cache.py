@@ -1,4 +1,5 @@
-"""`kiln cache ls|clear`: sizes, dataset roots and last use; clearing by age, and a dead writer's temp files."""
+"""`kiln cache ls|clear`: sizes, dataset roots and last use; clearing by age, and a dead writer's temp
+files."""
 
 from __future__ import annotations
 

@@ -23,7 +23,7 @@ from kiln.data.cache import Entry, entries, image_key, load_images
 from kiln.spec import ImageSpec
 from tests.conftest import ROOT
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.slow  # loader subprocesses, killed and raced
 SPEC = ImageSpec(3, (96, 96))
 
 # load the folder's images through the cache, print a CRC of the pixels and how they were obtained

@@ -113,7 +113,8 @@ def _write_idx(path: Path, arr: np.ndarray) -> None:
 
 @pytest.mark.parametrize(("source", "folder"), [("mnist", "MNIST"), ("fashion_mnist", "FashionMNIST")])
 def test_torchvision_mnist_format(tmp_path: Path, source: str, folder: str) -> None:
-    """MNIST/FashionMNIST written in their own IDX format, read by torchvision's own class (download=False)."""
+    """MNIST/FashionMNIST written in their own IDX format, read by torchvision's own class
+    (download=False)."""
     raw = tmp_path / folder / "raw"
     raw.mkdir(parents=True)
     rng = np.random.default_rng(0)

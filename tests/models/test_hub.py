@@ -1,4 +1,5 @@
-"""torch.hub models (`hub:owner/repo:entrypoint`), tested offline with a local hub folder (`source='local'`)."""
+"""torch.hub models (`hub:owner/repo:entrypoint`), tested offline with a local hub folder
+(`source='local'`)."""
 
 from __future__ import annotations
 

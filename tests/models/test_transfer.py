@@ -92,7 +92,8 @@ def test_discriminative_learning_rates(tmp_path: Path) -> None:
             *RESNET,
             "trainer.epochs=1",
             "optimizer.weight_decay=0.01",
-            "optimizer.param_groups=[{params: 'fc.*', lr_mult: 10}, {params: 'layers.*', lr_mult: 0.5, weight_decay: 0}]",
+            "optimizer.param_groups=[{params: 'fc.*', lr_mult: 10},"
+            " {params: 'layers.*', lr_mult: 0.5, weight_decay: 0}]",
         )
     )
     groups = torch.load(tmp_path / "checkpoints/last.pt", weights_only=True)["optimizer_state_dict"][

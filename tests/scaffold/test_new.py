@@ -102,7 +102,8 @@ def test_new_project_uses_its_own_plugins(tmp_path: Path) -> None:
         + textwrap.dedent("""
         @kiln.register_model("tiny_mlp")
         def tiny_mlp(num_classes, in_channels, image_size):
-            return nn.Sequential(nn.Flatten(), nn.Linear(in_channels * image_size[0] * image_size[1], num_classes))
+            features = in_channels * image_size[0] * image_size[1]
+            return nn.Sequential(nn.Flatten(), nn.Linear(features, num_classes))
     """)
     )
     _run(
@@ -142,7 +143,8 @@ def test_entry_point_plugin_from_installed_package(tmp_path: Path) -> None:
         textwrap.dedent("""
         from torch import nn
         def make(num_classes, in_channels, image_size):
-            return nn.Sequential(nn.Flatten(), nn.Linear(in_channels * image_size[0] * image_size[1], num_classes))
+            features = in_channels * image_size[0] * image_size[1]
+            return nn.Sequential(nn.Flatten(), nn.Linear(features, num_classes))
     """)
     )
     dist = site / "kiln_tinynet-1.0.dist-info"

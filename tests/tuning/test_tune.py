@@ -18,7 +18,7 @@ from kiln.errors import ConfigError
 from kiln.tuning.space import load_space
 from tests.conftest import ROOT
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.slow  # `kiln tune` subprocesses with a real local Ray
 
 pytest.importorskip("ray.tune", reason="ray[tune] is an optional extra (pip install 'torchkiln[tune]')")
 
@@ -124,7 +124,8 @@ def test_interrupted_search_resumes(tmp_path: Path) -> None:
     first = (
         json.loads((out / "results.json").read_text()) if (out / "results.json").exists() else {"trials": []}
     )
-    # it really was cut short (six trials one after another leave the signal seconds to land on a busy machine)
+    # it really was cut short (six trials one after another leave the signal seconds to land on a busy
+    # machine)
     assert sum(t["epochs"] == 3 for t in first["trials"]) < 6
     done = subprocess.run([*cmd, "--resume"], capture_output=True, text=True, env=ENV, timeout=300)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
