@@ -148,7 +148,8 @@ def train_epochs(run: Run) -> str | None:
             )
             raise Interrupted(f"interrupted at epoch {epoch + 1}; {kept}", signals.exit_code()) from None
         if metrics.get("interrupted"):
-            run.callbacks.interrupt(epoch, run.state.step)  # checkpointing writes last.pt
+            with signals.graceful():  # the signal is being honoured: last.pt is written, then the resume hint
+                run.callbacks.interrupt(epoch, run.state.step)  # checkpointing writes last.pt
             raise Interrupted(
                 f"interrupted at epoch {epoch + 1}, step {run.state.step}; saved {run.dir.last}. "
                 f"{resume_hint(run)}",
