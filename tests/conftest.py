@@ -23,7 +23,7 @@ UNMARKED = (ROOT / "tests" / "export", ROOT / "tests" / "serving")
 
 
 def pytest_itemcollected(item: pytest.Item) -> None:
-    if any(item.path.is_relative_to(folder) for folder in UNMARKED):
+    if any(item.path.resolve().is_relative_to(folder) for folder in UNMARKED):
         item.add_marker(pytest.mark.slow)
 
 

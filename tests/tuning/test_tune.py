@@ -75,7 +75,7 @@ def test_asha_search_stops_trials_and_best_yaml_reproduces(tmp_path: Path) -> No
         ("optimizer.lr: {loguniform: [-1, 1]}", "loguniform needs low > 0"),
         (
             "data.source: {choice: [digits, cifar11]}",
-            "data.source: 'cifar11' is not allowed — did you mean 'cifar10'?",
+            "data.source: unknown data source 'cifar11' — did you mean 'cifar10'?",
         ),
         ("optimizer.lr: 0.1", "expected one distribution"),
     ],
