@@ -6,6 +6,8 @@ from __future__ import annotations
 import subprocess
 import sys
 import tarfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -14,25 +16,8 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# Whole modules of subprocess, DDP, real-data and multi-epoch tests: `make test-fast` leaves them out
-# (single slow tests elsewhere carry @pytest.mark.slow themselves).
-SLOW_MODULES = {
-    "test_real_data.py",
-    "test_reliability.py",
-    "cli/test_train.py",
-    "engine/test_distributed.py",
-    "engine/test_trainer.py",
-    "engine/test_loggers.py",
-    "scaffold/test_new.py",
-    "tuning/test_tune.py",
-    "evaluation/test_eval.py",
-}
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    for item in items:
-        if str(Path(item.fspath).relative_to(ROOT / "tests")) in SLOW_MODULES:
-            item.add_marker(pytest.mark.slow)
+# Each test file marks its own tier: `pytestmark = pytest.mark.slow` for subprocess, server, DDP, real-data
+# and multi-epoch tests, or `@pytest.mark.slow` on single tests in a file that mixes both (said at its top).
 
 
 SHARED = ROOT.parent / "shared" / "data"
@@ -129,6 +114,21 @@ def write_png_folder(
 @pytest.fixture
 def png_folder(tmp_path: Path) -> Path:
     return write_png_folder(tmp_path / "imgs", ["cat", "dog", "frog"], per_class=12)
+
+
+@contextmanager
+def one_thread() -> Iterator[None]:
+    """Train a tiny model on one CPU thread, then give torch its threads back. Its matrices are too small to
+    share out: 150 steps of digits' mlp (1,200 images) took 0.17 s on one thread and 10.5 s on two on this
+    shared 2-core VM, where the second thread waits for a core another process holds."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def run_kiln(

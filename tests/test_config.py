@@ -1,3 +1,6 @@
+"""The config: overrides, JSON, one-line errors naming the key, frozen values, safe YAML. One test runs
+`kiln train` as a subprocess and is marked slow by itself; the others are unit tests."""
+
 from pathlib import Path
 
 import pytest
@@ -19,8 +22,12 @@ def test_six_documented_override_keys(tmp_path: Path) -> None:
             "run.seed=1",
         ],
     )
-    assert (cfg.trainer.epochs, cfg.optimizer.lr, cfg.data.batch_size) == (3, 0.01, 128)
-    assert (cfg.data.root, cfg.run.dir, cfg.run.seed) == ("/some/path", str(tmp_path), 1)
+    assert cfg.trainer.epochs == 3
+    assert cfg.optimizer.lr == 0.01
+    assert cfg.data.batch_size == 128
+    assert cfg.data.root == "/some/path"
+    assert cfg.run.dir == str(tmp_path)
+    assert cfg.run.seed == 1
     assert cfg.run_dir == tmp_path
 
 
@@ -28,7 +35,8 @@ def test_json_config(tmp_path: Path) -> None:
     p = tmp_path / "c.json"
     p.write_text('{"trainer": {"epochs": 2}, "model": {"name": "mlp", "args": {"hidden": [32]}}}')
     cfg = load_config(p)
-    assert cfg.trainer.epochs == 2 and cfg.model.args == {"hidden": [32]}
+    assert cfg.trainer.epochs == 2
+    assert cfg.model.args == {"hidden": [32]}
 
 
 @pytest.mark.parametrize(
@@ -60,12 +68,14 @@ def test_yaml_is_loaded_safely(tmp_path: Path) -> None:
     assert not Path("pwned").exists()
 
 
+@pytest.mark.slow  # a `kiln train` subprocess
 def test_cli_config_error_is_one_line_without_traceback() -> None:
     proc = run_kiln("train", "-c", str(ROOT / "configs/digits.yaml"), "trainer.epochz=3", check=False)
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
     assert proc.stderr.strip().count("\n") == 0
-    assert "trainer.epochz" in proc.stderr and "trainer.epochs" in proc.stderr
+    assert "trainer.epochz" in proc.stderr
+    assert "trainer.epochs" in proc.stderr
 
 
 def test_all_example_configs_validate() -> None:

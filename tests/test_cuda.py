@@ -51,7 +51,8 @@ def _fit(tmp_path: Path, *extra: str) -> list[dict]:
 )
 def test_cuda_training_learns(tmp_path: Path, extra: list[str]) -> None:
     m = _fit(tmp_path, *extra)
-    assert m[-1]["train_loss"] < m[0]["train_loss"] and m[-1]["val_acc"] > 0.8
+    assert m[-1]["train_loss"] < m[0]["train_loss"]
+    assert m[-1]["val_acc"] > 0.8
 
 
 def test_the_dataset_lives_on_the_gpu(tmp_path: Path) -> None:
@@ -59,7 +60,8 @@ def test_the_dataset_lives_on_the_gpu(tmp_path: Path) -> None:
     data = build(cfg.data, 0, torch.device("cuda"))
     assert data.train.images.device.type == "cuda"  # type: ignore[union-attr]
     x, y, _ = next(iter(data.train))  # type: ignore[arg-type]
-    assert x.device.type == "cuda" and y.device.type == "cuda"
+    assert x.device.type == "cuda"
+    assert y.device.type == "cuda"
 
 
 def test_bf16_resume_is_exact(tmp_path: Path) -> None:
@@ -86,4 +88,5 @@ def test_bf16_resume_is_exact(tmp_path: Path) -> None:
     )
     a = torch.load(tmp_path / "a/checkpoints/last.pt", weights_only=True)["model_state_dict"]
     b = torch.load(tmp_path / "b/checkpoints/last.pt", weights_only=True)["model_state_dict"]
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    for key in a:
+        assert torch.equal(a[key], b[key]), key

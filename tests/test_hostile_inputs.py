@@ -1,5 +1,7 @@
 """Hostile config and weight files: every kind of bad input is refused with one line naming the file (and
-the line, or the config key), in bounded time, before it can cost memory or print a traceback."""
+the line, or the config key), in bounded time, before it can cost memory or print a traceback. The tests
+that run `kiln train` or `kiln predict` as subprocesses are marked slow one by one; the rest call the readers
+in process."""
 
 from __future__ import annotations
 
@@ -57,7 +59,8 @@ def test_a_folder_given_as_the_config_says_folder_not_missing(tmp_path: Path) ->
 
 
 def test_an_unreadable_config_file_says_why() -> None:
-    # /proc/self/mem is a regular file that no read at offset 0 succeeds on (root included: chmod would not do)
+    # /proc/self/mem is a regular file that no read at offset 0 succeeds on (root included: chmod would
+    # not do)
     assert (
         refusal(Path("/proc/self/mem")) == "config file /proc/self/mem: cannot read it (Input/output error)"
     )

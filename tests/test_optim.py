@@ -21,14 +21,18 @@ def test_warmup_then_each_schedule() -> None:
     steps, per_epoch = 100, 10
     warm = lr_factor(SchedulerConfig(name="cosine", warmup_epochs=1), steps, per_epoch)
     assert [warm(s) for s in (0, 4, 9)] == [0.1, 0.5, 1.0]  # linear over the first epoch's 10 steps
-    assert warm(10) == pytest.approx(1.0) and warm(100) == pytest.approx(0.0, abs=1e-12)
+    assert warm(10) == pytest.approx(1.0)
+    assert warm(100) == pytest.approx(0.0, abs=1e-12)
     cos = lr_factor(SchedulerConfig(name="cosine", min_lr_ratio=0.1), steps, per_epoch)
-    assert cos(50) == pytest.approx(0.1 + 0.9 * 0.5) and cos(100) == pytest.approx(0.1)
+    assert cos(50) == pytest.approx(0.1 + 0.9 * 0.5)
+    assert cos(100) == pytest.approx(0.1)
     step = lr_factor(SchedulerConfig(name="step", step_size=3, gamma=0.5), steps, per_epoch)
     assert [step(s) for s in (0, 29, 30, 60)] == [1.0, 1.0, 0.5, 0.25]
     assert lr_factor(SchedulerConfig(name="none"), steps, per_epoch)(77) == 1.0
     one = lr_factor(SchedulerConfig(name="onecycle", warmup_epochs=2), steps, per_epoch)
-    assert one(19) == 1.0 and one(60) == pytest.approx(0.5) and one(99) == pytest.approx(1 / 80)
+    assert one(19) == 1.0
+    assert one(60) == pytest.approx(0.5)
+    assert one(99) == pytest.approx(1 / 80)
 
 
 def test_onecycle_defaults_to_30_percent_warmup() -> None:
@@ -39,7 +43,9 @@ def test_onecycle_defaults_to_30_percent_warmup() -> None:
         lrs.append(opt.param_groups[0]["lr"])
         opt.step()
         sched.step()
-    assert max(lrs) == pytest.approx(1.0) and lrs.index(max(lrs)) == 29 and lrs[0] == pytest.approx(1 / 30)
+    assert max(lrs) == pytest.approx(1.0)
+    assert lrs.index(max(lrs)) == 29
+    assert lrs[0] == pytest.approx(1 / 30)
 
 
 def test_param_groups_globs_first_match_wins_and_no_decay_for_1d() -> None:
@@ -53,7 +59,8 @@ def test_param_groups_globs_first_match_wins_and_no_decay_for_1d() -> None:
         ],
     )
     groups = {(g["lr_mult"], g["weight_decay"]): len(g["params"]) for g in param_groups(cfg, net, 0.01, 0.1)}
-    # head (3.*): weight x10 with wd 0.1, bias x10 with wd 0; the rest x0.5: conv weight wd 0.2, 1-D params wd 0
+    # head (3.*): weight x10 with wd 0.1, bias x10 with wd 0; the rest x0.5: conv weight wd 0.2, 1-D params
+    # wd 0
     assert groups == {(10, 0.1): 1, (10, 0.0): 1, (0.5, 0.2): 1, (0.5, 0.0): 3}
 
 
@@ -70,11 +77,11 @@ def test_param_group_errors() -> None:
 
 def test_per_images_scales_lr_and_weight_decay_with_the_batch() -> None:
     opt = build_optimizer(OptimizerConfig(lr=0.2, weight_decay=0.01, per_images=256), _net(), 64, fused=False)
-    assert opt.param_groups[0]["lr"] == pytest.approx(0.05) and opt.param_groups[0][
-        "weight_decay"
-    ] == pytest.approx(0.0025)
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.05)
+    assert opt.param_groups[0]["weight_decay"] == pytest.approx(0.0025)
     adam = build_optimizer(OptimizerConfig(name="adamw", lr=1e-3, betas=(0.8, 0.9)), _net(), 64, fused=True)
-    assert isinstance(adam, torch.optim.AdamW) and adam.defaults["betas"] == (0.8, 0.9)
+    assert isinstance(adam, torch.optim.AdamW)
+    assert adam.defaults["betas"] == (0.8, 0.9)
 
 
 def test_layer_decay_scales_depth_and_needs_a_timm_model() -> None:
@@ -82,7 +89,8 @@ def test_layer_decay_scales_depth_and_needs_a_timm_model() -> None:
     model = timm.create_model("resnet10t", num_classes=3)
     groups = param_groups(OptimizerConfig(layer_decay=0.5), model, 1.0, 0.0)
     mults = sorted({g["lr_mult"] for g in groups})
-    assert mults[-1] == 1.0 and mults[0] < 0.1  # the head at the full rate, the stem decayed layer by layer
+    assert mults[-1] == 1.0  # the head at the full rate ...
+    assert mults[0] < 0.1  # ... the stem decayed layer by layer
     with pytest.raises(ConfigError, match="optimizer.layer_decay: the model exposes no layers"):
         param_groups(OptimizerConfig(layer_decay=0.5), _net(), 1.0, 0.0)
 

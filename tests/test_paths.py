@@ -1,4 +1,5 @@
-"""RunDir: the one place that knows the run folder's layout."""
+"""RunDir: the one place that knows the run folder's layout; output_dir: the one check of a folder a command
+writes into. The export round trip trains a model first and is marked slow by itself."""
 
 from __future__ import annotations
 
@@ -13,9 +14,11 @@ from kiln.paths import MARKER, RunDir, output_dir
 
 def test_layout_and_resume_candidates(tmp_path: Path) -> None:
     run = RunDir(tmp_path)
-    assert run.last == tmp_path / "checkpoints/last.pt" and run.best == tmp_path / "checkpoints/best.pt"
+    assert run.last == tmp_path / "checkpoints/last.pt"
+    assert run.best == tmp_path / "checkpoints/best.pt"
     assert run.epoch_checkpoint(3) == tmp_path / "checkpoints/epoch-3.pt"
-    assert run.metrics.name == "metrics.jsonl" and run.summary.name == "summary.json"
+    assert run.metrics.name == "metrics.jsonl"
+    assert run.summary.name == "summary.json"
     assert RunDir.of_checkpoint(run.best) == RunDir(tmp_path.resolve())
     assert run.resume_candidates() == []
     run.check_writable()
@@ -91,7 +94,8 @@ def test_a_path_below_a_file_names_the_file(tmp_path: Path) -> None:
     with pytest.raises(KilnError) as e:
         output_dir(tmp_path / "file" / "a" / "b", "--out")
     assert str(e.value) == (
-        f"--out: cannot write to {tmp_path / 'file/a/b'} ({tmp_path / 'file'} is a file); choose another --out"
+        f"--out: cannot write to {tmp_path / 'file/a/b'} ({tmp_path / 'file'} is a file); "
+        "choose another --out"
     )
 
 

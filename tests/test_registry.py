@@ -1,4 +1,5 @@
-"""The leaf registry: decorators, one error style, `module:callable`, lazy entry points."""
+"""The leaf registry: decorators, one error style, `module:callable`, lazy entry points. The import check
+runs a fresh interpreter and is marked slow by itself; the others are unit tests."""
 
 from __future__ import annotations
 
@@ -19,7 +20,9 @@ def test_register_get_and_unknown_names_list_the_valid_ones() -> None:
     def sprocket() -> str:
         return "sprocket"
 
-    assert r.names() == ["gear", "sprocket"] and "gear" in r and r.get("gear")() == "gear"
+    assert r.names() == ["gear", "sprocket"]
+    assert "gear" in r
+    assert r.get("gear")() == "gear"
     with pytest.raises(
         ConfigError,
         match=r"thing.name: unknown widget 'gaer' — did you mean 'gear'\? \(valid: gear, sprocket\)",
@@ -39,6 +42,7 @@ def test_module_callable_is_imported_by_name_only() -> None:
         Registry("widget", "k").get("no_such_mod_xyz:f")
 
 
+@pytest.mark.slow  # a fresh interpreter (a subprocess)
 def test_the_registry_imports_no_model_code() -> None:
     import subprocess
     import sys

@@ -1,4 +1,5 @@
-"""`kiln cache ls|clear`: sizes, dataset roots and last use; clearing by age, and a dead writer's temp files."""
+"""`kiln cache ls|clear`: sizes, dataset roots and last use; clearing by age, and a dead writer's temp
+files."""
 
 from __future__ import annotations
 
@@ -20,7 +21,9 @@ def test_ls_and_clear_older_than(tmp_path: Path, capsys) -> None:  # type: ignor
     (cache / ".images-dead.npy.tmp-999999").write_bytes(b"half")  # a writer killed mid-write (no such pid)
     assert main(["cache", "ls", "--dir", str(cache)]) == 0
     out = capsys.readouterr().out
-    assert "2 entries" in out and str(tmp_path / "a" / "train") in out and "MiB" in out
+    assert "2 entries" in out
+    assert str(tmp_path / "a" / "train") in out
+    assert "MiB" in out
     old = next(e for e in entries(cache) if e["root"].startswith(str(tmp_path / "a")))
     meta = cache / f"meta-{old['key']}.json"
     os.utime(meta, (time.time() - 10 * 86400,) * 2)  # last used ten days ago
@@ -28,4 +31,5 @@ def test_ls_and_clear_older_than(tmp_path: Path, capsys) -> None:  # type: ignor
     assert "removed 1 entries" in capsys.readouterr().out
     assert [e["root"] for e in entries(cache)] == [str(tmp_path / "b" / "train")]
     assert not list(cache.glob(".*.tmp-*"))
-    assert main(["cache", "clear", "--dir", str(cache)]) == 0 and entries(cache) == []
+    assert main(["cache", "clear", "--dir", str(cache)]) == 0
+    assert entries(cache) == []

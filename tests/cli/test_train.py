@@ -3,9 +3,12 @@
 import json
 from pathlib import Path
 
+import pytest
 import yaml
 
 from tests.conftest import ROOT, run_kiln
+
+pytestmark = pytest.mark.slow  # `kiln train` subprocesses
 
 
 def test_train_digits_end_to_end(tmp_path: Path) -> None:
@@ -14,7 +17,8 @@ def test_train_digits_end_to_end(tmp_path: Path) -> None:
     )
     assert "test accuracy:" in proc.stdout
     resolved = yaml.safe_load((tmp_path / "config.yaml").read_text())
-    assert resolved["trainer"]["epochs"] == 3 and resolved["run"]["dir"] == str(tmp_path)
+    assert resolved["trainer"]["epochs"] == 3
+    assert resolved["run"]["dir"] == str(tmp_path)
     assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 3
 
 
@@ -51,12 +55,15 @@ def test_resume_with_other_model_is_refused(tmp_path: Path) -> None:
         str(tmp_path / "checkpoints/last.pt"),
         check=False,
     )
-    assert proc.returncode == 2 and "the model differs" in proc.stderr and "Traceback" not in proc.stderr
+    assert proc.returncode == 2, proc.stderr
+    assert "the model differs" in proc.stderr
+    assert "Traceback" not in proc.stderr
 
 
 def test_missing_config_file() -> None:
     proc = run_kiln("train", "-c", "nope.yaml", check=False)
-    assert proc.returncode == 2 and "config file not found: nope.yaml" in proc.stderr
+    assert proc.returncode == 2, proc.stderr
+    assert "config file not found: nope.yaml" in proc.stderr
 
 
 def test_resume_from_a_checkpoint_older_than_a_model_key(tmp_path: Path) -> None:
@@ -71,6 +78,7 @@ def test_resume_from_a_checkpoint_older_than_a_model_key(tmp_path: Path) -> None
     torch.save(saved, path)
     args = ["train", "-c", str(ROOT / "configs/digits.yaml"), f"run.dir={tmp_path}", "--resume", str(path)]
     proc = run_kiln(*args, "model.pca_init=true", check=False)
-    assert proc.returncode == 2 and "model.pca_init: False -> True" in proc.stderr
+    assert proc.returncode == 2, proc.stderr
+    assert "model.pca_init: False -> True" in proc.stderr
     run_kiln(*args, "trainer.epochs=2")
     assert [json.loads(s)["epoch"] for s in (tmp_path / "metrics.jsonl").read_text().splitlines()] == [1, 2]

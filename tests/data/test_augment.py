@@ -36,7 +36,9 @@ def test_random_resized_crop_matches_torchvision() -> None:
     ow, oh = ours[:, 2], ours[:, 3]
     assert np.abs(_quantiles(ow * oh / (h * w)) - _quantiles(tw * th / (h * w))).max() < 0.04  # area share
     assert np.abs(_quantiles(ow / oh) - _quantiles(tw.float() / th)).max() < 0.05  # aspect
-    assert bool((ours[:, 0] >= 0).all() and (ours[:, 0] + ow <= w).all() and (ours[:, 1] + oh <= h).all())
+    assert bool((ours[:, 0] >= 0).all())  # every box inside the photo
+    assert bool((ours[:, 0] + ow <= w).all())
+    assert bool((ours[:, 1] + oh <= h).all())
     # a sliver of a photo: no try fits, both fall back to the centre at the nearest allowed aspect
     fallback = G.rrc_boxes(torch.tensor([[20, 400]]), (0.9, 1.0), ratio, torch.Generator().manual_seed(0))
     tv = v2.RandomResizedCrop(8, scale=(0.9, 1.0), ratio=ratio).make_params([torch.zeros(3, 20, 400)])
@@ -77,18 +79,23 @@ def test_auto_augment_tables_match_torchvision() -> None:
     for ours, theirs in ((P._space(True, (224, 224)), wide), (P._space(False, (224, 224)), rand)):
         assert list(ours) == list(theirs)
         for op, (mags, signed) in theirs.items():
-            assert signed == ours[op][1] and torch.allclose(ours[op][0], mags.float().expand(P.BINS)), op
+            assert signed == ours[op][1], op
+            assert torch.allclose(ours[op][0], mags.float().expand(P.BINS)), op
 
 
 def test_trivial_augment_draws_ops_and_bins_uniformly() -> None:
     ops, mags = P.draw_ops(N * 3, "trivial", 2, 9, (224, 224), torch.Generator().manual_seed(0))
     counts = torch.bincount(ops[:, 0], minlength=len(P.OPS)).float() / len(ops)
-    assert ops.shape == (N * 3, 1) and (counts - 1 / len(P.OPS)).abs().max() < 0.015
+    assert ops.shape == (N * 3, 1)
+    assert (counts - 1 / len(P.OPS)).abs().max() < 0.015
     rot = mags[ops[:, 0] == P.OPS.index("Rotate"), 0]
-    assert rot.min() >= -135 and rot.max() <= 135 and abs(float((rot < 0).float().mean()) - 0.5) < 0.06
+    assert rot.min() >= -135
+    assert rot.max() <= 135
+    assert abs(float((rot < 0).float().mean()) - 0.5) < 0.06  # signed: as often left as right
     ops2, mags2 = P.draw_ops(100, "rand", 2, 9, (224, 224), torch.Generator().manual_seed(0))
     shear = mags2[ops2 == P.OPS.index("ShearX")].abs()
-    assert ops2.shape == (100, 2) and torch.allclose(shear, torch.full_like(shear, 0.3 * 9 / 30))
+    assert ops2.shape == (100, 2)
+    assert torch.allclose(shear, torch.full_like(shear, 0.3 * 9 / 30))
 
 
 @pytest.mark.parametrize("op", ["Sharpness", "Posterize", "Solarize", "AutoContrast", "Equalize"])
@@ -139,7 +146,8 @@ def test_cutmix_box_and_lam() -> None:
     perm = torch.tensor([4, 5, 6, 7, 0, 1, 2, 3])
     out, mix = cutmix(x, 0.7, perm, random.Random(0))
     pasted = out[:4].mean((1, 2, 3))  # the pasted share of the zero images: 1 - lam, clipped at the border
-    assert torch.allclose(pasted, torch.full((4,), 1 - mix.lam)) and 0.7 <= mix.lam <= 1.0
+    assert torch.allclose(pasted, torch.full((4,), 1 - mix.lam))
+    assert 0.7 <= mix.lam <= 1.0
 
 
 def _photo_transform(**augment: object) -> BatchTransform:
@@ -161,7 +169,8 @@ def test_a_view_depends_on_the_image_not_its_batch() -> None:
     )
     whole = t.augmented(canvas, torch.arange(4), epoch=3, step=0)
     alone = t.augmented(canvas[[2, 0]], torch.tensor([2, 0]), epoch=3, step=7)  # other batch, other step
-    assert whole.shape == (4, 3, 24, 24) and torch.allclose(alone, whole[[2, 0]], atol=1e-5)
+    assert whole.shape == (4, 3, 24, 24)
+    assert torch.allclose(alone, whole[[2, 0]], atol=1e-5)
     assert not torch.allclose(t.augmented(canvas, torch.arange(4), 4, 0), whole)  # the next epoch: a new view
     cycled = _photo_transform(random_resized_crop=True, views=2)
     assert torch.equal(

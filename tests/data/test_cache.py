@@ -1,3 +1,6 @@
+"""The decode cache: reused while the files are unchanged, rebuilt when one changes; pixels equal PIL's;
+a corrupt or misshapen image is named."""
+
 import os
 from pathlib import Path
 
@@ -29,13 +32,15 @@ def test_cache_reused_then_rebuilt_on_change(png_folder: Path, tmp_path: Path) -
     assert len(files) == 1
     mtime = files[0].stat().st_mtime_ns
     b = _load(paths, AS_IS, cache, workers=2)
-    assert torch.equal(a, b) and files[0].stat().st_mtime_ns == mtime  # reused, not rewritten
+    assert torch.equal(a, b)
+    assert files[0].stat().st_mtime_ns == mtime  # reused, not rewritten
     # change one file: new content, new mtime -> a new fingerprint and a rebuild
     Image.fromarray(np.zeros((12, 12, 3), np.uint8)).save(paths[0])
     os.utime(paths[0], ns=(mtime + 10**9, mtime + 10**9))
     c = _load(paths, AS_IS, cache, workers=1)
     assert len(list(cache.glob("images-*.npy"))) == 2
-    assert int(c[0].sum()) == 0 and torch.equal(c[1:], a[1:])
+    assert int(c[0].sum()) == 0  # the changed file's new pixels
+    assert torch.equal(c[1:], a[1:])
 
 
 def test_decoded_pixels_match_pil(png_folder: Path) -> None:

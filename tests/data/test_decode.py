@@ -29,7 +29,8 @@ def test_exif_orientation_is_applied(tmp_path: Path) -> None:
     sideways.save(tmp_path / "phone.jpg", exif=exif.tobytes(), quality=95)
     spec = ImageSpec(3, (40, 60))
     arr, _ = open_image(tmp_path / "phone.jpg", spec)
-    assert arr.shape == (3, 40, 60) and probe_file(tmp_path / "phone.jpg", None) == (3, (40, 60))
+    assert arr.shape == (3, 40, 60)
+    assert probe_file(tmp_path / "phone.jpg", None) == (3, (40, 60))
     assert np.abs(arr.astype(int) - np.asarray(upright).transpose(2, 0, 1)).mean() < 6  # JPEG noise only
 
 
@@ -41,7 +42,8 @@ def test_modes_are_converted_properly() -> None:
     pal.putpixel((1, 1), 1)
     pal.info["transparency"] = 0  # index 0 (black) is transparent: shown over white, not black
     rgb = np.asarray(to_mode(pal, 3))
-    assert rgb[0, 0].tolist() == [255, 255, 255] and rgb[1, 1].tolist() == [200, 10, 10]
+    assert rgb[0, 0].tolist() == [255, 255, 255]
+    assert rgb[1, 1].tolist() == [200, 10, 10]
     deep = Image.fromarray(np.full((4, 4), 40000, np.uint16))  # 16-bit grey: 40000/65535 = 61 %
     assert np.asarray(to_mode(deep, 1))[0, 0] == 40000 >> 8  # not clipped to 255
     assert np.asarray(to_mode(Image.new("L", (2, 2), 77), 3))[0, 0].tolist() == [77, 77, 77]
@@ -54,9 +56,14 @@ def test_crop_geometry_train_canvas_and_eval_centre(tmp_path: Path) -> None:
     spec = ImageSpec(3, (56, 56), "crop", crop_pct=0.875)  # resize_size 64: shorter side 300 -> 64
     ev, ev_ext = open_image(tmp_path / "p.png", spec, train=False)
     tr, tr_ext = open_image(tmp_path / "p.png", spec, train=True)
-    assert spec.resize_size == (64, 64) and ev.shape == (3, 64, 64) and ev_ext == (64, 64)
-    assert spec.stored(True) == (96, 96) and tr.shape == (3, 96, 96) and tr_ext == (64, 85)  # whole photo
-    assert (tr[:, 64:, :] == 0).all() and (tr[:, :, 85:] == 0).all()  # the canvas around it is empty
+    assert spec.resize_size == (64, 64)
+    assert ev.shape == (3, 64, 64)
+    assert ev_ext == (64, 64)
+    assert spec.stored(True) == (96, 96)
+    assert tr.shape == (3, 96, 96)
+    assert tr_ext == (64, 85)  # the whole photo
+    assert (tr[:, 64:, :] == 0).all()  # the canvas around it is empty
+    assert (tr[:, :, 85:] == 0).all()
     # the evaluation square is the centre of the train photo at the same scale
     assert np.abs(ev.astype(int) - tr[:, :64, 10:74].astype(int)).max() <= 1
     sq, _ = open_image(tmp_path / "p.png", ImageSpec(3, (32, 48), "squash"))

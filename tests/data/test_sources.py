@@ -1,3 +1,6 @@
+"""Every data source: digits' fixed split, image folders, CSV files (bad rows named), torchvision's MNIST and
+CIFAR-10 formats, a user's own Dataset (read lazily), grayscale folders and channel conversion."""
+
 import gzip
 import pickle
 import struct
@@ -20,9 +23,12 @@ CPU = torch.device("cpu")
 
 def test_digits_fixed_split() -> None:
     a, b = list_source(DataConfig()), list_source(DataConfig())
-    assert isinstance(a.train, TensorSplit) and a.train.images.dtype == torch.uint8
-    assert a.train.images.shape[1:] == (1, 8, 8) and len(a.train) + len(a.test) == 1797
-    assert a.test.labels == b.test.labels and a.classes == [str(i) for i in range(10)]
+    assert isinstance(a.train, TensorSplit)
+    assert a.train.images.dtype == torch.uint8
+    assert a.train.images.shape[1:] == (1, 8, 8)
+    assert len(a.train) + len(a.test) == 1797
+    assert a.test.labels == b.test.labels  # the same split every time
+    assert a.classes == [str(i) for i in range(10)]
     assert int(a.train.images.max()) == 255
 
 
@@ -31,10 +37,14 @@ def test_folder_source(png_folder: Path, tmp_path: Path) -> None:
         source="folder", root=str(png_folder), cache_dir=str(tmp_path / "cache"), val_split=0.25, batch_size=8
     )
     b = build(cfg, seed=0, device=CPU)
-    assert b.classes == ["cat", "dog", "frog"] and b.spec.channels == 3 and b.spec.size == (12, 12)
+    assert b.classes == ["cat", "dog", "frog"]
+    assert b.spec.channels == 3
+    assert b.spec.size == (12, 12)
     x, y, idx = next(iter(b.train))
-    assert x.dtype == torch.uint8 and x.shape[1:] == (3, 12, 12)
-    assert len(b.train.order.indices()) == 27 and len(b.val.order.indices()) == 9
+    assert x.dtype == torch.uint8
+    assert x.shape[1:] == (3, 12, 12)
+    assert len(b.train.order.indices()) == 27
+    assert len(b.val.order.indices()) == 9
     assert len(b.test.order.indices()) == 36
 
 
@@ -61,8 +71,10 @@ def test_csv_source_names_and_ints(png_folder: Path, tmp_path: Path) -> None:
     _csv(png_folder, "train.csv", rows)
     _csv(png_folder, "test.csv", rows[:5])
     raw = list_source(DataConfig(source="csv", root=str(png_folder)))
-    assert raw.classes == ["cat", "dog", "frog"] and isinstance(raw.train, FileSplit)
-    assert raw.train.labels[:3] == [0, 0, 0] and len(raw.test) == 5
+    assert raw.classes == ["cat", "dog", "frog"]
+    assert isinstance(raw.train, FileSplit)
+    assert raw.train.labels[:3] == [0, 0, 0]
+    assert len(raw.test) == 5
     _csv(png_folder, "train.csv", [(p, str(["cat", "dog", "frog"].index(c))) for p, c in rows])
     _csv(png_folder, "test.csv", [])
     (png_folder / "test.csv").write_text("filepath,label\n")
@@ -101,7 +113,8 @@ def _write_idx(path: Path, arr: np.ndarray) -> None:
 
 @pytest.mark.parametrize(("source", "folder"), [("mnist", "MNIST"), ("fashion_mnist", "FashionMNIST")])
 def test_torchvision_mnist_format(tmp_path: Path, source: str, folder: str) -> None:
-    """MNIST/FashionMNIST written in their own IDX format, read by torchvision's own class (download=False)."""
+    """MNIST/FashionMNIST written in their own IDX format, read by torchvision's own class
+    (download=False)."""
     raw = tmp_path / folder / "raw"
     raw.mkdir(parents=True)
     rng = np.random.default_rng(0)
@@ -109,8 +122,10 @@ def test_torchvision_mnist_format(tmp_path: Path, source: str, folder: str) -> N
         _write_idx(raw / f"{prefix}-images-idx3-ubyte", rng.integers(0, 256, (n, 28, 28), dtype=np.uint8))
         _write_idx(raw / f"{prefix}-labels-idx1-ubyte", (np.arange(n) % 10).astype(np.uint8))
     r = list_source(DataConfig(source=source, root=str(tmp_path)))
-    assert r.train.images.shape == (20, 1, 28, 28) and r.test.images.shape == (8, 1, 28, 28)
-    assert r.train.labels[:3] == [0, 1, 2] and len(r.classes) == 10
+    assert r.train.images.shape == (20, 1, 28, 28)
+    assert r.test.images.shape == (8, 1, 28, 28)
+    assert r.train.labels[:3] == [0, 1, 2]
+    assert len(r.classes) == 10
 
 
 def test_torchvision_cifar10_format(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -130,7 +145,8 @@ def test_torchvision_cifar10_format(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     classes = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
     (d / "batches.meta").write_bytes(pickle.dumps({"label_names": classes}))
     r = list_source(DataConfig(source="cifar10", root=str(tmp_path)))
-    assert r.train.images.shape == (20, 3, 32, 32) and r.test.images.shape == (4, 3, 32, 32)
+    assert r.train.images.shape == (20, 3, 32, 32)
+    assert r.test.images.shape == (4, 3, 32, 32)
     assert r.classes == classes
 
 
@@ -162,12 +178,13 @@ def test_custom_dataset_streams() -> None:
         num_workers=0,
     )
     b = build(cfg, seed=0, device=CPU)
-    assert b.classes == ["a", "b"] and b.spec.channels == 1
+    assert b.classes == ["a", "b"]
+    assert b.spec.channels == 1
     xs = [x for x, _, _ in b.train]
-    assert sum(len(x) for x in xs) == 16 and xs[0].dtype == torch.uint8
-    assert len(set(b.val.ids)) == 4 and all(
-        i.startswith("TinyDataset[") for i in b.val.ids
-    )  # the items' own names
+    assert sum(len(x) for x in xs) == 16
+    assert xs[0].dtype == torch.uint8
+    assert len(set(b.val.ids)) == 4
+    assert all(i.startswith("TinyDataset[") for i in b.val.ids)  # the items' own names
 
 
 class CountingDataset(TinyDataset):
@@ -190,7 +207,8 @@ def test_building_a_custom_dataset_reads_no_more_than_it_needs() -> None:
     )
     b = build(cfg, seed=0, device=CPU)
     assert CountingDataset.reads <= 2  # the first item, to learn the image size: labels are read when asked
-    assert b.train.labels.tolist() == [i % 2 for i in range(20)] and CountingDataset.reads > 20
+    assert b.train.labels.tolist() == [i % 2 for i in range(20)]
+    assert CountingDataset.reads > 20
 
 
 def test_custom_dataset_bad_name() -> None:
@@ -205,6 +223,7 @@ def test_grayscale_folder_and_channel_conversion(tmp_path: Path) -> None:
         seed=0,
         device=CPU,
     )
-    assert b.spec.channels == 3 and next(iter(b.train))[0].shape[1] == 3
+    assert b.spec.channels == 3
+    assert next(iter(b.train))[0].shape[1] == 3
     d = build(DataConfig(channels=3, image_size=16), seed=0, device=CPU)
     assert next(iter(d.train))[0].shape[1:] == (3, 16, 16)

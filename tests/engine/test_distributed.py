@@ -10,10 +10,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
 import torch
 
 import kiln
 from tests.conftest import ROOT
+
+pytestmark = pytest.mark.slow  # DDP: torchrun subprocesses
 
 DIGITS = str(ROOT / "configs/digits.yaml")
 ENV = {
@@ -70,15 +73,18 @@ def test_two_gloo_processes_train_alike_and_evaluate_exactly(tmp_path: Path) -> 
         "callbacks=[{name: 'tests.engine.test_distributed:SaveRankWeights'}]",
     )
     w0, w1 = torch.load(run / "rank0.pt", weights_only=True), torch.load(run / "rank1.pt", weights_only=True)
-    assert all(torch.equal(w0[k], w1[k]) for k in w0)
+    for key in w0:
+        assert torch.equal(w0[key], w1[key]), key
     summary = json.loads((run / "summary.json").read_text())
-    assert summary["world_size"] == 2 and summary["test"]["num_samples"] == 360  # each test image once
+    assert summary["world_size"] == 2
+    assert summary["test"]["num_samples"] == 360  # each test image once
     lines = (run / "metrics.jsonl").read_text().splitlines()
     assert len(lines) == 2  # rank 0 alone writes
     # single-process evaluation of the same checkpoint gives the same accuracy
     proc = _kiln("eval", "--checkpoint", str(run / "checkpoints/best.pt"), "--out", str(tmp_path / "eval"))
     report = json.loads((tmp_path / "eval/report.json").read_text())
-    assert report["num_samples"] == 360 and "accuracy" in proc.stdout
+    assert report["num_samples"] == 360
+    assert "accuracy" in proc.stdout
     assert report["accuracy"] == summary["test"]["accuracy"]
     assert abs(report["loss"] - summary["test"]["loss"]) < 1e-5
 
@@ -126,4 +132,5 @@ def test_global_batch_must_split_evenly(tmp_path: Path) -> None:
         env=ENV,
         timeout=300,
     )
-    assert proc.returncode != 0 and "does not split evenly over 2 processes" in proc.stderr
+    assert proc.returncode != 0, proc.stderr
+    assert "does not split evenly over 2 processes" in proc.stderr

@@ -13,6 +13,8 @@ from kiln.config import load_config
 from kiln.engine.trainer import fit
 from tests.conftest import ROOT, write_png_folder
 
+pytestmark = pytest.mark.slow  # every test trains two or more multi-epoch runs
+
 
 def _run(tmp_path: Path, name: str, *extra: str) -> dict[str, torch.Tensor]:
     root = tmp_path / "imgs"

@@ -25,15 +25,16 @@ from kiln.errors import TrainingStopped
 def test_tta_views_and_weights(mode: str, n: int) -> None:
     x = torch.arange(2 * 3 * 8 * 8, dtype=torch.float32).view(2, 3, 8, 8)
     views = tta_views(x, mode)
-    assert len(views) == n and sum(w for _, w in views) == pytest.approx(1.0)
-    assert all(v.shape == x.shape for v, _ in views) and torch.equal(views[0][0], x)
+    assert len(views) == n
+    assert sum(w for _, w in views) == pytest.approx(1.0)
+    assert all(v.shape == x.shape for v, _ in views)
+    assert torch.equal(views[0][0], x)
     if mode == "flip_translate":  # airbench94's views: 1 px shifts (reflect-padded), mirrored too
         up_left, down_right = views[2][0], views[4][0]
         assert torch.equal(up_left[..., 1:, 1:], x[..., :-1, :-1])
         assert torch.equal(down_right[..., :-1, :-1], x[..., 1:, 1:])
-        assert (
-            torch.equal(views[3][0], up_left.flip(3)) and [w for _, w in views] == [0.25, 0.25] + [0.125] * 4
-        )
+        assert torch.equal(views[3][0], up_left.flip(3))
+        assert [w for _, w in views] == [0.25, 0.25] + [0.125] * 4
 
 
 CPU = torch.device("cpu")
@@ -103,7 +104,9 @@ def test_non_finite_loss_stops_or_is_skipped() -> None:
     with pytest.raises(TrainingStopped, match=r"non-finite loss \(nan\) at epoch 1, step 2"):
         _train(StepOptions(), _nan_on_second_call())
     model, state, out = _train(StepOptions(skip_nan=True), _nan_on_second_call())
-    assert state.skipped_steps == 1 and state.step == 4 and math.isfinite(out["train_loss"])
+    assert state.skipped_steps == 1
+    assert state.step == 4
+    assert math.isfinite(out["train_loss"])
     assert all(bool(torch.isfinite(p).all()) for p in model.parameters())
 
 
@@ -111,7 +114,10 @@ def test_mixup_mixes_pairs_and_the_loss_follows() -> None:
     t = BatchTransform([0.5], [0.25], AugmentConfig(mixup=0.4), seed=3)
     x, idx = _loader().images[:8], torch.arange(8)
     (a, mix), (b, again) = t.train(x, idx, 1, 2), t.train(x, idx, 1, 2)
-    assert mix is not None and again is not None and torch.equal(a, b) and mix.lam == again.lam  # seeded
+    assert mix is not None
+    assert again is not None
+    assert torch.equal(a, b)  # seeded
+    assert mix.lam == again.lam
     plain = t.normalize(x)
     assert torch.allclose(a, mix.lam * plain + (1 - mix.lam) * plain[mix.perm], atol=1e-5)
     logits, y = torch.randn(8, 3), torch.arange(8) % 3
@@ -184,4 +190,5 @@ def test_the_loss_is_read_back_every_n_optimizer_steps_not_batches() -> None:
 def test_a_fractional_epoch_stops_at_its_limit() -> None:
     loader = _loader()
     _, state, _ = _train(StepOptions(), limit=3, loader=loader)
-    assert state.step == 3 and loader.state_dict()["position"] == 3
+    assert state.step == 3
+    assert loader.state_dict()["position"] == 3

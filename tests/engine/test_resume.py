@@ -1,5 +1,6 @@
 """What a checkpoint holds and what ``Run.load_state_dict`` puts back, in process (the bit-identical
-end-to-end resumes are in test_trainer.py and test_reliability.py)."""
+end-to-end resumes are in test_trainer.py and test_reliability.py). One short run for the module (two
+epochs of 10 steps, 320 train images): unit tests of the resume contents."""
 
 from __future__ import annotations
 
@@ -18,9 +19,7 @@ from kiln.engine.setup import build_run
 from kiln.engine.trainer import fit
 from kiln.errors import CheckpointError
 from kiln.paths import RunDir
-from tests.conftest import ROOT
-
-pytestmark = pytest.mark.slow  # trains a real run once for the module
+from tests.conftest import ROOT, one_thread
 
 CPU = torch.device("cpu")
 
@@ -33,6 +32,7 @@ def _cfg(run: Path, *extra: str):  # type: ignore[no-untyped-def]
             "trainer.progress=off",
             "logging.tensorboard=false",
             "trainer.epochs=2",
+            "data.train_limit=320",  # 10 optimizer steps an epoch at batch 32
             "trainer.early_stopping={patience: 5}",
             *extra,
         ],
@@ -42,16 +42,17 @@ def _cfg(run: Path, *extra: str):  # type: ignore[no-untyped-def]
 @pytest.fixture(scope="module")
 def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("resume")
-    fit(_cfg(path))
+    with one_thread():
+        fit(_cfg(path))
     return path
 
 
 def test_checkpoint_contents(run: Path) -> None:
-    # 1,293 train images at batch 32: 41 optimizer steps per epoch
+    # 320 train images at batch 32: 10 optimizer steps per epoch
     saved = ckpt.load(RunDir(run).last)
     assert saved["epoch"] == 2
-    assert saved["step"] == 2 * 41
-    assert saved["data_state"] == {"epoch": 1, "position": 41}  # all of epoch index 1
+    assert saved["step"] == 2 * 10
+    assert saved["data_state"] == {"epoch": 1, "position": 10}  # all of epoch index 1
     assert set(saved["callbacks"]) == {"MetricsLog#0", "ProgressBar#0", "EarlyStopping#0", "Checkpointing#0"}
     assert saved["callbacks"]["Checkpointing#0"] == {
         "best": saved["best_metric"],
@@ -79,18 +80,18 @@ def test_load_state_dict_puts_everything_back(run: Path) -> None:
     fresh = _fresh(run)
     saved = ckpt.load(RunDir(run).last)
     fresh.load_state_dict(saved, str(RunDir(run).last))
-    assert (fresh.state.epoch, fresh.state.step) == (2, 82)
+    assert fresh.state.epoch == 2
+    assert fresh.state.step == 20
     assert fresh.feed.state_dict() == saved["data_state"]
     es = _callback(fresh, EarlyStopping)
-    assert (es.best, es.wait) == (  # type: ignore[attr-defined]
-        saved["callbacks"]["EarlyStopping#0"]["best"],
-        saved["callbacks"]["EarlyStopping#0"]["wait"],
-    )
+    assert es.best == saved["callbacks"]["EarlyStopping#0"]["best"]  # type: ignore[attr-defined]
+    assert es.wait == saved["callbacks"]["EarlyStopping#0"]["wait"]  # type: ignore[attr-defined]
     cp = _callback(fresh, Checkpointing)
-    assert (cp.best, cp.best_epoch) == (saved["best_metric"], saved["best_epoch"])  # type: ignore[attr-defined]
-    for a, b in zip(fresh.model.state_dict().values(), saved["model_state_dict"].values(), strict=True):
-        assert torch.equal(a, b)
-    assert fresh.scheduler.last_epoch == 82
+    assert cp.best == saved["best_metric"]  # type: ignore[attr-defined]
+    assert cp.best_epoch == saved["best_epoch"]  # type: ignore[attr-defined]
+    for (key, a), b in zip(fresh.model.state_dict().items(), saved["model_state_dict"].values(), strict=True):
+        assert torch.equal(a, b), key
+    assert fresh.scheduler.last_epoch == 20
     assert torch.equal(torch.get_rng_state(), saved["rng"]["torch"])
 
 
@@ -111,7 +112,8 @@ def test_a_checkpoint_from_before_checkpointing_was_a_callback_keeps_its_best(
     fresh = _fresh(run)
     fresh.load_state_dict(saved, "old.pt")
     cp = _callback(fresh, Checkpointing)
-    assert (cp.best, cp.best_epoch) == (saved["best_metric"], saved["best_epoch"])  # type: ignore[attr-defined]
+    assert cp.best == saved["best_metric"]  # type: ignore[attr-defined]
+    assert cp.best_epoch == saved["best_epoch"]  # type: ignore[attr-defined]
 
 
 def test_another_model_is_refused_naming_the_difference(run: Path) -> None:

@@ -1,3 +1,6 @@
+"""`fit` end to end on digits: one run per model family, resume bit-identical, checkpoint keys and pruning,
+early stopping, EMA, compile, skipped validations. Every test trains real multi-epoch runs: the slow tier."""
+
 import json
 from pathlib import Path
 
@@ -8,11 +11,29 @@ from kiln.config import load_config
 from kiln.engine.trainer import fit
 from tests.conftest import ROOT
 
+pytestmark = pytest.mark.slow  # real multi-epoch training runs
+
 DIGITS = ROOT / "configs/digits.yaml"
 
 
 def _cfg(tmp_path: Path, *overrides: str):
     return load_config(DIGITS, [f"run.dir={tmp_path}", "trainer.progress=off", *overrides])
+
+
+def _real_run(tmp_path: Path, model: str, extra: list[str]) -> dict:
+    """Two epochs of `model` on digits; checks what every family's run writes and returns the summary."""
+    summary = fit(_cfg(tmp_path, f"model.name={model}", "trainer.epochs=2", *extra))
+    lines = [json.loads(s) for s in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [m["epoch"] for m in lines] == [1, 2]
+    assert {"epoch", "train_loss", "val_loss", "val_acc", "lr", "seconds"} <= set(lines[0])
+    # measured train_loss epoch 1 -> 2: lenet 2.19 -> 0.79, mlp 1.98 -> 0.65, resnet_small 2.10 -> 1.37,
+    # mobilenet_v3_small 1.42 -> 0.82, timm resnet10t 0.90 -> 0.16
+    assert lines[1]["train_loss"] < lines[0]["train_loss"]
+    assert (tmp_path / "checkpoints/last.pt").is_file()
+    assert (tmp_path / "checkpoints/best.pt").is_file()
+    assert (tmp_path / "config.yaml").is_file()
+    assert summary["test"]["num_samples"] == 360
+    return summary
 
 
 @pytest.mark.parametrize(
@@ -21,28 +42,31 @@ def _cfg(tmp_path: Path, *overrides: str):
         ("lenet", []),
         ("mlp", ["model.args={hidden: [64]}"]),
         ("resnet_small", ["model.args={widths: [8, 16]}"]),
-        ("torchvision:mobilenet_v3_small", ["data.channels=3", "data.image_size=32"]),
         ("timm:resnet10t", ["data.image_size=16"]),
     ],
 )
 def test_one_real_run_per_model_family(tmp_path: Path, model: str, extra: list[str]) -> None:
     if model.startswith("timm:"):
         pytest.importorskip("timm", reason="timm is an optional extra")
-    summary = fit(_cfg(tmp_path, f"model.name={model}", "trainer.epochs=2", *extra))
-    lines = [json.loads(s) for s in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-    assert [m["epoch"] for m in lines] == [1, 2]
-    assert {"epoch", "train_loss", "val_loss", "val_acc", "lr", "seconds"} <= set(lines[0])
-    assert lines[1]["train_loss"] < lines[0]["train_loss"] or model.startswith(("torchvision", "timm"))
-    assert (tmp_path / "checkpoints/last.pt").is_file() and (tmp_path / "checkpoints/best.pt").is_file()
-    assert summary["test"]["num_samples"] == 360 and 0 <= summary["test"]["accuracy"] <= 1
-    assert (tmp_path / "config.yaml").is_file()
+    summary = _real_run(tmp_path, model, extra)
+    # chance is 0.1; measured after 2 epochs: lenet 0.79, mlp 0.91, resnet_small 0.88, resnet10t 0.97
+    assert summary["test"]["accuracy"] > 0.5
+
+
+def test_a_torchvision_model_trains_and_evaluates_every_test_image(tmp_path: Path) -> None:
+    """mobilenet_v3_small's loss falls, but its BatchNorm momentum of 0.01 leaves 44 % of the initial
+    running statistics in place after 82 steps (0.99**82): evaluated, it is at chance (measured 0.10), so
+    no learning bound is asserted on its test accuracy."""
+    summary = _real_run(tmp_path, "torchvision:mobilenet_v3_small", ["data.channels=3", "data.image_size=32"])
+    assert 0.0 <= summary["test"]["accuracy"] <= 1.0
 
 
 def test_digits_default_reaches_095(tmp_path: Path) -> None:
     summary = fit(_cfg(tmp_path))
     assert summary["test"]["accuracy"] >= 0.95
     saved = json.loads((tmp_path / "summary.json").read_text())
-    assert saved["best_epoch"] == summary["best_epoch"] and saved["test"] == summary["test"]
+    assert saved["best_epoch"] == summary["best_epoch"]
+    assert saved["test"] == summary["test"]
 
 
 def _weights(path: Path) -> dict[str, torch.Tensor]:
@@ -100,7 +124,8 @@ def test_early_stopping_fires_and_survives_resume(tmp_path: Path) -> None:
     # min_delta 10 on val_loss: no epoch can improve by that much, so patience 1 stops after epoch 3
     es = "trainer.early_stopping={monitor: val_loss, mode: min, patience: 1, min_delta: 10.0}"
     summary = fit(_cfg(tmp_path, "trainer.epochs=10", es))
-    assert summary["epochs_run"] == 3 and "early stopping" in summary["stopped_early"]
+    assert summary["epochs_run"] == 3
+    assert "early stopping" in summary["stopped_early"]
     state = torch.load(tmp_path / "checkpoints/last.pt", weights_only=True)["callbacks"]
     assert any(v.get("wait") == 2 for v in state.values())
 
@@ -129,7 +154,8 @@ def test_checkpoint_follows_pytorch_tutorial_keys(tmp_path: Path) -> None:
     net.load_state_dict(c["model_state_dict"])
     opt = torch.optim.AdamW(net.parameters())
     opt.load_state_dict(c["optimizer_state_dict"])
-    assert c["epoch"] == 1 and isinstance(c["loss"], float)
+    assert c["epoch"] == 1
+    assert isinstance(c["loss"], float)
 
 
 def test_compiled_checkpoint_loads_into_plain_model(tmp_path: Path) -> None:
@@ -172,7 +198,8 @@ def test_val_every_n_epochs_skips_validation_but_never_the_last(tmp_path: Path) 
     assert [m["validated"] for m in lines] == [False, True, False, True, True]
     assert all((m["val_acc"] != m["val_acc"]) != m["validated"] for m in lines)  # NaN exactly when skipped
     # best.pt is chosen among validated epochs only; the skipped ones neither improve nor count for patience
-    assert summary["best_epoch"] in (2, 4, 5) and summary["stopped_early"] is None
+    assert summary["best_epoch"] in (2, 4, 5)
+    assert summary["stopped_early"] is None
     assert summary["best_metric"] == max(m["val_acc"] for m in lines if m["validated"])
 
 
@@ -181,7 +208,7 @@ def test_without_a_val_split_every_epoch_still_counts_for_best_and_test(tmp_path
     still measured on it (val_every_n_epochs must not mistake "no val split" for "skipped")."""
     summary = fit(_cfg(tmp_path, "trainer.epochs=2", "data.val_split=0"))
     lines = [json.loads(s) for s in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-    assert [m["validated"] for m in lines] == [True, True] and all(
-        m["val_acc"] != m["val_acc"] for m in lines
-    )
-    assert summary["best_epoch"] == 2 and summary["test"]["num_samples"] == 360
+    assert [m["validated"] for m in lines] == [True, True]
+    assert all(m["val_acc"] != m["val_acc"] for m in lines)  # NaN
+    assert summary["best_epoch"] == 2
+    assert summary["test"]["num_samples"] == 360

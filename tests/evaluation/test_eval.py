@@ -18,6 +18,8 @@ from kiln.evaluation.run import evaluate_checkpoint
 from kiln.metrics import Outputs, compute, pr_curves
 from tests.conftest import ROOT, run_kiln
 
+pytestmark = pytest.mark.slow  # a 2-epoch run for the module, `kiln eval` subprocesses, a headless browser
+
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -52,21 +54,23 @@ def test_report_matches_sklearn_recomputed_from_predictions(evaluated: Path) -> 
     rep = json.loads((evaluated / "report.json").read_text())
     y_true, y_pred, _ = _predictions(evaluated)
     classes = rep["classes"]
-    assert rep["num_samples"] == len(y_true) == 360
+    assert rep["num_samples"] == len(y_true)  # every test image has a row in predictions.csv ...
+    assert len(y_true) == 360  # ... and every test image was evaluated
     assert rep["accuracy"] == pytest.approx(skm.accuracy_score(y_true, y_pred), abs=1e-9)
     p, r, f, s = skm.precision_recall_fscore_support(y_true, y_pred, labels=classes, zero_division=0)
     for i, c in enumerate(classes):
         pc = rep["per_class"][c]
-        assert (pc["precision"], pc["recall"], pc["f1"], pc["support"]) == pytest.approx(
-            (p[i], r[i], f[i], s[i]), abs=1e-6
-        )
+        assert pc["precision"] == pytest.approx(p[i], abs=1e-6), c
+        assert pc["recall"] == pytest.approx(r[i], abs=1e-6), c
+        assert pc["f1"] == pytest.approx(f[i], abs=1e-6), c
+        assert pc["support"] == s[i], c
     for avg in ("macro", "weighted"):
         p, r, f, _ = skm.precision_recall_fscore_support(
             y_true, y_pred, labels=classes, average=avg, zero_division=0
         )
-        assert (rep[avg]["precision"], rep[avg]["recall"], rep[avg]["f1"]) == pytest.approx(
-            (p, r, f), abs=1e-6
-        )
+        assert rep[avg]["precision"] == pytest.approx(p, abs=1e-6), avg
+        assert rep[avg]["recall"] == pytest.approx(r, abs=1e-6), avg
+        assert rep[avg]["f1"] == pytest.approx(f, abs=1e-6), avg
     assert rep["confusion_matrix"] == skm.confusion_matrix(y_true, y_pred, labels=classes).tolist()
     assert rep["accuracy"] < 1.0  # the checks above are only meaningful with mistakes in them
 
@@ -123,7 +127,8 @@ def test_outputs_written(evaluated: Path) -> None:
         assert (evaluated / name).stat().st_size > 0, name
     with (evaluated / "predictions.csv").open() as f:
         header = next(csv.reader(f))
-    assert header[:4] == ["id", "true", "predicted", "confidence"] and "top5" in header
+    assert header[:4] == ["id", "true", "predicted", "confidence"]
+    assert "top5" in header
 
 
 def test_cli_eval_default_dir_and_overrides(trained: Path) -> None:
@@ -131,7 +136,9 @@ def test_cli_eval_default_dir_and_overrides(trained: Path) -> None:
     assert "val: accuracy" in proc.stdout
     assert (trained.parent.parent / "eval-val" / "report.json").is_file()
     bad = run_kiln("eval", "--checkpoint", str(trained), "model.name=mlp", check=False)
-    assert bad.returncode == 2 and "weights do not fit" in bad.stderr and "Traceback" not in bad.stderr
+    assert bad.returncode == 2, bad.stderr
+    assert "weights do not fit" in bad.stderr
+    assert "Traceback" not in bad.stderr
 
 
 def _chromium() -> tuple[str, str]:
@@ -169,7 +176,8 @@ def test_html_renders_offline_in_headless_chromium(evaluated: Path, tmp_path: Pa
         images = d.execute_script(
             "return Array.from(document.images).map(i => [i.alt, i.complete && i.naturalWidth > 0])"
         )
-        assert len(images) == 5 and all(ok for _, ok in images), images
+        assert len(images) == 5, images
+        assert all(ok for _, ok in images), images
         assert "accuracy" in d.find_element("tag name", "body").text
         d.save_screenshot(str(tmp_path / "report.png"))
     finally:

@@ -1,4 +1,5 @@
-"""torch.hub models (`hub:owner/repo:entrypoint`), tested offline with a local hub folder (`source='local'`)."""
+"""torch.hub models (`hub:owner/repo:entrypoint`), tested offline with a local hub folder
+(`source='local'`)."""
 
 from __future__ import annotations
 
@@ -35,7 +36,8 @@ def hub_repo(tmp_path: Path) -> Path:
 
 def test_local_hub_entrypoint_with_args_pretrained_and_a_new_head(hub_repo: Path) -> None:
     m = create_model(f"hub:{hub_repo}:tiny", num_classes=3, in_channels=3, pretrained=True, width=6)
-    assert m(torch.randn(2, 3, 16, 16)).shape == (2, 3) and m[0].out_channels == 6
+    assert m(torch.randn(2, 3, 16, 16)).shape == (2, 3)  # the new head
+    assert m[0].out_channels == 6  # width=6 reached the entrypoint
     assert bool((m[0].weight == 0.5).all())  # pretrained=True reached the entrypoint
 
 

@@ -57,18 +57,18 @@ def test_kiln_checkpoint_record_and_library_defaults(tmp_path: Path) -> None:
         "std": (0.3,),
     }
     tv = weights_preprocessing(ModelConfig(name="torchvision:resnet18", pretrained=True))
-    assert tv is not None and tv["mean"] == (0.485, 0.456, 0.406) and tv["crop_pct"] == 224 / 256
+    assert tv is not None
+    assert tv["mean"] == (0.485, 0.456, 0.406)
+    assert tv["crop_pct"] == 224 / 256
     assert "ResNet18_Weights.IMAGENET1K_V1" in tv["source"]
     pytest.importorskip("timm", reason="timm is an optional extra")
     torch.save({"w": torch.zeros(1)}, tmp_path / "plain.pth")  # a state_dict with no record of its own
     timm_cfg = weights_preprocessing(
         ModelConfig(name="timm:tf_efficientnet_lite0", pretrained=str(tmp_path / "plain.pth"))
     )
-    assert (
-        timm_cfg is not None
-        and timm_cfg["mean"] == (0.5, 0.5, 0.5)
-        and timm_cfg["interpolation"] == "bicubic"
-    )
+    assert timm_cfg is not None
+    assert timm_cfg["mean"] == (0.5, 0.5, 0.5)
+    assert timm_cfg["interpolation"] == "bicubic"
     assert (
         timm_cfg["source"]
         == "timm's pretrained_cfg for tf_efficientnet_lite0 (the weights file has no preprocessing record)"
@@ -81,11 +81,16 @@ def test_the_config_wins_over_the_weights_and_scratch_measures(tmp_path: Path) -
     preset = Preset("w", (16, 16), 0.8, "bicubic", (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
     cfg = DataConfig(source="folder", root=str(root), batch_size=4, cache_dir=str(tmp_path / "c"))
     spec = image_spec(cfg, list_source(cfg).train, preset)
-    assert (spec.size, spec.resize, spec.crop_pct, spec.interpolation) == ((16, 16), "crop", 0.8, "bicubic")
+    assert spec.size == (16, 16)  # the weights' values, the config setting none
+    assert spec.resize == "crop"
+    assert spec.crop_pct == 0.8
+    assert spec.interpolation == "bicubic"
     mine = image_spec(
         cfg.model_copy(update={"image_size": 12, "crop_pct": 1.0}), list_source(cfg).train, preset
     )
-    assert (mine.size, mine.crop_pct) == ((12, 12), 1.0)
+    assert mine.size == (12, 12)  # the config's own values win
+    assert mine.crop_pct == 1.0
     assert build(cfg, 0, torch.device("cpu"), preset=preset).transform.mean == [0.5, 0.5, 0.5]
     measured = build(cfg, 0, torch.device("cpu")).transform.mean
-    assert measured != [0.5, 0.5, 0.5] and 0.1 < measured[0] < 0.9
+    assert measured != [0.5, 0.5, 0.5]
+    assert 0.1 < measured[0] < 0.9

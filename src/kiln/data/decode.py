@@ -201,6 +201,8 @@ def parallel(
             futures = {pool.submit(fn, job): i for i, job in enumerate(jobs)}
             for future in as_completed(futures):
                 i = futures[future]
+                if future.exception() is not None:  # the first bad file in the list's order, whichever
+                    raise _first_failure(futures, i)  # worker found one first
                 consume(i, future.result())
                 progress.update(sizes[i])
         except BaseException:
@@ -245,3 +247,15 @@ def decode_files(
         _decode_chunk, jobs, [len(c) for _, c in chunks], workers, f"decoding {len(paths):,} {what}", place
     )
     return out, extents
+
+
+def _first_failure(futures: dict[Any, int], failed: int) -> BaseException:
+    """The error of the earliest job that fails: jobs after ``failed`` are cancelled, the ones before it
+    are waited for (they are running or done: a few seconds at most), so the same file is named every run."""
+    for future, i in futures.items():
+        if i > failed:
+            future.cancel()
+    for future, i in sorted(futures.items(), key=lambda item: item[1]):
+        if i <= failed and future.exception() is not None:
+            return future.exception()  # type: ignore[return-value]
+    raise AssertionError("unreachable")
