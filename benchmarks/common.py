@@ -7,6 +7,8 @@ measured against them side by side in one process on the same machine.
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import sys
 import tarfile
 import time
@@ -149,3 +151,22 @@ def kiln_run(overrides: list[str], config: str = "configs/cifar10_lenet.yaml") -
     cfg = load_config(ROOT / config, ["trainer.progress=off", *overrides])
     fit(cfg)
     return [json.loads(s) for s in (cfg.run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+KILN_ENV = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+
+
+def kiln_process(args: list[str]) -> float:
+    """Run ``kiln ARGS`` as a user would, in a process of its own; returns its wall seconds. A failure
+    ends the benchmark with the command's last error lines."""
+    t0 = time.monotonic()
+    proc = subprocess.run([sys.executable, "-m", "kiln", *args], env=KILN_ENV, capture_output=True, text=True)
+    if proc.returncode:
+        raise SystemExit(f"kiln {args[0]} failed:\n{proc.stderr[-2000:]}")
+    return time.monotonic() - t0
+
+
+def kiln_report(run: Path) -> dict:
+    """``kiln eval`` of the run's best checkpoint: its report.json."""
+    kiln_process(["eval", "--checkpoint", str(run / "checkpoints/best.pt"), "--out", str(run / "eval")])
+    return json.loads((run / "eval/report.json").read_text())

@@ -16,14 +16,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
 
-from benchmarks.common import ROOT, cifar10_dir
+from benchmarks.common import ROOT, cifar10_dir, kiln_process, kiln_report
 
 CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 VARIANTS = {
@@ -34,7 +30,6 @@ VARIANTS = {
     "balanced softmax": ["trainer.loss=balanced_softmax"],
     "LDAM + DRW": ["trainer.loss=ldam", "trainer.loss_args={{scale: 1, drw_epoch: {drw}}}"],
 }
-ENV = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
 
 
 def longtail(root: Path, dest: Path, ratio: float = 100.0) -> list[int]:
@@ -84,29 +79,8 @@ def train(root: Path, csvs: Path, run: Path, cache: Path, epochs: int, extra: li
         "logging.tensorboard=false",
         *extra,
     ]
-    t0 = time.monotonic()
-    proc = subprocess.run([sys.executable, "-m", "kiln", *args], env=ENV, capture_output=True, text=True)
-    if proc.returncode:
-        raise SystemExit(f"kiln train failed:\n{proc.stderr[-2000:]}")
-    seconds = time.monotonic() - t0
-    report = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "kiln",
-            "eval",
-            "--checkpoint",
-            str(run / "checkpoints/best.pt"),
-            "--out",
-            str(run / "eval"),
-        ],
-        env=ENV,
-        capture_output=True,
-        text=True,
-    )
-    if report.returncode:
-        raise SystemExit(f"kiln eval failed:\n{report.stderr[-2000:]}")
-    rep = json.loads((run / "eval/report.json").read_text())
+    seconds = kiln_process(args)
+    rep = kiln_report(run)
     recalls = [rep["per_class"][c]["recall"] for c in CLASSES]
     return {
         "accuracy": rep["accuracy"],

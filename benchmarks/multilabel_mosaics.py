@@ -13,8 +13,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -25,10 +23,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from benchmarks.common import ROOT, cifar10_dir
+from benchmarks.common import ROOT, cifar10_dir, kiln_process, kiln_report
 
 CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
-ENV = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
 SETTINGS = {"batch": 64, "lr": 0.003, "wd": 5e-4, "widths": [32, 64, 128]}
 
 
@@ -65,25 +62,8 @@ def kiln_run(data: Path, run: Path, epochs: int) -> tuple[dict, float]:
         "trainer.progress=off",
         "logging.tensorboard=false",
     ]
-    t0 = time.monotonic()
-    subprocess.run([sys.executable, "-m", "kiln", *args], env=ENV, check=True, capture_output=True)
-    seconds = time.monotonic() - t0
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "kiln",
-            "eval",
-            "--checkpoint",
-            str(run / "checkpoints/best.pt"),
-            "--out",
-            str(run / "eval"),
-        ],
-        env=ENV,
-        check=True,
-        capture_output=True,
-    )
-    return json.loads((run / "eval/report.json").read_text()), seconds
+    seconds = kiln_process(args)
+    return kiln_report(run), seconds
 
 
 def _load(data: Path, split: str) -> tuple[torch.Tensor, torch.Tensor]:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -24,9 +23,7 @@ import threading
 import time
 from pathlib import Path
 
-from benchmarks.common import ROOT
-
-ENV = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+from benchmarks.common import KILN_ENV, ROOT
 
 
 class Timed:
@@ -37,7 +34,7 @@ class Timed:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "kiln", *args],
             cwd=cwd,
-            env=ENV,
+            env=KILN_ENV,
             text=True,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
@@ -86,7 +83,7 @@ def main() -> None:
     subprocess.run(
         [sys.executable, "-m", "kiln", "new", "proj", "--template", "photos", "--data", a.root],
         cwd=work,
-        env=ENV,
+        env=KILN_ENV,
         check=True,
         capture_output=True,
     )

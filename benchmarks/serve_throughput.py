@@ -12,7 +12,6 @@ Target on this CPU: 16 clients with dynamic batching >= 0.8 x kiln predict's ima
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import subprocess
 import sys
@@ -23,11 +22,10 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.common import ROOT
+from benchmarks.common import KILN_ENV, ROOT
 from kiln.serving.server import free_port, ready
 
 PHOTOS = ROOT / "data" / "hymenoptera_data"
-ENV = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
 
 
 def _ready(port: int) -> bool:
@@ -51,7 +49,7 @@ def serve(model: Path, port: int, extra: list[str]) -> subprocess.Popen:
             "photos",
             *extra,
         ],
-        env=ENV,
+        env=KILN_ENV,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
@@ -116,7 +114,7 @@ def main() -> None:
                     "trainer.progress=off",
                     "logging.tensorboard=false",
                 ],
-                env=ENV,
+                env=KILN_ENV,
                 check=True,
                 capture_output=True,
                 cwd=ROOT,

@@ -33,9 +33,18 @@ SLOW = [
 ]
 
 
+def _train_cmd(run: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "kiln", "train", "-c", DIGITS, f"run.dir={run}", *SLOW, *extra]
+
+
+def _train(run: Path, *extra: str) -> subprocess.CompletedProcess:
+    """A whole ``kiln train`` of the run, to its end."""
+    return subprocess.run(_train_cmd(run, *extra), env=ENV, capture_output=True, text=True, timeout=300)
+
+
 def _start(run: Path, *extra: str) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-m", "kiln", "train", "-c", DIGITS, f"run.dir={run}", *SLOW, *extra],
+        _train_cmd(run, *extra),
         env=ENV,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -105,18 +114,11 @@ def test_second_ctrl_c_exits_at_once_and_keeps_the_last_checkpoint(tmp_path: Pat
     (tmp_path / "slowcb.py").write_text(SLOW_CALLBACK)
     marker, run = tmp_path / "started", tmp_path / "run"
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "kiln",
-            "train",
-            "-c",
-            DIGITS,
-            f"run.dir={run}",
-            *SLOW,
+        _train_cmd(
+            run,
             "trainer.checkpoint.every_n_steps=1",
             f"callbacks=[{{name: 'slowcb:Slow', args: {{marker: '{marker}'}}}}]",
-        ],
+        ),
         env={**ENV, "PYTHONPATH": f"{ROOT / 'src'}{os.pathsep}{tmp_path}"},
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -161,25 +163,7 @@ def test_kill_9_at_random_moments_never_leaves_a_torn_checkpoint(tmp_path: Path)
         files = list((run / "checkpoints").glob("*.pt")) if (run / "checkpoints").exists() else []
         for f in files:
             checkpoint.load(f)  # every file present is complete (temp files are never named *.pt)
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "kiln",
-            "train",
-            "-c",
-            DIGITS,
-            f"run.dir={run}",
-            *SLOW,
-            *args,
-            "--resume",
-            "auto",
-        ],
-        env=ENV,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    done = _train(run, *args, "--resume", "auto")
     assert done.returncode == 0, done.stderr
     assert json.loads((run / "summary.json").read_text())["epochs_run"] == 2
 
@@ -374,25 +358,7 @@ def test_a_second_train_into_a_live_run_folder_is_refused_and_a_dead_one_holds_n
     assert "choose another run.dir" in second.stderr
     first.kill()  # a dead process: the kernel released its lock
     first.wait()
-    resumed = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "kiln",
-            "train",
-            "-c",
-            DIGITS,
-            f"run.dir={tmp_path}",
-            *SLOW,
-            "trainer.epochs=1",
-            "--resume",
-            "auto",
-        ],
-        env=ENV,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    resumed = _train(tmp_path, "trainer.epochs=1", "--resume", "auto")
     assert resumed.returncode == 0, resumed.stderr
 
 
@@ -409,25 +375,7 @@ def test_kill_resume_cycles_keep_each_epoch_once_and_end_as_an_uninterrupted_run
         time.sleep(rng.uniform(2.0, 6.0))
         proc.kill()
         proc.wait()
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "kiln",
-            "train",
-            "-c",
-            DIGITS,
-            f"run.dir={run}",
-            *SLOW,
-            *args,
-            "--resume",
-            "auto",
-        ],
-        env=ENV,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    done = _train(run, *args, "--resume", "auto")
     assert done.returncode == 0, done.stderr
     epochs = [json.loads(ln)["epoch"] for ln in (run / "metrics.jsonl").read_text().splitlines()]
     assert epochs == [1, 2, 3, 4]

@@ -147,7 +147,9 @@ class SlowEval(nn.Module):
 
     def __init__(self, num_classes, in_channels, image_size, marker):
         super().__init__()
-        self.net = nn.Sequential(nn.Flatten(), nn.Linear(in_channels * image_size[0] * image_size[1], num_classes))
+        pixels = in_channels * image_size[0] * image_size[1]
+        self.net = nn.Sequential(nn.Flatten(), nn.Linear(pixels, num_classes))
+
         self.marker = Path(marker)
 
     def forward(self, x):

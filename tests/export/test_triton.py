@@ -33,7 +33,8 @@ def onnx_model_dir(base: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def libtorch_model_dir(base: Path) -> Path:
-    """Written directly (no export verification, already covered elsewhere): a traced lenet in a repository."""
+    """Written directly (export verification is covered elsewhere): a traced lenet in a repository."""
+
     restored = restore(trained("lenet", base))
     repo = base / "triton-libtorch"
     model_dir, path = repository.write_repository(

@@ -81,10 +81,8 @@ def test_a_wrong_model_name_lists_the_servers_models(
     url = f"http://{triton.http_url}"
     assert main(["predict", "--url", url, "--name", "fotos", files[0]]) == 2
     err = capsys.readouterr().err
-    assert (
-        err
-        == f"kiln: error: --name 'fotos': no such model at {url}; it serves: photos (choose one with --name)\n"
-    )
+    expected = f"--name 'fotos': no such model at {url}; it serves: photos (choose one with --name)"
+    assert err == f"kiln: error: {expected}\n"
 
 
 def test_explain_is_local_only(

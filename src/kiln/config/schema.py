@@ -222,9 +222,10 @@ class TrainerConfig(_Strict):
     class_weights: Literal["balanced"] | list[float] | None = None
 
     loss_args: dict[str, Any] = {}
-    metrics: list[
-        str
-    ] = []  # extra val metrics: "module:fn" with fn(logits, labels) -> float, logged as val_<fn>
+    # extra val metrics: built-in names (top5, balanced_accuracy, macro_f1, map) or "module:fn" with
+    # fn(logits, labels) -> float, logged as val_<name>
+    metrics: list[str] = []
+
     early_stopping: EarlyStoppingConfig | None = None
     on_nan: Literal["stop", "skip"] = "stop"  # a non-finite loss: stop (checkpoints kept) or skip that step
     unfreeze: UnfreezeConfig | None = None  # gradual unfreezing of model.freeze'd parameters
