@@ -13,6 +13,7 @@ from kiln import checkpoint as ckpt
 from kiln.config import DataConfig, ModelConfig
 from kiln.data import Preset, build, image_spec
 from kiln.data.sources import list_source
+from kiln.errors import KilnError
 from kiln.models.preprocessing import weights_preprocessing
 from tests.conftest import write_png_folder
 
@@ -45,7 +46,13 @@ def test_kiln_checkpoint_record_and_library_defaults(tmp_path: Path) -> None:
     ckpt.save(
         {
             "model_state_dict": {},
-            "preprocess": {"image_size": [32, 32], "mean": [0.1], "std": [0.3], "resize": "none"},
+            "preprocess": {
+                "in_channels": 1,
+                "image_size": [32, 32],
+                "mean": [0.1],
+                "std": [0.3],
+                "resize": "none",
+            },
         },
         tmp_path / "best.pt",
     )
@@ -94,3 +101,10 @@ def test_the_config_wins_over_the_weights_and_scratch_measures(tmp_path: Path) -
     measured = build(cfg, 0, torch.device("cpu")).transform.mean
     assert measured != [0.5, 0.5, 0.5]
     assert 0.1 < measured[0] < 0.9
+
+
+def test_a_damaged_checkpoint_record_is_one_line_naming_the_file(tmp_path: Path) -> None:
+    record = {"in_channels": 3, "image_size": [32, 32], "mean": [0.1], "std": [0.3]}  # 1 mean for 3 channels
+    ckpt.save({"model_state_dict": {}, "preprocess": record}, tmp_path / "best.pt")
+    with pytest.raises(KilnError, match=r"model.pretrained: .*best.pt: its preprocessing record: mean/std"):
+        weights_preprocessing(ModelConfig(name="lenet", pretrained=str(tmp_path / "best.pt")))

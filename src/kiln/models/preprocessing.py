@@ -13,6 +13,7 @@ import kiln.checkpoint as ckpt
 from kiln.config import ModelConfig
 from kiln.errors import CheckpointError, clip
 from kiln.models import parse_name
+from kiln.spec import Preprocess
 
 
 def _floats(v: Any) -> tuple[float, ...]:
@@ -44,7 +45,7 @@ def _from_file(path: Path) -> dict[str, Any]:
         pre = ckpt.load(path, "model.pretrained").get("preprocess") or {}
     except CheckpointError:
         return {}  # a plain state_dict: no record of its own (read_weights reports a bad file)
-    return _parsed(path, "preprocessing record", _from_record, pre)
+    return _from_record(pre, path) if pre else {}
 
 
 def _parsed(path: Path, what: str, parse: Callable[[Any], dict[str, Any]], record: Any) -> dict[str, Any]:
@@ -57,15 +58,12 @@ def _parsed(path: Path, what: str, parse: Callable[[Any], dict[str, Any]], recor
         ) from None
 
 
-def _from_record(pre: dict[str, Any]) -> dict[str, Any]:
-    """A kiln checkpoint's ``preprocess`` record (image_size, mean, std; crop settings when cropping)."""
-    out = (
-        {"image_size": tuple(pre["image_size"]), "mean": tuple(pre["mean"]), "std": tuple(pre["std"])}
-        if pre
-        else {}
-    )
-    if pre.get("resize") == "crop":
-        out.update(crop_pct=pre["crop_pct"], interpolation=pre["interpolation"])
+def _from_record(record: Any, path: Path) -> dict[str, Any]:
+    """A kiln checkpoint's typed ``Preprocess`` record: image_size, mean, std; crop settings when cropping."""
+    pre = Preprocess.from_json(record, f"model.pretrained: {path}: its preprocessing record")
+    out: dict[str, Any] = {"image_size": pre.spec.size, "mean": pre.mean, "std": pre.std}
+    if pre.spec.resize == "crop":
+        out.update(crop_pct=pre.spec.crop_pct, interpolation=pre.spec.interpolation)
     return out
 
 
