@@ -34,6 +34,16 @@ def test_truncated_file_is_reported(tmp_path: Path) -> None:
         checkpoint.load(p)
 
 
+@pytest.mark.parametrize("content", [b"hello world\n", b"model: resnet\nlr: 0.1\n", bytes(range(256)) * 4])
+def test_a_file_of_another_kind_says_so_without_a_bare_number(tmp_path: Path, content: bytes) -> None:
+    p = tmp_path / "notes.pt"
+    p.write_bytes(content)
+    with pytest.raises(
+        CheckpointError, match=r"notes.pt is not a PyTorch file \(damaged, truncated or another"
+    ):
+        checkpoint.load(p)
+
+
 def test_save_is_atomic_and_leaves_no_temp(tmp_path: Path) -> None:
     p = tmp_path / "c" / "last.pt"
     checkpoint.save({"model_state_dict": {"w": torch.zeros(3)}}, p)

@@ -46,6 +46,7 @@ def test_json_config(tmp_path: Path) -> None:
         ("optimizer.lr=-1", "optimizer.lr: Input should be greater than 0"),
         ("traner.epochs=3", "traner: unknown key — did you mean 'trainer'?"),
         ("optimizer.name=adamm", "did you mean 'adam'?"),
+        ("trainer.epochs=abc", "trainer.epochs: should be an integer or a number (got 'abc')"),
     ],
 )
 def test_bad_values_name_the_key(override: str, expected: str) -> None:

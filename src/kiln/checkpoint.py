@@ -97,6 +97,12 @@ def _load_safe(path: Path, key: str) -> Any:
     except Exception as e:  # RuntimeError, EOFError, BadZipFile...: whatever a damaged file raises
         if path.stat().st_size == 0:
             raise CheckpointError(f"{key}: {path} is empty (0 bytes); was it copied completely?") from None
+        if not any(
+            c.isalpha() for c in str(e)
+        ):  # text or random bytes read as a legacy pickle: "KeyError: 105"
+            raise CheckpointError(
+                f"{key}: {path} is not a PyTorch file (damaged, truncated or another format?)"
+            ) from None
         raise CheckpointError(
             f"{key}: {path}: not a readable checkpoint (damaged or truncated?): {_first_line(e)}"
         ) from None

@@ -45,6 +45,11 @@ def log(msg: str) -> None:
     LOGGER.info(msg)
 
 
+def log_to_file(msg: str) -> None:
+    """A line for the log file only (one the terminal has seen already, e.g. the CLI's error line)."""
+    LOGGER.info(msg, extra=FILE_ONLY)
+
+
 def warn(msg: str) -> None:
     LOGGER.warning(f"kiln: warning: {msg}")
 
@@ -110,13 +115,15 @@ class Progress:
         every: float = EVERY_S,
         scale: float = 1.0,
         announce: bool = True,
+        start: float | None = None,
     ) -> None:
         """``announce``: print the start and end lines; False for a phase that is usually short (a
-        validation): it speaks only once it has run for ``every`` seconds."""
+        validation): it speaks only once it has run for ``every`` seconds. ``start``: when the phase began
+        (``time.perf_counter()``), if before this object was made."""
         self.desc, self.total, self.unit, self.every, self.announce = desc, total, unit, every, announce
         self.scale = scale  # items per step counted (e.g. images per batch) for the rate shown
-        self.done, self.t0 = 0, time.perf_counter()
-        self.last_line = self.t0
+        self.done, self.t0 = 0, time.perf_counter() if start is None else start
+        self.last_line = self.last_set = self.t0
         self.postfix: dict[str, Any] = {}
         self.bar: Any = None
         if bar_enabled() if bar is None else bar:
@@ -139,7 +146,10 @@ class Progress:
                 self.bar.set_postfix({k: f"{v:.4f}" for k, v in postfix.items()}, refresh=False)
         self.done, self.postfix = done, postfix or self.postfix
         now = time.perf_counter()
-        if now - self.last_line >= self.every and done < self.total:
+        # updates seconds apart (training steps of a big model on a CPU): speak now if waiting for the next
+        # one, likely as far away as this one was, would leave more than `every` without a line
+        next_update, self.last_set = now - self.last_set, now
+        if now - self.last_line + next_update >= self.every:
             self.last_line = now
             self._line(self.status(now), to_terminal=self.bar is None)
 

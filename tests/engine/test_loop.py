@@ -168,6 +168,45 @@ def test_a_stop_as_a_step_completes_ends_at_its_boundary() -> None:
     assert loader.state_dict() == {"epoch": 0, "position": 2}
 
 
+def test_a_stop_during_a_long_backward_cuts_it() -> None:
+    loader = _loader()
+    torch.manual_seed(0)
+    # 1.07M parameters: big enough to be watched from the first step (LongSteps.BIG)
+    model = nn.Sequential(
+        nn.Flatten(), nn.Linear(16, 1024), nn.ReLU(), nn.Linear(1024, 1024), nn.Linear(1024, 3)
+    )
+    before = [p.detach().clone() for p in model.parameters()]
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    transform = BatchTransform([0.5], [0.25], AugmentConfig(), 0)
+    state = TrainState()
+    # asked by the 5 leaves' forward hooks, after the forward, then by the first gradient hook: a stop
+    out = train_one_epoch(
+        model, F.cross_entropy, opt, loader, transform, state, StepOptions(), should_stop=_stop_after(7)
+    )
+    assert out["interrupted"]
+    assert state.step == 0  # without the gradient hook the step would complete first
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+    assert all(p.grad is None for p in model.parameters())
+    assert loader.state_dict() == {"epoch": 0, "position": 0}
+
+
+def test_a_stop_at_the_epochs_last_step_keeps_the_epoch() -> None:
+    state = TrainState()
+    model, opt, transform = _setup()
+    out = train_one_epoch(
+        model,
+        F.cross_entropy,
+        opt,
+        _loader(),
+        transform,
+        state,
+        StepOptions(),
+        should_stop=lambda: state.step >= 4,  # 32 images in batches of 8: after the last step
+    )
+    assert not out["interrupted"]  # trained: its validation comes next (and is kept pending if stopped)
+    assert out["train_loss"] > 0
+
+
 class _Record(Callback):
     def __init__(self) -> None:
         self.progress: list[tuple[int, int]] = []

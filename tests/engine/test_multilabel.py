@@ -5,6 +5,7 @@ in the checkpoint, and the evaluation's numbers equal to scikit-learn's."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,7 @@ import sklearn.metrics as skm
 import torch
 
 from kiln import checkpoint as ckpt
+from kiln.cli import main
 from kiln.config import load_config
 from kiln.engine.trainer import fit
 from kiln.errors import ConfigError
@@ -98,6 +100,15 @@ def test_the_report_equals_sklearn(trained: Path, tmp_path: Path) -> None:
         assert rep["per_class"][c]["f1"] == pytest.approx(f[i], abs=1e-6)
         assert rep["per_class"][c]["precision"] == pytest.approx(p[i], abs=1e-6)
         assert rep["per_class"][c]["recall"] == pytest.approx(r[i], abs=1e-6)
+
+
+def test_kiln_eval_prints_the_map_line(
+    trained: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["eval", "--checkpoint", str(trained / "checkpoints/best.pt"), "--out", str(tmp_path)]) == 0
+    assert re.search(
+        r"test: mAP 0\.\d{4}, macro F1 0\.\d{4} at the tuned thresholds", capsys.readouterr().out
+    )
 
 
 def test_the_tuned_thresholds_beat_one_half_on_f1(trained: Path, tmp_path: Path) -> None:

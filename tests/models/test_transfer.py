@@ -157,3 +157,15 @@ def test_bad_freeze_pattern_and_summary_table(tmp_path: Path, capsys: pytest.Cap
     assert "frozen" in out
     assert "stem" in out
     assert json.loads((tmp_path / "b/summary.json").read_text())["epochs_run"] == 1
+
+
+def test_a_new_head_on_loaded_weights_starts_small(imagenet_weights: Path) -> None:
+    import timm
+
+    from kiln.models.transfer import load_pretrained
+
+    torch.manual_seed(0)
+    model = timm.create_model("tf_efficientnet_lite0", num_classes=3)  # timm's head init: U(+-1/sqrt(3))
+    load_pretrained(model, imagenet_weights, strict=True, head="classifier")
+    bound = 1 / model.classifier.in_features**0.5  # nn.Linear's own init, U(+-1/sqrt(1280))
+    assert model.classifier.weight.abs().max() <= bound

@@ -11,17 +11,26 @@ def run(args: argparse.Namespace) -> int:
 
     add_project_path(args.config)  # a project's own modules (imports:): beside its config or in the cwd
     rep = evaluate_checkpoint(args.checkpoint, args.split, args.out, args.overrides, args.config, args.topk)
-    top5 = f", top-5 {rep['top5_accuracy']:.4f}" if "top5_accuracy" in rep else ""
-    print(
-        f"{rep['split']}: accuracy {rep['accuracy']:.4f}{top5}, macro F1 {rep['macro']['f1']:.4f}, "
-        f"loss {rep['loss']:.4f}, ECE {rep['ece']:.4f} on {rep['num_samples']:,} images "
-        f"({rep['seconds']:.1f} s)"
-    )
+    print(f"{rep['split']}: {headline(rep)} on {rep['num_samples']:,} images ({rep['seconds']:.1f} s)")
     print(
         f"report: {rep['report_html']}  (and report.json, predictions.csv, mistakes.csv, PNGs in "
         f"{rep['out_dir']})"
     )
     return 0
+
+
+def headline(rep: dict) -> str:
+    """The report's main figures in one line: multi-label reports have no accuracy or ECE, but mAP."""
+    if "map_macro" in rep:
+        return (
+            f"mAP {rep['map_macro']:.4f}, macro F1 {rep['macro']['f1']:.4f} at the tuned thresholds, "
+            f"subset accuracy {rep['subset_accuracy']:.4f}, loss {rep['loss']:.4f}"
+        )
+    top5 = f", top-5 {rep['top5_accuracy']:.4f}" if "top5_accuracy" in rep else ""
+    return (
+        f"accuracy {rep['accuracy']:.4f}{top5}, macro F1 {rep['macro']['f1']:.4f}, loss {rep['loss']:.4f}, "
+        f"ECE {rep['ece']:.4f}"
+    )
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:

@@ -136,6 +136,34 @@ def _describe(err: dict[str, Any]) -> str:
     return f"{key}: {msg} (got {brief(err.get('input'))})" if "input" in err and loc else f"{key}: {msg}"
 
 
+_SCALARS = {
+    "int": "an integer",
+    "float": "a number",
+    "str": "a string",
+    "bool": "true or false",
+    "none": "null",
+}
+
+
+def _merge_unions(errors: list[Any]) -> list[dict[str, Any]]:
+    """``epochs: int | float`` given 'abc' fails once per member (``trainer.epochs.int``, ``...float``):
+    one error, "trainer.epochs: should be an integer or a number"."""
+    merged: dict[tuple, dict[str, Any]] = {}
+    out = []
+    for err in errors:
+        loc = tuple(err["loc"])
+        if not loc or loc[-1] not in _SCALARS:
+            out.append(err)
+            continue
+        first = merged.setdefault(loc[:-1], {**err, "loc": loc[:-1], "members": []})
+        first["members"].append(_SCALARS[str(loc[-1])])
+    for err in merged.values():
+        if len(err["members"]) > 1:
+            err = {**err, "type": "union", "msg": f"should be {' or '.join(err['members'])}"}
+        out.append(err)
+    return out
+
+
 SHOWN = 8  # problems one error line lists (a file of 10,000 unknown keys is one mistake, shown 8 times)
 
 
@@ -143,7 +171,7 @@ def validate(raw: dict[str, Any]) -> Config:
     try:
         return Config.model_validate(raw)
     except ValidationError as e:
-        lines = sorted({_describe(err) for err in e.errors()})
+        lines = sorted({_describe(err) for err in _merge_unions(e.errors())})
         more = f"; and {len(lines) - SHOWN} more" if len(lines) > SHOWN else ""
         raise ConfigError("invalid config: " + "; ".join(lines[:SHOWN]) + more) from None
 

@@ -4,6 +4,7 @@ one line per epoch always."""
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from kiln.console import Progress, epoch_line, log
@@ -15,6 +16,10 @@ class ProgressBar(Callback):
         self.epochs, self.use_bar, self.has_val, self.batch_size = epochs, bar, has_val, batch_size
         self.progress: Progress | None = None
         self.epoch = -1
+        self.started = time.perf_counter()  # the epoch's training steps began (after its feed's preparation)
+
+    def on_epoch_start(self, epoch: int) -> None:
+        self.started = time.perf_counter()
 
     def on_progress(self, epoch: int, batch: int, batches: int, loss: float, acc: float) -> None:
         if self.progress is None or self.epoch != epoch:
@@ -27,6 +32,7 @@ class ProgressBar(Callback):
                 bar=self.use_bar,
                 scale=self.batch_size,
                 announce=False,
+                start=self.started,
             )
         self.progress.set(batch, loss=loss, acc=acc)
 

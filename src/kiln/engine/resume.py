@@ -50,4 +50,5 @@ def find_resume(run: RunDir) -> str | None:
             return str(p)
         except CheckpointError as e:
             log(f"kiln: skipping {p}: {e}")
+    log(f"kiln: --resume auto: no checkpoint in {run.root / 'checkpoints'} yet; starting from the beginning")
     return None

@@ -17,7 +17,7 @@ import torch
 import kiln.checkpoint as ckpt
 from kiln import signals
 from kiln.config import Config, dump_config
-from kiln.console import log, log_file, quiet
+from kiln.console import log, log_file, log_to_file, quiet
 from kiln.engine import distributed
 from kiln.engine.callbacks import Callback, FitInfo
 from kiln.engine.evaluate import evaluate
@@ -50,7 +50,13 @@ def fit(
             signals.install(),
             log_file(run_dir.log if dist.is_main else None),
         ):
-            summary = _fit(cfg, dist, resume, extra_callbacks or [])
+            try:
+                summary = _fit(cfg, dist, resume, extra_callbacks or [])
+            except KilnError as e:  # the line the CLI prints, and the signal that caused it, in train.log
+                if signals.received() is not None:
+                    log_to_file(f"kiln: {signals.received_name()} received")
+                log_to_file(f"kiln: error: {e}")
+                raise
         distributed.barrier(dist)  # no rank tears its process group down while another still talks to it
         return summary
     except torch.OutOfMemoryError:
@@ -179,10 +185,10 @@ def run_epoch(run: Run, epoch: int) -> dict[str, Any]:
     set_epoch = getattr(run.criterion, "set_epoch", None)
     if callable(set_epoch):  # a loss with a schedule of its own (LDAM's deferred re-weighting)
         set_epoch(epoch)
-    run.callbacks.epoch_start(epoch)
     t0 = time.perf_counter()
     inputs = run.feed.epoch_inputs(epoch)  # a decode or a feature pass happens here, the first time
     prepare_seconds = time.perf_counter() - t0
+    run.callbacks.epoch_start(epoch)  # its training begins now
     inputs.loader.set_epoch(epoch)
     limit = math.ceil((cfg.trainer.epochs - epoch) * len(inputs.loader)) if epoch + 1 == epochs else None
     if run.state.pending is not None:  # trained before an interrupted validation: validate it now

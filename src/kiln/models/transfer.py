@@ -55,6 +55,12 @@ def load_pretrained(model: nn.Module, path: str | Path, strict: bool, head: str)
             f"architecture as model.name?"
         )
     result = model.load_state_dict({k: v for k, v in state.items() if k not in skipped}, strict=False)
+    reset = getattr(model.get_submodule(head), "reset_parameters", None)
+    if skipped and callable(reset):
+        # a new class count: the head starts as a fresh nn.Linear does (U(+-1/sqrt(in_features))). timm
+        # builds EfficientNet heads with U(+-1/sqrt(classes)): for 3 classes logits in the tens, a first
+        # train loss of 7.7 instead of ln 3 and a frozen head stuck at chance (measured)
+        reset()
     missing = [k for k in result.missing_keys if not k.startswith(head + ".")]
     if strict and (missing or result.unexpected_keys):
         raise ConfigError(

@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from types import FrameType
 from typing import Any
 
-from kiln.engine.signals import EXIT_CODES
+from kiln.signals import EXIT_CODES
 
 
 def _say(message: str) -> None:
