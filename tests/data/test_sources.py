@@ -88,6 +88,7 @@ def test_csv_source_names_and_ints(png_folder: Path, tmp_path: Path) -> None:
         ("train/cat/0.png,bird", r"test.csv:3: label 'bird' is not one of"),
         ("../outside.png,cat", r"train.csv:3: path '../outside.png' is empty or outside the data root"),
         ("train/cat/missing.png,cat", r"train.csv:3: image file not found"),
+        ("train/cat/2.png,cat,extra", r"train.csv:3: more fields than the header's 2 \(extra: 'extra'\)"),
     ],
 )
 def test_csv_bad_rows_are_named(png_folder: Path, row: str, message: str) -> None:

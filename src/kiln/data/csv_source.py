@@ -75,6 +75,15 @@ def read_rows(path: Path, cfg: DataConfig, root: Path, skipped: list[str]) -> Ro
         base = os.path.abspath(root)
         for row_no, row in enumerate(reader, start=2):  # row 1 is the header
             where = f"{path}:{row_no}"
+            if None in row:  # DictReader keeps the fields past the header's under None
+                extra = ",".join(row[None])[:80]  # type: ignore[index]
+                _bad(
+                    cfg,
+                    skipped,
+                    f"{where}: more fields than the header's {len(reader.fieldnames or [])} (extra: "
+                    f"{extra!r}); a comma inside a file name or label needs quotes",
+                )
+                continue
             rel = (row[col_path] or "").strip()
             # normpath, not resolve(): string work only, ~10x faster over 60k rows; ".." is still caught
             file = os.path.normpath(os.path.join(base, rel))
