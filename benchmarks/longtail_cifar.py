@@ -2,7 +2,7 @@
 exponentially from 5,000 to 50 train images, 12,406 in all), tested on the balanced test set, plain
 cross-entropy against kiln's imbalance options, side by side in one run at the same epoch budget:
 
-    python -m benchmarks.longtail_cifar [--epochs 15] [--root data/cifar10]
+    python -m benchmarks.longtail_cifar [--epochs 10] [--root data/cifar10]
 
 On a balanced test set the accuracy is the balanced accuracy (mean per-class recall). Every variant trains
 the same model (kiln's resnet_small, CIFAR augmentation: 4 px crops and flips) with the same schedule, seed
@@ -96,7 +96,7 @@ def train(root: Path, csvs: Path, run: Path, cache: Path, epochs: int, extra: li
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--root", help="the CIFAR-10 JPEG folder (default: data/cifar10, unpacked when needed)")
-    p.add_argument("--epochs", type=int, default=15)
+    p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--only", nargs="*", help="run only these variants")
     p.add_argument("--out", default=str(ROOT / "benchmarks/results/longtail_cifar.json"))
     a = p.parse_args()
