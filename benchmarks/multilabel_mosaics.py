@@ -71,7 +71,7 @@ def _load(data: Path, split: str) -> tuple[torch.Tensor, torch.Tensor]:
         rows = list(csv.DictReader(f))
     x = torch.stack(
         [
-            torch.from_numpy(np.asarray(Image.open(data / r["filepath"]).convert("RGB"))).permute(2, 0, 1)
+            torch.from_numpy(np.array(Image.open(data / r["filepath"]).convert("RGB"))).permute(2, 0, 1)
             for r in rows
         ]
     )
