@@ -78,6 +78,10 @@ def _first_line(e: BaseException) -> str:
     return clip(str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__)
 
 
+def _not_pytorch(key: str, path: Path) -> CheckpointError:
+    return CheckpointError(f"{key}: {path} is not a PyTorch file (damaged, truncated or another format?)")
+
+
 def _load_safe(path: Path, key: str) -> Any:
     """``torch.load(weights_only=True)``: tensors and plain values only; errors as one line naming the
     file."""
@@ -87,9 +91,7 @@ def _load_safe(path: Path, key: str) -> Any:
         # "Unsupported global: GLOBAL m.f" or "unsupported GLOBAL m.f whose module m is blocked": an object
         refused = [ln.strip() for ln in str(e).splitlines() if "global" in ln.lower()]
         if not refused:  # not a pickle at all (random bytes, another format): "Unsupported operand 61"
-            raise CheckpointError(
-                f"{key}: {path} is not a PyTorch file (damaged, truncated or another format?)"
-            ) from None
+            raise _not_pytorch(key, path) from None
         raise CheckpointError(
             f"{key}: {path}: refused, it holds objects other than tensors and plain values "
             f"({clip(refused[0])}); kiln never unpickles code from a file"
@@ -97,12 +99,9 @@ def _load_safe(path: Path, key: str) -> Any:
     except Exception as e:  # RuntimeError, EOFError, BadZipFile...: whatever a damaged file raises
         if path.stat().st_size == 0:
             raise CheckpointError(f"{key}: {path} is empty (0 bytes); was it copied completely?") from None
-        if not any(
-            c.isalpha() for c in str(e)
-        ):  # text or random bytes read as a legacy pickle: "KeyError: 105"
-            raise CheckpointError(
-                f"{key}: {path} is not a PyTorch file (damaged, truncated or another format?)"
-            ) from None
+        # text or random bytes read as a legacy pickle fail with a bare number: "KeyError: 105"
+        if not any(c.isalpha() for c in str(e)):
+            raise _not_pytorch(key, path) from None
         raise CheckpointError(
             f"{key}: {path}: not a readable checkpoint (damaged or truncated?): {_first_line(e)}"
         ) from None

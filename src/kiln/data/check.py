@@ -53,7 +53,8 @@ def check(cfg: Config, preset: Preset | None = None) -> CheckReport:
         f"images: {spec.channels} channel(s), {spec.size[0]}x{spec.size[1]}{resized}",
         *raw.notes,
     ]
-    warnings_early: list[str] = []
+    split_warnings: list[str] = []
+    train_counts: list[int] = []
     header = ["split", "images", *classes[:12], *(["..."] if len(classes) > 12 else [])]
     rows = [header]
     for name in ("train", "val", "test"):
@@ -61,12 +62,13 @@ def check(cfg: Config, preset: Preset | None = None) -> CheckReport:
         if split is None:
             continue
         counts = data_plan.counts(name)  # multi-label: the images that carry each label
+        train_counts = counts if name == "train" else train_counts
         rows.append([name, str(len(split)), *[str(n) for n in counts[:12]]])
         empty = [c for c, n in zip(classes, counts, strict=True) if n == 0]
         if empty and name == "train":
             problems.append(f"{name}: classes with no images: {empty[:20]}")
-        elif empty and data_plan.split("train") is not None:
-            warnings_early.append(
+        elif empty:
+            split_warnings.append(
                 f"{name}: no image of {empty[:20]}: its metrics leave these classes out (a larger "
                 f"data.val_split, or a {name} split of your own that has them)"
             )
@@ -74,8 +76,8 @@ def check(cfg: Config, preset: Preset | None = None) -> CheckReport:
         problems.append(f"train: {len(raw.train)} images, fewer than one batch ({cfg.data.batch_size})")
     widths = [max(len(r[c]) if c < len(r) else 0 for r in rows) for c in range(len(header))]
     lines += ["  ".join(v.rjust(w) for v, w in zip(r, widths, strict=False)) for r in rows]
-    line, warnings = balance(data_plan.counts("train"), classes)
-    warnings = warnings_early + warnings
+    line, skew = balance(train_counts, classes)
+    warnings = split_warnings + skew
     lines.append(line)
     lines += [f"warning: {w}" for w in warnings]
     lines.append(f"problems: {len(problems)}" + "".join(f"\n  {p}" for p in problems))
