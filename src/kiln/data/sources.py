@@ -107,7 +107,7 @@ def _list_folder(
     for c in found:
         entries = sorted(p for p in (split_dir / c).iterdir() if not p.name.startswith("."))
         files = [p for p in entries if p.suffix.lower() in IMAGE_EXTENSIONS]
-        others += [p for p in entries if p not in files and p.is_file()]
+        others += [p for p in entries if p.suffix.lower() not in IMAGE_EXTENSIONS and p.is_file()]
         if not files:
             msg = f"{split_dir / c}: class folder has no images ({', '.join(sorted(IMAGE_EXTENSIONS))})"
             if problems is None:

@@ -50,7 +50,7 @@ def run_trial(sampled: dict[str, Any], search: Search) -> None:
 
     from kiln.engine.trainer import fit
 
-    trial_dir = Path(tune.get_context().get_trial_dir())
+    trial_dir = _trial_folder(tune)
     overrides = [
         *search.trial_overrides(sampled),
         f"run.dir={trial_dir / 'run'}",
@@ -65,6 +65,19 @@ def run_trial(sampled: dict[str, Any], search: Search) -> None:
             resume = str(trial_dir / "restored-last.pt")
             shutil.copy2(Path(d) / "last.pt", resume)
     fit(cfg, resume=resume, extra_callbacks=[ReportToTune()])
+
+
+def _trial_folder(tune: Any) -> Path:
+    """The trial's own folder in --out, where its kiln run is written. Not Ray's `get_trial_dir()`: that is a
+    staging folder the driver copies into --out every few seconds (pyarrow copy_files), so every checkpoint
+    was written twice, and a checkpoint's temp file renamed while the copy listed it printed a
+    FileNotFoundError traceback from Ray's syncer (seen in CI)."""
+    storage = tune.get_context().get_storage()
+    if storage.storage_filesystem.type_name != "local":  # storage kiln does not set up: Ray's staging
+        return Path(tune.get_context().get_trial_dir())
+    folder = Path(storage.trial_fs_path)
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
 
 
 @dataclass(frozen=True)
