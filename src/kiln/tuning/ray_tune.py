@@ -71,11 +71,9 @@ def _trial_folder(tune: Any) -> Path:
     """The trial's own folder in --out, where its kiln run is written. Not Ray's `get_trial_dir()`: that is a
     staging folder the driver copies into --out every few seconds (pyarrow copy_files), so every checkpoint
     was written twice, and a checkpoint's temp file renamed while the copy listed it printed a
-    FileNotFoundError traceback from Ray's syncer (seen in CI)."""
-    storage = tune.get_context().get_storage()
-    if storage.storage_filesystem.type_name != "local":  # storage kiln does not set up: Ray's staging
-        return Path(tune.get_context().get_trial_dir())
-    folder = Path(storage.trial_fs_path)
+    FileNotFoundError traceback from Ray's syncer (seen in CI). --out is always a local path (new_tuner's
+    storage_path), so the trial's storage path is a local folder."""
+    folder = Path(tune.get_context().get_storage().trial_fs_path)
     folder.mkdir(parents=True, exist_ok=True)
     return folder
 
