@@ -111,6 +111,19 @@ def write_png_folder(
     return root
 
 
+def multi_label_csvs(root: Path, classes: list[str], splits: tuple[str, ...] = ("train", "val")) -> Path:
+    """The photos of an image folder again as multi-label data: <split>.csv rows of 0-3 of ``classes``
+    each (seeded), for data.source=csv with data.csv.multi_label."""
+    rng = np.random.default_rng(0)
+    for split in splits:
+        rows = ["filepath,label"]
+        for path in sorted((root / split).rglob("*.png")):
+            labels = [c for c in classes if rng.random() < 0.5]
+            rows.append(f"{path.relative_to(root)},{' '.join(labels)}")
+        (root / f"{split}.csv").write_text("\n".join(rows) + "\n")
+    return root
+
+
 @pytest.fixture
 def png_folder(tmp_path: Path) -> Path:
     return write_png_folder(tmp_path / "imgs", ["cat", "dog", "frog"], per_class=12)

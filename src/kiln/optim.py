@@ -128,6 +128,19 @@ def build_scheduler(
     )
 
 
+def advance(
+    optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LambdaLR, steps: int
+) -> None:
+    """Move the schedule ``steps`` optimizer steps on without taking them (epochs a solve stood for), so
+    what trains next does so at the LR the schedule gives there."""
+    scheduler.last_epoch += steps
+    for group, base, factor in zip(
+        optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas, strict=True
+    ):
+        group["lr"] = base * factor(scheduler.last_epoch)
+    scheduler._last_lr = [g["lr"] for g in optimizer.param_groups]  # noqa: SLF001
+
+
 def add_param_group(
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LambdaLR,

@@ -90,3 +90,35 @@ def test_nothing_is_decoded_until_the_pixels_are_needed(tmp_path: Path) -> None:
     assert not list(cache.glob("images-*.npy"))  # planned and loaded, not decoded
     next(iter(data.train))
     assert len(list(cache.glob("images-*.npy"))) == 1  # the train split, on its first batch
+
+
+def test_a_carved_val_split_holds_every_class() -> None:
+    from kiln.data.build import stratified
+
+    labels = [0] * 60 + [1] * 30 + [2] * 3
+    held = stratified(labels, 0.1, torch.Generator().manual_seed(0))
+    assert sorted({labels[i] for i in held}) == [0, 1, 2]
+
+
+def test_a_carved_val_split_keeps_each_class_share() -> None:
+    from kiln.data.build import stratified
+
+    labels = [0] * 60 + [1] * 30 + [2] * 10
+    held = stratified(labels, 0.2, torch.Generator().manual_seed(0))
+    assert [sum(labels[i] == k for i in held) for k in range(3)] == [12, 6, 2]
+
+
+def test_a_carved_multi_label_val_split_holds_every_label() -> None:
+    from kiln.data.build import stratified
+
+    labels = [(0,)] * 50 + [(0, 1)] * 20 + [(2,)] * 2 + [()] * 10
+    held = stratified(labels, 0.05, torch.Generator().manual_seed(0))
+    assert {k for i in held for k in labels[i]} == {0, 1, 2}
+
+
+def test_a_class_of_one_image_stays_in_train() -> None:
+    from kiln.data.build import stratified
+
+    labels = [0] * 40 + [1]
+    held = stratified(labels, 0.1, torch.Generator().manual_seed(0))
+    assert 40 not in held

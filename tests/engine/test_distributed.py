@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import kiln
-from tests.conftest import ROOT
+from tests.conftest import ROOT, write_png_folder
 
 pytestmark = pytest.mark.slow  # DDP: torchrun subprocesses
 
@@ -134,3 +134,74 @@ def test_global_batch_must_split_evenly(tmp_path: Path) -> None:
     )
     assert proc.returncode != 0, proc.stderr
     assert "does not split evenly over 2 processes" in proc.stderr
+
+
+@pytest.fixture(scope="module")
+def frozen_photos(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_png_folder(
+        tmp_path_factory.mktemp("ddp") / "imgs",
+        ["a", "b", "c"],
+        per_class=10,
+        size=20,
+        splits=("train", "val"),
+    )
+
+
+def _frozen(root: Path, run: Path, *extra: str) -> list[str]:
+    """A frozen toy backbone on 30 photos: 2 views of a random crop, batches of 8 (4 per rank)."""
+    return [
+        "train",
+        "-c",
+        DIGITS,
+        f"run.dir={run}",
+        "trainer.progress=off",
+        "logging.tensorboard=false",
+        "data.source=folder",
+        f"data.root={root}",
+        f"data.cache_dir={run.parent / 'cache'}",
+        "data.image_size=16",
+        "data.batch_size=8",
+        "model.name=resnet_small",
+        "model.args={widths: [8, 16]}",
+        "model.freeze=backbone",
+        "trainer.epochs=3",
+        "data.augment={random_resized_crop: {scale: [0.5, 1]}, hflip: true, views: 2}",
+        "optimizer.name=sgd",
+        "optimizer.lr=0.1",
+        "callbacks=[{name: 'tests.engine.test_distributed:SaveRankWeights'}]",
+        *extra,
+    ]
+
+
+def _weights(run: Path) -> list[dict[str, torch.Tensor]]:
+    return [
+        torch.load(run / f"rank{r}.pt", weights_only=True) for r in (0, 1) if (run / f"rank{r}.pt").exists()
+    ]
+
+
+@pytest.mark.parametrize("head", ["epochs", "solve"])
+def test_two_ranks_train_the_frozen_head_as_one_process_does(
+    frozen_photos: Path, tmp_path: Path, head: str
+) -> None:
+    _kiln(*_frozen(frozen_photos, tmp_path / "one", f"trainer.frozen_head={head}"))
+    proc = _kiln(*_frozen(frozen_photos, tmp_path / "two", f"trainer.frozen_head={head}"), "--nproc", "2")
+    (one,), (rank0, _) = _weights(tmp_path / "one"), _weights(tmp_path / "two")
+    assert torch.allclose(rank0["fc.weight"], one["fc.weight"], atol=1e-4), proc.stdout[-2000:]
+
+
+def test_two_ranks_end_with_the_same_head(frozen_photos: Path, tmp_path: Path) -> None:
+    _kiln(*_frozen(frozen_photos, tmp_path / "two", "trainer.frozen_head=epochs"), "--nproc", "2")
+    rank0, rank1 = _weights(tmp_path / "two")
+    assert torch.equal(rank0["fc.weight"], rank1["fc.weight"])
+
+
+def test_two_ranks_compute_the_features_in_one_sharded_pass(frozen_photos: Path, tmp_path: Path) -> None:
+    proc = _kiln(*_frozen(frozen_photos, tmp_path / "two", "trainer.frozen_head=epochs"), "--nproc", "2")
+    assert proc.stdout.count("backbone features of 30 train images x 2 view(s): done, 30 in") == 1
+
+
+def test_two_ranks_unfreeze_and_train_the_backbone_alike(frozen_photos: Path, tmp_path: Path) -> None:
+    unfreeze = "trainer.unfreeze={at_epoch: 2, lr_mult: 1.0}"
+    _kiln(*_frozen(frozen_photos, tmp_path / "two", unfreeze), "--nproc", "2")
+    rank0, rank1 = _weights(tmp_path / "two")
+    assert torch.equal(rank0["stem.0.weight"], rank1["stem.0.weight"])

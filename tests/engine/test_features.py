@@ -39,6 +39,7 @@ def _run(tmp_path: Path, name: str, *extra: str) -> dict[str, torch.Tensor]:
             "optimizer.name=sgd",
             "optimizer.lr=0.1",
             "scheduler.name=cosine",
+            "trainer.frozen_head=epochs",
             *extra,
         ],
     )

@@ -150,9 +150,9 @@ def test_map_is_sklearns_mean_of_one_vs_rest_average_precision() -> None:
     assert mean_average_precision(logits, labels) == pytest.approx(expected, abs=1e-5)
 
 
-def test_check_data_names_the_skew_and_the_options(tmp_path: Path) -> None:
+def test_check_data_names_the_skew_and_what_training_does_about_it(tmp_path: Path) -> None:
     from kiln.data.check import check
 
     report = check(_cfg(_skewed(tmp_path), tmp_path / "r"))
     assert "ratio 10.0:1" in report.text
-    assert "trainer.class_weights: balanced" in report.warnings[0]
+    assert "trainer.imbalance=auto" in report.warnings[0]

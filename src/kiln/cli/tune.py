@@ -41,6 +41,7 @@ def search(
     args: argparse.Namespace, config: str, cfg: Any, space: dict[str, Any]
 ) -> tuple[dict[str, Any], Any, int]:
     """Run the search (Ray Tune) and write its table; returns (summary, the stop handler, samples)."""
+    from kiln.engine.recipe import watched_metric
     from kiln.errors import Interrupted
     from kiln.paths import hold, output_dir
     from kiln.tuning.ray_tune import tune_search
@@ -48,13 +49,13 @@ def search(
     from kiln.tuning.search import Search
     from kiln.tuning.stop import StopOnSignal
 
-    watched = cfg.trainer.early_stopping or cfg.trainer.checkpoint
+    monitor, mode = watched_metric(cfg)
     seed = cfg.run.seed if args.seed is None else args.seed
     plan = Search(
         config,
         list(args.overrides),
-        watched.monitor,
-        watched.mode,
+        monitor,
+        mode,
         math.ceil(cfg.trainer.epochs),
         args.cpus_per_trial,
         args.gpus_per_trial,

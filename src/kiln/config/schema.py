@@ -132,9 +132,11 @@ class ModelConfig(_Strict):
     # every BatchNorm layer keeps its pretrained running statistics while its weights fine-tune (small
     # datasets and batches: batch statistics of a few dozen photos are noisier than ImageNet's)
     bn_stats: Literal["update", "frozen"] = "update"
-    # the new head's start: random, or the pretrained classifier's rows mixed per class by how the pretrained
-    # model already classifies that class's training images (a data-driven zero-shot start; pretrained only)
-    head_init: Literal["random", "pretrained_classes"] = "random"
+    # the new head's start: random; probe, solved on the train images' features (a linear probe, then
+    # fine-tuning: LP-FT); or the pretrained classifier's rows mixed per class by how the pretrained model
+    # already classifies that class's training images (a zero-shot start). auto: probe with pretrained
+    # weights, else random. A solved frozen head (trainer.frozen_head=solve) needs no start.
+    head_init: Literal["auto", "random", "probe", "pretrained_classes"] = "auto"
     # the first conv's filters start as whitened principal components of training patches (data-dependent)
     pca_init: bool = False
 
@@ -142,9 +144,9 @@ class ModelConfig(_Strict):
     def _check(self) -> ModelConfig:
         if self.pca_init and self.pretrained:
             raise ValueError("model.pca_init would overwrite the pretrained first layer; use one of the two")
-        if self.head_init == "pretrained_classes" and not self.pretrained:
+        if self.head_init in ("pretrained_classes", "probe") and not self.pretrained:
             raise ValueError(
-                "model.head_init=pretrained_classes starts from the pretrained classifier: set "
+                f"model.head_init={self.head_init} starts from the pretrained weights: set "
                 "model.pretrained (true or a weights file)"
             )
         return self
@@ -201,7 +203,9 @@ class EarlyStoppingConfig(_Strict):
 
 
 class CheckpointConfig(_Strict):
-    monitor: str = "val_acc"
+    # auto: val_map for multi-label data, val_balanced_accuracy for train classes skewed 3:1 or more, else
+    # val_acc (decided from the sample lists at set-up, written into the run's config.yaml)
+    monitor: str = "auto"
     mode: Literal["min", "max"] = "max"
     every_n_epochs: int = Field(0, ge=0)  # also keep epoch-<n>.pt every N epochs; 0 = off
     every_n_steps: int = Field(0, ge=0)  # also write last.pt every N optimizer steps (mid-epoch); 0 = off
@@ -220,6 +224,9 @@ class TrainerConfig(_Strict):
     loss: str = "auto"
     # class weights in the loss: balanced (inverse class frequency, mean 1) or one weight per class
     class_weights: Literal["balanced"] | list[float] | None = None
+    # auto: train classes skewed 3:1 or more, and no class_weights, data.sampler or imbalance loss set: the
+    # loss weighs classes balanced (trainer.class_weights=balanced; logged); off: as the config says
+    imbalance: Literal["auto", "off"] = "auto"
 
     loss_args: dict[str, Any] = {}
     # extra val metrics: built-in names (top5, balanced_accuracy, macro_f1, map) or "module:fn" with
@@ -240,8 +247,12 @@ class TrainerConfig(_Strict):
     # model.freeze=backbone with frozen BatchNorm: compute the backbone's features once per image and view
     # (data.augment.views) and train the head on them; off: full forward passes every step
     frozen_features: Literal["auto", "off"] = "auto"
+    # how the head learns on those features: solve = to the optimum of the training loss plus an L2 penalty
+    # whose strength is chosen on the val split (k-fold on train without one), full-batch L-BFGS, seconds;
+    # the frozen epochs are that one solve. epochs = trainer.epochs of optimizer.* steps, as live images
+    frozen_head: Literal["solve", "epochs"] = "solve"
 
-    @field_validator("frozen_features", mode="before")
+    @field_validator("frozen_features", "imbalance", mode="before")
     @classmethod
     def _yaml_off(cls, v: Any) -> Any:
         return (

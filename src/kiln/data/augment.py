@@ -50,6 +50,13 @@ class ViewParams:
     erase: torch.Tensor | None  # [N, 4] random-erasing boxes at the model's input size (w = 0: none)
 
 
+def photo_pipeline(augment: AugmentConfig, spec: ImageSpec | None) -> bool:
+    """Whether training takes the photo pipeline (per-image crops and augmentations drawn from (seed, view))
+    rather than the CIFAR-style batch augmentations: a photo augmentation is on, or photos are stored whole
+    and cropped."""
+    return augment.photo or (spec is not None and spec.resize == "crop")
+
+
 class BatchTransform:
     """uint8 ``[B, C, H, W]`` batch as stored -> normalised float batch the model takes; for training also
     augmented and mixed. ``spec``: the stored geometry (photos: evaluation crops the centre of the stored
@@ -75,7 +82,7 @@ class BatchTransform:
         self.mean, self.std = list(mean), list(std)
         self.spec, self._extents = spec, extents
         self.train_size = train_size or (spec.size if spec is not None else None)  # photo training crops
-        self.photo = augment.photo or (spec is not None and spec.resize == "crop")
+        self.photo = photo_pipeline(augment, spec)
         self._views: dict[int, ViewParams] = {}  # a pure function of (seed, view): cached, never stale
 
     @property

@@ -65,14 +65,48 @@ class DataPlan:
 
 
 def carve(train: Split, frac: float, seed: int) -> tuple[Split, Split | None]:
-    """Hold out ``frac`` of ``train`` (seeded, sorted positions): (rest, held out)."""
+    """Hold out ``frac`` of ``train`` (seeded, sorted positions): (rest, held out). Stratified where the
+    labels come with the sample list: each class keeps its share on both sides, and every class (multi-label:
+    every label) with two or more images has one held out at least, so a small class is never missing from
+    the val split its checkpoint is chosen on."""
     n_val = int(round(len(train) * frac))
     if n_val == 0:
         return train, None
-    perm = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))
-    return train.subset(perm[n_val:].sort().values.tolist()), train.subset(
-        perm[:n_val].sort().values.tolist()
-    )
+    generator = torch.Generator().manual_seed(seed)
+    if train.labels_listed:
+        held = stratified(train.labels, frac, generator)
+    else:  # a user's Dataset: reading its labels would load every item
+        held = torch.randperm(len(train), generator=generator)[:n_val].tolist()
+    chosen = set(held)
+    rest = [i for i in range(len(train)) if i not in chosen]
+    return train.subset(rest), train.subset(sorted(chosen))
+
+
+def stratified(labels: Sequence[int | tuple[int, ...]], frac: float, generator: torch.Generator) -> list[int]:
+    """Positions to hold out: per class its share ``frac`` (at least 1 of a class of two or more, never all
+    of it), drawn at random; multi-label, one image for every label of two or more images first (the rarest
+    labels first), then the rest at random up to ``frac`` of all."""
+    order = torch.randperm(len(labels), generator=generator).tolist()  # a random order to draw in
+    members: dict[int, list[int]] = {}
+    for i in order:
+        y = labels[i]
+        for k in y if isinstance(y, tuple) else (y,):
+            members.setdefault(int(k), []).append(i)
+    held: list[int] = []
+    taken: set[int] = set()
+    multi = any(isinstance(y, tuple) for y in labels)
+    for k in sorted(members, key=lambda k: (len(members[k]), k)):
+        pool = members[k]
+        want = 1 if multi else min(len(pool) - 1, max(1, round(len(pool) * frac)))
+        if len(pool) < 2 or (multi and any(i in taken for i in pool)):
+            continue
+        for i in [i for i in pool if i not in taken][:want]:
+            taken.add(i)
+            held.append(i)
+    if multi:  # fill up to the share with images drawn at random
+        want = int(round(len(labels) * frac))
+        held += [i for i in order if i not in taken][: max(0, want - len(held))]
+    return held
 
 
 def image_spec(cfg: DataConfig, train: Split, preset: Preset | None = None) -> ImageSpec:

@@ -42,6 +42,11 @@ Arrays = dict[str, np.ndarray]
 WAIT_NOTE_S = 15.0  # waiting for another process's build: a line this often
 
 
+def cache_folder(setting: str) -> Path | None:
+    """``data.cache_dir`` as a folder: ``~`` expanded; an empty string keeps nothing on disk (memory only)."""
+    return Path(setting).expanduser() if setting else None
+
+
 def image_key(paths: list[Path], spec: ImageSpec, train: bool) -> str:
     """The decode cache's key: the file list (path, size, mtime) and how the files are decoded."""
     h = hashlib.sha256(f"v{CACHE_VERSION}|{spec}|{spec.stored(train)}".encode())

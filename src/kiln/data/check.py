@@ -19,12 +19,18 @@ class CheckReport:
     warnings: list[str]
 
 
+def skew(counts: list[int]) -> float:
+    """Largest class over smallest (classes with no images left out); 1.0 for none."""
+    present = [c for c in counts if c]
+    return max(present) / min(present) if present else 1.0
+
+
 def balance(counts: list[int], classes: list[str]) -> tuple[str, list[str]]:
     """A line on the class distribution, and a warning when it is skewed."""
     present = [c for c in counts if c]
     if not present:
         return "class balance: no images", []
-    ratio = max(present) / min(present)
+    ratio = skew(counts)
     big, small = counts.index(max(present)), counts.index(min(present))
     line = (
         f"class balance (train): largest {classes[big]} {max(present):,}, smallest {classes[small]} "
@@ -33,9 +39,9 @@ def balance(counts: list[int], classes: list[str]) -> tuple[str, list[str]]:
     if ratio < SKEW:
         return line, []
     return line, [
-        f"train classes are skewed {ratio:.1f}:1; consider trainer.class_weights: balanced, "
-        "data.sampler: balanced, trainer.loss: logit_adjusted (or balanced_softmax), and "
-        "trainer.checkpoint.monitor: val_balanced_accuracy (or val_macro_f1)"
+        f"train classes are skewed {ratio:.1f}:1; kiln train weighs the classes balanced in the loss and "
+        "keeps the checkpoint with the best val_balanced_accuracy (trainer.imbalance=auto); other options: "
+        "data.sampler: balanced, trainer.loss: logit_adjusted (or balanced_softmax)"
     ]
 
 
@@ -73,7 +79,10 @@ def check(cfg: Config, preset: Preset | None = None) -> CheckReport:
                 f"data.val_split, or a {name} split of your own that has them)"
             )
     if len(raw.train) < cfg.data.batch_size:
-        problems.append(f"train: {len(raw.train)} images, fewer than one batch ({cfg.data.batch_size})")
+        split_warnings.append(
+            f"train: {len(raw.train)} images, fewer than one batch ({cfg.data.batch_size}): training takes "
+            f"batches of {len(raw.train)}"
+        )
     widths = [max(len(r[c]) if c < len(r) else 0 for r in rows) for c in range(len(header))]
     lines += ["  ".join(v.rjust(w) for v, w in zip(r, widths, strict=False)) for r in rows]
     line, skew = balance(train_counts, classes)

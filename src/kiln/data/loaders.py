@@ -39,6 +39,12 @@ class EpochOrder:
         self.rank, self.world, self.balanced = rank, world, balanced
         self.epoch, self.position = 0, 0  # position: batches of this epoch already handed out
 
+    def copy(self, batch_size: int | None = None) -> EpochOrder:
+        """The same epochs (sampler, seed and shard) in batches of ``batch_size``, with a position of its own:
+        a frozen backbone's features are fed in exactly the order the images would be."""
+        size = batch_size or self.batch_size
+        return EpochOrder(self.n, size, self.shuffle, self.seed, self.rank, self.world, self.balanced)
+
     def indices(self) -> torch.Tensor:
         generator = seeded_generator(torch.device("cpu"), self.seed, self.epoch)
         if self.shuffle and self.balanced is not None:  # drawn from (seed, epoch) alone: resumes exactly
@@ -81,10 +87,18 @@ class _Resumable:
         """The stored uint8 images at these sample positions (for galleries)."""
         raise NotImplementedError
 
-    def in_order(self, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def in_order(
+        self, batch_size: int, rank: int = 0, world: int = 1
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Every sample once, in index order, as (images on the device, positions), touching no epoch
-        state (for a frozen backbone's feature pass)."""
+        state (for a frozen backbone's feature pass); under DDP, this ``rank``'s share of them."""
         raise NotImplementedError
+
+    def chunks(self, batch_size: int, rank: int, world: int) -> list[list[int]]:
+        """The positions ``in_order`` gives ``rank``, batch by batch: its contiguous share of the split."""
+        share = math.ceil(self.order.n / world)
+        start, stop = rank * share, min(self.order.n, (rank + 1) * share)
+        return [list(range(i, min(i + batch_size, stop))) for i in range(start, stop, batch_size)]
 
     def spread(self, n: int) -> torch.Tensor:
         """Up to ``n`` sample positions spread evenly over the split: image folders list class by class,
@@ -164,12 +178,11 @@ class MemoryLoader(_Resumable):
             return self._images.some(idx)  # a gallery's few images: no need to decode the whole split
         return self.images.index_select(0, idx.to(self.images.device)).cpu()
 
-    def in_order(self, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        for i in range(0, len(self.labels), batch_size):
-            yield (
-                self.images[i : i + batch_size].to(self.device),
-                torch.arange(i, min(i + batch_size, len(self.labels))),
-            )
+    def in_order(
+        self, batch_size: int, rank: int = 0, world: int = 1
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for chunk in self.chunks(batch_size, rank, world):
+            yield self.images[chunk[0] : chunk[-1] + 1].to(self.device), torch.tensor(chunk)
 
     def _batches(self) -> Iterator[Batch]:
         images, labels, device = self.images, self.labels, self.device
@@ -271,10 +284,12 @@ class StreamLoader(_Resumable):
         ds = self.loader.dataset
         return torch.stack([torch.as_tensor(ds[int(i)][0]) for i in idx])
 
-    def in_order(self, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def in_order(
+        self, batch_size: int, rank: int = 0, world: int = 1
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         loader = DataLoader(
             self.loader.dataset,
-            batch_size=batch_size,
+            batch_sampler=self.chunks(batch_size, rank, world),
             num_workers=self.loader.num_workers,
             collate_fn=_collate,
         )

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 from functools import cached_property
-from pathlib import Path
 
 import torch
 
@@ -45,9 +44,14 @@ class Stored:
 
     @cached_property
     def arrays(self) -> tuple[torch.Tensor, torch.Tensor]:
-        cache = Path(self.cfg.cache_dir).expanduser() if self.cfg.cache_dir else None
+        from kiln.data.cache import cache_folder
+
         images, extents = self.split.to_memory(
-            self.spec, cache, default_workers(self.cfg), self.train, f"{self.name} images"
+            self.spec,
+            cache_folder(self.cfg.cache_dir),
+            default_workers(self.cfg),
+            self.train,
+            f"{self.name} images",
         )
         return (images.to(self.device) if self.device is not None else images), extents
 

@@ -30,6 +30,7 @@ class Split(ABC):
 
     ids: list[str]  # per sample: file path or "source[i]", for reports and error messages
     in_memory = False  # already decoded (arrays from a library): the stream path has nothing to gain
+    labels_listed = True  # the labels come with the sample list (a user's Dataset loads every item for them)
 
     @abstractmethod
     def __len__(self) -> int: ...
@@ -204,6 +205,7 @@ class FileSplit(Split):
 class DatasetSplit(Split):
     ds: Any  # a torch Dataset: items (tensor [C, H, W], label)
     ids: list[str] = field(default_factory=list)  # per item, for reports: "MyDataset[i]" of the whole dataset
+    labels_listed = False
 
     def __post_init__(self) -> None:
         self.ids = self.ids or [f"{type(self.ds).__name__}[{i}]" for i in range(len(self.ds))]

@@ -58,7 +58,7 @@ class Checkpointing(Callback):
         if improved:
             self._write(self.run.best, payload)
         self._write_last(payload)
-        if self.cfg.every_n_epochs and epoch % self.cfg.every_n_epochs == 0:
+        if self.cfg.every_n_epochs and epoch and epoch % self.cfg.every_n_epochs == 0:
             self._write(self.run.epoch_checkpoint(epoch), payload)
             if self.writes:
                 for old in self.run.epoch_checkpoints()[: -self.cfg.keep]:

@@ -40,7 +40,9 @@ def check_config(cfg: Config) -> dict[str, MetricFn]:
         *(f"val_{m}" for m in metrics),
         *(f"val_{m}" for m in builtin_names if m not in metrics),
     ]
-    monitors = [("trainer.checkpoint.monitor", cfg.trainer.checkpoint.monitor)]
+    monitors = []
+    if cfg.trainer.checkpoint.monitor != "auto":  # auto: decided from the data (engine/recipe.py)
+        monitors.append(("trainer.checkpoint.monitor", cfg.trainer.checkpoint.monitor))
     if cfg.trainer.early_stopping:
         monitors.append(("trainer.early_stopping.monitor", cfg.trainer.early_stopping.monitor))
     for key, name in monitors:
@@ -52,3 +54,12 @@ def check_config(cfg: Config) -> dict[str, MetricFn]:
         if name.startswith("val_") and wanted not in metrics and wanted in builtin_names:
             metrics[wanted] = METRICS.get(wanted)  # monitored: computed without being listed
     return metrics
+
+
+def check_with_data(cfg: Config, multi_label: bool) -> None:
+    """What the config asks of the data, checked against its sample lists (before anything is decoded)."""
+    if multi_label and cfg.data.sampler == "balanced":
+        raise ConfigError(
+            "data.sampler=balanced draws each class equally often, and these images carry several labels "
+            "each; for skewed multi-label data use trainer.class_weights=balanced (BCE's pos_weight)"
+        )

@@ -104,6 +104,32 @@ def gather_objects(d: Dist, obj: Any) -> list[Any]:
     return out
 
 
+def broadcast_object(d: Dist, obj: Any) -> Any:
+    """Rank 0's picklable ``obj``, on every rank."""
+    if not d.enabled:
+        return obj
+    box = [obj if d.is_main else None]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def broadcast_tensors(
+    d: Dist, tensors: dict[str, torch.Tensor], device: torch.device
+) -> dict[str, torch.Tensor]:
+    """Rank 0's named tensors (the other ranks pass anything: their dict is ignored), on every rank."""
+    if not d.enabled:
+        return tensors
+    shapes = broadcast_object(
+        d, {k: (tuple(t.shape), t.dtype) for k, t in tensors.items()} if d.is_main else None
+    )
+    out = {}
+    for name, (shape, dtype) in shapes.items():
+        t = tensors[name].to(device) if d.is_main else torch.empty(shape, dtype=dtype, device=device)
+        dist.broadcast(t, src=0)
+        out[name] = t
+    return out
+
+
 def barrier(d: Dist) -> None:
     if d.enabled:
         dist.barrier()

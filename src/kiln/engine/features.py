@@ -29,45 +29,111 @@ from torch import nn
 
 from kiln.config import Config
 from kiln.console import Progress, log
-from kiln.data.cache import building, peek, store
+from kiln.data.cache import building, cache_folder, peek, store
+from kiln.engine.distributed import LOCAL, Dist, all_sum, broadcast_object, broadcast_tensors
 from kiln.engine.evaluate import EvalOptions
 from kiln.engine.loop import StepOptions
-from kiln.models.transfer import without_head
+from kiln.models.transfer import head_name, without_head
 
 FEATURE_VIEWS = 4  # views per image when data.augment.views is unset and the backbone is frozen
 Prepare = Callable[[torch.Tensor, torch.Tensor], list[tuple[torch.Tensor, float]]]  # batch, idx -> views
 
 
-def feature_path(cfg: Config, photo: bool, distributed: bool) -> tuple[bool, list[str]]:
-    """Whether the frozen-feature path applies, and why not: a frozen backbone (and BatchNorm), one
-    process, no pair mixing, and augmentation drawn per image (the photo pipeline) or none."""
+@dataclass(frozen=True)
+class FeaturePlan:
+    """Whether the head trains on a frozen backbone's cached features, and how: decided once from the config
+    and the data's pipeline (``plan_features``), and read by training, ``kiln eval``, ``lr-find`` and
+    ``tune``. Nothing else asks the config these questions."""
+
+    applies: bool
+    reasons: tuple[str, ...]  # why it does not apply (when the backbone is frozen)
+    random: bool  # training views are random draws of the photo augmentation (else the one fixed view)
+    views: int  # train views computed per image
+    unfreeze_at: int | None  # 1-based epoch from which the live images train (trainer.unfreeze)
+    frozen_epochs: int  # the epochs the head trains on the features
+    solve: bool  # the head is solved to its optimum (trainer.frozen_head=solve), not trained by epochs
+    cache_dir: Path | None  # data.cache_dir (None: memory only)
+
+    def frozen(self, epoch: int) -> bool:
+        """Whether 0-based ``epoch`` trains on the features."""
+        return self.applies and epoch < self.frozen_epochs
+
+    def solves(self, epoch: int) -> bool:
+        """Whether the head is solved before 0-based ``epoch`` (the frozen epochs are not done yet)."""
+        return self.solve and self.frozen(epoch)
+
+    def describe(self) -> str | None:
+        """The log line saying how the run is fed (None for a backbone that is not frozen)."""
+        if not self.applies:
+            if any(r.startswith(("model.freeze is", "trainer.frozen_features")) for r in self.reasons):
+                return None
+            return f"kiln: frozen backbone, full forward passes ({'; '.join(self.reasons)})"
+        how = (
+            "one view"
+            if not self.random
+            else f"{self.views} augmentation views (data.augment.views; epochs cycle through them)"
+        )
+        head = (
+            "the head is solved on them (trainer.frozen_head=solve: L-BFGS, its L2 strength chosen on val)"
+            if self.solve
+            else "the head trains on them"
+        )
+        return (
+            f"kiln: frozen backbone: its features are computed once per image for {how}, kept in the cache "
+            f"for later runs, and {head} (trainer.frozen_features=off for full passes)"
+        )
+
+
+def plan_features(cfg: Config, photo: bool) -> FeaturePlan:
+    """The feature plan of ``cfg`` (``photo``: training takes the photo pipeline, as
+    ``data.augment.photo_pipeline`` decides). It applies to a frozen backbone (and BatchNorm) without pair
+    mixing, with augmentation drawn per image (the photo pipeline) or none; under DDP too, the feature pass
+    sharded over the ranks."""
     aug, trainer = cfg.data.augment, cfg.trainer
     checks = [
         ("trainer.frozen_features=off", trainer.frozen_features == "off"),
         ("model.freeze is not `backbone`", cfg.model.freeze != "backbone"),
         ("model.freeze_bn is off", not cfg.model.freeze_bn),
-        ("DDP", distributed),
         ("mixup/cutmix mix pairs of a batch", aug.mixup > 0 or aug.cutmix > 0),
         (
             "CIFAR-style augmentation is drawn per batch",
             bool(aug.crop_padding or aug.cutout or aug.alternating_flip) or (aug.hflip and not photo),
         ),
     ]
-    reasons = [why for why, bad in checks if bad]
-    return not reasons, reasons
-
-
-def views_for(cfg: Config, random: bool) -> int:
-    """How many augmentation views the frozen path computes: the config's, else FEATURE_VIEWS (never more
-    than the epochs trained with the backbone frozen); one without random augmentation."""
+    reasons = tuple(why for why, bad in checks if bad)
+    if trainer.unfreeze and trainer.unfreeze.at_epoch == 1:
+        reasons += ("trainer.unfreeze trains the backbone from epoch 1",)
+    random = photo and (aug.photo or aug.hflip)  # per-image draws: one view each
+    epochs = math.ceil(trainer.epochs)
+    unfreeze_at = trainer.unfreeze.at_epoch if trainer.unfreeze else None
+    frozen_epochs = min(epochs, unfreeze_at - 1) if unfreeze_at else epochs
     if not random:
-        return 1
-    if cfg.data.augment.views:
-        return cfg.data.augment.views
-    frozen_epochs = math.ceil(cfg.trainer.epochs)
-    if cfg.trainer.unfreeze is not None:
-        frozen_epochs = min(frozen_epochs, cfg.trainer.unfreeze.at_epoch - 1)
-    return max(1, min(FEATURE_VIEWS, frozen_epochs))
+        views = 1
+    elif aug.views:
+        views = aug.views
+    else:  # never more views than epochs trained on them; a solve sees every view at once
+        views = FEATURE_VIEWS if trainer.frozen_head == "solve" else max(1, min(FEATURE_VIEWS, frozen_epochs))
+    applies = not reasons
+    return FeaturePlan(
+        applies=applies,
+        reasons=reasons,
+        random=random,
+        views=views,
+        unfreeze_at=unfreeze_at,
+        frozen_epochs=frozen_epochs if applies else 0,
+        solve=applies and trainer.frozen_head == "solve",
+        cache_dir=cache_folder(cfg.data.cache_dir),
+    )
+
+
+def frozen_twin(cfg: Config, photo: bool) -> FeaturePlan:
+    """The feature plan the frozen recipe (``model.freeze=backbone``, the head solved) has for this config:
+    the features a fine-tuning run's head starts from (``model.head_init: probe``), in the same cache."""
+    model = cfg.model.model_copy(update={"freeze": "backbone", "freeze_bn": True})
+    updates = {"unfreeze": None, "frozen_head": "solve", "frozen_features": "auto"}
+    return plan_features(
+        cfg.model_copy(update={"model": model, "trainer": cfg.trainer.model_copy(update=updates)}), photo
+    )
 
 
 def digest(model: nn.Module, head: str) -> str:
@@ -104,14 +170,23 @@ class FeatureKeys:
 
 @torch.no_grad()
 def extract(
-    model: nn.Module, loader: Any, views: dict[str, Prepare], step: StepOptions, batch_size: int, desc: str
+    model: nn.Module,
+    loader: Any,
+    views: dict[str, Prepare],
+    step: StepOptions,
+    batch_size: int,
+    desc: str,
+    dist: Dist = LOCAL,
 ) -> dict[str, torch.Tensor]:
     """The backbone's features of every sample of ``loader`` for each view, in one pass over the images
-    (each batch decoded once, every view computed from it): {view name: float32 [N, D]}."""
+    (each batch decoded once, every view computed from it): {view name: float32 [N, D]}. Under DDP each rank
+    computes every ``world``-th batch and all ranks end with every row (an all-reduce of the zero-filled
+    rest)."""
     out: dict[str, torch.Tensor] = {}
     n = loader.order.n
-    with without_head(model) as backbone, Progress(desc, n * len(views), "img") as progress:
-        for x, idx in loader.in_order(batch_size):
+    mine = math.ceil(n / dist.world)
+    with without_head(model) as backbone, Progress(desc, mine * len(views), "img") as progress:
+        for x, idx in loader.in_order(batch_size, dist.rank, dist.world):
             for name, prepare in views.items():
                 inputs = prepare(x, idx)
                 if step.channels_last:
@@ -119,9 +194,15 @@ def extract(
                 with step.autocast():
                     f = sum(w * backbone(v).float() for v, w in inputs)
                 if name not in out:
-                    out[name] = torch.empty((n, *f.shape[1:]), dtype=torch.float32, device=f.device)
+                    out[name] = torch.zeros((n, *f.shape[1:]), dtype=torch.float32, device=f.device)
                 out[name][idx.to(f.device)] = f
                 progress.update(len(idx))
+    if dist.enabled:
+        shapes = broadcast_object(dist, {k: tuple(v.shape) for k, v in out.items()})  # a rank may have none
+        out = {
+            k: all_sum(dist, out[k] if k in out else torch.zeros(shape, device=loader.device))
+            for k, shape in shapes.items()
+        }
     return out
 
 
@@ -131,10 +212,12 @@ def cached_features(
     compute: Callable[[Sequence[str]], dict[str, torch.Tensor]],
     what: str,
     device: torch.device,
+    dist: Dist = LOCAL,
 ) -> dict[str, torch.Tensor]:
     """{name: features} for every name of ``keys``: read from the cache where it holds them, the rest
     computed together by ``compute(names)`` (once: another process computing the same set is waited for)
-    and stored."""
+    and stored. Under DDP rank 0 alone reads, locks and writes the cache; the ranks compute the missing
+    features together and rank 0 sends the ones it read."""
 
     def read() -> dict[str, torch.Tensor]:
         found = {}
@@ -144,16 +227,17 @@ def cached_features(
                 found[name] = torch.from_numpy(np.array(arrays["features"])).to(device)
         return found
 
-    found = read()
-    missing = [name for name in keys if name not in found]
+    found = read() if dist.is_main else {}
+    missing = broadcast_object(dist, [name for name in keys if name not in found])
     if not missing:
-        log(f"kiln: {what}: read from the cache ({len(found)} view(s); no backbone pass)")
-        return found
+        log(f"kiln: {what}: read from the cache ({len(keys)} view(s); no backbone pass)")
+        return broadcast_tensors(dist, found, device)
     group = "g" + hashlib.sha256("|".join(str(keys[m]) for m in missing).encode()).hexdigest()[:31]
-    with building(cache_dir if all(keys[m] for m in missing) else None, group, what) as usable:
+    lockable = dist.is_main and all(keys[m] for m in missing)
+    with building(cache_dir if lockable else None, group, what) as usable:
         if usable:
             found.update(read())  # what the process we may have waited for computed
-            missing = [name for name in keys if name not in found]
+        missing = broadcast_object(dist, [name for name in keys if name not in found])
         if missing:
             computed = compute(missing)
             for name in missing:
@@ -166,12 +250,17 @@ def cached_features(
                         {"kind": "features", "what": f"{what} ({name})", "root": what},
                     )
             found.update(computed)
-    return found
+    return {
+        **broadcast_tensors(dist, {k: v for k, v in found.items() if k not in missing}, device),
+        **{k: found[k] for k in missing},
+    }
 
 
-def numerics(precision: str, channels_last: bool, preprocess: Any) -> str:
-    """What besides the weights and the images changes a feature's numbers (part of its cache key)."""
-    return f"{precision}|channels_last={channels_last}|{json.dumps(preprocess.to_json(), sort_keys=True)}"
+def feature_keys(model: nn.Module, precision: str, channels_last: bool, preprocess: Any) -> FeatureKeys:
+    """The cache keys of ``model``'s backbone features: its weights, and what besides the weights and the
+    images changes the numbers (precision, memory layout, the normalisation)."""
+    numerics = f"{precision}|channels_last={channels_last}|{json.dumps(preprocess.to_json(), sort_keys=True)}"
+    return FeatureKeys(digest(model, head_name(model)), numerics)
 
 
 def eval_features(
@@ -185,8 +274,10 @@ def eval_features(
     step: StepOptions,
     batch_size: int,
     cache_dir: Path | None,
+    dist: Dist = LOCAL,
 ) -> torch.Tensor:
-    """A split's evaluation-view features (test-time views averaged): from the cache, else one pass."""
+    """A split's evaluation-view features (test-time views averaged), every sample's on every rank: from
+    the cache, else one pass (sharded over the ranks under DDP)."""
     key = keys.key(content, {"split": split, "view": "eval", "tta": tta})
 
     def compute(names: Sequence[str]) -> dict[str, torch.Tensor]:
@@ -198,9 +289,11 @@ def eval_features(
             step,
             batch_size,
             f"backbone features of {loader.order.n:,} {split} images",
+            dist,
         )
 
-    return cached_features(cache_dir, {split: key}, compute, f"{split} features", loader.device)[split]
+    found = cached_features(cache_dir, {split: key}, compute, f"{split} features", loader.device, dist)
+    return found[split]
 
 
 def eval_prepare(transform: Any, tta: str) -> Prepare:

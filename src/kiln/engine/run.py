@@ -6,6 +6,7 @@ they sit side by side, so what is saved is what is restored. The checkpointing c
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,7 +22,9 @@ from kiln.engine.callbacks import CallbackList
 from kiln.engine.distributed import Dist, gather_objects
 from kiln.engine.ema import EMA
 from kiln.engine.evaluate import EvalOptions
+from kiln.engine.features import FeaturePlan
 from kiln.engine.feeds import CachedFeatures, LiveImages
+from kiln.engine.init import Started
 from kiln.engine.loop import Criterion, StepOptions, TrainState
 from kiln.errors import CheckpointError
 from kiln.optim import unfreeze
@@ -41,15 +44,19 @@ class Run:
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LambdaLR
     schedule_steps: bool  # False for a constant LR: no Python-heavy scheduler call per step
+    steps_per_epoch: int  # optimizer steps of a whole epoch (per rank: every rank takes as many)
     scaler: torch.amp.GradScaler
     ema: EMA | None
     step: StepOptions
     evaluation: EvalOptions
     frozen: list[str]  # parameter names frozen by model.freeze (trainer.unfreeze brings them back)
+    features: FeaturePlan  # whether (and how) the head trains on a frozen backbone's cached features
     feed: LiveImages | CachedFeatures
     callbacks: CallbackList
     state: TrainState = field(default_factory=TrainState)
     init_seconds: float = 0.0  # a data-dependent init (pca_init, head_init): training work, said apart
+    start: Started | None = None  # a head that starts solved (model.head_init=probe): the run's epoch 0
+    wrap: Callable[[nn.Module], nn.Module] | None = None  # model -> train_model (DDP, compile), as set up
 
     @property
     def eval_model(self) -> nn.Module:
@@ -70,6 +77,11 @@ class Run:
         )
         if joined:
             log(f"kiln: unfroze {joined} parameter tensors at epoch {spec.at_epoch} (lr x {spec.lr_mult})")
+        if joined and self.dist.enabled and self.wrap is not None:
+            # DDP averages the gradients of the parameters that trained when it was built: wrap anew
+            self.train_model = self.wrap(self.model)
+            live = self.feed if isinstance(self.feed, LiveImages) else self.feed.live
+            live.train_model = self.train_model
 
     def state_dict(self, metrics: dict[str, Any]) -> dict[str, Any]:
         """The checkpoint: PyTorch's tutorial keys, and everything a resume needs. Under DDP every rank

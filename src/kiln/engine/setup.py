@@ -9,7 +9,6 @@ import math
 import os
 import random
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -19,21 +18,24 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from kiln.config import Config
 from kiln.console import bar_enabled, log
 from kiln.data import DataPlan, Preset, load_train, plan
+from kiln.data.augment import photo_pipeline
+from kiln.engine import head_solver
 from kiln.engine.callbacks import Callback, CallbackList, EarlyStopping, MetricsLog
 from kiln.engine.checkpointing import Checkpointing
-from kiln.engine.checks import MetricFn, check_config
+from kiln.engine.checks import MetricFn, check_config, check_with_data
 from kiln.engine.criterion import build_criterion
 from kiln.engine.distributed import Dist
 from kiln.engine.ema import EMA
 from kiln.engine.evaluate import Autocast, EvalOptions
-from kiln.engine.features import feature_path, views_for
-from kiln.engine.feeds import LiveImages, make_feed
-from kiln.engine.init import data_init, init_head
+from kiln.engine.features import FeaturePlan, frozen_twin, plan_features
+from kiln.engine.feeds import CachedFeatures, LiveImages, make_feed
+from kiln.engine.init import HeadStart, data_init, start_head
 from kiln.engine.loggers import build_loggers
 from kiln.engine.lookahead import Lookahead
 from kiln.engine.loop import StepOptions
 from kiln.engine.precision import autocast_factory, make_scaler, resolve_precision
 from kiln.engine.progress import ProgressBar
+from kiln.engine.recipe import follow_the_data
 from kiln.engine.run import Run
 from kiln.errors import KilnError
 from kiln.models import build as build_network
@@ -112,22 +114,19 @@ def frozen_batchnorms(cfg: Config, model: nn.Module) -> list[nn.Module]:
     return transfer.frozen_batchnorms(model) if cfg.model.freeze_bn else []
 
 
-def with_feature_views(cfg: Config, data: DataPlan, distributed: bool) -> Config:
+def with_feature_views(cfg: Config, features: FeaturePlan) -> Config:
     """With a frozen backbone and random photo augmentation, a bounded set of views (data.augment.views)
     drawn once: written into the config, so config.yaml and the checkpoint say how the run was fed."""
     aug = cfg.data.augment
-    photo = aug.photo or data.spec.resize == "crop"
-    random_views = photo and (aug.photo or aug.hflip)
-    if aug.views or not random_views or not feature_path(cfg, photo, distributed)[0]:
+    if aug.views or not features.random or not features.applies:
         return cfg
-    views = views_for(cfg, True)
-    data_cfg = cfg.data.model_copy(update={"augment": aug.model_copy(update={"views": views})})
+    data_cfg = cfg.data.model_copy(update={"augment": aug.model_copy(update={"views": features.views})})
     return cfg.model_copy(update={"data": data_cfg})
 
 
 def build_run(cfg: Config, dist: Dist, device: torch.device, extra: list[Callback]) -> Run:
     trainer = cfg.trainer
-    metric_fns = check_config(cfg)  # names, metrics and monitors: before anything is read
+    check_config(cfg)  # names, metrics and monitors: before anything is read
     if cfg.data.batch_size % dist.world:
         raise KilnError(
             f"data.batch_size: {cfg.data.batch_size} (the global batch) does not split evenly over "
@@ -135,6 +134,10 @@ def build_run(cfg: Config, dist: Dist, device: torch.device, extra: list[Callbac
         )
     preset = data_preset(cfg)
     data_plan = plan(cfg.data, preset)
+    check_with_data(cfg, data_plan.multi_label)
+    cfg = follow_the_data(cfg, data_plan, dist.world)  # batch, imbalance, monitor: from the sample lists
+    trainer = cfg.trainer
+    metric_fns = check_config(cfg)  # the monitor the data chose is computed too
     model, frozen, old_head = build_model(cfg, data_plan, device)
     channels_last = use_channels_last(trainer.channels_last, model, device)
     if channels_last:
@@ -146,18 +149,32 @@ def build_run(cfg: Config, dist: Dist, device: torch.device, extra: list[Callbac
     )
     criterion = build_criterion(cfg, data_plan)
     callbacks = build_callbacks(cfg, RunDir(cfg.run_dir), model, dist, data_plan.split("val") is not None)
+    photo = photo_pipeline(cfg.data.augment, data_plan.spec)
+    feature_plan = plan_features(cfg, photo)
+    cfg = with_feature_views(cfg, feature_plan)
     # the expensive part: nothing above read an image
-    cfg = with_feature_views(cfg, data_plan, dist.enabled)
     data = load_train(data_plan, cfg.data, cfg.run.seed, device, dist.rank, dist.world, preset)
     init_seconds = data_init(cfg, model, data)
     train_model = wrapped(model, cfg, dist, device)
     live = LiveImages(train_model, data, step, evaluation, frozen_batchnorms(cfg, model))
-    cache_dir = Path(cfg.data.cache_dir).expanduser() if cfg.data.cache_dir else None
-    feed = make_feed(live, model, data, cfg, cache_dir, precision, dist.enabled)
-    if cfg.model.head_init == "pretrained_classes":  # data-dependent, like pca_init: training work
-        t0 = time.perf_counter()
-        init_head(model, data, feed, step, old_head)
-        init_seconds += time.perf_counter() - t0
+    feed = make_feed(live, model, data, feature_plan, precision, dist, old_head)
+    t0 = time.perf_counter()
+    checkpoint = cfg.trainer.checkpoint
+    judge = head_solver.judge_for(checkpoint.monitor, checkpoint.mode, metric_fns)
+    twin = frozen_twin(cfg, photo)
+
+    def twin_features() -> CachedFeatures | None:
+        return (
+            make_feed(live, model, data, twin, precision, dist, old_head, quiet=True)
+            if twin.applies
+            else None
+        )
+
+    start = HeadStart(
+        bool(cfg.model.pretrained), feature_plan.solve, criterion, judge, cfg.run.seed, device, twin_features
+    )
+    started = start_head(cfg.model.head_init, model, data, feed, step, old_head, start)
+    init_seconds += time.perf_counter() - t0  # data-dependent, like pca_init: training work
     ema = EMA(model, trainer.ema.decay, trainer.ema.warmup) if trainer.ema else None
     steps_per_epoch = math.ceil(len(data.train) / trainer.accumulate)  # per rank = global
     scheduler = build_scheduler(cfg.scheduler, optimizer, trainer.epochs, steps_per_epoch)
@@ -173,16 +190,20 @@ def build_run(cfg: Config, dist: Dist, device: torch.device, extra: list[Callbac
         optimizer=optimizer,
         scheduler=scheduler,
         schedule_steps=cfg.scheduler.name != "none" or cfg.scheduler.warmup_epochs > 0,
+        steps_per_epoch=steps_per_epoch,
         scaler=make_scaler(precision, device),
         ema=ema,
         step=step,
         evaluation=evaluation,
         frozen=frozen,
+        features=feature_plan,
         feed=feed,
         callbacks=CallbackList(
             [*callbacks, *extra, Checkpointing(RunDir(cfg.run_dir), trainer.checkpoint, dist.is_main)]
         ),
         init_seconds=init_seconds,
+        start=started,
+        wrap=lambda plain: wrapped(plain, cfg, dist, device),
     )
 
 

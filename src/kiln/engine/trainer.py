@@ -23,6 +23,7 @@ from kiln.engine.callbacks import Callback, FitInfo
 from kiln.engine.evaluate import evaluate
 from kiln.engine.feeds import EpochInputs
 from kiln.engine.finish import finish, write_run_info
+from kiln.engine.frozen_head import solve_head, start_metrics
 from kiln.engine.init import augmented_samples, sample_images
 from kiln.engine.loop import train_one_epoch
 from kiln.engine.precision import resolve_device
@@ -109,6 +110,9 @@ def _fit(cfg: Config, dist: distributed.Dist, resume: str | None, extra: list[Ca
             run=run,
         )
     )
+    if run.start is not None and not resume:
+        report_start(run)
+    run.start = None  # its features are not needed any more
     stop_reason = train_epochs(run)
     try:
         summary = finish(run, stop_reason)
@@ -120,6 +124,17 @@ def _fit(cfg: Config, dist: distributed.Dist, resume: str | None, extra: list[Ca
         ) from None
     run.callbacks.fit_end(summary)
     return summary
+
+
+def report_start(run: Run) -> None:
+    """A head that starts solved (model.head_init=probe) is the run's epoch 0: validated, in metrics.jsonl,
+    and best.pt until an epoch of fine-tuning beats it."""
+    assert run.start is not None
+    metrics = start_metrics(run.start.features, run.model, run.start.solved, run.criterion)
+    metrics.update(lr=run.optimizer.param_groups[0]["lr"], seconds=run.start.solved.seconds)
+    with signals.graceful():
+        run.callbacks.epoch_end(0, metrics)
+        run.callbacks.checkpoint(0, run.dir.last)
 
 
 def resume_point(run: Run) -> str:
@@ -139,7 +154,8 @@ def resume_hint(run: Run) -> str:
 def train_epochs(run: Run) -> str | None:
     """The epoch loop; returns why it stopped early (or None). Ctrl-C: checkpoint, then Interrupted."""
     stop_reason = None
-    for epoch in range(run.state.epoch, math.ceil(run.cfg.trainer.epochs)):
+    while run.state.epoch < math.ceil(run.cfg.trainer.epochs):
+        epoch = run.state.epoch
         try:
             metrics = run_epoch(run, epoch)
         except signals.Interrupt:  # in a phase that cannot stop at a step (a feature pass, a decode)
@@ -161,14 +177,15 @@ def train_epochs(run: Run) -> str | None:
                 f"{resume_hint(run)}",
                 signals.exit_code(),
             )
+        done = metrics["epoch"]  # a solve stands for every frozen epoch
         with signals.graceful():  # the epoch's end (metrics.jsonl, loggers, last.pt) completes first
-            stop_reason = run.callbacks.epoch_end(epoch + 1, metrics)  # checkpointing runs last
+            stop_reason = run.callbacks.epoch_end(done, metrics)  # checkpointing runs last
             if distributed.any_flag(run.dist, stop_reason is not None, run.device):  # all ranks stop together
                 stop_reason = stop_reason or "another process asked to stop"
-            run.callbacks.checkpoint(epoch + 1, run.dir.last)
+            run.callbacks.checkpoint(done, run.dir.last)
         if signals.requested():
             raise Interrupted(
-                f"interrupted after epoch {epoch + 1}; saved {run.dir.last}. {resume_hint(run)}",
+                f"interrupted after epoch {done}; saved {run.dir.last}. {resume_hint(run)}",
                 signals.exit_code(),
             )
         if stop_reason:
@@ -186,21 +203,28 @@ def run_epoch(run: Run, epoch: int) -> dict[str, Any]:
     if callable(set_epoch):  # a loss with a schedule of its own (LDAM's deferred re-weighting)
         set_epoch(epoch)
     t0 = time.perf_counter()
-    inputs = run.feed.epoch_inputs(epoch)  # a decode or a feature pass happens here, the first time
+    solving = run.features.solves(epoch)
+    first = epoch
+    if solving:  # the frozen epochs as one solve, reported as the last of them
+        epoch = run.features.frozen_epochs - 1
+    else:
+        inputs = run.feed.epoch_inputs(epoch)  # a decode or a feature pass happens here, the first time
+        inputs.loader.set_epoch(epoch)
     prepare_seconds = time.perf_counter() - t0
     run.callbacks.epoch_start(epoch)  # its training begins now
-    inputs.loader.set_epoch(epoch)
-    limit = math.ceil((cfg.trainer.epochs - epoch) * len(inputs.loader)) if epoch + 1 == epochs else None
     if run.state.pending is not None:  # trained before an interrupted validation: validate it now
         train, run.state.pending = run.state.pending, None
+    elif solving:
+        train = solve_head(run, first)
     else:
+        limit = math.ceil((cfg.trainer.epochs - epoch) * len(inputs.loader)) if epoch + 1 == epochs else None
         with signals.graceful():
             train = train_epoch(run, inputs, limit)
         if train.pop("interrupted"):
             return {"interrupted": True}
     # An epoch trainer.val_every_n_epochs skips reports NaN with validated=false, and moves neither best.pt
     # nor early stopping. A run without a val split reports NaN on every epoch.
-    validated = (epoch + 1) % cfg.trainer.val_every_n_epochs == 0 or epoch + 1 == epochs
+    validated = solving or (epoch + 1) % cfg.trainer.val_every_n_epochs == 0 or epoch + 1 == epochs
     t1 = time.perf_counter()
     val = validate(run) if validated else {"loss": math.nan, "acc": math.nan}
     if val is None:  # interrupted: the epoch's training is kept, the checkpoint resumes at its validation

@@ -50,12 +50,10 @@ def split_logits(
     precision = resolve_precision(cfg.trainer.precision, device)
     channels_last = use_channels_last(cfg.trainer.channels_last, model, device)
     autocast = autocast_factory(precision, device)
-    frozen, _ = features.feature_path(cfg, transform.photo, distributed=False)
-    if frozen and cfg.trainer.unfreeze is None:
-        head = head_name(model)
-        keys = features.FeatureKeys(
-            features.digest(model, head), features.numerics(precision, channels_last, r.preprocess)
-        )
+    feature_plan = features.plan_features(cfg, transform.photo)
+    trained_frozen = (r.checkpoint.get("epoch") or 0) <= feature_plan.frozen_epochs  # the backbone as loaded
+    if feature_plan.applies and trained_frozen:
+        keys = features.feature_keys(model, precision, channels_last, r.preprocess)
         source = data_plan.split(split)
         content = source.content_key(r.preprocess.spec, False) if source is not None else None
         feats = features.eval_features(
@@ -68,10 +66,10 @@ def split_logits(
             cfg.trainer.tta,
             StepOptions(channels_last=channels_last, autocast=autocast),
             loader.order.batch_size,
-            Path(cfg.data.cache_dir).expanduser(),
+            feature_plan.cache_dir,
         )
         with torch.no_grad():
-            logits = model.get_submodule(head)(feats).float().cpu()
+            logits = model.get_submodule(head_name(model))(feats).float().cpu()
         return logits, loader.raw_labels.cpu(), torch.arange(len(logits)), loader
     loader.materialize()
     opts = EvalOptions(cfg.trainer.tta, channels_last, autocast)

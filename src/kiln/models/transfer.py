@@ -166,14 +166,13 @@ def init_head_from_classes(
     of the pretrained class its training images are most often predicted as (their mean softmax's top); two
     classes that would share a row take their mean-softmax mixes of rows instead. The model starts from what
     it already knows (a data-driven zero-shot start, no class names needed). Returns the classes that had no
-    images (their rows keep the default init)."""
+    images (their rows keep the default init). Multi-label ``labels`` ([N, K] 0/1): a class's images are
+    those that carry its label."""
     weight, bias = (t.to(features) for t in old)
     probs = torch.softmax(features @ weight.T + bias, 1)
-    mixes = {
-        k: probs[labels.to(probs.device) == k].mean(0)
-        for k in range(head.out_features)
-        if bool((labels == k).any())
-    }
+    labels = labels.to(probs.device)
+    members = [labels[:, k] > 0.5 if labels.ndim == 2 else labels == k for k in range(head.out_features)]
+    mixes = {k: probs[m].mean(0) for k, m in enumerate(members) if bool(m.any())}
     tops = [int(m.argmax()) for m in mixes.values()]
     for k, mix in mixes.items():
         shared = tops.count(int(mix.argmax())) > 1
