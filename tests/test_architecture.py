@@ -23,13 +23,14 @@ LAYERS = {
     "_version": 0,
     "signals": 0,
     "atomic": 1,  # atomic file writes (a write is a critical section for signals)
+    "spec": 1,  # the model's input: ImageSpec, Preprocess
     # the leaf layer
     "config": 2,
     "registry": 2,
     "console": 2,
     "paths": 2,
     "checkpoint": 2,
-    "spec": 2,
+    "recipe": 2,  # what a trained model is: its network, input (spec) and classes
     # the parts, independent of each other
     "data": 3,
     "models": 3,

@@ -28,7 +28,7 @@ def test_crafted_pickle_is_refused_and_runs_nothing(tmp_path: Path) -> None:
 
 def test_truncated_file_is_reported(tmp_path: Path) -> None:
     p = tmp_path / "last.pt"
-    checkpoint.save({"model_state_dict": {"w": torch.ones(1000)}}, p)
+    checkpoint.save({"format": checkpoint.FORMAT, "model_state_dict": {"w": torch.ones(1000)}}, p)
     p.write_bytes(p.read_bytes()[:500])
     with pytest.raises(CheckpointError, match="damaged or truncated"):
         checkpoint.load(p)
@@ -46,8 +46,8 @@ def test_a_file_of_another_kind_says_so_without_a_bare_number(tmp_path: Path, co
 
 def test_save_is_atomic_and_leaves_no_temp(tmp_path: Path) -> None:
     p = tmp_path / "c" / "last.pt"
-    checkpoint.save({"model_state_dict": {"w": torch.zeros(3)}}, p)
-    checkpoint.save({"model_state_dict": {"w": torch.ones(3)}}, p)
+    checkpoint.save({"format": checkpoint.FORMAT, "model_state_dict": {"w": torch.zeros(3)}}, p)
+    checkpoint.save({"format": checkpoint.FORMAT, "model_state_dict": {"w": torch.ones(3)}}, p)
     assert torch.equal(checkpoint.load(p)["model_state_dict"]["w"], torch.ones(3))
     assert [f.name for f in p.parent.iterdir()] == ["last.pt"]
 
@@ -66,11 +66,12 @@ def test_failed_write_keeps_old_file(tmp_path: Path) -> None:
         from kiln import checkpoint
         from kiln.errors import CheckpointError
         p = Path({str(tmp_path / "last.pt")!r})
-        checkpoint.save({{"model_state_dict": {{"w": torch.zeros(10)}}}}, p)
+        checkpoint.save({{"format": checkpoint.FORMAT, "model_state_dict": {{"w": torch.zeros(10)}}}}, p)
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # get EFBIG as an OSError instead of being killed
         resource.setrlimit(resource.RLIMIT_FSIZE, (50_000, 50_000))
         try:
-            checkpoint.save({{"model_state_dict": {{"w": torch.ones(1_000_000)}}}}, p)  # 4 MB: cannot fit
+            big = {{"w": torch.ones(1_000_000)}}  # 4 MB: cannot fit
+            checkpoint.save({{"format": checkpoint.FORMAT, "model_state_dict": big}}, p)
         except CheckpointError as e:
             print("refused:", e)
     """)

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import kiln
 from tests.conftest import ROOT, photo_subset
 
 pytestmark = pytest.mark.slow  # real subprocesses, real photos
@@ -226,3 +227,37 @@ def test_ctrl_c_while_decoding_stops_the_workers(imagenette_dir: Path, tmp_path:
     time.sleep(0.5)
     left = subprocess.run(["pgrep", "-f", str(photos)], capture_output=True, text=True).stdout.split()
     assert left == []  # no worker process outlived kiln
+
+
+class SlowTestLogger(kiln.Callback):
+    """Test helper: announces the test evaluation's end, then takes its time over it (a slow upload)."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = Path(marker)
+
+    def on_eval_end(self, split: str, metrics: dict[str, float], outputs: object = None) -> None:
+        if split == "test":
+            self.marker.write_text("test evaluated")
+            time.sleep(60)
+
+
+@pytest.mark.parametrize(("sig", "code"), [(signal.SIGTERM, 143), (signal.SIGUSR1, 138)])
+def test_a_signal_after_the_last_epoch_says_in_one_line_what_was_kept(
+    tmp_path: Path, sig: int, code: int
+) -> None:
+    marker, log = tmp_path / "marker", tmp_path / "log"
+    callback = f"callbacks=[{{name: 'tests.test_signals:SlowTestLogger', args: {{marker: '{marker}'}}}}]"
+    env = {**ENV, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT)])}
+    proc = _start(
+        log, "train", "-c", DIGITS, f"run.dir={tmp_path / 'run'}", "trainer.epochs=2", callback, env=env
+    )
+    deadline = time.monotonic() + 120
+    while not marker.exists():  # waits for the run to reach the state, not for a time
+        assert proc.poll() is None, log.read_text()
+        assert time.monotonic() < deadline, log.read_text()
+        time.sleep(0.05)
+    _stop(proc, sig)
+    errors = [line for line in log.read_text().splitlines() if line.startswith("kiln: error:")]
+    assert proc.returncode == code
+    assert len(errors) == 1, log.read_text()
+    assert "after the last epoch: training is complete" in errors[0]

@@ -1,8 +1,8 @@
 """kiln: train, evaluate, export and tune PyTorch image classifiers from one config file.
 
 The package root is kiln's public face: ``import kiln`` stays cheap (no torch) so that ``@kiln.register_*``
-in a user's module and ``kiln --help`` cost nothing; ``kiln.Callback`` and ``kiln.create_model`` load their
-modules on first use. Nothing inside kiln imports this root.
+in a user's module and ``kiln --help`` cost nothing; ``kiln.Callback``, ``kiln.FitInfo`` and
+``kiln.create_model`` load their modules on first use. Nothing inside kiln imports this root.
 """
 
 from typing import Any
@@ -21,6 +21,7 @@ from kiln.registry import (
 __all__ = [
     "MODELS",
     "Callback",
+    "FitInfo",
     "KilnError",
     "__version__",
     "create_model",
@@ -33,10 +34,10 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
-    if name == "Callback":
-        from kiln.engine.callbacks import Callback
+    if name in ("Callback", "FitInfo"):
+        from kiln.engine import callbacks
 
-        return Callback
+        return getattr(callbacks, name)
     if name == "create_model":
         from kiln.models import create_model
 

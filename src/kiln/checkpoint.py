@@ -22,6 +22,10 @@ from torch import nn
 from kiln.atomic import write_with
 from kiln.errors import CheckpointError, clip
 
+# The layout of a kiln checkpoint. A checkpoint of another format is refused with one line (no shims for
+# what earlier commits wrote); its weights still load as model.pretrained.
+FORMAT = 2
+
 
 def unwrap(model: nn.Module) -> nn.Module:
     """The plain module under DDP / torch.compile wrappers, so state_dict keys carry no prefixes."""
@@ -107,13 +111,20 @@ def _load_safe(path: Path, key: str) -> Any:
         ) from None
 
 
-def load(path: str | Path, key: str = "checkpoint") -> dict[str, Any]:
-    """Load a kiln checkpoint without unpickling code: anything but tensors and plain values is refused.
+def load(path: str | Path, key: str = "checkpoint", any_format: bool = False) -> dict[str, Any]:
+    """Load a kiln checkpoint without unpickling code: anything but tensors and plain values is refused, and
+    so is a checkpoint of another ``FORMAT`` (unless ``any_format``: only its weights and records are read).
     ``key``: the option or config key that named the file (``--checkpoint``, ``--model``), for errors."""
     path = _existing_file(path, key, "checkpoint")
     obj = _load_safe(path, key)
     if not isinstance(obj, dict) or "model_state_dict" not in obj:
         raise CheckpointError(f"{key}: {path}: not a kiln checkpoint (no 'model_state_dict')")
+    if not any_format and obj.get("format") != FORMAT:
+        written = f"kiln {obj.get('kiln_version', 'of an earlier commit')}"
+        raise CheckpointError(
+            f"{key}: {path}: a checkpoint of format {obj.get('format', 1)} (written by {written}); this kiln "
+            f"reads format {FORMAT}. Train anew, starting from its weights with model.pretrained={path}"
+        )
     return obj
 
 

@@ -54,6 +54,10 @@ class CheckpointError(KilnError):
     pass
 
 
+class ArtifactError(KilnError):
+    """A model file or its records cannot be used (damaged, incomplete, another format)."""
+
+
 class Interrupted(KilnError):
     """Stopped by Ctrl-C or SIGTERM after a checkpoint was written."""
 

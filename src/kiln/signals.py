@@ -28,7 +28,7 @@ import sys
 import threading
 from collections.abc import Iterator
 from types import FrameType
-from typing import Any
+from typing import Any, NoReturn
 
 HANDLED = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)
 EXIT_CODES = {int(s): 128 + int(s) for s in HANDLED}  # as shells report them: 130, 143, 138
@@ -142,6 +142,12 @@ def check() -> None:
     if _STATE.signum is not None:
         _STATE.raised = True
         raise Interrupt(_STATE.signum)
+
+
+def stop() -> NoReturn:
+    """Raise ``Interrupt`` for the stop asked for (the training loop, at the step it stops at)."""
+    _STATE.raised = True
+    raise Interrupt(_STATE.signum or signal.SIGINT)
 
 
 @contextlib.contextmanager

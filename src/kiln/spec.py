@@ -81,18 +81,17 @@ class Preprocess:
 
     @classmethod
     def from_json(cls, record: Any, source: str = "the preprocessing record") -> Preprocess:
-        """Read a record back (a checkpoint's, a preprocess.json, a model.json's). Records written before
-        photos had their own geometry resized every image to image_size. A damaged record is an error
-        naming ``source``."""
+        """Read a record back (a checkpoint's, a preprocess.json, a model.json's). A damaged or incomplete
+        record is an error naming ``source``."""
         try:
             channels = int(record["in_channels"])
             height, width = (int(v) for v in record["image_size"])
             spec = ImageSpec(
                 channels,
                 (height, width),
-                str(record.get("resize", "squash")),
-                float(record.get("crop_pct", 1.0)),
-                str(record.get("interpolation", "bilinear")),
+                str(record["resize"]),
+                float(record["crop_pct"]),
+                str(record["interpolation"]),
             )
             mean = tuple(float(v) for v in record["mean"])
             std = tuple(float(v) for v in record["std"])

@@ -30,8 +30,8 @@ ENV = {
 class SaveRankWeights(kiln.Callback):
     """Test helper: each rank writes its own final weights (kiln itself writes from rank 0 only)."""
 
-    def on_fit_start(self, info: dict[str, Any]) -> None:
-        self.model, self.rank, self.dir = info["model"], info["rank"], Path(info["run_dir"])
+    def on_fit_start(self, info: kiln.FitInfo) -> None:
+        self.model, self.rank, self.dir = info.model, info.rank, info.run_dir
 
     def on_fit_end(self, summary: dict[str, Any]) -> None:
         torch.save(self.model.state_dict(), self.dir / f"rank{self.rank}.pt")
@@ -40,8 +40,8 @@ class SaveRankWeights(kiln.Callback):
 class FailOnce(kiln.Callback):
     """Test helper: rank 1 raises at the end of epoch 2, once (a marker file remembers)."""
 
-    def on_fit_start(self, info: dict[str, Any]) -> None:
-        self.rank, self.marker = info["rank"], Path(info["run_dir"]) / "failed-once"
+    def on_fit_start(self, info: kiln.FitInfo) -> None:
+        self.rank, self.marker = info.rank, info.run_dir / "failed-once"
 
     def on_epoch_end(self, epoch: int, metrics: dict[str, Any]) -> str | None:
         if self.rank == 1 and epoch == 2 and not self.marker.exists():

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from kiln import signals
 from kiln.config import AugmentConfig
 from kiln.data.augment import BatchTransform
 from kiln.data.loaders import EpochOrder, MemoryLoader
@@ -62,7 +63,7 @@ def _train(
     opts: StepOptions, criterion: Any = F.cross_entropy, **kw: Any
 ) -> tuple[nn.Module, TrainState, dict[str, Any]]:
     model, opt, t = _setup()
-    state = TrainState()
+    state = kw.pop("state", TrainState())
     out = train_one_epoch(model, criterion, opt, kw.pop("loader", _loader()), t, state, opts, **kw)
     return model, state, out
 
@@ -142,17 +143,17 @@ def test_a_stop_inside_a_step_abandons_it_and_rewinds_to_its_start() -> None:
     model, opt, transform = _setup()
     model.insert(1, nn.Dropout(0.5))  # a layer that draws from the global RNG during the step
     state, before = TrainState(), torch.get_rng_state()
-    out = train_one_epoch(
-        model,
-        F.cross_entropy,
-        opt,
-        loader,
-        transform,
-        state,
-        StepOptions(accumulate=2),
-        should_stop=_stop_after(3),
-    )
-    assert out["interrupted"]
+    with pytest.raises(signals.Interrupt):
+        train_one_epoch(
+            model,
+            F.cross_entropy,
+            opt,
+            loader,
+            transform,
+            state,
+            StepOptions(accumulate=2),
+            should_stop=_stop_after(3),
+        )
 
     assert state.step == 0  # the step of batches 0-1 was abandoned mid-way ...
     assert loader.state_dict() == {"epoch": 0, "position": 0}  # ... so a resume does it again
@@ -162,8 +163,9 @@ def test_a_stop_inside_a_step_abandons_it_and_rewinds_to_its_start() -> None:
 def test_a_stop_as_a_step_completes_ends_at_its_boundary() -> None:
     loader = _loader()
     # asked after batch 0's forward and backward (mid-window), after batch 1's forward; then at the boundary
-    _, state, out = _train(StepOptions(accumulate=2), should_stop=_stop_after(4), loader=loader)
-    assert out["interrupted"]
+    state = TrainState()
+    with pytest.raises(signals.Interrupt):
+        _train(StepOptions(accumulate=2), should_stop=_stop_after(4), loader=loader, state=state)
     assert state.step == 1
     assert loader.state_dict() == {"epoch": 0, "position": 2}
 
@@ -180,10 +182,10 @@ def test_a_stop_during_a_long_backward_cuts_it() -> None:
     transform = BatchTransform([0.5], [0.25], AugmentConfig(), 0)
     state = TrainState()
     # asked by the 5 leaves' forward hooks, after the forward, then by the first gradient hook: a stop
-    out = train_one_epoch(
-        model, F.cross_entropy, opt, loader, transform, state, StepOptions(), should_stop=_stop_after(7)
-    )
-    assert out["interrupted"]
+    with pytest.raises(signals.Interrupt):
+        train_one_epoch(
+            model, F.cross_entropy, opt, loader, transform, state, StepOptions(), should_stop=_stop_after(7)
+        )
     assert state.step == 0  # without the gradient hook the step would complete first
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
     assert all(p.grad is None for p in model.parameters())
@@ -203,8 +205,7 @@ def test_a_stop_at_the_epochs_last_step_keeps_the_epoch() -> None:
         StepOptions(),
         should_stop=lambda: state.step >= 4,  # 32 images in batches of 8: after the last step
     )
-    assert not out["interrupted"]  # trained: its validation comes next (and is kept pending if stopped)
-    assert out["train_loss"] > 0
+    assert out["train_loss"] > 0  # returned: its validation comes next (and is kept pending if stopped)
 
 
 class _Record(Callback):

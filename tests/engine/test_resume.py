@@ -11,7 +11,6 @@ import torch
 
 from kiln import checkpoint as ckpt
 from kiln.config import load_config
-from kiln.engine.checkpointing import Checkpointing
 from kiln.engine.distributed import Dist
 from kiln.engine.resume import check_compatible, find_resume
 from kiln.engine.run import Run
@@ -53,13 +52,11 @@ def test_checkpoint_contents(run: Path) -> None:
     assert saved["epoch"] == 2
     assert saved["step"] == 2 * 10
     assert saved["data_state"] == {"epoch": 1, "position": 10}  # all of epoch index 1
-    assert set(saved["callbacks"]) == {"MetricsLog#0", "ProgressBar#0", "EarlyStopping#0", "Checkpointing#0"}
-    assert saved["callbacks"]["Checkpointing#0"] == {
-        "best": saved["best_metric"],
-        "best_epoch": saved["best_epoch"],
-    }
-    assert saved["classes"] == [str(i) for i in range(10)]
-    assert saved["preprocess"]["image_size"] == [8, 8]
+    assert set(saved["callbacks"]) == {"MetricsLog#0", "ProgressBar#0", "EarlyStopping#0"}
+    assert saved["checkpoints"] == {"best": saved["best_metric"], "best_epoch": saved["best_epoch"]}
+    assert saved["format"] == ckpt.FORMAT
+    assert saved["recipe"]["classes"] == [str(i) for i in range(10)]
+    assert saved["recipe"]["preprocess"]["image_size"] == [8, 8]
     assert saved["rng_per_rank"] is None
     assert isinstance(saved["rng"]["torch"], torch.Tensor)
     assert saved["config"]["trainer"]["epochs"] == 2
@@ -86,9 +83,8 @@ def test_load_state_dict_puts_everything_back(run: Path) -> None:
     es = _callback(fresh, EarlyStopping)
     assert es.best == saved["callbacks"]["EarlyStopping#0"]["best"]  # type: ignore[attr-defined]
     assert es.wait == saved["callbacks"]["EarlyStopping#0"]["wait"]  # type: ignore[attr-defined]
-    cp = _callback(fresh, Checkpointing)
-    assert cp.best == saved["best_metric"]  # type: ignore[attr-defined]
-    assert cp.best_epoch == saved["best_epoch"]  # type: ignore[attr-defined]
+    assert fresh.checkpoints.best == saved["best_metric"]
+    assert fresh.checkpoints.best_epoch == saved["best_epoch"]
     for (key, a), b in zip(fresh.model.state_dict().items(), saved["model_state_dict"].values(), strict=True):
         assert torch.equal(a, b), key
     assert fresh.scheduler.last_epoch == 20
@@ -100,20 +96,24 @@ def test_state_dict_round_trips(run: Path) -> None:
     saved = ckpt.load(RunDir(run).last)
     fresh.load_state_dict(saved, str(RunDir(run).last))
     again = fresh.state_dict(saved["metrics"])
-    for key in ("epoch", "step", "data_state", "callbacks", "classes", "preprocess"):
+    for key in ("epoch", "step", "data_state", "callbacks", "checkpoints", "recipe"):
         assert again[key] == saved[key], key
 
 
-def test_a_checkpoint_from_before_checkpointing_was_a_callback_keeps_its_best(
-    run: Path, tmp_path: Path
-) -> None:
+def test_a_checkpoint_of_another_format_is_refused_in_one_line(run: Path, tmp_path: Path) -> None:
     saved = ckpt.load(RunDir(run).last)
-    del saved["callbacks"]["Checkpointing#0"]
-    fresh = _fresh(run)
-    fresh.load_state_dict(saved, "old.pt")
-    cp = _callback(fresh, Checkpointing)
-    assert cp.best == saved["best_metric"]  # type: ignore[attr-defined]
-    assert cp.best_epoch == saved["best_epoch"]  # type: ignore[attr-defined]
+    del saved["format"]  # as every checkpoint before formats were numbered
+    ckpt.save(saved, tmp_path / "old.pt")
+    with pytest.raises(CheckpointError, match="a checkpoint of format 1") as refused:
+        ckpt.load(tmp_path / "old.pt")
+    assert "\n" not in str(refused.value)
+
+
+def test_its_weights_still_start_a_run(run: Path, tmp_path: Path) -> None:
+    saved = ckpt.load(RunDir(run).last)
+    del saved["format"]
+    ckpt.save(saved, tmp_path / "old.pt")
+    assert set(ckpt.read_weights(tmp_path / "old.pt")) == set(saved["model_state_dict"])
 
 
 def test_another_model_is_refused_naming_the_difference(run: Path) -> None:

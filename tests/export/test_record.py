@@ -1,5 +1,5 @@
-"""The records every export carries: ClassList (ids, display names, multi-label thresholds) read back as
-written, older records without names or thresholds, and damaged ones refused naming the file."""
+"""The records every export carries beside its model file (preprocess.json): found beside the file or one
+folder up, and a missing or damaged one refused naming the file (the records themselves: test_recipe.py)."""
 
 from __future__ import annotations
 
@@ -9,42 +9,11 @@ from pathlib import Path
 import pytest
 
 from kiln.export import ArtifactError
-from kiln.export.record import UNTUNED, ClassList, read_beside, short_record
+from kiln.export.record import read_beside, short_record
+from kiln.recipe import ClassList
 from kiln.spec import ImageSpec, Preprocess
 
 PREPROCESS = Preprocess(ImageSpec(3, (32, 32), "crop", 0.875, "bicubic"), (0.5, 0.4, 0.3), (0.2, 0.2, 0.2))
-
-
-def test_a_class_list_reads_back_as_written() -> None:
-    classes = ClassList(("n01", "n02"), ("tench", "goldfish"), True, (0.25, 0.75))
-    assert ClassList.from_json(json.loads(json.dumps(classes.to_json())), "x") == classes
-
-
-def test_a_record_without_names_shows_the_ids() -> None:
-    classes = ClassList.from_json({"classes": ["cat", "dog"]}, "old preprocess.json")
-    assert classes.names == ("cat", "dog")
-    assert classes.multi_label is False
-
-
-def test_a_multi_label_record_without_thresholds_cuts_at_one_half() -> None:
-    classes = ClassList.from_json({"classes": ["a", "b", "c"], "multi_label": True}, "x")
-    assert classes.thresholds == (UNTUNED,) * 3
-
-
-@pytest.mark.parametrize(
-    ("record", "words"),
-    [
-        ({"classes": ["a", "b"], "class_names": ["only one"]}, "2 classes but 1 class_names"),
-        ({"classes": ["a", "b"], "thresholds": [0.5]}, "2 classes but 2 class_names and 1 thresholds"),
-        ({"classes": "ab"}, "must be non-empty lists"),
-        ({"classes": ["a"], "thresholds": ["high"]}, "not a kiln record of classes (ValueError"),
-        ({}, "not a kiln record of classes (KeyError"),
-    ],
-)
-def test_a_damaged_record_names_its_source(record: dict, words: str) -> None:
-    with pytest.raises(ArtifactError, match=r"^model/preprocess.json: ") as e:
-        ClassList.from_json(record, "model/preprocess.json")
-    assert words in str(e.value)
 
 
 def test_the_records_beside_a_model_file_and_one_folder_up(tmp_path: Path) -> None:

@@ -12,7 +12,6 @@ from tritonclient.grpc import model_config_pb2
 
 from kiln.export.base import TritonOptions
 from kiln.export.formats import torchscript
-from kiln.export.record import classes_of
 from kiln.export.triton import check, repository
 from kiln.models.restore import restore
 from tests.export import exported, trained
@@ -38,7 +37,7 @@ def libtorch_model_dir(base: Path) -> Path:
     restored = restore(trained("lenet", base))
     repo = base / "triton-libtorch"
     model_dir, path = repository.write_repository(
-        repo, "digits", [1, 8, 8], classes_of(restored), 8, TritonOptions()
+        repo, "digits", [1, 8, 8], restored.recipe.classes, 8, TritonOptions()
     )
     import torch
 

@@ -7,8 +7,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from kiln.export.record import ClassList
 from kiln.inference.runtime import answers, label_indices, scores
+from kiln.recipe import ClassList
 
 LOGITS = np.array([[2.0, -1.0, 0.5, 0.0], [-3.0, 1.0, 1.0, -0.2]], dtype=np.float32)
 NAMED = ClassList(("n01", "n02", "bird", "cat"), ("plane", "car", "bird", "cat"))

@@ -43,19 +43,16 @@ def test_safetensors_metadata(tmp_path: Path) -> None:
 
 
 def test_kiln_checkpoint_record_and_library_defaults(tmp_path: Path) -> None:
-    ckpt.save(
-        {
-            "model_state_dict": {},
-            "preprocess": {
-                "in_channels": 1,
-                "image_size": [32, 32],
-                "mean": [0.1],
-                "std": [0.3],
-                "resize": "none",
-            },
-        },
-        tmp_path / "best.pt",
-    )
+    record = {
+        "in_channels": 1,
+        "image_size": [32, 32],
+        "mean": [0.1],
+        "std": [0.3],
+        "resize": "none",
+        "crop_pct": 1.0,
+        "interpolation": "bilinear",
+    }
+    ckpt.save({"model_state_dict": {}, "recipe": {"preprocess": record}}, tmp_path / "best.pt")
     got = weights_preprocessing(ModelConfig(name="lenet", pretrained=str(tmp_path / "best.pt")))
     assert got == {
         "source": "best.pt (kiln checkpoint)",
@@ -104,7 +101,15 @@ def test_the_config_wins_over_the_weights_and_scratch_measures(tmp_path: Path) -
 
 
 def test_a_damaged_checkpoint_record_is_one_line_naming_the_file(tmp_path: Path) -> None:
-    record = {"in_channels": 3, "image_size": [32, 32], "mean": [0.1], "std": [0.3]}  # 1 mean for 3 channels
-    ckpt.save({"model_state_dict": {}, "preprocess": record}, tmp_path / "best.pt")
+    record = {  # 1 mean for 3 channels
+        "in_channels": 3,
+        "image_size": [32, 32],
+        "mean": [0.1],
+        "std": [0.3],
+        "resize": "none",
+        "crop_pct": 1.0,
+        "interpolation": "bilinear",
+    }
+    ckpt.save({"model_state_dict": {}, "recipe": {"preprocess": record}}, tmp_path / "best.pt")
     with pytest.raises(KilnError, match=r"model.pretrained: .*best.pt: its preprocessing record: mean/std"):
         weights_preprocessing(ModelConfig(name="lenet", pretrained=str(tmp_path / "best.pt")))

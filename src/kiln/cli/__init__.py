@@ -1,5 +1,6 @@
-"""The `kiln` command. It only parses arguments and calls the library; errors the user can fix are
-printed as one line (no traceback) with a non-zero exit code.
+"""The `kiln` command. Each command module parses its arguments, calls one library function and prints
+what it returned; errors the user can fix are printed as one line (no traceback) with a non-zero exit
+code.
 
 One module per command, each with ``add_parser(subparsers)`` and a handler that imports the library only
 when it runs, so `kiln --help` and `kiln <command> --help` import no torch.

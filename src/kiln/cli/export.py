@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
+from typing import Any
 
 from kiln.export import TOLERANCE
 
@@ -43,6 +43,28 @@ formats (--format; kiln registers each with kiln.registry.register_format):
 """
 
 
+def export_options(args: argparse.Namespace) -> Any:
+    """The ExportOptions the arguments ask for (its TritonOptions from the --format triton group)."""
+    from kiln.export.base import ExportOptions, TritonOptions
+
+    triton = TritonOptions(
+        backend=args.backend,
+        artifact=args.artifact,
+        instance_kind=args.instance_kind,
+        instances=args.instances,
+        dynamic_batching=args.dynamic_batching,
+        queue_delay_us=args.queue_delay_us,
+        execution_env=args.execution_env,
+    )
+    return ExportOptions(
+        name=args.name,
+        max_batch_size=args.max_batch_size,
+        method=args.method,
+        allow_tracer_warnings=args.allow_tracer_warnings,
+        triton=triton,
+    )
+
+
 def run(args: argparse.Namespace) -> int:
     from kiln.export.formats import get_format
     from kiln.export.run import export_checkpoint
@@ -58,21 +80,9 @@ def run(args: argparse.Namespace) -> int:
         overrides=args.overrides,
         config=args.config,
         tolerance=args.tolerance,
-        name=args.name,
-        max_batch_size=args.max_batch_size,
-        method=args.method,
-        backend=args.backend,
-        allow_tracer_warnings=args.allow_tracer_warnings,
-        instance_kind=args.instance_kind,
-        artifact=args.artifact,
-        instances=args.instances,
-        dynamic_batching=args.dynamic_batching,
-        queue_delay_us=args.queue_delay_us,
-        execution_env=args.execution_env,
+        opts=export_options(args),
     )
-    how = {"torchscript": f" ({report['method']})", "triton": f" ({report['backend']})"}.get(
-        report["format"], ""
-    )
+    how = f" ({report['variant']})" if report["variant"] else ""
     print(
         f"kiln: exported {report['model']} as {report['format']}{how} -> {report['artifact']} "
         f"({report['size_bytes'] / 1024:,.0f} KiB)"
@@ -84,8 +94,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"  loaded back with {loader}")
     for line in format_check(report):
         print(line)
-    out = Path(report["artifact"]).parents[1 if report["format"] == "triton" else 0]
-    print(f"  wrote preprocess.json and export.json in {out}")
+    print(f"  wrote preprocess.json and export.json in {report['folder']}")
     return 0
 
 

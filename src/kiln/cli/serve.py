@@ -22,26 +22,13 @@ cleanly, and the server never outlives kiln (a killed kiln takes its server with
 
 
 def run(args: argparse.Namespace) -> int:
-    import signal
-    import tempfile
-    from pathlib import Path
-
-    from kiln.errors import KilnError
     from kiln.export.base import ExportOptions, TritonOptions
     from kiln.serving.env import ensure
-    from kiln.serving.ports import check_free
-    from kiln.serving.server import TritonServer
-    from kiln.serving.stage import stage
+    from kiln.serving.run import serve
 
     if args.setup and not (args.model or args.repository):
         print(f"serving environment ready: {ensure().root}")
         return 0
-    if bool(args.model) == bool(args.repository):
-        raise KilnError("kiln serve: give --model ARTIFACT or --repository REPO (one of them)")
-    if args.http_port == args.grpc_port:
-        raise KilnError(f"--http-port and --grpc-port are both {args.http_port}; give them different ports")
-    check_free(args.host, args.http_port, "--http-port")  # before the model is staged: a leftover server
-    check_free(args.host, args.grpc_port, "--grpc-port")  # of a killed kiln is named at once
     scheduling = TritonOptions(
         backend="python",
         dynamic_batching=args.dynamic_batching,
@@ -50,32 +37,7 @@ def run(args: argparse.Namespace) -> int:
         instance_kind=args.instance_kind,
     )
     opts = ExportOptions(name=args.name, max_batch_size=args.max_batch_size, triton=scheduling)
-    with tempfile.TemporaryDirectory(prefix="kiln-serve-") as work:
-        staged = Path(work) / "repository"  # beside it: the server's log and kiln's link to itself
-        repo = Path(args.repository) if args.repository else stage(args.model, staged, opts, args.trust)
-        env = ensure()  # after the arguments and the model are checked: making it can take a while
-        log_file = Path(work) / "tritonserver.log"
-        server = TritonServer(env, repo, args.http_port, args.grpc_port, host=args.host, log_file=log_file)
-        signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
-        try:
-            with server:
-                models = sorted(p.name for p in repo.iterdir() if (p / "config.pbtxt").is_file())
-                name = f" --name {models[0]}" if len(models) > 1 else ""
-                print(
-                    f"kiln: serving {', '.join(models)} from {repo}\n"
-                    f"  HTTP  http://{server.http_url}/v2/models/{models[0]}/infer"
-                    "   (ready: /v2/health/ready)\n"
-                    f"  gRPC  {server.grpc_url}\n"
-                    f"  ask   kiln predict --url http://{server.http_url}{name} IMAGES...\n"
-                    "  Ctrl-C stops it",
-                    flush=True,
-                )
-                server.proc.wait()  # type: ignore[union-attr]
-        except KeyboardInterrupt:  # at any moment, start-up included: leaving `with server` stopped it
-            print("\nkiln: stopping the server ... stopped", flush=True)
-            return 0
-        code = server.proc.returncode  # type: ignore[union-attr]
-        raise KilnError(f"the Triton server stopped on its own (exit {code}): {server.log_tail()}")
+    return serve(args.model, args.repository, opts, args.host, args.http_port, args.grpc_port, args.trust)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:

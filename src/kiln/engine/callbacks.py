@@ -46,12 +46,9 @@ class FitInfo:
         """A few normalised training images (e.g. to trace the model's graph); decoded on first use only."""
         return self.samples()
 
-    def __getitem__(self, key: str) -> Any:  # callbacks written for the earlier dict: info["model"]
-        return getattr(self, key)
-
 
 class Callback:
-    order = 0  # callbacks run in this order (stable); checkpointing runs last, after every state it saves
+    order = 0  # callbacks run in this order (stable); the run's checkpoints are written after them all
 
     def on_fit_start(self, info: FitInfo) -> None: ...
     def on_epoch_start(self, epoch: int) -> None: ...  # 0-based index of the epoch about to run

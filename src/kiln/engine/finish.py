@@ -26,12 +26,10 @@ from kiln.metrics import Outputs
 
 def finish(run: Run, stop_reason: str | None) -> dict[str, Any]:
     """Measure the test split on the *best* checkpoint (read back from disk) and write summary.json."""
-    from kiln.engine.checkpointing import Checkpointing
-
-    checkpointer = next(cb for cb in run.callbacks.items if isinstance(cb, Checkpointing))
+    checkpoints = run.checkpoints
     summary: dict[str, Any] = {
-        "best_epoch": checkpointer.best_epoch,
-        "best_metric": checkpointer.best,
+        "best_epoch": checkpoints.best_epoch,
+        "best_metric": checkpoints.best,
         "monitor": run.cfg.trainer.checkpoint.monitor,
         "epochs_run": run.state.epoch,
         "steps": run.state.step,
@@ -51,9 +49,7 @@ def finish(run: Run, stop_reason: str | None) -> dict[str, Any]:
     if run.data.multi_label:  # per-class thresholds tuned on val, kept in the checkpoints for every export
         thresholds = tune_thresholds(run)
         summary["thresholds"] = dict(zip(run.data.classes, thresholds.tolist(), strict=True))
-        if run.dist.is_main:
-            for path in (run.dir.best, run.dir.last):
-                ckpt.save({**ckpt.load(path), "thresholds": thresholds.tolist()}, path)
+        checkpoints.amend(recipe=run.recipe(thresholds.tolist()).to_json())
     if run.data.test is not None:
         t0 = time.perf_counter()
         evaluation = run.feed.eval_inputs("test", run.eval_model)
@@ -80,7 +76,7 @@ def finish(run: Run, stop_reason: str | None) -> dict[str, Any]:
         log(
             f"kiln: test accuracy {test['accuracy']:.4f}{extra} (loss {test['loss']:.4f}, "
             f"{test['num_samples']} "
-            f"images, best epoch {checkpointer.best_epoch})"
+            f"images, best epoch {checkpoints.best_epoch})"
         )
         run.callbacks.eval_end("test", {"loss": test["loss"], "acc": test["accuracy"]}, outputs)
     return write_summary(run, summary)

@@ -10,11 +10,12 @@ import contextlib
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 from torch import nn
 
+from kiln import signals
 from kiln.data.augment import BatchTransform, Mix
 from kiln.engine.callbacks import CallbackList
 from kiln.engine.distributed import LOCAL, Dist, all_sum
@@ -72,75 +73,111 @@ def train_one_epoch(
     dist: Dist = LOCAL,
     should_stop: Callable[[], bool] = _never,
     limit: int | None = None,
+    after_step: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:
     """One epoch of training, or its first ``limit`` batches (a fractional last epoch). ``scheduler`` None:
-    a constant LR (no per-step call). ``frozen_bn`` stay in eval mode. ``should_stop`` (a signal handler's
-    flag) ends the epoch at the next step boundary, with ``interrupted`` set in the result."""
+    a constant LR (no per-step call). ``frozen_bn`` stay in eval mode. ``after_step(step)`` runs after each
+    optimizer step (a mid-epoch checkpoint). When ``should_stop`` (a signal handler's flag) turns on, the
+    epoch ends at a step boundary with ``signals.Interrupt`` (``Stops``); at its last step the epoch is
+    complete and returns."""
     callbacks = callbacks or CallbackList([])
     train_mode(model, frozen_bn)
     tally = _Tally(dist, loader.device)
-    use_scaler = scaler is not None and scaler.is_enabled()
-    n_batches, t0, stop = min(len(loader), limit or len(loader)), time.perf_counter(), False
-    last_read = t0
-    start = loader.state_dict()["position"]  # > 0 when resuming mid-epoch
-    boundary = StepStart(start)
-    long_steps = LongSteps(model, _never if dist.enabled else should_stop)
-    finished = start >= n_batches  # every batch trained (a checkpoint of an older kiln may sit there)
+    scaler = scaler if scaler is not None and scaler.is_enabled() else None
+    n_batches, t0 = min(len(loader), limit or len(loader)), time.perf_counter()
+    last_read, start = t0, loader.state_dict()["position"]  # > 0 when resuming mid-epoch
+    stops = Stops(model, loader, optimizer, should_stop, dist, start)
     for i, (xb, y, idx) in enumerate(loader, start=start):
-        if i % opts.accumulate == 0 or i == start:
-            boundary = StepStart(i)
+        if i % opts.accumulate == 0:
+            stops.begin(i)
         last, stepped = i + 1 == n_batches, (i + 1) % opts.accumulate == 0 or i + 1 == n_batches
-        with long_steps.watch() as watched:  # a stop inside a step of seconds ends it within ~0.1 s
+        with stops.watching():  # a stop inside a step of seconds abandons it within ~0.1 s
             loss, logits = forward_loss(model, criterion, transform, (xb, y, idx), state.epoch, i, opts)
-            if stop := abandoned(should_stop, dist, boundary, loader):
-                break
+            stops.check()  # asked during the forward: abandoned before its backward
             # trainer.on_nan=skip: a host read per step drops a non-finite batch before it reaches the weights
             if opts.skip_nan and not bool(torch.isfinite(loss.detach())):
                 state.skipped_steps += 1
             else:
-                backward(loss, scaler if use_scaler else None, opts.accumulate)
+                backward(loss, scaler, opts.accumulate)
                 tally.add(loss.detach(), logits.detach(), y)
-        if watched.cut:
-            optimizer.zero_grad(set_to_none=True)  # the half-done backward's gradients
-            stop = abandoned(should_stop, dist, boundary, loader)
-            break
-        if not stepped and (stop := abandoned(should_stop, dist, boundary, loader)):
-            break  # mid-accumulation: the window's earlier batches go back too
         if stepped:
-            optimizer_step(model, optimizer, scaler if use_scaler else None, opts.grad_clip)
+            optimizer_step(model, optimizer, scaler, opts.grad_clip)
             if scheduler is not None:
                 scheduler.step()
             state.step += 1
             if ema is not None:
                 ema.update()
-            stop = not dist.enabled and should_stop()  # Ctrl-C: stop at a step boundary
+            if after_step is not None:
+                after_step(state.step)
+        else:
+            stops.check()  # mid-accumulation: the window's earlier batches go back too
         callbacks.batch_end(state.step, loss.detach(), optimizer.param_groups[0]["lr"])
         due = stepped and (
             state.step % opts.log_every == 0
             or (not dist.enabled and time.perf_counter() - last_read >= opts.report_every_s)
         )
-        if due or last or stop:
-            # under DDP the ranks agree here (the flag is reduced with the loss), so all stop together
-            stopped, last_loss = tally.flush(state.epoch, state.step, should_stop(), state.last_loss)
-            stop, state.last_loss, last_read = stopped or stop, last_loss, time.perf_counter()
+        agreed = False
+        if due or last:
+            # under DDP the ranks agree here whether to stop (the flag is reduced with the loss)
+            agreed, state.last_loss = tally.flush(state.epoch, state.step, should_stop(), state.last_loss)
+            last_read = time.perf_counter()
             callbacks.progress(state.epoch, i + 1, n_batches, *tally.running())
-        if last or stop:
-            finished = last  # an abandoned step broke out above: not finished
-            break  # a fractional last epoch, or an interrupt, stops here before the loader's end
+        if last:
+            break  # a fractional last epoch ends here; a stop asked now keeps the whole epoch
+        if stepped:
+            stops.at_boundary(agreed)
     seconds, (loss_avg, acc) = time.perf_counter() - t0, tally.running()
     speed = {"images_per_s": tally.seen / max(seconds, 1e-9), "train_seconds": seconds}
-    # stopped at the epoch's last step: the epoch is trained; its validation decides (and keeps it pending)
-    return {"train_loss": loss_avg, "train_acc": acc, **speed, "interrupted": bool(stop) and not finished}
+    return {"train_loss": loss_avg, "train_acc": acc, **speed}
 
 
-def abandoned(should_stop: Callable[[], bool], dist: Dist, boundary: StepStart, loader: Any) -> bool:
-    """Ctrl-C inside a long step (a big model on a CPU: seconds): abandon the step and go back to where it
-    began, so a stop costs a forward or a backward at most, not a whole step. One process only: under DDP
-    the ranks must stop at the same step, which they decide at the step boundary."""
-    if dist.enabled or not should_stop():
-        return False
-    boundary.rewind(loader)
-    return True
+class Stops:
+    """Where Ctrl-C/SIGTERM ends an epoch: at a step boundary, with the one exception every phase stops with
+    (``signals.Interrupt``; the trainer's one handler saves ``last.pt``). One process abandons the step it
+    is in (a forward or backward of seconds included, ``LongSteps``) and goes back to where it began, so a
+    stop costs a forward or a backward at most; under DDP the ranks must stop at the same step, which they
+    agree on when the running loss is reduced (``_Tally.flush``)."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        loader: Any,
+        optimizer: torch.optim.Optimizer,
+        should_stop: Callable[[], bool],
+        dist: Dist,
+        start: int,
+    ) -> None:
+        self.loader, self.optimizer, self.should_stop = loader, optimizer, should_stop
+        self.alone = not dist.enabled
+        self.step_start = StepStart(start)
+        self.long = LongSteps(model, should_stop if self.alone else _never)
+
+    def begin(self, position: int) -> None:
+        """An optimizer step begins at batch ``position``."""
+        self.step_start = StepStart(position)
+
+    @contextlib.contextmanager
+    def watching(self) -> Iterator[None]:
+        """Around a step's forward and backward: a stop asked inside a long one cuts it (one process)."""
+        with self.long.watch() as watched:
+            yield
+        if watched.cut:
+            self.abandon()
+
+    def check(self) -> None:
+        """Inside a step: abandon it if a stop was asked (one process)."""
+        if self.alone and self.should_stop():
+            self.abandon()
+
+    def abandon(self) -> NoReturn:
+        self.optimizer.zero_grad(set_to_none=True)  # a half-done backward's and the window's gradients
+        self.step_start.rewind(self.loader)
+        signals.stop()
+
+    def at_boundary(self, agreed: bool) -> None:
+        """After an optimizer step: stop here if asked (``agreed``: all ranks were asked, under DDP)."""
+        if agreed or (self.alone and self.should_stop()):
+            signals.stop()
 
 
 class StepCut(Exception):

@@ -19,6 +19,7 @@ from kiln.config import Config
 from kiln.console import log
 from kiln.data import TrainData
 from kiln.engine.callbacks import CallbackList
+from kiln.engine.checkpointing import Checkpoints
 from kiln.engine.distributed import Dist, gather_objects
 from kiln.engine.ema import EMA
 from kiln.engine.evaluate import EvalOptions
@@ -29,6 +30,7 @@ from kiln.engine.loop import Criterion, StepOptions, TrainState
 from kiln.errors import CheckpointError
 from kiln.optim import unfreeze
 from kiln.paths import RunDir
+from kiln.recipe import ClassList, ModelRecipe
 
 
 @dataclass
@@ -53,6 +55,7 @@ class Run:
     features: FeaturePlan  # whether (and how) the head trains on a frozen backbone's cached features
     feed: LiveImages | CachedFeatures
     callbacks: CallbackList
+    checkpoints: Checkpoints  # the one writer of last.pt, best.pt and epoch-N.pt
     state: TrainState = field(default_factory=TrainState)
     init_seconds: float = 0.0  # a data-dependent init (pca_init, head_init): training work, said apart
     start: Started | None = None  # a head that starts solved (model.head_init=probe): the run's epoch 0
@@ -83,6 +86,27 @@ class Run:
             live = self.feed if isinstance(self.feed, LiveImages) else self.feed.live
             live.train_model = self.train_model
 
+    def recipe(self, thresholds: list[float] | None = None) -> ModelRecipe:
+        """What the model is, beside its weights (multi-label ``thresholds``: tuned when training ends)."""
+        classes = ClassList(
+            tuple(self.data.classes), tuple(self.data.class_names), self.data.multi_label, None
+        )
+        model = self.cfg.model
+        recipe = ModelRecipe(
+            model.name,
+            self.data.preprocess,
+            classes,
+            dict(model.args),
+            tuple(self.cfg.imports),
+            self.cfg.run.name,
+        )
+        return recipe if thresholds is None else recipe.with_thresholds(thresholds)
+
+    def where(self) -> tuple[Any, ...]:
+        """Where the run stands: a checkpoint written here need not be written again."""
+        state = self.state
+        return state.epoch, state.step, tuple(self.feed.state_dict().items()), state.pending is not None
+
     def state_dict(self, metrics: dict[str, Any]) -> dict[str, Any]:
         """The checkpoint: PyTorch's tutorial keys, and everything a resume needs. Under DDP every rank
         calls this (it gathers each rank's RNG state)."""
@@ -98,15 +122,15 @@ class Run:
             "step": self.state.step,
             "loss": self.state.last_loss,
             "pending_epoch": self.state.pending,  # an epoch trained but not yet validated (interrupted)
+            "format": ckpt.FORMAT,
             "callbacks": self.callbacks.state_dict(),
+            "checkpoints": self.checkpoints.state_dict(),
             "rng": rngs[0],
             "rng_per_rank": rngs if len(rngs) > 1 else None,
             "data_state": self.feed.state_dict(),
             "config": self.cfg.to_dict(),
-            "classes": list(self.data.classes),
-            "class_names": list(self.data.class_names),
+            "recipe": self.recipe().to_json(),  # what the model is: network, input, outputs
             "train_counts": list(self.data.counts),  # images per class in the train split
-            "preprocess": self.data.preprocess.to_json(),
             "metrics": metrics,
             "kiln_version": __version__,
             "torch_version": str(torch.__version__),
@@ -131,12 +155,8 @@ class Run:
         self.scaler.load_state_dict(saved["scaler_state_dict"])
         self.state.epoch, self.state.step = saved["epoch"], saved["step"]
         self.state.last_loss, self.state.pending = saved.get("loss"), saved.get("pending_epoch")
-        states = dict(saved.get("callbacks", {}))
-        # checkpoints written before checkpointing was a callback kept the best metric at the top level only
-        states.setdefault(
-            "Checkpointing#0", {"best": saved.get("best_metric"), "best_epoch": saved.get("best_epoch")}
-        )
-        self.callbacks.load_state_dict(states)
+        self.callbacks.load_state_dict(saved["callbacks"])
+        self.checkpoints.load_state_dict(saved["checkpoints"])
         self.feed.load_state_dict(saved["data_state"])
         per_rank = saved.get("rng_per_rank") or []
         # last: nothing after this may draw random numbers before training

@@ -21,7 +21,7 @@ from kiln.data import DataPlan, Preset, load_train, plan
 from kiln.data.augment import photo_pipeline
 from kiln.engine import head_solver
 from kiln.engine.callbacks import Callback, CallbackList, EarlyStopping, MetricsLog
-from kiln.engine.checkpointing import Checkpointing
+from kiln.engine.checkpointing import Checkpoints
 from kiln.engine.checks import MetricFn, check_config, check_with_data
 from kiln.engine.criterion import build_criterion
 from kiln.engine.distributed import Dist
@@ -198,9 +198,8 @@ def build_run(cfg: Config, dist: Dist, device: torch.device, extra: list[Callbac
         frozen=frozen,
         features=feature_plan,
         feed=feed,
-        callbacks=CallbackList(
-            [*callbacks, *extra, Checkpointing(RunDir(cfg.run_dir), trainer.checkpoint, dist.is_main)]
-        ),
+        callbacks=CallbackList([*callbacks, *extra]),
+        checkpoints=Checkpoints(RunDir(cfg.run_dir), trainer.checkpoint, dist.is_main),
         init_seconds=init_seconds,
         start=started,
         wrap=lambda plain: wrapped(plain, cfg, dist, device),

@@ -27,10 +27,10 @@ from kiln.engine.frozen_head import solve_head, start_metrics
 from kiln.engine.init import augmented_samples, sample_images
 from kiln.engine.loop import train_one_epoch
 from kiln.engine.precision import resolve_device
-from kiln.engine.resume import check_compatible, find_resume
+from kiln.engine.resume import check_compatible, find_resume, resume_point, stopped
 from kiln.engine.run import Run
 from kiln.engine.setup import build_run, seed_everything
-from kiln.errors import Interrupted, KilnError
+from kiln.errors import KilnError
 from kiln.paths import RunDir
 from kiln.registry import import_user_modules
 
@@ -110,19 +110,17 @@ def _fit(cfg: Config, dist: distributed.Dist, resume: str | None, extra: list[Ca
             run=run,
         )
     )
-    if run.start is not None and not resume:
-        report_start(run)
-    run.start = None  # its features are not needed any more
-    stop_reason = train_epochs(run)
-    try:
+    trained = False
+    try:  # a stop anywhere from here on: the one handler, ``resume.stopped``
+        if run.start is not None and not resume:
+            report_start(run)
+        run.start = None  # its features are not needed any more
+        stop_reason = train_epochs(run)
+        trained = True
         summary = finish(run, stop_reason)
+        run.callbacks.fit_end(summary)
     except signals.Interrupt:
-        raise Interrupted(
-            f"interrupted during the final test evaluation; training is complete and saved in "
-            f"{run.dir.last}. Finish it with:\n  kiln train -c {run.dir.config} --resume auto",
-            signals.exit_code(),
-        ) from None
-    run.callbacks.fit_end(summary)
+        raise stopped(run, trained) from None
     return summary
 
 
@@ -134,60 +132,24 @@ def report_start(run: Run) -> None:
     metrics.update(lr=run.optimizer.param_groups[0]["lr"], seconds=run.start.solved.seconds)
     with signals.graceful():
         run.callbacks.epoch_end(0, metrics)
-        run.callbacks.checkpoint(0, run.dir.last)
-
-
-def resume_point(run: Run) -> str:
-    """Where a resumed run continues, in words."""
-    epochs, state = math.ceil(run.cfg.trainer.epochs), run.state
-    position = run.feed.state_dict()["position"]
-    where = f"{position} of {len(run.data.train)} batches into epoch {state.epoch + 1}" if position else ""
-    if state.pending is not None:
-        where = f"epoch {state.epoch + 1} trained, its validation next"
-    return f"{state.epoch} of {epochs} epochs done, step {state.step:,}" + (f", {where}" if where else "")
-
-
-def resume_hint(run: Run) -> str:
-    return f"Resume with:\n  kiln train -c {run.dir.config} --resume {run.dir.last}"
+        run.callbacks.checkpoint(0, run.checkpoints.end_epoch(0, metrics, run.state_dict, run.where()))
 
 
 def train_epochs(run: Run) -> str | None:
-    """The epoch loop; returns why it stopped early (or None). Ctrl-C: checkpoint, then Interrupted."""
+    """The epoch loop; returns why it stopped early (or None). A stop raises ``signals.Interrupt``."""
     stop_reason = None
     while run.state.epoch < math.ceil(run.cfg.trainer.epochs):
-        epoch = run.state.epoch
-        try:
-            metrics = run_epoch(run, epoch)
-        except signals.Interrupt:  # in a phase that cannot stop at a step (a feature pass, a decode)
-            kept = (
-                f"the last checkpoint ({run.dir.last}) is kept. {resume_hint(run)}"
-                if run.dir.last.exists()
-                else (
-                    "no checkpoint was written yet; the decoded images and features finished so far are "
-                    "cached"
-                )
-            )
-            raise Interrupted(f"interrupted at epoch {epoch + 1}; {kept}", signals.exit_code()) from None
-        if metrics.get("interrupted"):
-            signals.acknowledge()  # the stop is being acted on: saving last.pt must not raise it again
-            run.callbacks.interrupt(epoch, run.state.step)  # checkpointing writes last.pt
-
-            raise Interrupted(
-                f"interrupted at epoch {epoch + 1}, step {run.state.step}; saved {run.dir.last}. "
-                f"{resume_hint(run)}",
-                signals.exit_code(),
-            )
+        metrics = run_epoch(run, run.state.epoch)
         done = metrics["epoch"]  # a solve stands for every frozen epoch
         with signals.graceful():  # the epoch's end (metrics.jsonl, loggers, last.pt) completes first
-            stop_reason = run.callbacks.epoch_end(done, metrics)  # checkpointing runs last
+            stop_reason = run.callbacks.epoch_end(done, metrics)
             if distributed.any_flag(run.dist, stop_reason is not None, run.device):  # all ranks stop together
                 stop_reason = stop_reason or "another process asked to stop"
-            run.callbacks.checkpoint(done, run.dir.last)
-        if signals.requested():
-            raise Interrupted(
-                f"interrupted after epoch {done}; saved {run.dir.last}. {resume_hint(run)}",
-                signals.exit_code(),
+            # written after the callbacks' epoch end: the states it saves are this epoch's
+            run.callbacks.checkpoint(
+                done, run.checkpoints.end_epoch(done, metrics, run.state_dict, run.where())
             )
+        signals.check()  # asked during the epoch's end: it is saved, stop now
         if stop_reason:
             log(f"kiln: {stop_reason}")
             break
@@ -218,18 +180,17 @@ def run_epoch(run: Run, epoch: int) -> dict[str, Any]:
         train = solve_head(run, first)
     else:
         limit = math.ceil((cfg.trainer.epochs - epoch) * len(inputs.loader)) if epoch + 1 == epochs else None
-        with signals.graceful():
+        with signals.graceful():  # a stop ends the epoch at a step boundary (loop.Stops)
             train = train_epoch(run, inputs, limit)
-        if train.pop("interrupted"):
-            return {"interrupted": True}
     # An epoch trainer.val_every_n_epochs skips reports NaN with validated=false, and moves neither best.pt
     # nor early stopping. A run without a val split reports NaN on every epoch.
     validated = solving or (epoch + 1) % cfg.trainer.val_every_n_epochs == 0 or epoch + 1 == epochs
     t1 = time.perf_counter()
-    val = validate(run) if validated else {"loss": math.nan, "acc": math.nan}
-    if val is None:  # interrupted: the epoch's training is kept, the checkpoint resumes at its validation
+    try:
+        val = validate(run) if validated else {"loss": math.nan, "acc": math.nan}
+    except signals.Interrupt:  # the epoch is trained: last.pt keeps it, and a resume validates it first
         run.state.pending = train
-        return {"interrupted": True}
+        raise
     run.state.epoch = epoch + 1
     extra = {f"val_{k[7:]}": v for k, v in val.items() if k.startswith("metric_")}
     times = {"prepare_seconds": prepare_seconds, "val_seconds": time.perf_counter() - t1}
@@ -265,20 +226,18 @@ def train_epoch(run: Run, inputs: EpochInputs, limit: int | None) -> dict[str, A
         dist=run.dist,
         should_stop=signals.requested,
         limit=limit,
+        after_step=lambda step: run.checkpoints.after_step(step, run.state_dict, run.where()),
     )
 
 
-def validate(run: Run) -> dict[str, float] | None:
-    """The val split's loss, accuracy and metrics (NaN without a val split); None when interrupted."""
-    try:
-        evaluation = run.feed.eval_inputs("val", run.eval_model)
-        if evaluation is None:
-            return {"loss": math.nan, "acc": math.nan}
-        with signals.graceful():
-            val = evaluate(
-                evaluation.model, evaluation.loader, evaluation.transform, evaluation.options, run.dist
-            )
-    except signals.Interrupt:
-        return None
+def validate(run: Run) -> dict[str, float]:
+    """The val split's loss, accuracy and metrics (NaN without a val split)."""
+    evaluation = run.feed.eval_inputs("val", run.eval_model)
+    if evaluation is None:
+        return {"loss": math.nan, "acc": math.nan}
+    with signals.graceful():  # a stop ends it within a batch (evaluate.infer checks)
+        val = evaluate(
+            evaluation.model, evaluation.loader, evaluation.transform, evaluation.options, run.dist
+        )
     run.callbacks.eval_end("val", {"loss": val["loss"], "acc": val["acc"]})
     return val

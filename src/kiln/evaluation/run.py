@@ -123,7 +123,7 @@ def evaluate_checkpoint(
         device = resolve_device(r.config.run.device)
 
         logits, labels, idx, loader = split_logits(r, split, device)
-        thresholds = r.checkpoint.get("thresholds")  # multi-label: tuned on val when training ended
+        thresholds = r.recipe.classes.thresholds  # multi-label: tuned on val when training ended
         out = Outputs(logits, labels, idx, r.classes, torch.tensor(thresholds) if thresholds else None)
         rep = dict(out.report)
         saved = r.checkpoint

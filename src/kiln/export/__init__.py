@@ -18,7 +18,7 @@ Running artifacts on image files (``kiln predict``, Triton's python model, ``kil
 
 from __future__ import annotations
 
-from kiln.errors import KilnError
+from kiln.errors import ArtifactError, KilnError  # noqa: F401  (ArtifactError: re-exported)
 
 TOLERANCE = 1e-4  # max abs logit difference allowed between an artifact and the eager fp32 model
 
@@ -34,7 +34,3 @@ class VerificationError(ExportError):
     """The written artifact does not compute what the eager model computes."""
 
     exit_code = 4
-
-
-class ArtifactError(KilnError):
-    """A file given to `kiln predict` (or a Triton config) is not a usable model."""

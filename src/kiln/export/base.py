@@ -19,7 +19,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from kiln.export.record import ClassList, read_beside
+from kiln.export.record import read_beside
+from kiln.recipe import ClassList, ModelRecipe
 from kiln.spec import Preprocess
 
 Runner = Callable[[np.ndarray], np.ndarray]  # float32 NCHW batch -> logits
@@ -59,6 +60,7 @@ class Saved:
     names: tuple[str, str] = ("input", "logits")  # input and output tensor names, for preprocess.json
     loaded_by: dict[str, Any] = field(default_factory=dict)
     details: dict[str, Any] = field(default_factory=dict)  # format-specific report fields (method, backend)
+    variant: str = ""  # what kind of this format it is, in a word for the summary line (trace, onnx, ...)
 
 
 @dataclass
@@ -89,6 +91,7 @@ class Loaded:
 class Format(ABC):
     name: ClassVar[str]  # the name it is registered under (--format NAME)
     suffix: ClassVar[str] = ""  # the model file's suffix, for kiln predict
+    shares_its_folder: ClassVar[bool] = False  # --out may hold others' files (a Triton repository)
 
     @abstractmethod
     def save(
@@ -96,11 +99,15 @@ class Format(ABC):
         model: nn.Module,
         example: torch.Tensor,
         out_dir: Path,
-        recipe: dict[str, Any],
+        recipe: ModelRecipe,
         opts: ExportOptions,
     ) -> Saved:
-        """Write ``model``; ``recipe`` holds the model name/args, imports, preprocess, the run name and the
-        classes (``ClassList.to_json``'s keys)."""
+        """Write ``model`` (what it is: ``recipe``) under ``out_dir``."""
+
+    def own_folder(self, out_dir: Path, recipe: ModelRecipe, opts: ExportOptions) -> Path:
+        """The folder this export owns (and checks before anything is written): ``out_dir`` itself, or for
+        a format that shares it, its own part of it."""
+        return out_dir
 
     @abstractmethod
     def load(self, path: Path, trust: bool, device: str = "cpu") -> Loaded:

@@ -4,27 +4,17 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from kiln.export import TOLERANCE, ExportError, verify
-from kiln.export.base import ExportOptions, Saved, TritonOptions
+from kiln.export.base import ExportOptions, Saved
 from kiln.export.formats import get_format
-from kiln.export.record import ClassList, classes_of, preprocess_record
-from kiln.export.triton.repository import model_name
+from kiln.export.record import preprocess_record
 from kiln.models.restore import Restored, restore
 from kiln.paths import RunDir, output_dir
-
-TRITON_FIELDS = {f.name for f in fields(TritonOptions)}
-
-
-def export_options(**options: Any) -> ExportOptions:
-    """ExportOptions from keyword fields, the Triton ones (backend, instances, ...) into its TritonOptions."""
-    triton = TritonOptions(**{k: v for k, v in options.items() if k in TRITON_FIELDS})
-    return ExportOptions(**{k: v for k, v in options.items() if k not in TRITON_FIELDS}, triton=triton)
 
 
 def _check_options(opts: ExportOptions) -> None:
@@ -36,17 +26,6 @@ def _check_options(opts: ExportOptions) -> None:
         raise ExportError(f"--name {opts.name!r}: give a plain file/model name; choose the folder with --out")
 
 
-def _recipe(restored: Restored, classes: ClassList) -> dict[str, Any]:
-    """What a format may write beside the weights (a safetensors export's model.json holds most of it)."""
-    return {
-        "model": {"name": restored.config.model.name, "args": dict(restored.config.model.args)},
-        "imports": list(restored.config.imports),
-        "preprocess": restored.preprocess.to_json(),
-        "run_name": restored.config.run.name,
-        **classes.to_json(),
-    }
-
-
 def export_checkpoint(
     checkpoint: str | Path,
     fmt: str,
@@ -55,27 +34,23 @@ def export_checkpoint(
     overrides: list[str] | None = None,
     config: str | Path | None = None,
     tolerance: float = TOLERANCE,
-    **options: Any,
+    opts: ExportOptions | None = None,
 ) -> dict[str, Any]:
-    """Write ``checkpoint`` in format ``fmt`` under ``out``, verify it and return the report (export.json).
-    ``options``: the fields of ``ExportOptions`` (name, max_batch_size, method, ...) and of its
-    ``TritonOptions`` (backend, artifact, instances, ...)."""
+    """Write ``checkpoint`` in format ``fmt`` under ``out``, verify it and return the report (export.json)."""
     t0 = time.perf_counter()
-    form, opts = get_format(fmt), export_options(**options)
+    form, opts = get_format(fmt), opts or ExportOptions()
     _check_options(opts)
-    contents = "any" if fmt == "triton" else "kiln"  # a Triton repository may hold the user's other models
+    contents = "any" if form.shares_its_folder else "kiln"
     if out:  # the user's folder is checked before anything is read; the default is in the run folder
         output_dir(out, "--out", contents)
     restored = restore(checkpoint, overrides, config)
     model = restored.model.float().eval()
     out_dir = Path(out) if out else RunDir.of_checkpoint(checkpoint).export_dir(fmt)
     output_dir(out_dir, "--out", contents)
-    if fmt == "triton":  # kiln owns the model folder REPO/NAME
-        output_dir(out_dir / model_name(opts.name or restored.config.run.name), "--out")
+    output_dir(form.own_folder(out_dir, restored.recipe, opts), "--out")
     batches = verify.build_batches(restored.config, restored.preprocess, opts.max_batch_size)
-    classes = classes_of(restored)
-    saved = form.save(model, batches.example, out_dir, _recipe(restored, classes), opts)
-    record = preprocess_record(restored, *saved.names, str(saved.path.relative_to(saved.folder)), classes)
+    saved = form.save(model, batches.example, out_dir, restored.recipe, opts)
+    record = preprocess_record(restored, *saved.names, str(saved.path.relative_to(saved.folder)))
     (saved.folder / "preprocess.json").write_text(json.dumps(record, indent=2))
     check = verify.verify(model, batches, saved.run, tolerance)
     report = _report(fmt, checkpoint, restored, saved, opts, check)
@@ -100,7 +75,9 @@ def _report(
 ) -> dict[str, Any]:
     return {
         "format": fmt,
+        "variant": saved.variant,
         "artifact": str(saved.path),
+        "folder": str(saved.folder),
         "checkpoint": str(checkpoint),
         "model": restored.config.model.name,
         "method": saved.details.get("method"),

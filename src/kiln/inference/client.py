@@ -20,10 +20,10 @@ import numpy as np
 
 from kiln.console import warn as console_warn
 from kiln.errors import KilnError, brief, clip
-from kiln.export.record import ClassList
 from kiln.export.triton.repository import CLASSES_PARAMETER, IMAGE, LABELS_OUTPUT, LOGITS
 from kiln.inference.predict import in_batches
 from kiln.inference.runtime import answers
+from kiln.recipe import ClassList
 
 REQUEST_IMAGES = 8  # files per request: a few, so that a request stays small and a bad file costs one retry
 

@@ -9,7 +9,6 @@ from pathlib import Path
 from kiln.export import ArtifactError
 from kiln.export.base import Loaded, torch_runner
 from kiln.export.formats import all_formats
-from kiln.export.record import classes_of
 from kiln.models.restore import restore
 
 MODEL_FILES = ("model.safetensors", "model.onnx", "model.pt", "model.pt2")  # what an export folder holds
@@ -28,7 +27,8 @@ def load_any(path: str | Path, trust: bool = False, device: str = "cpu") -> Load
     restored = restore(artifact, key="--model")  # a kiln checkpoint: torch.load(weights_only=True) only
     module = restored.model.float().to(device)
     runner = torch_runner(module, device)
-    return Loaded(runner, restored.preprocess, classes_of(restored), "checkpoint", artifact, device, module)
+    recipe = restored.recipe
+    return Loaded(runner, recipe.preprocess, recipe.classes, "checkpoint", artifact, device, module)
 
 
 def _model_in(folder: Path) -> Path:

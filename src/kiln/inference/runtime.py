@@ -24,8 +24,8 @@ from kiln.data.augment import BatchTransform
 from kiln.data.decode import open_image
 from kiln.export import ArtifactError
 from kiln.export.base import Loaded
-from kiln.export.record import ClassList
 from kiln.inference.loading import load_any
+from kiln.recipe import ClassList
 
 
 class Classifier:

@@ -21,8 +21,8 @@ from kiln.models import (
     zoo,  # noqa: F401  (defining the torchvision:, timm:, hub: prefixes registers them)
 )
 from kiln.models.zoo import Built
+from kiln.recipe import ModelRecipe
 from kiln.registry import MODEL_PREFIXES, MODELS, import_user_modules
-from kiln.spec import Preprocess
 
 
 def parse_name(name: str) -> tuple[str | None, str]:
@@ -77,17 +77,16 @@ def list_models() -> list[str]:
     return MODELS.names()
 
 
-def rebuild(recipe: dict[str, Any]) -> nn.Module:
-    """A trained model's network, without its weights, from its recipe: the ``model`` section of its
-    config (name, args), ``classes``, ``preprocess`` (in_channels, image_size) and ``imports``. A
-    checkpoint and a safetensors export's model.json both hold one."""
-    import_user_modules(list(recipe.get("imports") or []))
-    spec = recipe["model"]
-    channels, height, width = Preprocess.from_json(recipe["preprocess"]).input_shape
+def rebuild(recipe: ModelRecipe) -> nn.Module:
+    """A trained model's network, without its weights, from its recipe (a checkpoint's, or a safetensors
+    export's model.json): the model's name and args, its classes, its input's shape and the user modules
+    that register it."""
+    import_user_modules(list(recipe.imports))
+    channels, height, width = recipe.preprocess.input_shape
     return create_model(
-        spec["name"],
-        num_classes=len(recipe["classes"]),
+        recipe.model,
+        num_classes=len(recipe.classes),
         in_channels=channels,
         image_size=(height, width),
-        **dict(spec.get("args") or {}),
+        **recipe.args,
     )

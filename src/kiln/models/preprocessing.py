@@ -42,7 +42,8 @@ def _from_file(path: Path) -> dict[str, Any]:
         meta = ckpt.safetensors_metadata(path, "model.pretrained")  # the header checked before any use
         return _parsed(path, "metadata", _from_metadata, meta)
     try:
-        pre = ckpt.load(path, "model.pretrained").get("preprocess") or {}
+        saved = ckpt.load(path, "model.pretrained", any_format=True)
+        pre = (saved.get("recipe") or {}).get("preprocess") or {}
     except CheckpointError:
         return {}  # a plain state_dict: no record of its own (read_weights reports a bad file)
     return _from_record(pre, path) if pre else {}

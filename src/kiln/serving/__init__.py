@@ -3,5 +3,6 @@ through Triton's python backend, with kiln's preprocessing inside the server (``
 
 - ``env.py``: the Python environment the backend's stub needs (numpy<2 beside kiln's numpy 2), made once;
 - ``server.py``: start the server on a model repository, wait for it to be ready, stop it cleanly;
-- ``stage.py``: a repository for any checkpoint or export, for ``kiln serve --model``.
+- ``stage.py``: a repository for any checkpoint or export, for ``kiln serve --model``;
+- ``run.py``: ``serve``, the whole command.
 """

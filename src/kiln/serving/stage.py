@@ -5,14 +5,12 @@ server reads."""
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
 from kiln.export.base import ExportOptions
-from kiln.export.record import RECORD, short_record
 from kiln.export.triton.check import check_model_dir, parse_config
-from kiln.export.triton.repository import model_name, write_python_model_dir
+from kiln.export.triton.repository import model_name, write_python_model
 from kiln.inference.loading import load_any
 
 
@@ -32,9 +30,13 @@ def stage(model: str | Path, workdir: Path, opts: ExportOptions, trust: bool = F
     if (artifact.parent / "model.json").is_file():  # a safetensors export: the recipe beside the weights
         shutil.copy2(artifact.parent / "model.json", version / "model.json")
     # the preprocessing and classes as load_any found them (beside the file, a folder up, in the checkpoint)
-    (version / RECORD).write_text(json.dumps(short_record(loaded.preprocess, loaded.class_list)))
-    in_shape = list(loaded.preprocess.input_shape)
-    write_python_model_dir(
-        version.parent, in_shape, loaded.class_list, opts.max_batch_size, opts.triton, artifact.name, trust
+    write_python_model(
+        version.parent,
+        artifact.name,
+        loaded.preprocess,
+        loaded.class_list,
+        opts.max_batch_size,
+        opts.triton,
+        trust,
     )
     return workdir

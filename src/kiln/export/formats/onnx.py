@@ -17,6 +17,7 @@ from torch import nn
 from kiln.export import INPUT_NAME, OUTPUT_NAME, ArtifactError, ExportError
 from kiln.export.base import ExportOptions, Format, Loaded, Saved, per_batch
 from kiln.export.tracing import data_dependent_hint, first_line, quiet_export
+from kiln.recipe import ModelRecipe
 from kiln.registry import register_format
 
 
@@ -130,7 +131,7 @@ class Onnx(Format):
         model: nn.Module,
         example: torch.Tensor,
         out_dir: Path,
-        recipe: dict[str, Any],
+        recipe: ModelRecipe,
         opts: ExportOptions,
     ) -> Saved:
         path = out_dir / f"{opts.name or 'model'}.onnx"

@@ -5,7 +5,6 @@ is trusted (``kiln predict --trust``)."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
@@ -13,6 +12,7 @@ from torch import nn
 from kiln.export import ArtifactError, ExportError
 from kiln.export.base import ExportOptions, Format, Loaded, Saved, per_batch, torch_runner
 from kiln.export.tracing import data_dependent_hint, first_line, quiet_export
+from kiln.recipe import ModelRecipe
 from kiln.registry import register_format
 
 
@@ -47,7 +47,7 @@ class Pt2(Format):
         model: nn.Module,
         example: torch.Tensor,
         out_dir: Path,
-        recipe: dict[str, Any],
+        recipe: ModelRecipe,
         opts: ExportOptions,
     ) -> Saved:
         path = out_dir / f"{opts.name or 'model'}.pt2"

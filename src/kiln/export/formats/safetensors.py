@@ -7,31 +7,29 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
 
 import kiln.checkpoint as ckpt
-from kiln.errors import CheckpointError, KilnError
+from kiln.errors import CheckpointError
 from kiln.export import ArtifactError, ExportError
 from kiln.export.base import ExportOptions, Format, Loaded, Saved, per_batch, torch_runner
-from kiln.export.record import ClassList
 from kiln.models import rebuild
+from kiln.recipe import ModelRecipe
 from kiln.registry import register_format
-from kiln.spec import Preprocess
 
-SAFETENSORS_FORMAT = "kiln-safetensors/1"
-RECIPE_KEYS = ("model", "imports", "preprocess", "classes", "class_names", "multi_label", "thresholds")
+SAFETENSORS_FORMAT = "kiln-safetensors/2"
 
 
-def save_safetensors(model: nn.Module, path: Path, recipe: dict[str, Any]) -> list[str]:
+def save_safetensors(model: nn.Module, path: Path, recipe: ModelRecipe) -> list[str]:
     from safetensors.torch import save_file
 
     # clone: safetensors refuses tensors that share memory (tied weights); each entry gets its own copy
     state = {key: tensor.detach().cpu().clone().contiguous() for key, tensor in model.state_dict().items()}
     save_file(state, str(path), metadata={"format": SAFETENSORS_FORMAT, "recipe": "model.json"})
-    (path.parent / "model.json").write_text(json.dumps({"format": SAFETENSORS_FORMAT, **recipe}, indent=2))
+    record = {"format": SAFETENSORS_FORMAT, **recipe.to_json(), "torch_version": torch.__version__}
+    (path.parent / "model.json").write_text(json.dumps(record, indent=2))
     return [f"safetensors: {len(state)} tensors, no code; rebuild with kiln from model.json"]
 
 
@@ -50,14 +48,20 @@ def find_safetensors(path: Path) -> tuple[Path, Path]:
     return weights, recipe
 
 
-def load_safetensors(path: Path) -> tuple[nn.Module, dict[str, Any]]:
+def load_safetensors(path: Path) -> tuple[nn.Module, ModelRecipe]:
     """Rebuild the network from model.json and load the weights (tensors only: nothing executes)."""
     weights, recipe_path = find_safetensors(path)
     try:
-        recipe = json.loads(recipe_path.read_text())
-        model = rebuild(recipe)
-    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        record = json.loads(recipe_path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ArtifactError(f"{recipe_path}: not a kiln model.json ({type(e).__name__}: {e})") from None
+    if not isinstance(record, dict) or record.get("format") != SAFETENSORS_FORMAT:
+        found = record.get("format") if isinstance(record, dict) else type(record).__name__
+        raise ArtifactError(
+            f"{recipe_path}: a model.json of format {found}; this kiln reads {SAFETENSORS_FORMAT}"
+        )
+    recipe = ModelRecipe.from_json(record, str(recipe_path))
+    model = rebuild(recipe)
     try:
         state = ckpt.read_weights(weights, key="--model")
     except CheckpointError as e:
@@ -75,7 +79,7 @@ class Safetensors(Format):
         model: nn.Module,
         example: torch.Tensor,
         out_dir: Path,
-        recipe: dict[str, Any],
+        recipe: ModelRecipe,
         opts: ExportOptions,
     ) -> Saved:
         if opts.name not in (None, "model"):  # the loader looks for model.json beside it
@@ -83,8 +87,7 @@ class Safetensors(Format):
                 "--name does not apply to --format safetensors (files are model.safetensors/.json)"
             )
         path = out_dir / "model.safetensors"
-        kept = {key: recipe[key] for key in RECIPE_KEYS}
-        notes = save_safetensors(model, path, {**kept, "torch_version": torch.__version__})
+        notes = save_safetensors(model, path, recipe)
         return Saved(
             path,
             out_dir,
@@ -96,11 +99,7 @@ class Safetensors(Format):
     def load(self, path: Path, trust: bool, device: str = "cpu") -> Loaded:
         """The records come from model.json, the recipe beside the weights (not preprocess.json)."""
         model, recipe = load_safetensors(path)
-        source = str(find_safetensors(path)[1])
-        try:
-            preprocess = Preprocess.from_json(recipe["preprocess"], source)
-        except (KilnError, KeyError) as e:
-            raise ArtifactError(f"{source}: no usable preprocess record ({e})") from None
         model = model.to(device)
-        runner = torch_runner(model, device)
-        return Loaded(runner, preprocess, ClassList.from_json(recipe, source), self.name, path, device, model)
+        return Loaded(
+            torch_runner(model, device), recipe.preprocess, recipe.classes, self.name, path, device, model
+        )

@@ -27,6 +27,7 @@ from torch import nn
 
 from kiln.export import ArtifactError, ExportError
 from kiln.export.base import ExportOptions, Format, Loaded, RunMany, Saved, torch_runner
+from kiln.recipe import ModelRecipe
 from kiln.registry import register_format
 
 METHODS = ("trace", "script")
@@ -202,7 +203,7 @@ class TorchScript(Format):
         model: nn.Module,
         example: torch.Tensor,
         out_dir: Path,
-        recipe: dict[str, Any],
+        recipe: ModelRecipe,
         opts: ExportOptions,
     ) -> Saved:
         path = out_dir / f"{opts.name or 'model'}.pt"
@@ -216,6 +217,7 @@ class TorchScript(Format):
             loaded_by=loaded_by,
             names=("input 0 (TorchScript tensors are positional)", "output 0"),
             details={"method": opts.method},
+            variant=opts.method,
         )
 
     def load(self, path: Path, trust: bool, device: str = "cpu") -> Loaded:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
@@ -15,7 +14,7 @@ from kiln.export import ArtifactError
 from kiln.export.base import ExportOptions, Format, Loaded, Saved, per_batch
 from kiln.export.formats.onnx import Onnx
 from kiln.export.formats.torchscript import TorchScript
-from kiln.export.record import ClassList, read_beside
+from kiln.export.record import read_beside
 from kiln.export.triton.check import check_model_dir, check_python_model_dir, load_runner, parse_config
 from kiln.export.triton.repository import (
     ARTIFACTS,
@@ -27,11 +26,11 @@ from kiln.export.triton.repository import (
     LOGITS,
     PYTHON,
     model_name,
-    write_python_model_dir,
+    write_python_model,
     write_repository,
 )
+from kiln.recipe import ClassList, ModelRecipe
 from kiln.registry import register_format
-from kiln.spec import Preprocess
 
 INNER = {"torchscript": TorchScript, "onnx": Onnx}  # the model file's own format, by backend or artifact
 
@@ -39,20 +38,23 @@ INNER = {"torchscript": TorchScript, "onnx": Onnx}  # the model file's own forma
 @register_format("triton")
 class Triton(Format):
     name = "triton"
+    shares_its_folder = True  # a repository may hold the user's other models: kiln owns REPO/NAME only
+
+    def own_folder(self, out_dir: Path, recipe: ModelRecipe, opts: ExportOptions) -> Path:
+        return out_dir / model_name(opts.name or recipe.run_name)
 
     def save(
         self,
         model: nn.Module,
         example: torch.Tensor,
         out_dir: Path,
-        recipe: dict[str, Any],
+        recipe: ModelRecipe,
         opts: ExportOptions,
     ) -> Saved:
-        name = model_name(opts.name or recipe["run_name"])
+        name = model_name(opts.name or recipe.run_name)
         if opts.triton.backend == PYTHON:
             return self._save_python(model, example, out_dir / name, recipe, opts)
-        classes = ClassList.from_json(recipe, "the checkpoint")
-        in_shape = list(Preprocess.from_json(recipe["preprocess"]).input_shape)
+        classes, in_shape = recipe.classes, list(recipe.preprocess.input_shape)
         model_dir, path = write_repository(out_dir, name, in_shape, classes, opts.max_batch_size, opts.triton)
         inner = INNER[opts.triton.backend]().save(
             model, example, path.parent, recipe, replace(opts, name="model")
@@ -73,6 +75,7 @@ class Triton(Format):
             folder=model_dir,
             names=(checked.input_name, checked.output_name),
             details={**inner.details, "backend": opts.triton.backend},
+            variant=opts.triton.backend,
         )
 
     def _save_python(
@@ -80,7 +83,7 @@ class Triton(Format):
         model: nn.Module,
         example: torch.Tensor,
         model_dir: Path,
-        recipe: dict[str, Any],
+        recipe: ModelRecipe,
         opts: ExportOptions,
     ) -> Saved:
         """The model folder with the artifact model.py runs, exported and verified by its own format."""
@@ -91,9 +94,10 @@ class Triton(Format):
         inner = INNER[triton.artifact]().save(
             model, example, model_dir / "1", recipe, replace(opts, name="model")
         )
-        classes = ClassList.from_json(recipe, "the checkpoint")
-        in_shape = list(Preprocess.from_json(recipe["preprocess"]).input_shape)
-        write_python_model_dir(model_dir, in_shape, classes, opts.max_batch_size, triton, inner.path.name)
+        classes, in_shape = recipe.classes, list(recipe.preprocess.input_shape)
+        write_python_model(
+            model_dir, inner.path.name, recipe.preprocess, classes, opts.max_batch_size, triton
+        )
         checked = check_python_model_dir(model_dir, parse_config(model_dir / "config.pbtxt"))
         outputs = f"{LOGITS}" + (
             f" and {LABELS_OUTPUT} (JSON: the classes >= threshold)" if classes.multi_label else ""
@@ -112,6 +116,7 @@ class Triton(Format):
             folder=model_dir,
             names=(IMAGE, LOGITS),
             details={**inner.details, "backend": PYTHON, "artifact": triton.artifact},
+            variant=PYTHON,
         )
 
     def load(self, path: Path, trust: bool, device: str = "cpu") -> Loaded:

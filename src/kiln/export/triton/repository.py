@@ -20,7 +20,9 @@ from pathlib import Path
 
 from kiln.export import INPUT_NAME, OUTPUT_NAME, ArtifactError
 from kiln.export.base import TritonOptions
-from kiln.export.record import ClassList
+from kiln.export.record import RECORD, short_record
+from kiln.recipe import ClassList
+from kiln.spec import Preprocess
 
 BACKENDS = {  # backend -> (platform, file in the version folder, input name, output name)
     "torchscript": ("pytorch_libtorch", "model.pt", "INPUT__0", "OUTPUT__0"),
@@ -168,19 +170,22 @@ def write_repository(
     return model_dir, model_dir / "1" / BACKENDS[opts.backend][1]
 
 
-def write_python_model_dir(
+def write_python_model(
     model_dir: Path,
-    in_shape: list[int],
+    artifact: str,
+    preprocess: Preprocess,
     classes: ClassList,
     max_batch_size: int,
     opts: TritonOptions,
-    artifact: str,
     trust: bool = False,
 ) -> None:
-    """Around an artifact already in ``model_dir/1``: model.py, labels.txt and config.pbtxt for the python
-    backend (``trust``: model.py may load an artifact that unpickles, such as .pt2, because the user said
-    so). config.pbtxt carries the classes as JSON, so a client (``kiln predict --url``) reads the same
-    names, ids and thresholds as kiln predict."""
+    """The one builder of python-backend model folders (``kiln export --backend python`` and ``kiln serve
+    --model``): around an artifact already in ``model_dir/1``, model.py with the preprocessing and classes
+    it reads (1/preprocess.json), labels.txt and config.pbtxt (``trust``: model.py may load an artifact
+    that unpickles, such as .pt2, because the user said so). config.pbtxt carries the classes as JSON, so
+    a client (``kiln predict --url``) reads the same names, ids and thresholds as kiln predict."""
+    (model_dir / "1" / RECORD).write_text(json.dumps(short_record(preprocess, classes)))
+    in_shape = list(preprocess.input_shape)
     write_labels(model_dir, classes)
     shutil.copyfile(MODEL_PY, model_dir / "1" / "model.py")
     parameters = {CLASSES_PARAMETER: json.dumps(classes.to_json())}
