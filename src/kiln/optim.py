@@ -73,11 +73,16 @@ def param_groups(
     return list(groups.values())
 
 
+def lr_scale(cfg: OptimizerConfig, batch_size: int) -> float:
+    """optimizer.per_images: the config's lr and weight_decay are per N images, the optimizer's are that
+    times batch / N (linear scaling with the batch size); 1 without it."""
+    return batch_size / cfg.per_images if cfg.per_images else 1.0
+
+
 def build_optimizer(
     cfg: OptimizerConfig, model: nn.Module, batch_size: int, fused: bool
 ) -> torch.optim.Optimizer:
-    # per_images: the config's lr/weight_decay are per N images; scale linearly with the batch size
-    scale = batch_size / cfg.per_images if cfg.per_images else 1.0
+    scale = lr_scale(cfg, batch_size)
     lr, wd = cfg.lr * scale, cfg.weight_decay * scale
     groups = param_groups(cfg, model, lr, wd)
     if cfg.name == "sgd":

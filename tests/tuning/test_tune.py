@@ -205,7 +205,8 @@ def test_sigterm_mid_search_stops_it_keeps_the_table_and_resume_completes_it(tmp
         [*_cmd(out, *args), "--resume"], capture_output=True, text=True, env=ENV, timeout=300
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    assert re.search(r"^trial_00001 resumed after epoch [12]/3", done.stdout, re.M)  # from its checkpoint
+    # from its own checkpoint, wherever the stop found it (under load it may have trained all 3 epochs)
+    assert re.search(r"^trial_00001 resumed after epoch [123]/3", done.stdout, re.M)
     resumed = _results(out)["trials"]
     assert sorted(t["trial"] for t in resumed) == ["trial_00000", "trial_00001", "trial_00002"]
     assert all(t["status"] == "finished" for t in resumed)

@@ -28,6 +28,7 @@ from kiln.data.loaders import MemoryLoader
 from kiln.engine import features
 from kiln.engine.distributed import Dist
 from kiln.engine.evaluate import EvalOptions
+from kiln.engine.feature_plan import FeaturePlan
 from kiln.engine.head_solver import Rows
 from kiln.engine.loop import StepOptions
 from kiln.models.transfer import Head, head_name
@@ -107,7 +108,7 @@ class CachedFeatures:
         live: LiveImages,
         model: nn.Module,
         data: TrainData,
-        plan: features.FeaturePlan,
+        plan: FeaturePlan,
         keys: features.FeatureKeys,
         dist: Dist,
         prior: Head | None = None,
@@ -298,7 +299,7 @@ def make_feed(
     live: LiveImages,
     model: nn.Module,
     data: TrainData,
-    plan: features.FeaturePlan,
+    plan: FeaturePlan,
     precision: str,
     dist: Dist,
     prior: Head | None = None,

@@ -30,7 +30,7 @@ def finish(run: Run, stop_reason: str | None) -> dict[str, Any]:
     summary: dict[str, Any] = {
         "best_epoch": checkpoints.best_epoch,
         "best_metric": checkpoints.best,
-        "monitor": run.cfg.trainer.checkpoint.monitor,
+        "monitor": run.checkpoints.cfg.monitor,
         "epochs_run": run.state.epoch,
         "steps": run.state.step,
         "stopped_early": stop_reason,

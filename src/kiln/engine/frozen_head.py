@@ -115,7 +115,7 @@ def solve_head(run: Any, epoch: int) -> dict[str, Any]:
     set_epoch = getattr(run.criterion, "set_epoch", None)
     if callable(set_epoch):  # a loss with a schedule of its own: as at the last frozen epoch
         set_epoch(run.features.frozen_epochs - 1)
-    checkpoint = run.cfg.trainer.checkpoint
+    checkpoint = run.checkpoints.cfg
     judge = head_solver.judge_for(checkpoint.monitor, checkpoint.mode, run.evaluation.metric_fns)
     solved = solve_on(feed, run.criterion, judge, run.cfg.run.seed, run.device)
     head = run.model.get_submodule(feed.head_name)

@@ -32,10 +32,11 @@ from kiln.console import Progress, log
 from kiln.engine.distributed import Dist
 from kiln.engine.feeds import CachedFeatures, EpochInputs
 from kiln.engine.loop import backward, forward_loss, optimizer_step, train_mode
-from kiln.engine.precision import resolve_device
+from kiln.engine.precision import out_of_memory, resolve_device
 from kiln.engine.run import Run
 from kiln.engine.setup import build_run, seed_everything
 from kiln.errors import DataError, Interrupted, KilnError, TrainingStopped
+from kiln.optim import lr_scale
 from kiln.paths import RunDir
 from kiln.registry import import_user_modules
 
@@ -118,17 +119,11 @@ def suggest(curve: Curve, steps: int) -> dict[str, Any] | None:
     return {"lr": lr, "marks": marks}
 
 
-def lr_scale(cfg: Config) -> float:
-    """optimizer.per_images: the config's LR is per N images, the optimizer's that times batch / N."""
-    return cfg.data.batch_size / cfg.optimizer.per_images if cfg.optimizer.per_images else 1.0
-
-
 def epochs_of_batches(run: Run) -> Iterator[tuple[EpochInputs, int, int, bool, Batch]]:
     """The training batches, epoch after epoch, each with (inputs, epoch, index, whether it ends the
     epoch). The range test measures the run's first phase: past trainer.unfreeze's epoch it starts that
     phase's epochs again (the cached features' views cycle on), the frozen parameters still frozen."""
-    spec = run.cfg.trainer.unfreeze
-    phase = spec.at_epoch - 1 if spec and spec.at_epoch > 1 else None
+    phase = run.unfreezing.epoch or None  # the epochs before it (None: no phase ends)
     for epoch in itertools.count():
         inputs = run.feed.epoch_inputs(epoch % phase if phase else epoch)
         inputs.loader.set_epoch(epoch)
@@ -162,10 +157,14 @@ def range_test(run: Run, test: RangeTest) -> Curve:
     """Train ``run``'s model for ``test.steps`` optimizer steps, every param group at its own lr_mult times
     the step's LR; stop early when the smoothed loss diverges or the loss is not finite. The run's own
     schedule, EMA and callbacks take no part. Ctrl-C/SIGTERM: ``Interrupted`` at once."""
-    if run.cfg.trainer.unfreeze and run.cfg.trainer.unfreeze.at_epoch == 1:
+    if run.unfreezing.starts(0):
         run.unfreeze()  # trainer.unfreeze at epoch 1: everything trains from the start
     run.feed.epoch_inputs(0)  # the decode or the feature pass, each its own phase, before the steps
-    scale, curve, smooth = lr_scale(run.cfg), Curve(), SmoothLoss(test.beta)
+    scale, curve, smooth = (
+        lr_scale(run.cfg.optimizer, run.cfg.data.batch_size),
+        Curve(),
+        SmoothLoss(test.beta),
+    )
     batches = epochs_of_batches(run)
     desc = f"LR range test: {test.steps} steps, lr {test.start:.0e} -> {test.end:.0e}"
     try:
@@ -247,9 +246,7 @@ def lr_find(cfg: Config, test: RangeTest, out: Path | None = None) -> dict[str, 
         curve = range_test(run, test)
         seconds = time.perf_counter() - t0
     except torch.OutOfMemoryError:
-        raise KilnError(
-            f"out of GPU memory at data.batch_size={cfg.data.batch_size}; lower data.batch_size"
-        ) from None
+        raise out_of_memory(cfg.data.batch_size) from None
     found = suggest(curve, test.steps)
     result = {
         "start": test.start,

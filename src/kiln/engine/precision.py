@@ -8,7 +8,7 @@ from contextlib import AbstractContextManager
 
 import torch
 
-from kiln.errors import ConfigError
+from kiln.errors import ConfigError, KilnError
 
 
 def resolve_device(name: str) -> torch.device:
@@ -48,3 +48,11 @@ def autocast_factory(precision: str, device: torch.device) -> Callable[[], Abstr
 def make_scaler(precision: str, device: torch.device) -> torch.amp.GradScaler:
     # Only fp16 underflows without loss scaling; a disabled scaler is a no-op with an empty state_dict.
     return torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+
+
+def out_of_memory(batch_size: int) -> KilnError:
+    """The one line for a CUDA out-of-memory error, naming what to change."""
+    return KilnError(
+        f"out of GPU memory at data.batch_size={batch_size}; lower data.batch_size (and raise "
+        "trainer.accumulate to keep the effective batch)"
+    )

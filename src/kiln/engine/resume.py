@@ -6,7 +6,6 @@ on), which checkpoint ``--resume auto`` picks (``find_resume``), where a resumed
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import kiln.checkpoint as ckpt
@@ -25,7 +24,7 @@ def stopped(run: Run, trained: bool) -> Interrupted:
     The exit code is 128 + the signal: 130 for Ctrl-C, 143 for SIGTERM, 138 for SIGUSR1."""
     signals.acknowledge()  # acted on now: the checkpoint's write must not raise it again
     state, name, code = run.state, signals.received_name(), signals.exit_code()
-    if trained or state.epoch >= math.ceil(run.cfg.trainer.epochs):
+    if trained or state.epoch >= run.epochs.total:
         return Interrupted(
             f"interrupted ({name}) after the last epoch: training is complete, in {run.dir.best} and "
             f"{run.dir.last}; skipped: the test evaluation, summary.json and the loggers' final entries. "
@@ -54,7 +53,7 @@ def resume_hint(run: Run) -> str:
 
 def resume_point(run: Run) -> str:
     """Where a resumed run continues, in words."""
-    epochs, state = math.ceil(run.cfg.trainer.epochs), run.state
+    epochs, state = run.epochs.total, run.state
     position = run.feed.state_dict()["position"]
     where = f"{position} of {len(run.data.train)} batches into epoch {state.epoch + 1}" if position else ""
     if state.pending is not None:

@@ -6,6 +6,7 @@ they sit side by side, so what is saved is what is restored. The checkpointing c
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,7 +24,7 @@ from kiln.engine.checkpointing import Checkpoints
 from kiln.engine.distributed import Dist, gather_objects
 from kiln.engine.ema import EMA
 from kiln.engine.evaluate import EvalOptions
-from kiln.engine.features import FeaturePlan
+from kiln.engine.feature_plan import FeaturePlan
 from kiln.engine.feeds import CachedFeatures, LiveImages
 from kiln.engine.init import Started
 from kiln.engine.loop import Criterion, StepOptions, TrainState
@@ -31,6 +32,48 @@ from kiln.errors import CheckpointError
 from kiln.optim import unfreeze
 from kiln.paths import RunDir
 from kiln.recipe import ClassList, ModelRecipe
+
+
+@dataclass(frozen=True)
+class Epochs:
+    """trainer.epochs and trainer.val_every_n_epochs as the epoch loop reads them."""
+
+    count: float  # may be fractional: the last epoch ends part way (airbench's 9.9)
+    val_every: int = 1
+
+    @property
+    def total(self) -> int:
+        """Epochs that run (the last one perhaps in part)."""
+        return math.ceil(self.count)
+
+    def batches(self, epoch: int, batches: int) -> int | None:
+        """How many batches 0-based ``epoch`` trains: all (None), or the last epoch's fraction of them."""
+        return math.ceil((self.count - epoch) * batches) if epoch + 1 == self.total else None
+
+    def validates(self, epoch: int) -> bool:
+        """Whether 0-based ``epoch`` is validated: every val_every-th, and always the last."""
+        return (epoch + 1) % self.val_every == 0 or epoch + 1 == self.total
+
+
+@dataclass(frozen=True)
+class Unfreezing:
+    """trainer.unfreeze as the run reads it: the 0-based epoch from which the parameters model.freeze froze
+    train (None: never), at ``lr_mult`` times the LR, with the optimizer's weight decay."""
+
+    epoch: int | None = None
+    lr_mult: float = 1.0
+    weight_decay: float = 0.0
+
+    @classmethod
+    def of(cls, cfg: Config) -> Unfreezing:
+        spec = cfg.trainer.unfreeze
+        if spec is None:
+            return cls()
+        return cls(spec.at_epoch - 1, spec.lr_mult, cfg.optimizer.weight_decay)
+
+    def starts(self, epoch: int) -> bool:
+        """Whether 0-based ``epoch`` is the first to train the frozen parameters."""
+        return self.epoch == epoch
 
 
 @dataclass
@@ -51,7 +94,9 @@ class Run:
     ema: EMA | None
     step: StepOptions
     evaluation: EvalOptions
+    epochs: Epochs
     frozen: list[str]  # parameter names frozen by model.freeze (trainer.unfreeze brings them back)
+    unfreezing: Unfreezing  # when they train again
     features: FeaturePlan  # whether (and how) the head trains on a frozen backbone's cached features
     feed: LiveImages | CachedFeatures
     callbacks: CallbackList
@@ -67,19 +112,14 @@ class Run:
 
     def unfreeze(self) -> None:
         """trainer.unfreeze: the frozen parameters join the optimizer (at its epoch, or on resume past it)."""
-        spec = self.cfg.trainer.unfreeze
-        if spec is None:
+        spec = self.unfreezing
+        if spec.epoch is None:
             return
         joined = unfreeze(
-            self.model,
-            self.optimizer,
-            self.scheduler,
-            self.frozen,
-            spec.lr_mult,
-            self.cfg.optimizer.weight_decay,
+            self.model, self.optimizer, self.scheduler, self.frozen, spec.lr_mult, spec.weight_decay
         )
         if joined:
-            log(f"kiln: unfroze {joined} parameter tensors at epoch {spec.at_epoch} (lr x {spec.lr_mult})")
+            log(f"kiln: unfroze {joined} parameter tensors at epoch {spec.epoch + 1} (lr x {spec.lr_mult})")
         if joined and self.dist.enabled and self.wrap is not None:
             # DDP averages the gradients of the parameters that trained when it was built: wrap anew
             self.train_model = self.wrap(self.model)
@@ -139,8 +179,8 @@ class Run:
     def load_state_dict(self, saved: dict[str, Any], path: str) -> None:
         """Put the run back where the checkpoint ``saved`` (read from ``path``) was: weights, optimizer,
         schedule, counters, callback states, the position in the epoch and every RNG."""
-        if self.cfg.trainer.unfreeze and saved.get("epoch", 0) >= self.cfg.trainer.unfreeze.at_epoch:
-            self.unfreeze()  # the checkpoint's optimizer already has the unfrozen group
+        if len(saved["optimizer_state_dict"]["param_groups"]) > len(self.optimizer.param_groups):
+            self.unfreeze()  # the checkpoint's optimizer has the unfrozen group: its epoch had begun
         ckpt.load_weights(self.model, saved.get("train_state_dict") or saved["model_state_dict"], path)
         try:
             self.optimizer.load_state_dict(saved["optimizer_state_dict"])

@@ -27,7 +27,7 @@ from kiln.engine.criterion import build_criterion
 from kiln.engine.distributed import Dist
 from kiln.engine.ema import EMA
 from kiln.engine.evaluate import Autocast, EvalOptions
-from kiln.engine.features import FeaturePlan, frozen_twin, plan_features
+from kiln.engine.feature_plan import FeaturePlan, frozen_twin, plan_features
 from kiln.engine.feeds import CachedFeatures, LiveImages, make_feed
 from kiln.engine.init import HeadStart, data_init, start_head
 from kiln.engine.loggers import build_loggers
@@ -36,7 +36,7 @@ from kiln.engine.loop import StepOptions
 from kiln.engine.precision import autocast_factory, make_scaler, resolve_precision
 from kiln.engine.progress import ProgressBar
 from kiln.engine.recipe import follow_the_data
-from kiln.engine.run import Run
+from kiln.engine.run import Epochs, Run, Unfreezing
 from kiln.errors import KilnError
 from kiln.models import build as build_network
 from kiln.models import transfer
@@ -195,7 +195,9 @@ def build_run(cfg: Config, dist: Dist, device: torch.device, extra: list[Callbac
         ema=ema,
         step=step,
         evaluation=evaluation,
+        epochs=Epochs(trainer.epochs, trainer.val_every_n_epochs),
         frozen=frozen,
+        unfreezing=Unfreezing.of(cfg),
         features=feature_plan,
         feed=feed,
         callbacks=CallbackList([*callbacks, *extra]),

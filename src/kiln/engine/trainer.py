@@ -26,7 +26,7 @@ from kiln.engine.finish import finish, write_run_info
 from kiln.engine.frozen_head import solve_head, start_metrics
 from kiln.engine.init import augmented_samples, sample_images
 from kiln.engine.loop import train_one_epoch
-from kiln.engine.precision import resolve_device
+from kiln.engine.precision import out_of_memory, resolve_device
 from kiln.engine.resume import check_compatible, find_resume, resume_point, stopped
 from kiln.engine.run import Run
 from kiln.engine.setup import build_run, seed_everything
@@ -61,10 +61,7 @@ def fit(
         distributed.barrier(dist)  # no rank tears its process group down while another still talks to it
         return summary
     except torch.OutOfMemoryError:
-        raise KilnError(
-            f"out of GPU memory at data.batch_size={cfg.data.batch_size}; lower data.batch_size "
-            "(and raise trainer.accumulate to keep the effective batch)"
-        ) from None
+        raise out_of_memory(cfg.data.batch_size) from None
     finally:
         distributed.shutdown(dist)
 
@@ -138,7 +135,7 @@ def report_start(run: Run) -> None:
 def train_epochs(run: Run) -> str | None:
     """The epoch loop; returns why it stopped early (or None). A stop raises ``signals.Interrupt``."""
     stop_reason = None
-    while run.state.epoch < math.ceil(run.cfg.trainer.epochs):
+    while run.state.epoch < run.epochs.total:
         metrics = run_epoch(run, run.state.epoch)
         done = metrics["epoch"]  # a solve stands for every frozen epoch
         with signals.graceful():  # the epoch's end (metrics.jsonl, loggers, last.pt) completes first
@@ -158,8 +155,7 @@ def train_epochs(run: Run) -> str | None:
 
 def run_epoch(run: Run, epoch: int) -> dict[str, Any]:
     """Train one epoch (or the fraction a fractional trainer.epochs leaves), then validate."""
-    cfg, epochs = run.cfg, math.ceil(run.cfg.trainer.epochs)
-    if cfg.trainer.unfreeze and epoch + 1 == cfg.trainer.unfreeze.at_epoch:
+    if run.unfreezing.starts(epoch):
         run.unfreeze()
     set_epoch = getattr(run.criterion, "set_epoch", None)
     if callable(set_epoch):  # a loss with a schedule of its own (LDAM's deferred re-weighting)
@@ -179,12 +175,12 @@ def run_epoch(run: Run, epoch: int) -> dict[str, Any]:
     elif solving:
         train = solve_head(run, first)
     else:
-        limit = math.ceil((cfg.trainer.epochs - epoch) * len(inputs.loader)) if epoch + 1 == epochs else None
+        limit = run.epochs.batches(epoch, len(inputs.loader))
         with signals.graceful():  # a stop ends the epoch at a step boundary (loop.Stops)
             train = train_epoch(run, inputs, limit)
     # An epoch trainer.val_every_n_epochs skips reports NaN with validated=false, and moves neither best.pt
     # nor early stopping. A run without a val split reports NaN on every epoch.
-    validated = solving or (epoch + 1) % cfg.trainer.val_every_n_epochs == 0 or epoch + 1 == epochs
+    validated = solving or run.epochs.validates(epoch)
     t1 = time.perf_counter()
     try:
         val = validate(run) if validated else {"loss": math.nan, "acc": math.nan}

@@ -20,6 +20,7 @@ from kiln.data import load_split, plan
 from kiln.data.augment import BatchTransform
 from kiln.engine import features
 from kiln.engine.evaluate import EvalOptions, infer
+from kiln.engine.feature_plan import plan_features
 from kiln.engine.loop import StepOptions
 from kiln.engine.precision import autocast_factory, resolve_device, resolve_precision
 from kiln.engine.setup import use_channels_last
@@ -50,7 +51,7 @@ def split_logits(
     precision = resolve_precision(cfg.trainer.precision, device)
     channels_last = use_channels_last(cfg.trainer.channels_last, model, device)
     autocast = autocast_factory(precision, device)
-    feature_plan = features.plan_features(cfg, transform.photo)
+    feature_plan = plan_features(cfg, transform.photo)
     trained_frozen = (r.checkpoint.get("epoch") or 0) <= feature_plan.frozen_epochs  # the backbone as loaded
     if feature_plan.applies and trained_frozen:
         keys = features.feature_keys(model, precision, channels_last, r.preprocess)
