@@ -111,6 +111,23 @@ def write_png_folder(
     return root
 
 
+def toy_photos(root: Path, run: Path, cache: Path) -> list[str]:
+    """Overrides of configs/digits.yaml for a toy CNN on a small photo folder (``write_png_folder``):
+    resnet_small at 16 px in batches of 8, no progress bar or TensorBoard: runs of a second or less."""
+    return [
+        f"run.dir={run}",
+        "trainer.progress=off",
+        "logging.tensorboard=false",
+        "data.source=folder",
+        f"data.root={root}",
+        f"data.cache_dir={cache}",
+        "data.image_size=16",
+        "data.batch_size=8",
+        "model.name=resnet_small",
+        "model.args={widths: [8, 16]}",
+    ]
+
+
 def multi_label_csvs(root: Path, classes: list[str], splits: tuple[str, ...] = ("train", "val")) -> Path:
     """The photos of an image folder again as multi-label data: <split>.csv rows of 0-3 of ``classes``
     each (seeded), for data.source=csv with data.csv.multi_label."""

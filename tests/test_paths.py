@@ -207,14 +207,14 @@ def test_every_command_refuses_a_bad_out_in_one_line(
 @pytest.mark.slow
 def test_an_earlier_kiln_export_is_replaced_and_a_users_model_folder_is_not(tmp_path: Path) -> None:
     from kiln.export.run import export_checkpoint
-    from tests.export import trained
+    from tests.export import options, trained
 
     ckpt = trained("mlp", tmp_path / "runs")
-    export_checkpoint(ckpt, "onnx", tmp_path / "out", max_batch_size=4)
+    export_checkpoint(ckpt, "onnx", tmp_path / "out", opts=options(max_batch_size=4))
     (tmp_path / "out" / MARKER).unlink()  # as an export written before kiln marked its folders
-    assert export_checkpoint(ckpt, "onnx", tmp_path / "out", max_batch_size=4)["passed"]
+    assert export_checkpoint(ckpt, "onnx", tmp_path / "out", opts=options(max_batch_size=4))["passed"]
     repo, files = user_folder(tmp_path)  # a Triton repository of the user's: "sub" is their model
-    assert export_checkpoint(ckpt, "triton", repo, name="m", max_batch_size=4)["passed"]
+    assert export_checkpoint(ckpt, "triton", repo, opts=options("m", max_batch_size=4))["passed"]
     with pytest.raises(KilnError, match=f"^--out: {repo / 'sub'} is not empty and holds files kiln did not"):
-        export_checkpoint(ckpt, "triton", repo, name="sub", max_batch_size=4)
+        export_checkpoint(ckpt, "triton", repo, opts=options("sub", max_batch_size=4))
     assert {k: v for k, v in contents(repo).items() if not k.startswith("m/")} == files

@@ -15,7 +15,7 @@ from kiln.config import load_config
 from kiln.engine.trainer import fit
 from kiln.errors import KilnError
 from kiln.models import build
-from tests.conftest import ROOT, multi_label_csvs, one_thread, write_png_folder
+from tests.conftest import ROOT, multi_label_csvs, one_thread, toy_photos, write_png_folder
 
 pytestmark = pytest.mark.slow  # 64 short training runs
 
@@ -47,17 +47,8 @@ def test_it_trains_or_is_refused_in_one_line(
 ) -> None:
     root, pretrained = setup
     overrides = [
-        f"run.dir={tmp_path / 'run'}",
-        "trainer.progress=off",
-        "logging.tensorboard=false",
-        "data.source=folder",
-        f"data.root={root}",
-        f"data.cache_dir={tmp_path / 'cache'}",
-        "data.image_size=16",
-        "data.batch_size=8",
+        *toy_photos(root, tmp_path / "run", tmp_path / "cache"),
         "data.augment={random_resized_crop: {scale: [0.5, 1]}, hflip: true}",
-        "model.name=resnet_small",
-        "model.args={widths: [8, 16]}",
         f"model.pretrained={pretrained}",
         f"model.head_init={head}",
         f"data.sampler={sampler}",

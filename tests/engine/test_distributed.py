@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import kiln
-from tests.conftest import ROOT, write_png_folder
+from tests.conftest import ROOT, toy_photos, write_png_folder
 
 pytestmark = pytest.mark.slow  # DDP: torchrun subprocesses
 
@@ -153,16 +153,7 @@ def _frozen(root: Path, run: Path, *extra: str) -> list[str]:
         "train",
         "-c",
         DIGITS,
-        f"run.dir={run}",
-        "trainer.progress=off",
-        "logging.tensorboard=false",
-        "data.source=folder",
-        f"data.root={root}",
-        f"data.cache_dir={run.parent / 'cache'}",
-        "data.image_size=16",
-        "data.batch_size=8",
-        "model.name=resnet_small",
-        "model.args={widths: [8, 16]}",
+        *toy_photos(root, run, run.parent / "cache"),
         "model.freeze=backbone",
         "trainer.epochs=3",
         "data.augment={random_resized_crop: {scale: [0.5, 1]}, hflip: true, views: 2}",

@@ -11,7 +11,7 @@ import torch
 
 from kiln.config import load_config
 from kiln.engine.trainer import fit
-from tests.conftest import ROOT, write_png_folder
+from tests.conftest import ROOT, toy_photos, write_png_folder
 
 pytestmark = pytest.mark.slow  # every test trains two or more multi-epoch runs
 
@@ -23,16 +23,7 @@ def _run(tmp_path: Path, name: str, *extra: str) -> dict[str, torch.Tensor]:
     cfg = load_config(
         ROOT / "configs/digits.yaml",
         [
-            f"run.dir={tmp_path / name}",
-            "trainer.progress=off",
-            "logging.tensorboard=false",
-            "data.source=folder",
-            f"data.root={root}",
-            f"data.cache_dir={tmp_path / 'cache'}",
-            "data.image_size=16",
-            "data.batch_size=8",
-            "model.name=resnet_small",
-            "model.args={widths: [8, 16]}",
+            *toy_photos(root, tmp_path / name, tmp_path / "cache"),
             "model.freeze=backbone",
             "trainer.epochs=4",
             "data.augment={random_resized_crop: {scale: [0.5, 1]}, hflip: true, views: 2}",

@@ -14,7 +14,7 @@ import torch
 
 from kiln.config import load_config
 from kiln.engine.trainer import fit
-from tests.conftest import ROOT, multi_label_csvs, one_thread, write_png_folder
+from tests.conftest import ROOT, multi_label_csvs, one_thread, toy_photos, write_png_folder
 
 CLASSES = ["a", "b", "c"]
 
@@ -34,16 +34,7 @@ def run(root: Path, out: Path, *extra: str) -> tuple[dict[str, torch.Tensor], li
     cfg = load_config(
         ROOT / "configs/digits.yaml",
         [
-            f"run.dir={out}",
-            "trainer.progress=off",
-            "logging.tensorboard=false",
-            "data.source=folder",
-            f"data.root={root}",
-            f"data.cache_dir={out.parent / 'cache'}",
-            "data.image_size=16",
-            "data.batch_size=8",
-            "model.name=resnet_small",
-            "model.args={widths: [8, 16]}",
+            *toy_photos(root, out, out.parent / "cache"),
             "model.freeze=backbone",
             "trainer.epochs=3",
             "data.augment={random_resized_crop: {scale: [0.5, 1]}, hflip: true, views: 2}",

@@ -25,7 +25,7 @@ from kiln.engine.lr_find import Curve, RangeTest, SmoothLoss, lr_find, range_tes
 from kiln.engine.setup import build_run, seed_everything
 from kiln.engine.trainer import fit
 from kiln.paths import RunDir
-from tests.conftest import ROOT, run_kiln, write_png_folder
+from tests.conftest import ROOT, run_kiln, toy_photos, write_png_folder
 
 DIGITS = str(ROOT / "configs/digits.yaml")
 
@@ -132,16 +132,7 @@ def _frozen_photos(tmp_path: Path, *extra: str) -> Config:
     return load_config(
         DIGITS,
         [
-            f"run.dir={tmp_path / 'run'}",
-            "trainer.progress=off",
-            "logging.tensorboard=false",
-            "data.source=folder",
-            f"data.root={root}",
-            f"data.cache_dir={tmp_path / 'cache'}",
-            "data.image_size=16",
-            "data.batch_size=8",  # 30 images: 4 batches an epoch
-            "model.name=resnet_small",
-            "model.args={widths: [8, 16]}",
+            *toy_photos(root, tmp_path / "run", tmp_path / "cache"),  # 30 images: 4 batches an epoch
             "model.freeze=backbone",
             "trainer.epochs=1",
             *extra,

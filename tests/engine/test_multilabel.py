@@ -75,7 +75,7 @@ def test_it_learns_the_labels(trained: Path) -> None:
 
 def test_thresholds_are_tuned_and_kept_in_the_checkpoints(trained: Path) -> None:
     for name in ("best.pt", "last.pt"):
-        thresholds = ckpt.load(trained / "checkpoints" / name)["thresholds"]
+        thresholds = ckpt.load(trained / "checkpoints" / name)["recipe"]["thresholds"]
         assert len(thresholds) == len(CLASSES)
         assert all(0.0 < t < 1.0 for t in thresholds)
 

@@ -15,6 +15,7 @@ import torch
 from PIL import Image
 from torch import nn
 
+from kiln.export.base import ExportOptions, TritonOptions
 from tests.conftest import ROOT, cifar_mosaics, write_png_folder
 
 DIGITS = ROOT / "configs/digits.yaml"
@@ -93,16 +94,28 @@ def trained_multilabel(cifar10_dir: Path, base: Path) -> Path:
     return _CHECKPOINTS["multilabel"]
 
 
+def options(
+    name: str | None = None,
+    method: str = "trace",
+    backend: str = "torchscript",
+    max_batch_size: int = 16,
+    allow_tracer_warnings: bool = False,
+) -> ExportOptions:
+    """The ExportOptions the tests vary (what `kiln export`'s arguments build)."""
+    triton = TritonOptions(backend=backend)
+    return ExportOptions(name, max_batch_size, method, allow_tracer_warnings, triton)
+
+
 def exported(key: str, fmt: str, base: Path, **opts: Any) -> tuple[dict[str, Any], Path]:
-    """(report, out dir) of ``kiln export`` of MODELS[key] in ``fmt``, written on first use under ``base``."""
+    """(report, out dir) of ``kiln export`` of MODELS[key] in ``fmt``, written on first use under ``base``;
+    ``opts``: those of ``options``."""
     cache_key = (key, fmt, *(f"{k}={v}" for k, v in sorted(opts.items())))
     if cache_key not in _EXPORTS:
         from kiln.export.run import export_checkpoint
 
         out = base / "exports" / "-".join(cache_key)
-        opts.setdefault("max_batch_size", 16)
         checkpoint = _CHECKPOINTS["multilabel"] if key == "multilabel" else trained(key, base)
-        _EXPORTS[cache_key] = export_checkpoint(checkpoint, fmt, out, **opts), out
+        _EXPORTS[cache_key] = export_checkpoint(checkpoint, fmt, out, opts=options(**opts)), out
     return _EXPORTS[cache_key]
 
 

@@ -18,7 +18,7 @@ from kiln.export.formats import torchscript
 from kiln.export.run import export_checkpoint
 from kiln.models import create_model
 from kiln.models.restore import restore
-from tests.export import exported, trained
+from tests.export import exported, options, trained
 
 pytestmark = pytest.mark.slow  # trains models; fresh Python processes
 
@@ -75,7 +75,7 @@ def test_fresh_process_without_kiln_loads_the_export(base: Path, tmp_path: Path)
 
 def test_trace_of_a_data_dependent_model_is_refused(base: Path, tmp_path: Path) -> None:
     with pytest.raises(ExportError, match="data-dependent Python") as e:
-        export_checkpoint(trained("gated", base), "torchscript", tmp_path, method="trace")
+        export_checkpoint(trained("gated", base), "torchscript", tmp_path, opts=options())
     assert "__init__.py" in str(e.value)
     assert "--method script" in str(e.value)
     assert not (tmp_path / "model.pt").exists()  # nothing half-right is left behind
@@ -86,7 +86,7 @@ def test_forced_trace_is_caught_on_the_branch_it_did_not_take(base: Path, tmp_pa
         VerificationError, match=r"'inverted' batch .* max abs diff .* > tolerance 1e-04"
     ) as e:
         export_checkpoint(
-            trained("gated", base), "torchscript", tmp_path, method="trace", allow_tracer_warnings=True
+            trained("gated", base), "torchscript", tmp_path, opts=options(allow_tracer_warnings=True)
         )
     assert e.value.exit_code == 4
     report = json.loads((tmp_path / "export.json").read_text())
@@ -98,7 +98,7 @@ def test_forced_trace_is_caught_on_the_branch_it_did_not_take(base: Path, tmp_pa
 
 def test_script_keeps_the_data_dependent_branch(base: Path, tmp_path: Path) -> None:
     rep = export_checkpoint(
-        trained("gated", base), "torchscript", tmp_path, method="script", max_batch_size=8
+        trained("gated", base), "torchscript", tmp_path, opts=options(method="script", max_batch_size=8)
     )
     assert rep["passed"]
     assert {c["case"]: c["max_abs_diff"] for c in rep["cases"]}["inverted"] <= TOLERANCE

@@ -56,7 +56,7 @@ def test_labels_are_the_eager_sigmoid_at_the_tuned_thresholds(
     restored = restore(checkpoint)
     logits, _, indices, _ = split_logits(restored, "test", torch.device("cpu"))  # training's evaluation
     scores = logits.sigmoid()[indices.argsort()]
-    thresholds = torch.tensor(restored.checkpoint["thresholds"], dtype=scores.dtype)
+    thresholds = torch.tensor(restored.recipe.classes.thresholds, dtype=scores.dtype)
     expected = [
         sorted(np.flatnonzero((row >= thresholds).numpy()).tolist(), key=lambda j: -float(row[j]))
         for row in scores
@@ -91,7 +91,7 @@ def test_the_onnx_export_gives_predicts_labels(
 
 
 def test_every_record_carries_the_thresholds_and_names(checkpoint: Path, base: Path) -> None:
-    thresholds = restore(checkpoint).checkpoint["thresholds"]
+    thresholds = list(restore(checkpoint).recipe.classes.thresholds)
     _, onnx_dir = exported("multilabel", "onnx", base)
     _, safetensors_dir = exported("multilabel", "safetensors", base)
     for record_file in (onnx_dir / "preprocess.json", safetensors_dir / "model.json"):
@@ -106,7 +106,7 @@ def test_every_record_carries_the_thresholds_and_names(checkpoint: Path, base: P
 def test_a_triton_repository_holds_the_thresholds_for_the_client(checkpoint: Path, base: Path) -> None:
     _, repo = exported("multilabel", "triton", base, name="tags", backend="onnx")
     model_dir = repo / "tags"
-    thresholds = restore(checkpoint).checkpoint["thresholds"]
+    thresholds = list(restore(checkpoint).recipe.classes.thresholds)
     assert [float(t) for t in (model_dir / "thresholds.txt").read_text().split()] == thresholds
     assert (model_dir / "labels.txt").read_text().splitlines() == NAMES
     assert json.loads((model_dir / "preprocess.json").read_text())["thresholds"] == thresholds

@@ -42,9 +42,10 @@ def test_safetensors_metadata(tmp_path: Path) -> None:
     }
 
 
-def test_kiln_checkpoint_record_and_library_defaults(tmp_path: Path) -> None:
+def _checkpoint(path: Path, in_channels: int) -> None:
+    """A checkpoint whose recipe records 32x32 images of ``in_channels`` with one mean and std."""
     record = {
-        "in_channels": 1,
+        "in_channels": in_channels,
         "image_size": [32, 32],
         "mean": [0.1],
         "std": [0.3],
@@ -52,7 +53,11 @@ def test_kiln_checkpoint_record_and_library_defaults(tmp_path: Path) -> None:
         "crop_pct": 1.0,
         "interpolation": "bilinear",
     }
-    ckpt.save({"model_state_dict": {}, "recipe": {"preprocess": record}}, tmp_path / "best.pt")
+    ckpt.save({"model_state_dict": {}, "recipe": {"preprocess": record}}, path)
+
+
+def test_kiln_checkpoint_record_and_library_defaults(tmp_path: Path) -> None:
+    _checkpoint(tmp_path / "best.pt", in_channels=1)
     got = weights_preprocessing(ModelConfig(name="lenet", pretrained=str(tmp_path / "best.pt")))
     assert got == {
         "source": "best.pt (kiln checkpoint)",
@@ -101,15 +106,6 @@ def test_the_config_wins_over_the_weights_and_scratch_measures(tmp_path: Path) -
 
 
 def test_a_damaged_checkpoint_record_is_one_line_naming_the_file(tmp_path: Path) -> None:
-    record = {  # 1 mean for 3 channels
-        "in_channels": 3,
-        "image_size": [32, 32],
-        "mean": [0.1],
-        "std": [0.3],
-        "resize": "none",
-        "crop_pct": 1.0,
-        "interpolation": "bilinear",
-    }
-    ckpt.save({"model_state_dict": {}, "recipe": {"preprocess": record}}, tmp_path / "best.pt")
+    _checkpoint(tmp_path / "best.pt", in_channels=3)  # 1 mean for 3 channels
     with pytest.raises(KilnError, match=r"model.pretrained: .*best.pt: its preprocessing record: mean/std"):
         weights_preprocessing(ModelConfig(name="lenet", pretrained=str(tmp_path / "best.pt")))

@@ -77,9 +77,10 @@ def triton(
 ) -> Iterator[object]:  # type: ignore[no-untyped-def]
     from kiln.export.run import export_checkpoint
     from kiln.serving.server import TritonServer, free_port
+    from tests.export import options
 
     repo = tmp_path_factory.mktemp("repo")
-    export_checkpoint(photo_model[0], "triton", repo, backend="python", name="photos", max_batch_size=16)
+    export_checkpoint(photo_model[0], "triton", repo, opts=options("photos", backend="python"))
     server = TritonServer(serve_env, repo, free_port(), free_port(), log_file=repo.parent / "triton.log")
     with server:  # stopped on the way out, whatever the tests did
         yield server

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +50,8 @@ def restore(
         recipe = ModelRecipe.from_json(saved["recipe"], f"{path} (its recipe)")
     except KilnError as e:
         raise CheckpointError(str(e)) from None
+    # a config or override that names another network is honoured (and its weights must fit)
+    recipe = replace(recipe, model=cfg.model.name, args=dict(cfg.model.args))
     model = rebuild(recipe)
     ckpt.load_weights(model, saved["model_state_dict"], path)
     return Restored(model.eval(), cfg, recipe, saved)
