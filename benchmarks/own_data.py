@@ -1,14 +1,14 @@
-"""kiln's defaults on photo folders ImageNet does not know, side by side with a linear probe and fastai, in one
-run on this machine (the folders: ``benchmarks/own_folders.py``; the references: ``benchmarks/references.py``):
+"""kiln's defaults on photo folders ImageNet does not know, side by side with a linear probe and fastai, in
+one run on this machine (folders: ``benchmarks/own_folders.py``; references: ``benchmarks/references.py``):
 
     python -m benchmarks.own_data [--only steel,digits] [--skip-fastai]     # or: make bench-own-data
 
-For every folder, as a new user runs it: ``kiln new proj --template photos --data FOLDER``, then the template's
-two commands unchanged (``kiln train -c config.yaml model.freeze=backbone``, the frozen recipe, and ``kiln
-train -c config.yaml``, fine-tuning), each a whole process on a cold cache, with only the offline weights
-file (and, for the multi-label CSV folder, its data.source and data.csv keys) added; ``kiln eval`` of the
-best checkpoint gives the test accuracy, balanced accuracy and mAP. Beside them: the linear probe (C chosen
-on val) and fastai's ``fine_tune(3)``. Then, on the skewed folder, every imbalance option against the
+For every folder, as a new user runs it: ``kiln new proj --template photos --data FOLDER``, then the
+template's two commands unchanged (``kiln train -c config.yaml model.freeze=backbone``, the frozen recipe,
+and ``kiln train -c config.yaml``, fine-tuning), each a whole process on a cold cache, with only the offline
+weights file (and, for the multi-label CSV folder, its data.source and data.csv keys) added; ``kiln eval``
+of the best checkpoint gives the test accuracy, balanced accuracy and mAP. Beside them: the linear probe (C
+chosen on val) and fastai's ``fine_tune(3)``. Then, on the skewed folder, every imbalance option against the
 default; and the cold whole process of ``configs/photos_fixed.yaml`` (hymenoptera, ~10 s in the README).
 
 Targets (issue 28): frozen >= probe - 1 point on every folder; fine-tune >= frozen - 1 point; kiln's best
@@ -44,7 +44,7 @@ IMBALANCE_OPTIONS = {
 
 
 def run(cmd: list[str], cwd: Path, log: Path) -> float:
-    """Run ``cmd`` with its output going to ``log``; returns its wall seconds (a failure ends the benchmark)."""
+    """Run ``cmd`` with its output going to ``log``; its wall seconds (a failure ends the benchmark)."""
     t0 = time.monotonic()
     with log.open("w") as out:
         proc = subprocess.run(cmd, cwd=cwd, env=ENV, stdout=out, stderr=subprocess.STDOUT)
@@ -80,7 +80,11 @@ def train(proj: Path, extra: list[str], name: str, *overrides: str) -> dict[str,
     seconds = run(kiln(*args), proj, proj / f"{name}.log")
     checkpoint = proj / "runs" / name / "checkpoints" / "best.pt"
     out = proj / "runs" / name / "eval"
-    run(kiln("eval", "--checkpoint", str(checkpoint), "--out", str(out), *extra[:1]), proj, proj / f"{name}-eval.log")
+    run(
+        kiln("eval", "--checkpoint", str(checkpoint), "--out", str(out), *extra[:1]),
+        proj,
+        proj / f"{name}-eval.log",
+    )
     return {**scores(json.loads((out / "report.json").read_text())), "seconds": seconds}
 
 
@@ -120,7 +124,7 @@ def table(results: dict[str, Any]) -> str:
     for name, row in results["folders"].items():
         key = "map" if "map" in row["probe"] else "acc"
 
-        def cell(r: dict[str, Any] | None) -> str:
+        def cell(r: dict[str, Any] | None, key: str = key) -> str:
             if r is None:
                 return "—"
             second = f" / bal {r['balanced_accuracy']:.3f}" if "balanced_accuracy" in r else ""
@@ -154,6 +158,7 @@ def main() -> None:
                 row["fastai"] = fastai(folder, base / "fastai.log")
             results["folders"][name] = row
             print(json.dumps({name: row}), flush=True)
+            RESULTS.write_text(json.dumps(results, indent=1))  # kept if a later folder fails
         if "steel-skewed" in wanted and not args.skip_imbalance:
             proj, extra = project(FOLDERS["steel-skewed"](), Path(tmp) / "imbalance")
             results["imbalance"] = {

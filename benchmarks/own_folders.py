@@ -56,7 +56,7 @@ def per_class(
 
 
 def steel(name: str, train_counts: list[int]) -> Path:
-    """neu-steel: train from its train/ (the counts per class), val and test 20 per class each from its val/."""
+    """neu-steel: train from its train/ (the counts per class), val and test 20 per class from its val/."""
     dest = DEST / name
     if (dest / "test").is_dir():
         return dest

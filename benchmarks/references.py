@@ -108,7 +108,10 @@ def probe(folder: Path, weights: Path, monitor: str) -> dict[str, float]:
             present = y.sum(0) > 0
             return {"map": float(average_precision_score(y[:, present], probs[:, present], average="macro"))}
         pred = clf.predict(x)
-        return {"acc": float((pred == y).mean()), "balanced_accuracy": float(balanced_accuracy_score(y, pred))}
+        return {
+            "acc": float((pred == y).mean()),
+            "balanced_accuracy": float(balanced_accuracy_score(y, pred)),
+        }
 
     fits = {c: fitted(c) for c in C_GRID}
     chosen = max(C_GRID, key=lambda c: scores(fits[c], select)[monitor])
@@ -158,12 +161,16 @@ def fastai_fine_tune(folder: Path, weights: Path) -> dict[str, float]:
     body.load_state_dict(state, strict=False)
     with learn.no_bar(), learn.no_logging():
         learn.fine_tune(3)
-    dl = learn.dls.test_dl(pd.DataFrame({"fname": [str(p) for p in test[0]], "label": test[1]}), with_labels=True)
+    dl = learn.dls.test_dl(
+        pd.DataFrame({"fname": [str(p) for p in test[0]], "label": test[1]}), with_labels=True
+    )
     probs, targets = learn.get_preds(dl=dl)
     if multi:
         y = targets.numpy()
         present = y.sum(0) > 0
-        return {"map": float(average_precision_score(y[:, present], probs.numpy()[:, present], average="macro"))}
+        return {
+            "map": float(average_precision_score(y[:, present], probs.numpy()[:, present], average="macro"))
+        }
     pred, y = probs.argmax(1).numpy(), targets.numpy()
     return {"acc": float((pred == y).mean()), "balanced_accuracy": float(balanced_accuracy_score(y, pred))}
 

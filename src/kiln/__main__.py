@@ -1,5 +1,3 @@
-import sys
+from kiln.cli import run
 
-from kiln.cli import main
-
-sys.exit(main())
+run()

@@ -9,8 +9,10 @@ when it runs, so `kiln --help` and `kiln <command> --help` import no torch.
 from __future__ import annotations
 
 import argparse
+import gc
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from kiln import signals
 from kiln._version import __version__
@@ -55,5 +57,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         return signals.exit_code()
 
 
+def run() -> NoReturn:
+    """The `kiln` command: `main`, then an exit that does not wait for the interpreter's last garbage
+    collection. Measured on 2 cores: that collection, over torch's and timm's objects, takes 1.4 s, longer
+    than stopping a feature pass on SIGTERM. Files are closed and flushed explicitly and `atexit` still
+    runs; only objects in reference cycles go uncollected, as the operating system frees them anyway."""
+    code = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    gc.freeze()
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()
