@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.kiln-installed
 EXTRAS ?= dev,timm,export,serve,wandb,tune
 
-.PHONY: demo test test-fast lint bench bench-photos bench-gpu gpu-wheels data clean
+.PHONY: demo test test-fast lint bench bench-photos bench-own-data bench-gpu gpu-wheels data clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,7 +29,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks
 	$(VENV)/bin/ruff format --check src tests benchmarks
 
-# Unpack the local copies of CIFAR-10, MNIST, the tutorial's ant/bee photos and imagenette (../shared/data) into
+# Unpack ../shared/data's CIFAR-10, MNIST, the tutorial's ant/bee photos, imagenette and neu-steel into
 # data/ (git-ignored), with the ImageNet weights of tf_efficientnet_lite0 the photo recipes start from.
 data:
 	mkdir -p data
@@ -37,6 +37,7 @@ data:
 	test -d data/mnist || tar -xzf ../shared/data/mnist-png.tar.gz -C data/
 	test -d data/hymenoptera_data || tar -xzf ../shared/data/hymenoptera-jpeg.tar.gz -C data/
 	test -d data/imagenette || tar -xzf ../shared/data/imagenette-jpeg.tar.gz -C data/
+	test -d data/neu-steel || tar -xzf ../shared/data/neu-steel-jpeg.tar.gz -C data/
 	test -f data/tf_efficientnet_lite0_imagenet.safetensors || cp ../shared/data/tf_efficientnet_lite0_imagenet.safetensors data/
 
 
@@ -51,6 +52,14 @@ bench: $(STAMP) data
 bench-photos: $(STAMP) data
 	$(PY) -m benchmarks.transfer_photos
 	$(PY) -m benchmarks.serve_throughput
+
+# Folders ImageNet does not know (neu-steel, MNIST digits, mosaics) and two it does, against a linear probe
+# and fastai (~1.5 h on 2 cores). fastai is a benchmark-only dependency: installed here without its own
+# pins, which would replace torch.
+bench-own-data: $(STAMP) data
+	$(PY) -m pip install -q --no-deps fastai fastcore fastdownload fasttransform 'fastprogress<1.1'
+	$(PY) -m pip install -q 'plum-dispatch<2.10'
+	$(PY) -m benchmarks.own_data
 
 # On a machine with one CUDA GPU (no network, kiln not installed): see benchmarks/bench_gpu.sh. Run
 # `make gpu-wheels` here first (with network) and carry .whl and .gpu-data to it.

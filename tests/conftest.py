@@ -21,6 +21,11 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 SHARED = ROOT.parent / "shared" / "data"
+
+# kiln stops within a second or two of a signal (0.1-1.5 s measured on 2 cores; benchmarks/photos_first_hour
+# times it). Signal tests check the state a stop leaves and bound the wait only loosely: every phase they
+# interrupt runs far longer than this, and a CI machine under load once took 2.03 s for a 0.4-1.5 s stop.
+STOP_SECONDS = 10.0
 DATA = ROOT / "data"
 
 
@@ -56,6 +61,12 @@ def hymenoptera_dir() -> Path:
 @pytest.fixture(scope="session")
 def imagenette_dir() -> Path:
     return _unpack("imagenette", "imagenette-jpeg.tar.gz")
+
+
+@pytest.fixture(scope="session")
+def neu_steel_dir() -> Path:
+    """Grayscale photos of steel surface defects: 6 classes ImageNet never saw (train 150, val 40 each)."""
+    return _unpack("neu-steel", "neu-steel-jpeg.tar.gz")
 
 
 @pytest.fixture(scope="session")

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, photo_subset
+from tests.conftest import ROOT, STOP_SECONDS, photo_subset
 
 pytestmark = pytest.mark.slow  # real photos, real weights, every command as a subprocess
 
@@ -52,6 +52,18 @@ class Project:
         return f"data.cache_dir={self.folder.parent / 'cache'}"
 
 
+def new_project(photos: Path, weights: Path) -> Project:
+    """`kiln new proj --template photos --data PHOTOS`, run beside the photos."""
+    subprocess.run(
+        [sys.executable, "-m", "kiln", "new", "proj", "--template", "photos", "--data", str(photos)],
+        cwd=photos.parent,
+        env=ENV,
+        check=True,
+        capture_output=True,
+    )
+    return Project(photos.parent / "proj", weights)
+
+
 @pytest.fixture(scope="module")
 def project(
     hymenoptera_dir: Path, imagenet_weights: Path, tmp_path_factory: pytest.TempPathFactory
@@ -59,14 +71,7 @@ def project(
     base = tmp_path_factory.mktemp("user")
     # grayscale photos (as X-rays are) with RGB ImageNet weights
     photos = photo_subset(hymenoptera_dir, base / "photos", classes=2, per_class=40, gray=True)
-    subprocess.run(
-        [sys.executable, "-m", "kiln", "new", "proj", "--template", "photos", "--data", str(photos)],
-        cwd=base,
-        env=ENV,
-        check=True,
-        capture_output=True,
-    )
-    return Project(base / "proj", imagenet_weights)
+    return new_project(photos, imagenet_weights)
 
 
 def test_check_data(project: Project) -> None:
@@ -193,7 +198,7 @@ def test_ctrl_c_then_resume(project: Project) -> None:
     proc.send_signal(signal.SIGINT)
     proc.wait(timeout=60)
     assert proc.returncode == 130, log.read_text()
-    assert time.monotonic() - t0 < 5
+    assert time.monotonic() - t0 < STOP_SECONDS
     resumed = project.kiln(*args, "--resume", "auto")
     assert "resuming from" in resumed
     assert json.loads((project.folder / "runs/stopped/summary.json").read_text())["epochs_run"] == 2
