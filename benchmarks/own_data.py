@@ -138,12 +138,19 @@ def table(results: dict[str, Any]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--only", default="", help="comma-separated folder names (default: all)")
+    parser.add_argument(
+        "--only",
+        default="",
+        help="parts, comma-separated: folder names, imbalance, cold (default: all); others kept",
+    )
     parser.add_argument("--skip-fastai", action="store_true")
     parser.add_argument("--skip-imbalance", action="store_true")
     args = parser.parse_args()
-    wanted = [n for n in FOLDERS if not args.only or n in args.only.split(",")]
+    parts = args.only.split(",") if args.only else [*FOLDERS, "imbalance", "cold"]
+    wanted = [n for n in FOLDERS if n in parts]
     results: dict[str, Any] = {"folders": {}, "machine": f"{os.cpu_count()} CPU cores"}
+    if args.only and RESULTS.is_file():  # a part run again: the others' results are kept
+        results = json.loads(RESULTS.read_text())
     with tempfile.TemporaryDirectory() as tmp:
         for name in wanted:
             folder = FOLDERS[name]()
@@ -159,7 +166,8 @@ def main() -> None:
             results["folders"][name] = row
             print(json.dumps({name: row}), flush=True)
             RESULTS.write_text(json.dumps(results, indent=1))  # kept if a later folder fails
-        if "steel-skewed" in wanted and not args.skip_imbalance:
+        if "imbalance" in parts and not args.skip_imbalance:
+            (Path(tmp) / "imbalance").mkdir()
             proj, extra = project(FOLDERS["steel-skewed"](), Path(tmp) / "imbalance")
             results["imbalance"] = {
                 f"{recipe} {option}": train(proj, extra, f"{recipe}-{i}", *frozen, *overrides)
@@ -167,10 +175,12 @@ def main() -> None:
                 for i, (option, overrides) in enumerate(IMBALANCE_OPTIONS.items())
             }
             print(json.dumps({"imbalance": results["imbalance"]}), flush=True)
-        results["photos_fixed_cold"] = photos_fixed_cold(Path(tmp))
+            RESULTS.write_text(json.dumps(results, indent=1))
+        if "cold" in parts:
+            results["photos_fixed_cold"] = photos_fixed_cold(Path(tmp))
+            print(json.dumps({"photos_fixed_cold": results["photos_fixed_cold"]}))
     RESULTS.write_text(json.dumps(results, indent=1))
     print(table(results))
-    print(json.dumps({"photos_fixed_cold": results["photos_fixed_cold"]}))
 
 
 if __name__ == "__main__":
