@@ -122,3 +122,14 @@ def test_a_class_of_one_image_stays_in_train() -> None:
     labels = [0] * 40 + [1]
     held = stratified(labels, 0.1, torch.Generator().manual_seed(0))
     assert 40 not in held
+
+
+def test_photos_of_the_weights_size_still_resize_one_of_another_size(tmp_path: Path) -> None:
+    """The first image is the weights' 16 px; another is 20 px: photos for pretrained weights are resized
+    as the weights were trained, whatever the first image's size (it used to be refused)."""
+    root = write_png_folder(tmp_path / "imgs", ["a", "b"], per_class=4, size=16)
+    write_png_folder(tmp_path / "imgs", ["b"], per_class=1, size=20, seed=1)  # overwrites b/0.png
+    cfg = DataConfig(source="folder", root=str(root), batch_size=4, cache_dir=str(tmp_path / "c"))
+    data = build(cfg, 0, torch.device("cpu"), preset=RGB_WEIGHTS)
+    data.train.materialize()  # every train image decoded: the 20 px one too
+    assert data.transform.eval(next(iter(data.test))[0]).shape[1:] == (3, 16, 16)

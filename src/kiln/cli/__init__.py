@@ -16,10 +16,10 @@ from typing import NoReturn
 
 from kiln import signals
 from kiln._version import __version__
-from kiln.cli import cache, check_data, evaluate, export, lr_find, new, predict, serve, train, tune
+from kiln.cli import audit, cache, check_data, evaluate, export, lr_find, new, predict, serve, train, tune
 from kiln.errors import KilnError
 
-COMMANDS = (train, lr_find, evaluate, export, predict, serve, tune, new, check_data, cache)
+COMMANDS = (train, lr_find, evaluate, export, predict, serve, tune, new, check_data, audit, cache)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -81,7 +81,8 @@ class DataConfig(_Strict):
     train_image_size: int | tuple[int, int] | None = None
     # how images of other sizes get there: crop (photos: aspect kept; evaluation resizes the shorter side to
     # image_size / crop_pct and takes the centre), squash (resize exactly), none (all must have image_size);
-    # auto: none when the images already have it, squash for in-memory arrays, else crop
+    # auto: none when the images already have it and no pretrained weights set it, squash for in-memory
+    # arrays, else crop
     resize: Literal["auto", "none", "squash", "crop"] = "auto"
     crop_pct: float | None = Field(None, gt=0, le=1)  # None: the pretrained weights', else 0.875
     interpolation: Literal["bilinear", "bicubic"] | None = (
@@ -108,6 +109,9 @@ class DataConfig(_Strict):
     # display names for class ids (folders named by WordNet id or product code): a .txt ("ID NAME" lines,
     # or one name per line in label order), a .csv (id,name) or a mapping {id: name}
     class_names: str | dict[str, str] | None = None
+    # images left out of every split: a text file of paths (one a line) or a CSV with a `path` column, e.g.
+    # the exclude.txt or label_issues.csv `kiln audit` writes (paths relative to the cwd or to the file)
+    exclude: str | None = None
 
     @model_validator(mode="after")
     def _check(self) -> DataConfig:

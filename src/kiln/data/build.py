@@ -20,6 +20,7 @@ import torch
 from kiln.config import DataConfig
 from kiln.console import log
 from kiln.data.augment import BatchTransform
+from kiln.data.exclude import apply_exclude
 from kiln.data.memory import Loader, default_workers, loaders_for
 from kiln.data.names import read_class_names
 from kiln.data.sources import list_source
@@ -125,8 +126,10 @@ def image_spec(cfg: DataConfig, train: Split, preset: Preset | None = None) -> I
         )
         channels = wanted
     resize = cfg.resize
-    if resize == "auto":
-        resize = "none" if size in (None, first) else "squash" if train.in_memory else "crop"
+    if resize == "auto":  # pretrained weights' photos are resized as the weights were trained, whatever
+        # the first image's size (a folder of 224 px photos may hold one of another size)
+        kept = size is None or (size == first and preset is None)
+        resize = "none" if kept else "squash" if train.in_memory else "crop"
     crop_pct = cfg.crop_pct or (preset.crop_pct if preset else None) or (0.875 if resize == "crop" else 1.0)
     interpolation = cfg.interpolation or (preset.interpolation if preset else None) or "bilinear"
     return ImageSpec(channels, size or first, resize, crop_pct if resize == "crop" else 1.0, interpolation)
@@ -136,7 +139,7 @@ def plan(cfg: DataConfig, preset: Preset | None = None, spec: ImageSpec | None =
     """The source's splits with val carved out of train when there is none, the train limit applied and,
     with data.on_bad_sample=skip, unreadable files left out (and listed in ``skipped``). Decodes nothing
     (but the first image's header, and every file's with on_bad_sample=skip)."""
-    raw = list_source(cfg)
+    raw = apply_exclude(list_source(cfg), cfg.exclude)
     train, val = raw.train, raw.val
     if val is None:
         train, val = carve(train, cfg.val_split, seed=0)  # fixed: the same val set in every run

@@ -98,7 +98,7 @@ def open_image(
         if spec.resize == "none" and (h0, w0) != spec.size:
             raise DataError(
                 f"{name}: image is {w0}x{h0} but the first one is {spec.size[1]}x{spec.size[0]}; "
-                "set data.image_size to resize them all"
+                "set data.resize=crop (or squash) and data.image_size to resize them all"
             )
         resample = RESAMPLE[spec.interpolation]
         if spec.resize == "squash" and (h0, w0) != stored:

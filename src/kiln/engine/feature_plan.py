@@ -101,11 +101,15 @@ def plan_features(cfg: Config, photo: bool) -> FeaturePlan:
     )
 
 
-def frozen_twin(cfg: Config, photo: bool) -> FeaturePlan:
-    """The feature plan the frozen recipe (``model.freeze=backbone``, the head solved) has for this config:
-    the features a fine-tuning run's head starts from (``model.head_init: probe``), in the same cache."""
+def frozen_recipe(cfg: Config) -> Config:
+    """``cfg`` as the frozen recipe (``model.freeze=backbone``, the head solved on cached features): what a
+    fine-tuning run's head starts from and what ``kiln audit`` reads, in the same cache as a frozen run."""
     model = cfg.model.model_copy(update={"freeze": "backbone", "freeze_bn": True})
     updates = {"unfreeze": None, "frozen_head": "solve", "frozen_features": "auto"}
-    return plan_features(
-        cfg.model_copy(update={"model": model, "trainer": cfg.trainer.model_copy(update=updates)}), photo
-    )
+    return cfg.model_copy(update={"model": model, "trainer": cfg.trainer.model_copy(update=updates)})
+
+
+def frozen_twin(cfg: Config, photo: bool) -> FeaturePlan:
+    """The feature plan the frozen recipe has for this config: the features a fine-tuning run's head starts
+    from (``model.head_init: probe``), in the same cache."""
+    return plan_features(frozen_recipe(cfg), photo)

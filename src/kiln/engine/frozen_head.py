@@ -27,6 +27,7 @@ from kiln.engine.distributed import broadcast_tensors
 from kiln.engine.evaluate import evaluate, hits
 from kiln.engine.feeds import CachedFeatures
 from kiln.engine.loop import Criterion
+from kiln.engine.twins import warn_of_leaks
 from kiln.models.transfer import init_head_from_classes
 from kiln.optim import advance
 
@@ -65,6 +66,8 @@ def solve_on(
     held = (val, feed.data.val.raw_labels) if val is not None and feed.data.val is not None else None
     n_images = feed.data.train.order.n
     tries = candidates(feed)  # the features are computed (or read) here: the solve's time starts after
+    if val is not None and feed.dist.is_main:
+        warn_of_leaks(feed.data, feed.centre_features(), {"val": val})
     t0 = time.perf_counter()
     found = []
     for how, rows, start in tries:

@@ -1,0 +1,72 @@
+"""Near twins between the splits of a run, from what training already holds: the cached features and the
+decoded images. ``kiln train`` warns when val images have a twin in train (the val score is then
+inflated); ``kiln audit`` finds every pair (``metrics/audit.py`` holds the rule)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from kiln.console import Progress, log
+from kiln.data import geometry
+from kiln.data.build import TrainData
+from kiln.metrics import audit as rules
+
+
+@torch.no_grad()
+def gray_views(data: TrainData, split: str, x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """``rules.gray_views`` of stored images ``x`` (positions ``idx`` of ``split``) in the evaluation's
+    view, as the features saw them: cut from the stored images on one channel (the prints ignore the
+    normalisation), at half resolution (the prints are 48 px, the view 224)."""
+    transform = data.transform
+    gray = F.avg_pool2d(x.float().mean(1, keepdim=True), 2)
+    if split == "train" and transform.photo:  # stored as training keeps them: the view is cut from that
+        boxes = transform.centre_boxes(transform.extents[idx.cpu()]) / 2
+        size = (transform.spec.size[0] // 2, transform.spec.size[1] // 2)
+        gray = geometry.resample(gray, boxes.to(gray.device), size)
+    elif transform.spec is not None and tuple(x.shape[2:]) != transform.spec.size:
+        gray = F.avg_pool2d(transform.eval_view(x.float().mean(1, keepdim=True)), 2)
+    return rules.gray_views(gray).cpu()
+
+
+def split_grays(data: TrainData, split: str) -> torch.Tensor:
+    """Every image of ``split``'s gray view, in order (decoded once: the decode cache holds them)."""
+    loader = data.loader(split)
+    assert loader is not None
+    loader.materialize()
+    out = []
+    desc = f"pixel prints of {loader.order.n:,} {split} images"
+    with Progress(desc, loader.order.n, announce=False) as progress:
+        for x, idx in loader.in_order(256):
+            out.append(gray_views(data, split, x, idx))
+            progress.update(len(idx))
+    return torch.cat(out)
+
+
+def warn_of_leaks(data: TrainData, train: torch.Tensor, held: dict[str, torch.Tensor]) -> None:
+    """One line when images of a held-out split ({name: features}) have a near twin in train: each one's
+    nearest train image by features, confirmed by pixel prints (``rules.Twins``'s score). A lower bound
+    (the audit also searches by pixels): no pass over the images beyond those pairs."""
+    if min(data.spec.size) < rules.MIN_TWIN_SIDE:
+        return
+    train_unit = rules.unit(train).cpu()
+    for split, feats in held.items():
+        loader = data.loader(split)
+        if loader is None or not len(feats):
+            continue
+        unit = rules.unit(feats).cpu()
+        sims, nearest = rules.nearest(unit, train_unit, 1)
+        rows = torch.nonzero(sims[:, 0] >= rules.CANDIDATE_FEATURES).flatten()
+        if not len(rows):
+            continue
+        partners = nearest[rows, 0]
+        mine = gray_views(data, split, loader.images_at(rows).to(loader.device), rows)
+        theirs = gray_views(data, "train", data.train.images_at(partners).to(data.train.device), partners)
+        score = rules.twin_score(mine, theirs, sims[rows, 0])
+        twins = int((score >= rules.TWIN_SCORE).sum())
+        if twins:
+            log(
+                f"kiln: warning: {twins:,} of {len(feats):,} {split} images have a near twin in train (a "
+                f"copy, resized, re-encoded or cropped): the {split} score is inflated; `kiln audit -c "
+                "CONFIG` lists them, and data.exclude leaves them out"
+            )
