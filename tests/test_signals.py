@@ -79,6 +79,18 @@ def test_sigterm_during_the_feature_pass_exits_within_2_s(
     assert "interrupted" in text
 
 
+def test_sigterm_during_the_audits_feature_pass_stops_it(
+    photos: Path, tmp_path: Path, imagenet_weights: Path
+) -> None:
+    log = tmp_path / "log"
+    args = _frozen(photos, tmp_path / "run", tmp_path / "cache", imagenet_weights)
+    proc = _start(log, "audit", *args[1:7], "--out", str(tmp_path / "audit"))
+    _wait_for_text(log, "backbone features of", proc)
+    seconds = _stop(proc, signal.SIGTERM)
+    assert proc.returncode == 143, log.read_text()
+    assert seconds < STOP_SECONDS, log.read_text()
+
+
 def test_the_features_of_a_finished_run_are_reused_by_the_next(
     imagenette_dir: Path, tmp_path: Path, imagenet_weights: Path
 ) -> None:

@@ -57,9 +57,9 @@ def test_corrupt_image_is_named(png_folder: Path) -> None:
         _load(paths, AS_IS, None, workers=2)
 
 
-def test_size_mismatch_says_set_image_size(png_folder: Path) -> None:
+def test_size_mismatch_says_how_to_resize(png_folder: Path) -> None:
     paths = _paths(png_folder)
     Image.new("RGB", (20, 12)).save(paths[2])
-    with pytest.raises(DataError, match="set data.image_size"):
+    with pytest.raises(DataError, match=r"set data.resize=crop \(or squash\) and data.image_size"):
         _load(paths, AS_IS, None, workers=1)
     assert _load(paths, SQUASH, None, workers=1).shape == (len(paths), 3, 12, 12)

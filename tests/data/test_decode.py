@@ -89,7 +89,7 @@ def test_unreadable_and_misshapen_files_are_named(tmp_path: Path) -> None:
         open_image(tmp_path / "bad.jpg", ImageSpec(3, (8, 8)))
     Image.new("RGB", (9, 8)).save(tmp_path / "odd.png")
     with pytest.raises(
-        DataError, match="odd.png: image is 9x8 but the first one is 8x8; set data.image_size"
+        DataError, match="odd.png: image is 9x8 but the first one is 8x8; set data.resize=crop"
     ):
         open_image(tmp_path / "odd.png", ImageSpec(3, (8, 8)))
     buf = io.BytesIO()

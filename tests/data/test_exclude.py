@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from kiln.config import DataConfig
-from kiln.data import plan
+from kiln.data import DataPlan, plan
 from kiln.errors import DataError
 from tests.conftest import write_png_folder
 
@@ -17,27 +17,26 @@ def folder(tmp_path: Path) -> Path:
     return write_png_folder(tmp_path / "imgs", ["a", "b"], per_class=6, size=16, splits=("train", "val"))
 
 
-def test_a_text_file_of_paths_leaves_them_out_of_train(tmp_path: Path) -> None:
+def planned(tmp_path: Path, name: str, text: str) -> DataPlan:
+    """The folder's plan with data.exclude naming a file ``name`` of ``text`` ({root}: the folder)."""
     root = folder(tmp_path)
-    listed = tmp_path / "exclude.txt"
-    listed.write_text(f"{root / 'train/a/0.png'}\n{root / 'train/b/3.png'}\n")
-    data_plan = plan(DataConfig(source="folder", root=str(root), exclude=str(listed)))
+    listed = tmp_path / name
+    listed.write_text(text.format(root=root))
+    return plan(DataConfig(source="folder", root=str(root), exclude=str(listed)))
+
+
+def test_a_text_file_of_paths_leaves_them_out_of_train(tmp_path: Path) -> None:
+    data_plan = planned(tmp_path, "exclude.txt", "{root}/train/a/0.png\n{root}/train/b/3.png\n")
     assert len(data_plan.splits.train) == 10
 
 
 def test_a_csv_path_column_leaves_them_out_of_val(tmp_path: Path) -> None:
-    root = folder(tmp_path)
-    listed = tmp_path / "label_issues.csv"
-    listed.write_text(f"path,split,given\n{root / 'val/a/1.png'},val,a\n")
-    data_plan = plan(DataConfig(source="folder", root=str(root), exclude=str(listed)))
+    data_plan = planned(tmp_path, "label_issues.csv", "path,split,given\n{root}/val/a/1.png,val,a\n")
     assert len(data_plan.splits.val) == 11
 
 
 def test_relative_paths_are_read_from_the_lists_folder(tmp_path: Path) -> None:
-    root = folder(tmp_path)
-    listed = tmp_path / "exclude.txt"
-    listed.write_text("imgs/train/a/0.png\n")
-    data_plan = plan(DataConfig(source="folder", root=str(root), exclude=str(listed)))
+    data_plan = planned(tmp_path, "exclude.txt", "imgs/train/a/0.png\n")
     assert len(data_plan.splits.train) == 11
 
 

@@ -14,6 +14,7 @@ import torch
 from PIL import Image, ImageOps
 
 from kiln.metrics import audit as rules
+from kiln.metrics import twins
 
 
 def probabilities(labels: torch.Tensor, classes: int, seed: int = 0) -> torch.Tensor:
@@ -67,12 +68,12 @@ def test_an_image_far_from_every_train_image_is_an_outlier() -> None:
 
 
 def gray(image: Image.Image) -> torch.Tensor:
-    """A photo's gray view as kiln cuts it: the centre square at 224 px, then ``rules.gray_views``."""
+    """A photo's gray view as kiln cuts it: the centre square at 224 px, then ``twins.gray_views``."""
     side = min(image.size)
     left, top = (image.width - side) // 2, (image.height - side) // 2
     square = image.convert("RGB").crop((left, top, left + side, top + side)).resize((224, 224))
     x = torch.from_numpy(np.array(square)).permute(2, 0, 1)[None].float()
-    return rules.gray_views(x)
+    return twins.gray_views(x)
 
 
 def reencoded(image: Image.Image, quality: int, scale: float = 1.0) -> Image.Image:
@@ -99,11 +100,11 @@ def photos(hymenoptera_dir: Path) -> list[Image.Image]:
 )
 def test_a_copy_of_a_photo_is_its_twin(photos: list[Image.Image], copy) -> None:  # noqa: ANN001
     features = torch.tensor([0.9])  # a copy's features stay close; the pixels decide
-    score = rules.twin_score(gray(photos[0]), gray(copy(photos[0])), features)
-    assert float(score[0]) >= rules.TWIN_SCORE
+    score = twins.twin_score(gray(photos[0]), gray(copy(photos[0])), features)
+    assert float(score[0]) >= twins.TWIN_SCORE
 
 
 def test_two_photos_of_one_class_are_not_twins(photos: list[Image.Image]) -> None:
     features = torch.tensor([0.9])  # even where the features are as close as a copy's
-    score = rules.twin_score(gray(photos[0]), gray(photos[1]), features)
-    assert float(score[0]) < rules.TWIN_SCORE
+    score = twins.twin_score(gray(photos[0]), gray(photos[1]), features)
+    assert float(score[0]) < twins.TWIN_SCORE

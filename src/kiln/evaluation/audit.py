@@ -31,6 +31,7 @@ from kiln.engine.twins import split_grays
 from kiln.errors import KilnError
 from kiln.evaluation import audit_files
 from kiln.metrics import audit as rules
+from kiln.metrics import twins
 from kiln.paths import RunDir, output_dir
 from kiln.registry import import_user_modules
 
@@ -74,15 +75,16 @@ def split_views(feed: CachedFeatures) -> list[SplitView]:
     return views
 
 
-def near_twins(feed: CachedFeatures, views: list[SplitView]) -> list[rules.Pair]:
-    """Every pair of near twins (``rules.Twins``), or none for images under ``rules.MIN_TWIN_SIDE`` px: an 8 px
-    digit has too few pixels to tell a copy from another drawing of it (the digits gave 9,581 "leaks")."""
+def near_twins(feed: CachedFeatures, views: list[SplitView]) -> list[twins.Pair]:
+    """Every pair of near twins (``twins.Twins``), or none for images under ``twins.MIN_TWIN_SIDE`` px:
+    an 8 px digit has too few pixels to tell a copy from another drawing of it (9,581 "leaks")."""
     side = min(feed.data.spec.size)
-    if side < rules.MIN_TWIN_SIDE:
+    if side < twins.MIN_TWIN_SIDE:
         log(f"kiln: near twins not searched: the images are {side} px, too few pixels to tell copies apart")
         return []
-    return rules.Twins(
-        {v.name: v.features for v in views}, lambda split: split_grays(feed.data, split)
+    return twins.Twins(
+        {v.name: v.features for v in views},
+        lambda split: split_grays(feed.data, split, feed.keys, feed.plan.cache_dir),
     ).all_pairs()
 
 

@@ -15,6 +15,7 @@ import torch
 
 from kiln.console import log
 from kiln.metrics import audit as rules
+from kiln.metrics import twins
 
 SHOWN = 60  # rows of each finding drawn in audit.html (the CSVs hold them all)
 THUMB = 112  # px, the longer side of a thumbnail
@@ -85,7 +86,7 @@ def label_rows(views: list[Any], issues: rules.LabelIssues, names: list[str]) ->
 def write(
     out: Path,
     views: list[Any],
-    pairs: list[rules.Pair],
+    pairs: list[twins.Pair],
     issues: rules.LabelIssues,
     scores: list[torch.Tensor],
     cut: float,
@@ -129,7 +130,7 @@ def write(
         "duplicate_pairs_within_splits": len(pairs) - len(leaks),
         "label_issues": len(labels),
         "outliers": len(odd),
-        "twin_score": rules.TWIN_SCORE,
+        "twin_score": twins.TWIN_SCORE,
         "outlier_cut": round(cut, 4),
         "exclude": str(out / "exclude.txt"),
     }
@@ -150,7 +151,7 @@ def write(
     return summary
 
 
-def page(summary: dict[str, Any], views: list[Any], pairs: list[rules.Pair], labels: list, odd: list) -> str:
+def page(summary: dict[str, Any], views: list[Any], pairs: list[twins.Pair], labels: list, odd: list) -> str:
     e = html.escape
     thumbs = Thumbs(views)
     ids = {v.name: v.ids for v in views}
