@@ -37,6 +37,7 @@ from kiln.registry import import_user_modules
 
 SPLITS = ("train", "val", "test")
 FOLDS = 5  # the label check's k
+WEAK_HEAD = 0.9  # out-of-fold accuracy under which the label check says its flags are mostly hard images
 AUDIT_C = 0.1  # the label check's inverse L2 strength (scikit-learn's C)
 
 
@@ -132,6 +133,11 @@ def label_verdict(views: list[SplitView], seed: int) -> rules.LabelIssues:
         f"label check: {FOLDS}-fold linear heads on {len(feats):,} images", FOLDS, "fold"
     ) as progress:
         probs = out_of_fold_probabilities(feats, labels, progress, seed)
+    if labels.dim() == 1:  # the head's own accuracy: what the flags are worth
+        agree = float((probs.argmax(1) == labels).float().mean())
+        weak = agree < WEAK_HEAD
+        note = "; a weak head: its flags are mostly hard images, not wrong labels" if weak else ""
+        log(f"kiln: label check: the out-of-fold heads agree with {agree:.1%} of the labels{note}")
     return rules.confident_issues(probs, labels)
 
 
