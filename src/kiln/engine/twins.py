@@ -15,6 +15,7 @@ from kiln.data import geometry
 from kiln.data.build import TrainData
 from kiln.engine.features import FeatureKeys, cached_features
 from kiln.metrics import twins as rules
+from kiln.metrics.audit import nearest, unit
 
 
 @torch.no_grad()
@@ -23,13 +24,13 @@ def gray_views(data: TrainData, split: str, x: torch.Tensor, idx: torch.Tensor) 
     view, as the features saw them: cut from the stored images on one channel (the prints ignore the
     normalisation), at half resolution (the prints are 48 px, the view 224)."""
     transform = data.transform
-    gray = F.avg_pool2d(x.float().mean(1, keepdim=True), 2)
+    gray = x.float().mean(1, keepdim=True)
     if split == "train" and transform.photo:  # stored as training keeps them: the view is cut from that
         boxes = transform.centre_boxes(transform.extents[idx.cpu()]) / 2
         size = (transform.spec.size[0] // 2, transform.spec.size[1] // 2)
-        gray = geometry.resample(gray, boxes.to(gray.device), size)
-    elif transform.spec is not None and tuple(x.shape[2:]) != transform.spec.size:
-        gray = F.avg_pool2d(transform.eval_view(x.float().mean(1, keepdim=True)), 2)
+        gray = geometry.resample(F.avg_pool2d(gray, 2), boxes.to(gray.device), size)
+    else:
+        gray = F.avg_pool2d(transform.eval_view(gray), 2)
     return rules.gray_views(gray).cpu()
 
 
@@ -61,17 +62,16 @@ def warn_of_leaks(data: TrainData, train: torch.Tensor, held: dict[str, torch.Te
     (the audit also searches by pixels): no pass over the images beyond those pairs."""
     if min(data.spec.size) < rules.MIN_TWIN_SIDE:
         return
-    train_unit = rules.unit(train).cpu()
+    train_unit = unit(train).cpu()
     for split, feats in held.items():
         loader = data.loader(split)
         if loader is None or not len(feats):
             continue
-        unit = rules.unit(feats).cpu()
-        sims, nearest = rules.nearest(unit, train_unit, 1)
+        sims, partner = nearest(unit(feats).cpu(), train_unit, 1)
         rows = torch.nonzero(sims[:, 0] >= rules.CANDIDATE_FEATURES).flatten()
         if not len(rows):
             continue
-        partners = nearest[rows, 0]
+        partners = partner[rows, 0]
         mine = gray_views(data, split, loader.images_at(rows).to(loader.device), rows)
         theirs = gray_views(data, "train", data.train.images_at(partners).to(data.train.device), partners)
         score = rules.twin_score(mine, theirs, sims[rows, 0])

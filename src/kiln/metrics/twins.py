@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from kiln.console import Progress
-from kiln.metrics.audit import nearest, unit  # noqa: F401  (unit: for the engine's leak check)
+from kiln.metrics.audit import nearest
 
 TWIN_SCORE = 0.87  # twin score (``Twins``) at or above which two images are near twins
 EXACT_SIMILARITY = 0.9995  # identical pixels at the model's input (up to float noise)
@@ -136,7 +136,13 @@ def twin_score(a: torch.Tensor, b: torch.Tensor, features: torch.Tensor) -> torc
     ``features``: the larger of their print match and the mean of print match and feature cosine (a crop
     moves the pixels, not the content). Pairs with close features that do not reach ``TWIN_SCORE``
     unzoomed are also matched at every zoom (a crop)."""
-    prints_a, prints_b = prints_of(a), prints_of(b)
+    return scored(prints_of(a), prints_of(b), a, b, features)
+
+
+def scored(
+    prints_a: torch.Tensor, prints_b: torch.Tensor, a: torch.Tensor, b: torch.Tensor, features: torch.Tensor
+) -> torch.Tensor:
+    """``twin_score`` of gray views whose unzoomed prints (``prints_of``) are already made."""
     pixels = print_match(prints_a, prints_b)
     score = torch.maximum(pixels, (pixels + features) / 2)
     crop = (features >= ZOOM_FEATURES) & (score < TWIN_SCORE)
@@ -178,18 +184,18 @@ class Twins:
         other_plain, other_mirrored = self.vectors[other]
         _, by_pixels = nearest(plain, other_plain, NEIGHBOURS, same=same)
         _, by_mirror = nearest(plain, other_mirrored, NEIGHBOURS, same=same)
-        found: dict[tuple[int, int], float] = {}
+        found: dict[tuple[int, int], None] = {}  # each pair once, in the order first found
         for idx in (by_features, by_pixels, by_mirror):
             for row, cols in enumerate(idx.tolist()):
                 for col in cols:
                     key = (max(row, col), min(row, col)) if same else (row, col)
                     if not same or key[0] != key[1]:
-                        found[key] = 0.0
+                        found[key] = None
         keys = list(found)
-        a = torch.tensor([k[0] for k in keys], dtype=torch.long)
-        b = torch.tensor([k[1] for k in keys], dtype=torch.long)
         if not keys:
             return []
+        a = torch.tensor([k[0] for k in keys], dtype=torch.long)
+        b = torch.tensor([k[1] for k in keys], dtype=torch.long)
         cos = (self.splits[name][a] * self.splits[other][b]).sum(1)
         pixels = torch.maximum((plain[a] * other_plain[b]).sum(1), (plain[a] * other_mirrored[b]).sum(1))
         worth = (cos >= CLOSE_FEATURES) | (pixels >= CLOSE_PRINTS)
@@ -208,7 +214,8 @@ class Twins:
             a = torch.tensor([c[0] for c in chunk], dtype=torch.long)
             b = torch.tensor([c[1] for c in chunk], dtype=torch.long)
             features = torch.tensor([c[2] for c in chunk])
-            score = twin_score(self.gray[name][a], self.gray[other][b], features)
+            gray_a, gray_b = self.gray[name][a], self.gray[other][b]
+            score = scored(self.prints[name][a], self.prints[other][b], gray_a, gray_b, features)
             for (i, j, feature), twin in zip(chunk, score.tolist(), strict=True):
                 if twin >= TWIN_SCORE:
                     pairs.append(Pair(name, i, other, j, twin, feature))
